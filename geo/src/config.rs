@@ -1,0 +1,972 @@
+//! `regions.yaml`: parsing and validation.
+//!
+//! The file is read in two steps, as pingora does: [`serde_saphyr`] turns the text into raw
+//! structs (rejecting unknown keys and wrong types with the line and column), then
+//! [`validate`] checks what a type cannot say (known regions, ISO codes, CIDRs, ranges) and
+//! reports *every* problem at once, each with its field path and, through
+//! [`serde_saphyr::Spanned`], its line. Only a fully valid [`Config`] leaves this module.
+//!
+//! Why serde-saphyr: `serde_yaml` is archived; serde-saphyr is maintained, pure Rust with
+//! `unsafe` forbidden, fuzzed and panic-free on malformed input, and it gives line/column for
+//! every value (`Spanned<T>`), which is what lets semantic errors name their line too.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::countries;
+
+/// A fully validated `regions.yaml`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (messages name it).
+    pub source: PathBuf,
+    pub geoip: GeoIpSettings,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Index into [`Config::regions`] of the region for clients nothing else places.
+    pub default_region: usize,
+    pub edges: EdgeTiming,
+    pub regions: Vec<Region>,
+}
+
+/// The `geoip:` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeoIpSettings {
+    /// The mmdb file, resolved against the config file's folder. `None`: GeoIP is off and
+    /// every client goes to the default region (said loudly at start).
+    pub database: Option<PathBuf>,
+    /// Entries in the per-address resolution cache; 0 turns the cache off.
+    pub cache_size: u64,
+    /// How often the database file is checked for replacement (as `geoipupdate` does it).
+    pub reload_check: Duration,
+}
+
+/// The `edges:` section: timing of the edge link and its states.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeTiming {
+    /// How often edges report their load.
+    pub report_interval: Duration,
+    /// Reports missed in a row before an edge's link counts as lost.
+    pub missed_reports: u32,
+    /// How long a `link-lost` edge keeps receiving joins of its existing sessions before it
+    /// is declared `failed`.
+    pub grace_period: Duration,
+    /// Timeout of the probe of an edge's own `/healthz` when its link is lost.
+    pub probe_timeout: Duration,
+    /// How long a draining edge may keep its sessions before its rooms are moved.
+    pub drain_deadline: Duration,
+}
+
+impl Default for EdgeTiming {
+    fn default() -> Self {
+        EdgeTiming {
+            report_interval: Duration::from_secs(2),
+            missed_reports: 3,
+            grace_period: Duration::from_secs(30),
+            probe_timeout: Duration::from_secs(2),
+            drain_deadline: Duration::from_secs(300),
+        }
+    }
+}
+
+/// A point on the globe, in degrees.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LatLon {
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// One region of `regions.yaml`.
+#[derive(Debug, Clone)]
+pub struct Region {
+    pub id: String,
+    pub name: String,
+    pub location: LatLon,
+    /// ISO 3166-1 alpha-2 codes, upper case.
+    pub countries: Vec<String>,
+    /// Continent codes (AF AN AS EU NA OC SA).
+    pub continents: Vec<String>,
+    /// CIDR overrides: clients in these networks go here whatever GeoIP says.
+    pub networks: Vec<IpNet>,
+    /// Indices into [`Config::regions`], in order of preference.
+    pub fallback: Vec<usize>,
+    pub turn: TurnPool,
+}
+
+/// A region's TURN/STUN servers and how to mint credentials for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnPool {
+    /// Name of the environment variable holding the coturn `static-auth-secret`.
+    pub secret_env: Option<String>,
+    /// Lifetime of the credentials handed out.
+    pub ttl: Duration,
+    /// `turn:`, `turns:` or `stun:` URLs.
+    pub servers: Vec<String>,
+}
+
+impl TurnPool {
+    /// True when the pool has servers that need credentials.
+    pub fn needs_secret(&self) -> bool {
+        self.servers.iter().any(|s| s.starts_with("turn"))
+    }
+}
+
+impl Config {
+    /// Reads and validates a `regions.yaml`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates YAML text; `path` names the file in messages and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
+            path: path.to_path_buf(),
+            message: e.to_string().replace("<input>", &path.display().to_string()),
+        })?;
+        validate(raw, path)
+    }
+
+    /// The region with this id.
+    pub fn region(&self, id: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.id == id)
+    }
+
+    /// The index of the region with this id.
+    pub fn region_index(&self, id: &str) -> Option<usize> {
+        self.regions.iter().position(|r| r.id == id)
+    }
+
+    /// The region for clients nothing else places.
+    pub fn default_region(&self) -> &Region {
+        &self.regions[self.default_region]
+    }
+
+    /// True when `peer` is a configured trusted proxy.
+    pub fn is_trusted_proxy(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+}
+
+/// Why a `regions.yaml` was refused.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read { path: PathBuf, source: std::io::Error },
+    /// Not YAML, or YAML of the wrong shape (unknown key, wrong type); the message carries
+    /// the line, column and a snippet.
+    Syntax { path: PathBuf, message: String },
+    /// Well-formed, but wrong: every problem found.
+    Invalid {
+        path: PathBuf,
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+/// One problem in a `regions.yaml`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigIssue {
+    /// 1-based line, when the parser knows it.
+    pub line: Option<u64>,
+    /// Path of the field, e.g. `regions[2].fallback[0]`.
+    pub field: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            ConfigError::Syntax { path, message } => {
+                write!(f, "{} is not a valid regions file:\n{message}", path.display())
+            }
+            ConfigError::Invalid { path, issues } => {
+                let n = issues.len();
+                write!(
+                    f,
+                    "{} has {n} problem{}:",
+                    path.display(),
+                    if n == 1 { "" } else { "s" }
+                )?;
+                for issue in issues {
+                    match issue.line {
+                        Some(line) => write!(f, "\n  {}:{line}: ", path.display())?,
+                        None => write!(f, "\n  {}: ", path.display())?,
+                    }
+                    write!(f, "{}: {}", issue.field, issue.message)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Parses durations such as `500ms`, `30s`, `5m`, `12h`, `1d` or `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "\"{text}\" is not a duration: write a number and a unit, e.g. 30s, 5m, 12h"
+            ));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("\"{text}\": number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.saturating_mul(60)),
+            "h" => Duration::from_secs(number.saturating_mul(3600)),
+            "d" => Duration::from_secs(number.saturating_mul(86_400)),
+            "" => {
+                return Err(format!(
+                    "\"{text}\" has no unit: write e.g. {number}s (units: ms, s, m, h, d)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "\"{text}\": unknown unit \"{other}\" (units: ms, s, m, h, d)"
+                ));
+            }
+        };
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw shape of the file. Every struct denies unknown keys so that a typo ("fallbacks:")
+// is an error, never a silently ignored setting.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    geoip: Option<RawGeoIp>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    default_region: Option<Spanned<String>>,
+    #[serde(default)]
+    edges: Option<RawEdges>,
+    #[serde(default)]
+    regions: Vec<RawRegion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGeoIp {
+    #[serde(default)]
+    database: Option<String>,
+    #[serde(default)]
+    cache_size: Option<u64>,
+    #[serde(default)]
+    reload_check: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEdges {
+    #[serde(default)]
+    report_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    missed_reports: Option<Spanned<u32>>,
+    #[serde(default)]
+    grace_period: Option<Spanned<String>>,
+    #[serde(default)]
+    probe_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    drain_deadline: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    id: Spanned<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    location: Option<RawLatLon>,
+    #[serde(default)]
+    countries: Vec<Spanned<String>>,
+    #[serde(default)]
+    continents: Vec<Spanned<String>>,
+    #[serde(default)]
+    networks: Vec<Spanned<String>>,
+    #[serde(default)]
+    fallback: Vec<Spanned<String>>,
+    #[serde(default)]
+    turn: Option<RawTurn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLatLon {
+    lat: Spanned<f64>,
+    lon: Spanned<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTurn {
+    #[serde(default)]
+    secret_env: Option<Spanned<String>>,
+    #[serde(default)]
+    ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    servers: Vec<Spanned<String>>,
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Collects problems so the operator sees all of them in one run.
+struct Issues(Vec<ConfigIssue>);
+
+impl Issues {
+    fn at<T>(&mut self, spanned: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) {
+        let line = spanned.referenced.line();
+        self.0.push(ConfigIssue {
+            line: (line > 0).then_some(line),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    fn nowhere(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            line: None,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+fn duration_field(
+    issues: &mut Issues,
+    value: &Option<Spanned<String>>,
+    field: &str,
+    default: Duration,
+) -> Duration {
+    let Some(value) = value else { return default };
+    match parse_duration(&value.value) {
+        Ok(d) if d.is_zero() => {
+            issues.at(value, field, "must be longer than zero");
+            default
+        }
+        Ok(d) => d,
+        Err(message) => {
+            issues.at(value, field, message);
+            default
+        }
+    }
+}
+
+/// Parses a CIDR (or a bare address, taken as a single host) and refuses host bits.
+fn parse_network(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip.to_canonical()));
+    }
+    let net: IpNet = text.parse().map_err(|_| {
+        format!("\"{text}\" is not a CIDR network: write e.g. 198.51.100.0/24 or 2001:db8::/32")
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "\"{text}\" has host bits set: did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+fn is_valid_region_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !id.starts_with('-')
+}
+
+fn is_valid_env_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_uppercase() || b == b'_')
+        && bytes.all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Common mistakes worth a hint: codes people use that ISO does not.
+fn country_hint(code: &str) -> &'static str {
+    match code.to_ascii_uppercase().as_str() {
+        "UK" => " (the United Kingdom is GB)",
+        "EL" => " (Greece is GR)",
+        "EU" | "AP" => " (that is a region, not a country: use `continents:`)",
+        _ => "",
+    }
+}
+
+fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+    let mut issues = Issues(Vec::new());
+    let base_dir = path.parent().unwrap_or(Path::new("."));
+
+    let geoip = match &raw.geoip {
+        None => GeoIpSettings {
+            database: None,
+            cache_size: 0,
+            reload_check: Duration::from_secs(60),
+        },
+        Some(g) => GeoIpSettings {
+            database: g
+                .database
+                .as_deref()
+                .filter(|d| !d.trim().is_empty())
+                .map(|d| base_dir.join(d)),
+            cache_size: g.cache_size.unwrap_or(0),
+            reload_check: duration_field(
+                &mut issues,
+                &g.reload_check,
+                "geoip.reload_check",
+                Duration::from_secs(60),
+            ),
+        },
+    };
+
+    let mut trusted_proxies = Vec::new();
+    for (i, proxy) in raw.trusted_proxies.iter().enumerate() {
+        match parse_network(&proxy.value) {
+            Ok(net) => trusted_proxies.push(net),
+            Err(message) => issues.at(proxy, format!("trusted_proxies[{i}]"), message),
+        }
+    }
+
+    let defaults = EdgeTiming::default();
+    let edges = match &raw.edges {
+        None => defaults,
+        Some(e) => {
+            let missed_reports = match &e.missed_reports {
+                Some(m) if m.value == 0 => {
+                    issues.at(m, "edges.missed_reports", "must be at least 1");
+                    defaults.missed_reports
+                }
+                Some(m) => m.value,
+                None => defaults.missed_reports,
+            };
+            EdgeTiming {
+                report_interval: duration_field(
+                    &mut issues,
+                    &e.report_interval,
+                    "edges.report_interval",
+                    defaults.report_interval,
+                ),
+                missed_reports,
+                grace_period: duration_field(
+                    &mut issues,
+                    &e.grace_period,
+                    "edges.grace_period",
+                    defaults.grace_period,
+                ),
+                probe_timeout: duration_field(
+                    &mut issues,
+                    &e.probe_timeout,
+                    "edges.probe_timeout",
+                    defaults.probe_timeout,
+                ),
+                drain_deadline: duration_field(
+                    &mut issues,
+                    &e.drain_deadline,
+                    "edges.drain_deadline",
+                    defaults.drain_deadline,
+                ),
+            }
+        }
+    };
+
+    if raw.regions.is_empty() {
+        issues.nowhere(
+            "regions",
+            "no regions: list at least one region (id, location, countries…)",
+        );
+    }
+
+    // Ids first, so fallbacks can be checked against every region whatever its position.
+    let mut index_of: HashMap<&str, usize> = HashMap::new();
+    for (i, region) in raw.regions.iter().enumerate() {
+        let id = region.id.value.as_str();
+        if !is_valid_region_id(id) {
+            issues.at(
+                &region.id,
+                format!("regions[{i}].id"),
+                format!(
+                    "\"{id}\" is not a valid region id: use lower-case letters, digits and '-' (e.g. eu-west)"
+                ),
+            );
+        }
+        if let Some(first) = index_of.insert(id, i) {
+            index_of.insert(id, first);
+            issues.at(
+                &region.id,
+                format!("regions[{i}].id"),
+                format!("duplicate region id \"{id}\" (also regions[{first}]): ids must be unique"),
+            );
+        }
+    }
+    let known_ids = || {
+        raw.regions
+            .iter()
+            .map(|r| r.id.value.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+
+    let default_region = match &raw.default_region {
+        None => {
+            issues.nowhere(
+                "default_region",
+                format!(
+                    "missing: name the region for clients nothing else places (one of: {})",
+                    known_ids()
+                ),
+            );
+            0
+        }
+        Some(d) => match index_of.get(d.value.as_str()) {
+            Some(&i) => i,
+            None => {
+                issues.at(
+                    d,
+                    "default_region",
+                    format!(
+                        "\"{}\" is not a region of this file (regions: {})",
+                        d.value,
+                        known_ids()
+                    ),
+                );
+                0
+            }
+        },
+    };
+
+    let mut country_owner: HashMap<String, usize> = HashMap::new();
+    let mut continent_owner: HashMap<String, usize> = HashMap::new();
+    let mut network_owner: HashMap<IpNet, usize> = HashMap::new();
+    let mut regions = Vec::with_capacity(raw.regions.len());
+
+    for (i, r) in raw.regions.iter().enumerate() {
+        let id = &r.id.value;
+        let field = |name: &str| format!("regions[{i}].{name}");
+
+        let location = match &r.location {
+            None => {
+                issues.at(
+                    &r.id,
+                    field("location"),
+                    format!(
+                        "region \"{id}\" has no location: add `location: {{ lat: …, lon: … }}` (used for nearest-region and fallback order)"
+                    ),
+                );
+                LatLon { lat: 0.0, lon: 0.0 }
+            }
+            Some(loc) => {
+                if !(-90.0..=90.0).contains(&loc.lat.value) {
+                    issues.at(
+                        &loc.lat,
+                        field("location.lat"),
+                        format!(
+                            "latitude {} is out of range: it must be between -90 and 90",
+                            loc.lat.value
+                        ),
+                    );
+                }
+                if !(-180.0..=180.0).contains(&loc.lon.value) {
+                    issues.at(
+                        &loc.lon,
+                        field("location.lon"),
+                        format!(
+                            "longitude {} is out of range: it must be between -180 and 180",
+                            loc.lon.value
+                        ),
+                    );
+                }
+                LatLon {
+                    lat: loc.lat.value,
+                    lon: loc.lon.value,
+                }
+            }
+        };
+
+        let mut countries = Vec::new();
+        for (j, c) in r.countries.iter().enumerate() {
+            let code = c.value.trim();
+            if countries::country(code).is_none() {
+                issues.at(
+                    c,
+                    format!("regions[{i}].countries[{j}]"),
+                    format!(
+                        "\"{code}\" is not an ISO 3166-1 alpha-2 country code (two upper-case letters, e.g. IE){}",
+                        country_hint(code)
+                    ),
+                );
+                continue;
+            }
+            if let Some(&other) = country_owner.get(code) {
+                issues.at(
+                    c,
+                    format!("regions[{i}].countries[{j}]"),
+                    format!(
+                        "{code} is already listed in region \"{}\": a country belongs to one region",
+                        raw.regions[other].id.value
+                    ),
+                );
+                continue;
+            }
+            country_owner.insert(code.to_string(), i);
+            countries.push(code.to_string());
+        }
+
+        let mut continents = Vec::new();
+        for (j, c) in r.continents.iter().enumerate() {
+            let code = c.value.trim();
+            if !countries::is_continent(code) {
+                let names: Vec<String> = countries::CONTINENTS
+                    .iter()
+                    .map(|(code, name)| format!("{code} ({name})"))
+                    .collect();
+                issues.at(
+                    c,
+                    format!("regions[{i}].continents[{j}]"),
+                    format!(
+                        "\"{code}\" is not a continent code: use one of {}",
+                        names.join(", ")
+                    ),
+                );
+                continue;
+            }
+            if let Some(&other) = continent_owner.get(code) {
+                issues.at(
+                    c,
+                    format!("regions[{i}].continents[{j}]"),
+                    format!(
+                        "{code} is already listed in region \"{}\": a continent belongs to one region",
+                        raw.regions[other].id.value
+                    ),
+                );
+                continue;
+            }
+            continent_owner.insert(code.to_string(), i);
+            continents.push(code.to_string());
+        }
+
+        let mut networks = Vec::new();
+        for (j, n) in r.networks.iter().enumerate() {
+            match parse_network(&n.value) {
+                Ok(net) => {
+                    if let Some(&other) = network_owner.get(&net) {
+                        issues.at(
+                            n,
+                            format!("regions[{i}].networks[{j}]"),
+                            format!(
+                                "{net} is already an override of region \"{}\"",
+                                raw.regions[other].id.value
+                            ),
+                        );
+                    } else {
+                        network_owner.insert(net, i);
+                        networks.push(net);
+                    }
+                }
+                Err(message) => issues.at(n, format!("regions[{i}].networks[{j}]"), message),
+            }
+        }
+
+        let mut fallback = Vec::new();
+        let mut seen = HashSet::new();
+        for (j, f) in r.fallback.iter().enumerate() {
+            let name = f.value.as_str();
+            match index_of.get(name) {
+                None => issues.at(
+                    f,
+                    format!("regions[{i}].fallback[{j}]"),
+                    format!(
+                        "\"{name}\" is not a region of this file (regions: {})",
+                        known_ids()
+                    ),
+                ),
+                Some(&k) if k == i => issues.at(
+                    f,
+                    format!("regions[{i}].fallback[{j}]"),
+                    format!("region \"{id}\" cannot fall back to itself"),
+                ),
+                Some(&k) => {
+                    if seen.insert(k) {
+                        fallback.push(k);
+                    } else {
+                        issues.at(
+                            f,
+                            format!("regions[{i}].fallback[{j}]"),
+                            format!("\"{name}\" is listed twice"),
+                        );
+                    }
+                }
+            }
+        }
+
+        let turn = match &r.turn {
+            None => TurnPool {
+                secret_env: None,
+                ttl: Duration::from_secs(12 * 3600),
+                servers: Vec::new(),
+            },
+            Some(t) => {
+                let mut servers = Vec::new();
+                for (j, s) in t.servers.iter().enumerate() {
+                    let url = s.value.trim();
+                    let scheme_ok = ["turn:", "turns:", "stun:", "stuns:"]
+                        .iter()
+                        .any(|p| url.starts_with(p) && url.len() > p.len());
+                    if scheme_ok {
+                        servers.push(url.to_string());
+                    } else {
+                        issues.at(
+                            s,
+                            format!("regions[{i}].turn.servers[{j}]"),
+                            format!(
+                                "\"{url}\" is not a TURN/STUN URL: write e.g. turn:turn1.example.net:3478?transport=udp"
+                            ),
+                        );
+                    }
+                }
+                let ttl = duration_field(
+                    &mut issues,
+                    &t.ttl,
+                    &field("turn.ttl"),
+                    Duration::from_secs(12 * 3600),
+                );
+                let secret_env = match &t.secret_env {
+                    Some(s) if !is_valid_env_name(&s.value) => {
+                        issues.at(
+                            s,
+                            field("turn.secret_env"),
+                            format!(
+                                "\"{}\" is not an environment variable name: use upper-case letters, digits and '_' (e.g. TURN_SECRET_EU_WEST); the secret itself never goes in this file",
+                                s.value
+                            ),
+                        );
+                        None
+                    }
+                    Some(s) => Some(s.value.clone()),
+                    None => None,
+                };
+                let pool = TurnPool {
+                    secret_env,
+                    ttl,
+                    servers,
+                };
+                if pool.needs_secret() && t.secret_env.is_none() {
+                    issues.at(
+                        &r.id,
+                        field("turn.secret_env"),
+                        format!(
+                            "region \"{id}\" lists TURN servers but names no secret variable: add `secret_env: TURN_SECRET_…` (the variable holding coturn's static-auth-secret)"
+                        ),
+                    );
+                }
+                pool
+            }
+        };
+
+        regions.push(Region {
+            id: id.clone(),
+            name: r.name.clone().unwrap_or_else(|| id.clone()),
+            location,
+            countries,
+            continents,
+            networks,
+            fallback,
+            turn,
+        });
+    }
+
+    if !issues.0.is_empty() {
+        return Err(ConfigError::Invalid {
+            path: path.to_path_buf(),
+            issues: issues.0,
+        });
+    }
+    Ok(Config {
+        source: path.to_path_buf(),
+        geoip,
+        trusted_proxies,
+        default_region,
+        edges,
+        regions,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+geoip: { database: db/GeoLite2-City.mmdb }
+trusted_proxies: [127.0.0.0/8, "::1"]
+default_region: us-east
+regions:
+  - id: us-east
+    name: US East
+    location: { lat: 39.0, lon: -77.5 }
+    countries: [US, CA]
+    continents: [NA, SA]
+    turn:
+      secret_env: TURN_SECRET_US_EAST
+      ttl: 6h
+      servers: ["turn:turn1.us-east.example.net:3478?transport=udp"]
+  - id: eu-west
+    location: { lat: 53.35, lon: -6.26 }
+    countries: [IE, GB]
+    continents: [EU]
+    networks: [198.51.100.0/24]
+    fallback: [us-east]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/locus/regions.yaml"))
+    }
+
+    fn issues(text: &str) -> Vec<ConfigIssue> {
+        match parse(text) {
+            Err(ConfigError::Invalid { issues, .. }) => issues,
+            other => panic!("expected validation issues, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_good_file_parses_with_defaults_filled_in() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.regions.len(), 2);
+        assert_eq!(c.default_region().id, "us-east");
+        assert_eq!(c.regions[1].fallback, vec![0]);
+        assert_eq!(c.regions[1].name, "eu-west");
+        assert_eq!(c.regions[0].turn.ttl, Duration::from_secs(6 * 3600));
+        assert_eq!(
+            c.geoip.database.as_deref(),
+            Some(Path::new("/etc/locus/db/GeoLite2-City.mmdb"))
+        );
+        assert_eq!(c.edges, EdgeTiming::default());
+        assert!(c.is_trusted_proxy("127.0.0.9".parse().expect("ip")));
+        assert!(c.is_trusted_proxy("::ffff:127.0.0.1".parse().expect("ip")));
+        assert!(!c.is_trusted_proxy("10.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let text = GOOD.replace("    fallback: [us-east]", "    fallbacks: [us-east]");
+        let err = parse(&text).expect_err("unknown key");
+        let msg = err.to_string();
+        assert!(msg.contains("unknown field `fallbacks`"), "{msg}");
+        assert!(msg.contains("/etc/locus/regions.yaml:20:5"), "{msg}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_with_field_and_line() {
+        let text = r#"
+default_region: mars
+trusted_proxies: [10.0.0.1/8]
+regions:
+  - id: eu-west
+    location: { lat: 95.0, lon: -6.26 }
+    countries: [UK, IE]
+    continents: [XX]
+    networks: [not-a-cidr]
+    fallback: [eu-central]
+    turn:
+      servers: ["turn:turn1.example.net:3478"]
+  - id: eu-west
+    location: { lat: 50.1, lon: 8.7 }
+"#;
+        let found = issues(text);
+        let by_field: HashMap<&str, &ConfigIssue> =
+            found.iter().map(|i| (i.field.as_str(), i)).collect();
+        let expect = |field: &str, needle: &str, line: u64| {
+            let issue = by_field
+                .get(field)
+                .unwrap_or_else(|| panic!("no issue for {field} in {found:#?}"));
+            assert!(issue.message.contains(needle), "{field}: {}", issue.message);
+            assert_eq!(issue.line, Some(line), "{field}");
+        };
+        expect("default_region", "\"mars\" is not a region", 2);
+        expect("trusted_proxies[0]", "did you mean 10.0.0.0/8", 3);
+        expect("regions[0].location.lat", "between -90 and 90", 6);
+        expect("regions[0].countries[0]", "the United Kingdom is GB", 7);
+        expect("regions[0].continents[0]", "not a continent code", 8);
+        expect("regions[0].networks[0]", "not a CIDR network", 9);
+        expect("regions[0].fallback[0]", "\"eu-central\" is not a region", 10);
+        expect("regions[0].turn.secret_env", "names no secret variable", 5);
+        expect("regions[1].id", "duplicate region id", 13);
+    }
+
+    #[test]
+    fn missing_default_region_is_named() {
+        let text = GOOD.replace("default_region: us-east\n", "");
+        let found = issues(&text);
+        assert_eq!(found[0].field, "default_region");
+        assert!(found[0].message.contains("us-east, eu-west"));
+    }
+
+    #[test]
+    fn a_country_in_two_regions_is_refused() {
+        let text = GOOD.replace("countries: [IE, GB]", "countries: [IE, US]");
+        let found = issues(&text);
+        assert!(found[0].message.contains("already listed in region \"us-east\""));
+    }
+
+    #[test]
+    fn secret_variable_names_are_checked() {
+        let text = GOOD.replace("TURN_SECRET_US_EAST", "\"s3cr3t value\"");
+        let found = issues(&text);
+        assert_eq!(found[0].field, "regions[0].turn.secret_env");
+        assert!(found[0].message.contains("never goes in this file"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
+        assert!(parse_duration("12").expect_err("no unit").contains("no unit"));
+        assert!(parse_duration("5y").expect_err("bad unit").contains("unknown unit"));
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,454 @@
+//! An opened, checked GeoIP database: memory-mapped MaxMind DB file → [`GeoRecord`].
+//!
+//! Three schemas are read through one decoding struct: GeoIP2/GeoLite2 City (country,
+//! continent, coordinates), GeoIP2/GeoLite2 Country (country, continent) and the flat
+//! `country_code` schema of DB-IP Lite conversions. Whatever a database lacks (continent,
+//! coordinates) is derived from the country through [`crate::countries`].
+//!
+//! A database is checked when it is opened: every network of its search tree is walked and
+//! every distinct record decoded, so a corrupt file is refused at open (with the reason)
+//! rather than failing later under traffic. Lookups still return errors rather than
+//! panicking, should a file be damaged in a way the walk cannot see.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use maxminddb::{MaxMindDbError, Mmap, Reader, WithinOptions};
+use serde::Deserialize;
+
+use crate::config::LatLon;
+use crate::countries::{self, CountryInfo};
+
+/// Which shape of records a database has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// GeoIP2/GeoLite2 City: country, continent and coordinates.
+    City,
+    /// GeoIP2/GeoLite2 Country: country and continent.
+    Country,
+    /// DB-IP Lite (and similar): a flat `country_code` only.
+    CountryCode,
+}
+
+impl Schema {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Schema::City => "city",
+            Schema::Country => "country",
+            Schema::CountryCode => "country_code",
+        }
+    }
+}
+
+/// What the admin page and `/readyz` say about the loaded database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatabaseInfo {
+    pub path: PathBuf,
+    /// The metadata's `database_type`, e.g. `GeoLite2-City`.
+    pub database_type: String,
+    pub schema: Schema,
+    /// The metadata's build time.
+    pub build_time: SystemTime,
+    /// Networks with data in the file.
+    pub networks: u64,
+    /// Attribution that the database's licence requires wherever results are shown.
+    pub attribution: Option<Attribution>,
+}
+
+/// A licence-required credit line with its link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attribution {
+    pub text: &'static str,
+    pub url: &'static str,
+}
+
+/// DB-IP Lite is CC BY 4.0: pages showing its results must link back to DB-IP.
+pub const DBIP_ATTRIBUTION: Attribution = Attribution {
+    text: "IP Geolocation by DB-IP",
+    url: "https://db-ip.com",
+};
+
+/// Where a record's coordinates come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocationSource {
+    /// The database's own `location`.
+    Database,
+    /// The country's representative point (the database has no coordinates).
+    Country,
+}
+
+/// What a database says about one address, completed from the country table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GeoRecord {
+    pub country: Option<&'static CountryInfo>,
+    pub continent: Option<&'static str>,
+    pub location: Option<(LatLon, LocationSource)>,
+}
+
+/// Why a database could not be opened or read.
+#[derive(Debug)]
+pub enum DatabaseError {
+    Open {
+        path: PathBuf,
+        source: MaxMindDbError,
+    },
+    Corrupt {
+        path: PathBuf,
+        detail: String,
+    },
+    NoCountryData {
+        path: PathBuf,
+        database_type: String,
+    },
+    Lookup {
+        ip: IpAddr,
+        source: MaxMindDbError,
+    },
+}
+
+impl fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseError::Open { path, source } => write!(
+                f,
+                "cannot open GeoIP database {}: {source} (is it a MaxMind DB .mmdb file?)",
+                path.display()
+            ),
+            DatabaseError::Corrupt { path, detail } => write!(
+                f,
+                "GeoIP database {} is corrupt: {detail}; download it again (geoipupdate)",
+                path.display()
+            ),
+            DatabaseError::NoCountryData {
+                path,
+                database_type,
+            } => write!(
+                f,
+                "GeoIP database {} ({database_type}) has no country data: use a City or Country database (GeoLite2-City, GeoLite2-Country or DB-IP Lite country)",
+                path.display()
+            ),
+            DatabaseError::Lookup { ip, source } => {
+                write!(f, "GeoIP lookup of {ip} failed: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DatabaseError {}
+
+/// The subset of every supported schema that resolution needs. Borrowed strings: no
+/// allocation per lookup; fields not named here are skipped by the decoder.
+#[derive(Debug, Deserialize, Default)]
+struct RawRecord<'a> {
+    #[serde(borrow, default)]
+    country: Option<RawCountry<'a>>,
+    #[serde(borrow, default)]
+    registered_country: Option<RawCountry<'a>>,
+    #[serde(borrow, default)]
+    continent: Option<RawContinent<'a>>,
+    #[serde(default)]
+    location: Option<RawLocation>,
+    #[serde(borrow, default)]
+    country_code: Option<&'a str>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawCountry<'a> {
+    #[serde(borrow, default)]
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawContinent<'a> {
+    #[serde(borrow, default)]
+    code: Option<&'a str>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawLocation {
+    #[serde(default)]
+    latitude: Option<f64>,
+    #[serde(default)]
+    longitude: Option<f64>,
+}
+
+impl RawRecord<'_> {
+    fn complete(&self) -> GeoRecord {
+        let code = self
+            .country
+            .as_ref()
+            .and_then(|c| c.iso_code)
+            .or(self.country_code)
+            // Satellite and anycast networks have no `country`; the registration country
+            // is the best remaining guess.
+            .or_else(|| self.registered_country.as_ref().and_then(|c| c.iso_code));
+        let country = code.and_then(countries::country);
+        let continent = self
+            .continent
+            .as_ref()
+            .and_then(|c| c.code)
+            .and_then(static_continent)
+            .or(country.map(|c| c.continent));
+        let location = match &self.location {
+            Some(RawLocation {
+                latitude: Some(lat),
+                longitude: Some(lon),
+            }) if (-90.0..=90.0).contains(lat) && (-180.0..=180.0).contains(lon) => Some((
+                LatLon {
+                    lat: *lat,
+                    lon: *lon,
+                },
+                LocationSource::Database,
+            )),
+            _ => country.map(|c| {
+                (
+                    LatLon {
+                        lat: c.lat,
+                        lon: c.lon,
+                    },
+                    LocationSource::Country,
+                )
+            }),
+        };
+        GeoRecord {
+            country,
+            continent,
+            location,
+        }
+    }
+}
+
+/// The table's `'static` spelling of a continent code the database gave.
+fn static_continent(code: &str) -> Option<&'static str> {
+    countries::CONTINENTS
+        .iter()
+        .find(|(known, _)| *known == code)
+        .map(|(known, _)| *known)
+}
+
+/// An open, checked GeoIP database.
+#[derive(Debug)]
+pub struct GeoDatabase {
+    reader: Reader<Mmap>,
+    info: DatabaseInfo,
+}
+
+impl GeoDatabase {
+    /// Memory-maps and checks the file. Refuses corrupt files and files without country
+    /// data (ASN, anonymous-IP…), naming the reason.
+    pub fn open(path: &Path) -> Result<GeoDatabase, DatabaseError> {
+        let open_error = |source| DatabaseError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        // SAFETY: the map is only undefined behaviour if the file is truncated or written
+        // in place while mapped. The supported update path is the one `geoipupdate` uses,
+        // write a new file and rename it over the old one, which leaves our mapping on the
+        // old inode; the operator docs (README) say so.
+        #[allow(unsafe_code)]
+        let reader = unsafe { Reader::open_mmap(path) }.map_err(open_error)?;
+        let info = check(&reader, path)?;
+        Ok(GeoDatabase { reader, info })
+    }
+
+    /// Facts about the database.
+    pub fn info(&self) -> &DatabaseInfo {
+        &self.info
+    }
+
+    /// What the database says about `ip` (already normalised: IPv4-mapped addresses must
+    /// be converted first). `Ok(None)`: the address is not in the database.
+    pub fn lookup(&self, ip: IpAddr) -> Result<Option<GeoRecord>, DatabaseError> {
+        let lookup_error = |source| DatabaseError::Lookup { ip, source };
+        let result = self.reader.lookup(ip).map_err(lookup_error)?;
+        let record: Option<RawRecord<'_>> = result.decode().map_err(lookup_error)?;
+        Ok(record.map(|r| r.complete()))
+    }
+
+    /// The underlying reader, for benchmarks that compare against a bare lookup.
+    pub fn reader(&self) -> &Reader<Mmap> {
+        &self.reader
+    }
+}
+
+/// Walks every network, decodes each distinct record once, and works out the schema.
+fn check(reader: &Reader<Mmap>, path: &Path) -> Result<DatabaseInfo, DatabaseError> {
+    let corrupt = |detail: String| DatabaseError::Corrupt {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let metadata = reader.metadata();
+    let build_time = UNIX_EPOCH
+        .checked_add(Duration::from_secs(metadata.build_epoch))
+        .filter(|t| *t <= UNIX_EPOCH + Duration::from_secs(253_402_300_799))
+        .ok_or_else(|| corrupt(format!("build_epoch {} is not a date", metadata.build_epoch)))?;
+
+    let mut seen_offsets = HashSet::new();
+    let (mut has_location, mut has_country_object, mut has_country_code) = (false, false, false);
+    let mut networks = 0u64;
+    let walk = reader
+        .networks(WithinOptions::default())
+        .map_err(|e| corrupt(e.to_string()))?;
+    for item in walk {
+        let result = item.map_err(|e| corrupt(e.to_string()))?;
+        networks += 1;
+        let Some(offset) = result.offset() else {
+            continue;
+        };
+        if !seen_offsets.insert(offset) {
+            continue;
+        }
+        let record: RawRecord<'_> = result
+            .decode()
+            .map_err(|e| corrupt(e.to_string()))?
+            .unwrap_or_default();
+        has_location |= record.location.is_some();
+        has_country_object |= record.country.is_some() || record.registered_country.is_some();
+        has_country_code |= record.country_code.is_some();
+    }
+
+    let schema = if has_location {
+        Schema::City
+    } else if has_country_object {
+        Schema::Country
+    } else if has_country_code {
+        Schema::CountryCode
+    } else {
+        return Err(DatabaseError::NoCountryData {
+            path: path.to_path_buf(),
+            database_type: metadata.database_type.clone(),
+        });
+    };
+
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_ascii_lowercase())
+        .unwrap_or_default();
+    let described_as_dbip = metadata
+        .description
+        .values()
+        .chain(std::iter::once(&metadata.database_type))
+        .any(|d| d.to_ascii_lowercase().contains("db-ip") || d.to_ascii_lowercase().contains("dbip"));
+    // The flat country_code schema is what DB-IP Lite conversions ship; crediting DB-IP
+    // when in doubt costs a link, forgetting it breaks the licence.
+    let attribution = (described_as_dbip
+        || file_name.contains("dbip")
+        || file_name.contains("db-ip")
+        || schema == Schema::CountryCode)
+        .then_some(DBIP_ATTRIBUTION);
+
+    Ok(DatabaseInfo {
+        path: path.to_path_buf(),
+        database_type: metadata.database_type.clone(),
+        schema,
+        build_time,
+        networks,
+        attribution,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mmdb_writer::{MmdbWriter, Value};
+
+    fn write(dir: &Path, name: &str, w: &MmdbWriter) -> PathBuf {
+        let path = dir.join(name);
+        w.write_to(&path).expect("write fixture");
+        path
+    }
+
+    #[test]
+    fn city_country_and_flat_schemas_are_recognised_and_completed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut city = MmdbWriter::new("GeoLite2-City");
+        city.insert(
+            "81.2.69.0/24".parse().expect("net"),
+            Value::city_record("GB", "EU", Some((51.5142, -0.0931))),
+        );
+        let mut country = MmdbWriter::new("GeoLite2-Country");
+        country.insert(
+            "81.2.69.0/24".parse().expect("net"),
+            Value::country_record("GB", "EU"),
+        );
+        let mut flat = MmdbWriter::new("country ipvAll");
+        flat.insert(
+            "81.2.69.0/24".parse().expect("net"),
+            Value::country_code_record("GB"),
+        );
+        let ip: IpAddr = "81.2.69.142".parse().expect("ip");
+
+        let db = GeoDatabase::open(&write(dir.path(), "city.mmdb", &city)).expect("open");
+        assert_eq!(db.info().schema, Schema::City);
+        assert_eq!(db.info().attribution, None);
+        let rec = db.lookup(ip).expect("lookup").expect("found");
+        assert_eq!(rec.country.map(|c| c.code), Some("GB"));
+        assert_eq!(rec.location.map(|l| l.1), Some(LocationSource::Database));
+
+        let db = GeoDatabase::open(&write(dir.path(), "country.mmdb", &country)).expect("open");
+        assert_eq!(db.info().schema, Schema::Country);
+        let rec = db.lookup(ip).expect("lookup").expect("found");
+        assert_eq!(rec.continent, Some("EU"));
+        assert_eq!(rec.location.map(|l| l.1), Some(LocationSource::Country));
+
+        let db = GeoDatabase::open(&write(dir.path(), "flat.mmdb", &flat)).expect("open");
+        assert_eq!(db.info().schema, Schema::CountryCode);
+        assert_eq!(db.info().attribution, Some(DBIP_ATTRIBUTION));
+        let rec = db.lookup(ip).expect("lookup").expect("found");
+        assert_eq!(rec.continent, Some("EU"), "continent derived from the country");
+        assert!(rec.location.is_some(), "coordinates derived from the country");
+
+        assert_eq!(db.lookup("8.8.8.8".parse().expect("ip")).expect("lookup"), None);
+    }
+
+    #[test]
+    fn a_database_without_country_data_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut asn = MmdbWriter::new("GeoLite2-ASN");
+        asn.insert(
+            "1.0.0.0/24".parse().expect("net"),
+            Value::map([("autonomous_system_number", Value::U32(13335))]),
+        );
+        let err = GeoDatabase::open(&write(dir.path(), "asn.mmdb", &asn)).expect_err("refused");
+        assert!(err.to_string().contains("has no country data"), "{err}");
+    }
+
+    #[test]
+    fn damaged_files_are_refused_or_fail_lookups_without_panicking() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = MmdbWriter::new("GeoLite2-City");
+        for i in 0..64u32 {
+            let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(i << 24), 8).expect("net");
+            w.insert(net.into(), Value::city_record("DE", "EU", Some((52.5, 13.4))));
+        }
+        let good = w.to_bytes();
+        let path = dir.path().join("damaged.mmdb");
+        // Truncations and single-byte corruptions at many places in the file.
+        let mut cases: Vec<Vec<u8>> = Vec::new();
+        for at in (0..good.len()).step_by(7) {
+            let mut bad = good.clone();
+            bad[at] ^= 0xFF;
+            cases.push(bad);
+        }
+        for cut in [0, 1, 10, good.len() / 3, good.len() / 2, good.len() - 20] {
+            std::fs::write(&path, &good[..cut]).expect("write");
+            assert!(GeoDatabase::open(&path).is_err(), "truncated at {cut} must be refused");
+        }
+        // Whatever a flipped byte does, it is a refusal at open or a lookup result/error:
+        // this loop passing means no panic and no crash.
+        let mut opened = 0;
+        for bytes in cases {
+            std::fs::write(&path, &bytes).expect("write");
+            if let Ok(db) = GeoDatabase::open(&path) {
+                opened += 1;
+                for i in 0..64u32 {
+                    let _ = db.lookup(IpAddr::from(std::net::Ipv4Addr::from((i << 24) | 1)));
+                }
+            }
+        }
+        assert!(opened > 0, "some corruptions (e.g. in string payloads) leave a usable file");
+    }
+}
