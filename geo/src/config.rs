@@ -39,13 +39,34 @@ pub struct Config {
 /// The `geoip:` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeoIpSettings {
-    /// The mmdb file, resolved against the config file's folder. `None`: GeoIP is off and
-    /// every client goes to the default region (said loudly at start).
-    pub database: Option<PathBuf>,
+    /// Which database to use.
+    pub database: GeoIpSource,
     /// Entries in the per-address resolution cache; 0 turns the cache off.
     pub cache_size: u64,
     /// How often the database file is checked for replacement (as `geoipupdate` does it).
     pub reload_check: Duration,
+}
+
+/// Where GeoIP answers come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GeoIpSource {
+    /// No database: every client goes to the default region (said loudly at start).
+    Off,
+    /// The built-in demo database ([`crate::demo`]): not real geolocation.
+    BuiltinDemo,
+    /// A MaxMind DB file, resolved against the config file's folder.
+    File(PathBuf),
+}
+
+impl GeoIpSource {
+    /// `builtin-demo`, or a path (relative paths are taken from `base_dir`).
+    pub fn from_setting(value: &str, base_dir: &Path) -> GeoIpSource {
+        match value.trim() {
+            "" => GeoIpSource::Off,
+            crate::demo::BUILTIN_DEMO => GeoIpSource::BuiltinDemo,
+            path => GeoIpSource::File(base_dir.join(path)),
+        }
+    }
 }
 
 /// The `edges:` section: timing of the edge link and its states.
@@ -444,7 +465,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
 
     let geoip = match &raw.geoip {
         None => GeoIpSettings {
-            database: None,
+            database: GeoIpSource::Off,
             cache_size: 0,
             reload_check: Duration::from_secs(60),
         },
@@ -452,8 +473,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             database: g
                 .database
                 .as_deref()
-                .filter(|d| !d.trim().is_empty())
-                .map(|d| base_dir.join(d)),
+                .map_or(GeoIpSource::Off, |d| GeoIpSource::from_setting(d, base_dir)),
             cache_size: g.cache_size.unwrap_or(0),
             reload_check: duration_field(
                 &mut issues,
@@ -881,8 +901,8 @@ regions:
         assert_eq!(c.regions[1].name, "eu-west");
         assert_eq!(c.regions[0].turn.ttl, Duration::from_secs(6 * 3600));
         assert_eq!(
-            c.geoip.database.as_deref(),
-            Some(Path::new("/etc/locus/db/GeoLite2-City.mmdb"))
+            c.geoip.database,
+            GeoIpSource::File(PathBuf::from("/etc/locus/db/GeoLite2-City.mmdb"))
         );
         assert_eq!(c.edges, EdgeTiming::default());
         assert!(c.is_trusted_proxy("127.0.0.9".parse().expect("ip")));

@@ -254,6 +254,30 @@ impl GeoDatabase {
         Ok(GeoDatabase { reader, info })
     }
 
+    /// The built-in demo database ([`crate::demo`]), written to a temporary file that is
+    /// unlinked as soon as it is mapped.
+    pub fn open_builtin_demo() -> Result<GeoDatabase, DatabaseError> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let path = std::env::temp_dir().join(format!(
+            "locus-demo-geoip-{}-{nanos}.mmdb",
+            std::process::id()
+        ));
+        let written = crate::demo::demo_database().write_to(&path);
+        let opened = written
+            .map_err(|e| DatabaseError::Open {
+                path: path.clone(),
+                source: MaxMindDbError::Io(e),
+            })
+            .and_then(|()| GeoDatabase::open(&path));
+        let _ = std::fs::remove_file(&path);
+        let mut database = opened?;
+        database.info.path = PathBuf::from(crate::demo::BUILTIN_DEMO);
+        Ok(database)
+    }
+
     /// Facts about the database.
     pub fn info(&self) -> &DatabaseInfo {
         &self.info

@@ -11,11 +11,13 @@
 //!   continent → nearest region → default, with the rule that matched.
 //! - [`resolver`] puts a database, the compiled rules and an optional cache behind one
 //!   atomic pointer, and hot-reloads the database when its file is replaced.
-//! - [`mmdb_writer`] writes MaxMind DB files: test fixtures and the demo database.
+//! - [`mmdb_writer`] writes MaxMind DB files: test fixtures and the [`demo`] database
+//!   that lets a machine without a GeoIP file try the product.
 
 pub mod config;
 pub mod countries;
 pub mod database;
+pub mod demo;
 pub mod mmdb_writer;
 pub mod resolver;
 pub mod rules;

@@ -13,7 +13,7 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::config::{Config, GeoIpSource};
 use crate::database::{DatabaseError, DatabaseInfo, GeoDatabase};
 use crate::rules::{DefaultReason, RegionRules, Resolution};
 
@@ -98,12 +98,13 @@ impl GeoResolver {
     /// unusable database is an error: starting without the GeoIP the operator asked for
     /// would silently send everyone to the default region.
     pub fn open(config: &Config) -> Result<GeoResolver, DatabaseError> {
-        let database_path = config.geoip.database.clone();
-        let (database, seen) = match &database_path {
-            None => (None, None),
-            Some(path) => {
+        let (database, database_path, seen) = match &config.geoip.database {
+            GeoIpSource::Off => (None, None, None),
+            GeoIpSource::BuiltinDemo => (Some(Arc::new(GeoDatabase::open_builtin_demo()?)), None, None),
+            GeoIpSource::File(path) => {
                 let seen = identity(path).ok();
-                (Some(Arc::new(GeoDatabase::open(path)?)), seen)
+                let database = GeoDatabase::open(path)?;
+                (Some(Arc::new(database)), Some(path.clone()), seen)
             }
         };
         Ok(GeoResolver {

@@ -1,0 +1,197 @@
+//! The `locator` command line: `check-config` and `resolve` (the external contract in
+//! the brief). Output for machines goes to stdout (one JSON line per answer); messages
+//! for people go to stderr.
+
+use std::io::Write;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use locus_geo::config::GeoIpSource;
+use locus_geo::{Config, DatabaseInfo, GeoResolver};
+
+/// Region-aware geo-routing locator.
+#[derive(Debug, Parser)]
+#[command(name = "locator", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a regions file (and open its GeoIP database); exit non-zero when invalid.
+    CheckConfig {
+        /// The regions file.
+        #[arg(long, default_value = "regions.yaml")]
+        config: PathBuf,
+        /// GeoIP database to use instead of the file's `geoip.database` (`builtin-demo`
+        /// for the built-in demo database).
+        #[arg(long)]
+        geoip: Option<String>,
+    },
+    /// Print where each address goes: one JSON line per address.
+    Resolve {
+        /// The regions file.
+        #[arg(long, default_value = "regions.yaml")]
+        config: PathBuf,
+        /// GeoIP database to use instead of the file's `geoip.database` (`builtin-demo`
+        /// for the built-in demo database).
+        #[arg(long)]
+        geoip: Option<String>,
+        /// Client addresses (IPv4 or IPv6).
+        #[arg(required = true)]
+        ips: Vec<String>,
+    },
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::CheckConfig { config, geoip } => check_config(&config, geoip.as_deref()),
+        Command::Resolve { config, geoip, ips } => resolve(&config, geoip.as_deref(), &ips),
+    }
+}
+
+/// Loads the config and applies a `--geoip` override (relative to the working directory).
+fn load_config(path: &Path, geoip: Option<&str>) -> Result<Config, String> {
+    let mut config = Config::load(path).map_err(|e| e.to_string())?;
+    if let Some(value) = geoip {
+        config.geoip.database = GeoIpSource::from_setting(value, Path::new("."));
+    }
+    Ok(config)
+}
+
+fn open_resolver(config: &Config) -> Result<GeoResolver, String> {
+    if config.geoip.database == GeoIpSource::Off {
+        tracing::warn!(
+            "GeoIP is OFF: no geoip.database in {}; every client goes to the default region \"{}\"",
+            config.source.display(),
+            config.default_region().id
+        );
+    }
+    let resolver = GeoResolver::open(config).map_err(|e| e.to_string())?;
+    if let Some(info) = resolver.database_info() {
+        if info.database_type == locus_geo::demo::DEMO_DATABASE_TYPE {
+            tracing::warn!(
+                "using the built-in DEMO GeoIP database: a few well-known networks, not real geolocation (see README to use GeoLite2 or DB-IP Lite)"
+            );
+        }
+    }
+    Ok(resolver)
+}
+
+fn describe_database(info: &DatabaseInfo) -> String {
+    let built = info
+        .build_time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    format!(
+        "{} ({}, {} schema, {} networks, built at unix time {built})",
+        info.path.display(),
+        info.database_type,
+        info.schema.as_str(),
+        info.networks
+    )
+}
+
+fn check_config(path: &Path, geoip: Option<&str>) -> ExitCode {
+    let config = match load_config(path, geoip) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let resolver = match open_resolver(&config) {
+        Ok(resolver) => resolver,
+        Err(message) => {
+            eprintln!("{}: geoip.database: {message}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let ids: Vec<&str> = config.regions.iter().map(|r| r.id.as_str()).collect();
+    println!(
+        "{} is valid: {} regions ({}), default region {}",
+        path.display(),
+        ids.len(),
+        ids.join(", "),
+        config.default_region().id
+    );
+    match resolver.database_info() {
+        Some(info) => println!("GeoIP database: {}", describe_database(&info)),
+        None => println!("GeoIP: off (every client goes to the default region)"),
+    }
+    // Secrets are read at serve time; say now which are missing from this environment.
+    for region in &config.regions {
+        if let Some(var) = &region.turn.secret_env {
+            if std::env::var_os(var).is_none() {
+                println!(
+                    "note: {var} (TURN secret of region {}) is not set in this environment; without it the region's TURN pool is unusable and clients get its fallback's pool",
+                    region.id
+                );
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn resolve(path: &Path, geoip: Option<&str>, ips: &[String]) -> ExitCode {
+    let config = match load_config(path, geoip) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let resolver = match open_resolver(&config) {
+        Ok(resolver) => resolver,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let mut failures = 0;
+    for raw in ips {
+        let line = match raw.trim().parse::<IpAddr>() {
+            Ok(ip) => serde_json::to_string(&resolver.resolve(ip).view(&config)),
+            Err(_) => {
+                failures += 1;
+                serde_json::to_string(&serde_json::json!({
+                    "ip": raw,
+                    "error": format!(
+                        "\"{raw}\" is not an IP address: give an IPv4 (203.0.113.7) or IPv6 (2001:db8::7) address"
+                    ),
+                }))
+            }
+        };
+        let line = line.unwrap_or_else(|e| format!("{{\"error\":\"cannot print answer: {e}\"}}"));
+        if writeln!(out, "{line}").is_err() {
+            // stdout closed (e.g. piped into `head`): nothing more to say.
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(info) = resolver.database_info() {
+        if let Some(credit) = &info.attribution {
+            eprintln!("{} <{}>", credit.text, credit.url);
+        }
+    }
+    if failures > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
