@@ -153,7 +153,9 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Syntax {
             path: path.to_path_buf(),
-            message: e.to_string().replace("<input>", &path.display().to_string()),
+            message: e
+                .to_string()
+                .replace("<input>", &path.display().to_string()),
         })?;
         validate(raw, path)
     }
@@ -184,7 +186,10 @@ impl Config {
 #[derive(Debug)]
 pub enum ConfigError {
     /// The file could not be read.
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Not YAML, or YAML of the wrong shape (unknown key, wrong type); the message carries
     /// the line, column and a snippet.
     Syntax { path: PathBuf, message: String },
@@ -213,7 +218,11 @@ impl fmt::Display for ConfigError {
                 write!(f, "cannot read {}: {source}", path.display())
             }
             ConfigError::Syntax { path, message } => {
-                write!(f, "{} is not a valid regions file:\n{message}", path.display())
+                write!(
+                    f,
+                    "{} is not a valid regions file:\n{message}",
+                    path.display()
+                )
             }
             ConfigError::Invalid { path, issues } => {
                 let n = issues.len();
@@ -254,7 +263,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let mut total = Duration::ZERO;
     let mut rest = text;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(format!(
                 "\"{text}\" is not a duration: write a number and a unit, e.g. 30s, 5m, 12h"
@@ -264,7 +275,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .parse()
             .map_err(|_| format!("\"{text}\": number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -378,7 +391,12 @@ struct RawTurn {
 struct Issues(Vec<ConfigIssue>);
 
 impl Issues {
-    fn at<T>(&mut self, spanned: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) {
+    fn at<T>(
+        &mut self,
+        spanned: &Spanned<T>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         let line = spanned.referenced.line();
         self.0.push(ConfigIssue {
             line: (line > 0).then_some(line),
@@ -564,11 +582,13 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         }
     }
     let known_ids = || {
-        raw.regions
-            .iter()
-            .map(|r| r.id.value.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        let mut ids: Vec<&str> = Vec::new();
+        for region in &raw.regions {
+            if !ids.contains(&region.id.value.as_str()) {
+                ids.push(&region.id.value);
+            }
+        }
+        ids.join(", ")
     };
 
     let default_region = match &raw.default_region {
@@ -952,7 +972,11 @@ regions:
         expect("regions[0].countries[0]", "the United Kingdom is GB", 7);
         expect("regions[0].continents[0]", "not a continent code", 8);
         expect("regions[0].networks[0]", "not a CIDR network", 9);
-        expect("regions[0].fallback[0]", "\"eu-central\" is not a region", 10);
+        expect(
+            "regions[0].fallback[0]",
+            "\"eu-central\" is not a region",
+            10,
+        );
         expect("regions[0].turn.secret_env", "names no secret variable", 5);
         expect("regions[1].id", "duplicate region id", 13);
     }
@@ -969,7 +993,11 @@ regions:
     fn a_country_in_two_regions_is_refused() {
         let text = GOOD.replace("countries: [IE, GB]", "countries: [IE, US]");
         let found = issues(&text);
-        assert!(found[0].message.contains("already listed in region \"us-east\""));
+        assert!(
+            found[0]
+                .message
+                .contains("already listed in region \"us-east\"")
+        );
     }
 
     #[test]
@@ -985,8 +1013,16 @@ regions:
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("12h"), Ok(Duration::from_secs(43_200)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
-        assert!(parse_duration("12").expect_err("no unit").contains("no unit"));
-        assert!(parse_duration("5y").expect_err("bad unit").contains("unknown unit"));
+        assert!(
+            parse_duration("12")
+                .expect_err("no unit")
+                .contains("no unit")
+        );
+        assert!(
+            parse_duration("5y")
+                .expect_err("bad unit")
+                .contains("unknown unit")
+        );
         assert!(parse_duration("").is_err());
     }
 }

@@ -308,7 +308,12 @@ fn check(reader: &Reader<Mmap>, path: &Path) -> Result<DatabaseInfo, DatabaseErr
     let build_time = UNIX_EPOCH
         .checked_add(Duration::from_secs(metadata.build_epoch))
         .filter(|t| *t <= UNIX_EPOCH + Duration::from_secs(253_402_300_799))
-        .ok_or_else(|| corrupt(format!("build_epoch {} is not a date", metadata.build_epoch)))?;
+        .ok_or_else(|| {
+            corrupt(format!(
+                "build_epoch {} is not a date",
+                metadata.build_epoch
+            ))
+        })?;
 
     let mut seen_offsets = HashSet::new();
     let (mut has_location, mut has_country_object, mut has_country_code) = (false, false, false);
@@ -355,7 +360,9 @@ fn check(reader: &Reader<Mmap>, path: &Path) -> Result<DatabaseInfo, DatabaseErr
         .description
         .values()
         .chain(std::iter::once(&metadata.database_type))
-        .any(|d| d.to_ascii_lowercase().contains("db-ip") || d.to_ascii_lowercase().contains("dbip"));
+        .any(|d| {
+            d.to_ascii_lowercase().contains("db-ip") || d.to_ascii_lowercase().contains("dbip")
+        });
     // The flat country_code schema is what DB-IP Lite conversions ship; crediting DB-IP
     // when in doubt costs a link, forgetting it breaks the licence.
     let attribution = (described_as_dbip
@@ -422,10 +429,20 @@ mod tests {
         assert_eq!(db.info().schema, Schema::CountryCode);
         assert_eq!(db.info().attribution, Some(DBIP_ATTRIBUTION));
         let rec = db.lookup(ip).expect("lookup").expect("found");
-        assert_eq!(rec.continent, Some("EU"), "continent derived from the country");
-        assert!(rec.location.is_some(), "coordinates derived from the country");
+        assert_eq!(
+            rec.continent,
+            Some("EU"),
+            "continent derived from the country"
+        );
+        assert!(
+            rec.location.is_some(),
+            "coordinates derived from the country"
+        );
 
-        assert_eq!(db.lookup("8.8.8.8".parse().expect("ip")).expect("lookup"), None);
+        assert_eq!(
+            db.lookup("8.8.8.8".parse().expect("ip")).expect("lookup"),
+            None
+        );
     }
 
     #[test]
@@ -446,7 +463,10 @@ mod tests {
         let mut w = MmdbWriter::new("GeoLite2-City");
         for i in 0..64u32 {
             let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(i << 24), 8).expect("net");
-            w.insert(net.into(), Value::city_record("DE", "EU", Some((52.5, 13.4))));
+            w.insert(
+                net.into(),
+                Value::city_record("DE", "EU", Some((52.5, 13.4))),
+            );
         }
         let good = w.to_bytes();
         let path = dir.path().join("damaged.mmdb");
@@ -459,7 +479,10 @@ mod tests {
         }
         for cut in [0, 1, 10, good.len() / 3, good.len() / 2, good.len() - 20] {
             std::fs::write(&path, &good[..cut]).expect("write");
-            assert!(GeoDatabase::open(&path).is_err(), "truncated at {cut} must be refused");
+            assert!(
+                GeoDatabase::open(&path).is_err(),
+                "truncated at {cut} must be refused"
+            );
         }
         // Whatever a flipped byte does, it is a refusal at open or a lookup result/error:
         // this loop passing means no panic and no crash.
@@ -473,6 +496,9 @@ mod tests {
                 }
             }
         }
-        assert!(opened > 0, "some corruptions (e.g. in string payloads) leave a usable file");
+        assert!(
+            opened > 0,
+            "some corruptions (e.g. in string payloads) leave a usable file"
+        );
     }
 }

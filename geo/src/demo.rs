@@ -51,7 +51,11 @@ pub fn demo_database() -> MmdbWriter {
         };
         writer.insert(
             net,
-            Value::city_record(country.code, country.continent, Some((country.lat, country.lon))),
+            Value::city_record(
+                country.code,
+                country.continent,
+                Some((country.lat, country.lon)),
+            ),
         );
     }
     writer

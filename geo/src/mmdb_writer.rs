@@ -42,10 +42,7 @@ impl Value {
     /// A GeoIP2-City-shaped record: country, continent and (optionally) coordinates.
     pub fn city_record(country: &str, continent: &str, location: Option<(f64, f64)>) -> Value {
         let mut pairs = vec![
-            (
-                "continent",
-                Value::map([("code", Value::str(continent))]),
-            ),
+            ("continent", Value::map([("code", Value::str(continent))])),
             (
                 "country",
                 Value::map([
@@ -295,7 +292,10 @@ mod tests {
     #[test]
     fn maxminddb_reads_what_we_write() {
         let mut w = MmdbWriter::new("Test-City").build_epoch(1_750_000_000);
-        w.insert(net("81.2.0.0/16"), Value::city_record("GB", "EU", Some((51.5, -0.1))));
+        w.insert(
+            net("81.2.0.0/16"),
+            Value::city_record("GB", "EU", Some((51.5, -0.1))),
+        );
         w.insert(net("81.2.69.0/24"), Value::country_record("IE", "EU"));
         w.insert(net("2001:4860::/32"), Value::country_code_record("US"));
         let bytes = w.to_bytes();
@@ -322,7 +322,10 @@ mod tests {
     fn large_sizes_use_extended_size_bytes() {
         let mut w = MmdbWriter::new("Test");
         let long = "x".repeat(70_000);
-        w.insert(net("10.0.0.0/8"), Value::map([("long", Value::str(long.clone()))]));
+        w.insert(
+            net("10.0.0.0/8"),
+            Value::map([("long", Value::str(long.clone()))]),
+        );
         let reader = maxminddb::Reader::from_source(w.to_bytes()).expect("readable");
         let found: BTreeMap<String, String> = reader
             .lookup("10.1.1.1".parse().expect("ip"))

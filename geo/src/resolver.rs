@@ -100,7 +100,11 @@ impl GeoResolver {
     pub fn open(config: &Config) -> Result<GeoResolver, DatabaseError> {
         let (database, database_path, seen) = match &config.geoip.database {
             GeoIpSource::Off => (None, None, None),
-            GeoIpSource::BuiltinDemo => (Some(Arc::new(GeoDatabase::open_builtin_demo()?)), None, None),
+            GeoIpSource::BuiltinDemo => (
+                Some(Arc::new(GeoDatabase::open_builtin_demo()?)),
+                None,
+                None,
+            ),
             GeoIpSource::File(path) => {
                 let seen = identity(path).ok();
                 let database = GeoDatabase::open(path)?;
@@ -211,8 +215,9 @@ impl GeoResolver {
                 ReloadOutcome::Reloaded(info)
             }
             Err(error) => {
-                let message =
-                    format!("{error}; refusing the replacement, still serving the one loaded before");
+                let message = format!(
+                    "{error}; refusing the replacement, still serving the one loaded before"
+                );
                 tracing::error!("{message}");
                 ReloadOutcome::Refused(message)
             }
