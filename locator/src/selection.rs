@@ -1,0 +1,1 @@
+//! Edge selection (being written).
