@@ -449,6 +449,15 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
             net.trunc()
         ));
     }
+    // Client addresses are normalised to IPv4 when IPv4-mapped, so a mapped network
+    // (::ffff:a.b.c.d/96+n) must be too, or it would silently never match.
+    if let IpNet::V6(v6) = net {
+        if let (Some(v4), true) = (v6.network().to_ipv4_mapped(), v6.prefix_len() >= 96) {
+            if let Ok(v4net) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96) {
+                return Ok(IpNet::V4(v4net));
+            }
+        }
+    }
     Ok(net)
 }
 
@@ -1006,6 +1015,17 @@ regions:
         let found = issues(&text);
         assert_eq!(found[0].field, "regions[0].turn.secret_env");
         assert!(found[0].message.contains("never goes in this file"));
+    }
+
+    #[test]
+    fn ipv4_mapped_networks_are_normalised_to_ipv4() {
+        assert_eq!(
+            parse_network("::ffff:203.0.113.0/120"),
+            Ok("203.0.113.0/24".parse().expect("net"))
+        );
+        let text = GOOD.replace("[127.0.0.0/8, \"::1\"]", "[\"::ffff:127.0.0.0/104\"]");
+        let c = parse(&text).expect("valid");
+        assert!(c.is_trusted_proxy("127.0.0.1".parse().expect("ip")));
     }
 
     #[test]
