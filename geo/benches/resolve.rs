@@ -7,8 +7,9 @@
 //! is there, otherwise a database of random networks written with
 //! [`locus_geo::mmdb_writer`]. Random networks are picked (80% IPv4, 20% IPv6, as traffic
 //! roughly is) with a fixed seed, then a random address inside each, so every run measures
-//! the same list. The rules are the repository's `regions.yaml` when it parses, otherwise a
-//! small realistic one embedded here.
+//! the same list. The rules are the repository's `regions.yaml` (or the file named by
+//! `LOCUS_BENCH_REGIONS`) when it parses, otherwise a small realistic one embedded here
+//! (`LOCUS_BENCH_REGIONS=embedded` forces it).
 //!
 //! One group, five functions over the same addresses:
 //!
@@ -29,7 +30,7 @@
 //! batch, and the loop walks the addresses in order like a stream of requests would, instead
 //! of criterion re-resolving one address whose tree path and record stay hot in L1.
 //!
-//! After criterion, a manual `Instant` pass (best of several batches) prints one
+//! After criterion, a manual `Instant` pass (best and mean of 10 batches) prints one
 //! `summary:` line per function with ns/op and the ratio to the bare baseline, and a
 //! breakdown of where an uncached resolution spends its time beyond the bare lookup.
 
@@ -153,26 +154,30 @@ fn bare_country(reader: &Reader<Mmap>, ip: IpAddr, flat: bool) -> Option<&str> {
 struct Networks {
     v4: Vec<(u32, u8)>,
     v6: Vec<(u128, u8)>,
+    /// Distinct data records (what a memo keyed by record offset would hold).
+    distinct_records: usize,
 }
 
 fn collect_networks(reader: &Reader<Mmap>) -> Networks {
     let mut networks = Networks {
         v4: Vec::new(),
         v6: Vec::new(),
+        distinct_records: 0,
     };
+    let mut offsets = std::collections::HashSet::new();
     let walk = reader
         .networks(WithinOptions::default())
         .expect("walk the database's networks");
     for item in walk {
-        let network = item
-            .expect("network of the database")
-            .network()
-            .expect("network of the database");
+        let result = item.expect("network of the database");
+        offsets.extend(result.offset());
+        let network = result.network().expect("network of the database");
         match network.ip() {
             IpAddr::V4(a) => networks.v4.push((u32::from(a), network.prefix())),
             IpAddr::V6(a) => networks.v6.push((u128::from(a), network.prefix())),
         }
     }
+    networks.distinct_records = offsets.len();
     networks
 }
 
@@ -239,7 +244,10 @@ fn generate_database(path: &Path, rng: &mut StdRng) {
 // Configuration.
 
 fn load_config(database: &Path) -> Config {
-    let repo_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../regions.yaml");
+    // LOCUS_BENCH_REGIONS: another rules file, or `embedded` for the rules above.
+    let repo_file = std::env::var_os("LOCUS_BENCH_REGIONS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../regions.yaml"));
     let from_repo = std::fs::read_to_string(&repo_file)
         .ok()
         .map(|text| (Config::parse(&text, &repo_file), text));
@@ -290,20 +298,20 @@ fn open(path: &Path) -> GeoDatabase {
 /// One batch of work: resolves the next `ADDRESSES` addresses.
 type Pass<'a> = Box<dyn FnMut() + 'a>;
 
-/// Best time per element over `passes` runs of `pass` (after one warm-up run).
-fn best_ns_per_op(pass: &mut dyn FnMut(), passes: usize) -> f64 {
+/// Time per element of `passes` runs of `pass` (after one warm-up run): (best, mean).
+/// The best is the figure for steady work; the mean matters where the cost comes in bursts
+/// (moka's housekeeping runs every so many writes, so some batches pay for others).
+fn ns_per_op(pass: &mut dyn FnMut(), passes: usize) -> (f64, f64) {
     pass();
-    (0..passes)
+    let times: Vec<f64> = (0..passes)
         .map(|_| {
             let start = Instant::now();
             pass();
-            start.elapsed()
+            start.elapsed().as_secs_f64() * 1e9 / ADDRESSES as f64
         })
-        .min()
-        .unwrap_or_default()
-        .as_secs_f64()
-        * 1e9
-        / ADDRESSES as f64
+        .collect();
+    let best = times.iter().copied().fold(f64::INFINITY, f64::min);
+    (best, times.iter().sum::<f64>() / times.len() as f64)
 }
 
 fn main() {
@@ -351,9 +359,10 @@ fn main() {
     let flat = db.info().schema == Schema::CountryCode;
     let networks = collect_networks(db.reader());
     println!(
-        "networks with data: {} IPv4, {} IPv6; drawing {V4_SHARE:.0}% IPv4",
+        "networks with data: {} IPv4, {} IPv6, {} distinct records; drawing {V4_SHARE:.0}% IPv4",
         networks.v4.len(),
         networks.v6.len(),
+        networks.distinct_records,
         V4_SHARE = V4_SHARE * 100.0
     );
 
@@ -481,17 +490,17 @@ fn main() {
 
     println!();
     println!(
-        "summary (best of 10 batches of {ADDRESSES}, Instant; criterion above is the primary measurement):"
+        "summary (10 batches of {ADDRESSES}, Instant, best and mean; criterion above is the primary measurement):"
     );
     let mut bare = f64::NAN;
     for (name, pass) in &mut passes {
-        let ns = best_ns_per_op(&mut **pass, 10);
+        let (best, mean) = ns_per_op(&mut **pass, 10);
         if bare.is_nan() {
-            bare = ns;
+            bare = best;
         }
         println!(
-            "summary: {name:<38} {ns:>8.1} ns/op {:>6.2}x bare",
-            ns / bare
+            "summary: {name:<38} {best:>8.1} ns/op {:>6.2}x bare   (mean {mean:.1} ns/op)",
+            best / bare
         );
     }
     println!(
@@ -635,8 +644,11 @@ fn main() {
         ),
     ];
     for (name, pass) in &mut breakdown {
-        let ns = best_ns_per_op(&mut **pass, 10);
-        println!("breakdown: {name:<38} {ns:>8.1} ns/op {:>6.2}x bare", ns / bare);
+        let (best, mean) = ns_per_op(&mut **pass, 10);
+        println!(
+            "breakdown: {name:<38} {best:>8.1} ns/op {:>6.2}x bare   (mean {mean:.1} ns/op)",
+            best / bare
+        );
     }
 }
 

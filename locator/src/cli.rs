@@ -21,6 +21,26 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the locator: client API, edge link, admin API.
+    ///
+    /// Secrets come from the environment: LOCATOR_EDGE_TOKEN (required; shared with the
+    /// edges), LOCATOR_ADMIN_TOKEN (enables the admin API), and each TURN pool's secret
+    /// variable.
+    Serve {
+        /// The regions file (re-read on SIGHUP).
+        #[arg(long, default_value = "regions.yaml")]
+        config: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        listen: String,
+        /// Database: a SQLite file path (created if absent) or `sqlite://PATH`.
+        #[arg(long, default_value = "data/locator.sqlite")]
+        database: String,
+        /// GeoIP database to use instead of the file's `geoip.database` (`builtin-demo`
+        /// for the built-in demo database).
+        #[arg(long)]
+        geoip: Option<String>,
+    },
     /// Validate a regions file (and open its GeoIP database); exit non-zero when invalid.
     CheckConfig {
         /// The regions file.
@@ -59,6 +79,12 @@ pub fn init_logging() {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            database,
+            geoip,
+        } => serve(&config, &listen, &database, geoip.as_deref()),
         Command::CheckConfig { config, geoip } => check_config(&config, geoip.as_deref()),
         Command::Resolve { config, geoip, ips } => resolve(&config, geoip.as_deref(), &ips),
     }
@@ -194,4 +220,82 @@ fn resolve(path: &Path, geoip: Option<&str>, ips: &[String]) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+fn serve(path: &Path, listen: &str, database: &str, geoip: Option<&str>) -> ExitCode {
+    let secrets = match crate::server::Secrets::from_env() {
+        Ok(secrets) => secrets,
+        Err(message) => {
+            eprintln!("locator: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = match load_config(path, geoip) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let resolver = match open_resolver(&config) {
+        Ok(resolver) => resolver,
+        Err(message) => {
+            eprintln!("{}: geoip.database: {message}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("locator: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let store = match crate::store::Store::open(database).await {
+            Ok(store) => store,
+            Err(e) => {
+                eprintln!("locator: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("locator: cannot listen on {listen}: {e} (use --listen HOST:PORT)");
+                return ExitCode::FAILURE;
+            }
+        };
+        let address = listener
+            .local_addr()
+            .map_or_else(|_| listen.to_string(), |a| a.to_string());
+        if let Some(info) = resolver.database_info() {
+            if let Some(credit) = info.attribution {
+                tracing::info!("GeoIP: {} <{}>", credit.text, credit.url);
+            }
+        }
+        let state = std::sync::Arc::new(crate::server::AppState::new(config, resolver, store, secrets));
+        for pool in state.routing.load().turn.status(&state.routing.load().config) {
+            if let Some(problem) = &pool.problem {
+                tracing::warn!(region = %pool.region, relay_from = ?pool.relay_from, "TURN pool: {problem}");
+            }
+        }
+        tracing::info!(
+            listen = %address,
+            database = %state.store.describe().location,
+            admin_api = state.secrets.admin_token.is_some(),
+            "locator ready: edges connect to ws://{address}{}, clients call http://{address}/v1/locate",
+            locus_protocol::EDGE_LINK_PATH
+        );
+        match crate::server::run(listener, state, crate::server::shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("locator: server error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }

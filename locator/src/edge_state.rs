@@ -24,9 +24,13 @@ pub enum Liveness {
     Connected,
     /// Socket gone or reports missed; joins of its sessions still route here until the
     /// grace period ends.
-    LinkLost { since: Instant },
+    LinkLost {
+        since: Instant,
+    },
     /// Unavailable: no joins, no new sessions; its ad-hoc sessions end.
-    Failed { why: FailReason },
+    Failed {
+        why: FailReason,
+    },
 }
 
 /// Why an edge was declared failed.
@@ -263,11 +267,19 @@ mod tests {
         assert!(!s.takes_new_sessions());
         assert!(s.serves_existing_sessions());
         s.on_draining();
-        assert_eq!(s.state(), EdgeState::Draining, "draining shows over suspended");
+        assert_eq!(
+            s.state(),
+            EdgeState::Draining,
+            "draining shows over suspended"
+        );
         s.on_resume();
         assert_eq!(s.state(), EdgeState::Draining);
         let mut s = EdgeStatus::registered(Instant::now(), true, false);
-        assert_eq!(s.state(), EdgeState::Suspended, "suspension survives re-registration");
+        assert_eq!(
+            s.state(),
+            EdgeState::Suspended,
+            "suspension survives re-registration"
+        );
         s.on_resume();
         assert_eq!(s.state(), EdgeState::Active);
     }
@@ -277,11 +289,18 @@ mod tests {
         let t = timing();
         let mut s = EdgeStatus::registered(Instant::now(), false, false);
         advance(Duration::from_secs(6)).await;
-        assert_eq!(s.on_tick(Instant::now(), &t), Effect::None, "exactly 3 intervals: not yet");
+        assert_eq!(
+            s.on_tick(Instant::now(), &t),
+            Effect::None,
+            "exactly 3 intervals: not yet"
+        );
         advance(Duration::from_millis(1)).await;
         assert_eq!(s.on_tick(Instant::now(), &t), Effect::ProbeHealth);
         assert_eq!(s.state(), EdgeState::LinkLost);
-        assert!(s.serves_existing_sessions(), "joins still route to a link-lost edge");
+        assert!(
+            s.serves_existing_sessions(),
+            "joins still route to a link-lost edge"
+        );
         assert!(!s.takes_new_sessions());
         advance(Duration::from_secs(29)).await;
         assert_eq!(s.on_tick(Instant::now(), &t), Effect::None);
@@ -292,7 +311,11 @@ mod tests {
         );
         assert_eq!(s.state(), EdgeState::Failed);
         assert!(!s.serves_existing_sessions());
-        assert_eq!(s.on_tick(Instant::now(), &t), Effect::None, "failed stays failed");
+        assert_eq!(
+            s.on_tick(Instant::now(), &t),
+            Effect::None,
+            "failed stays failed"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -315,9 +338,16 @@ mod tests {
         let mut s = EdgeStatus::registered(Instant::now(), false, false);
         assert_eq!(s.on_link_closed(Instant::now()), Effect::ProbeHealth);
         assert_eq!(s.on_link_closed(Instant::now()), Effect::None, "only once");
-        assert_eq!(s.on_probe(true), Effect::None, "alive edge: a cut link, keep grace");
+        assert_eq!(
+            s.on_probe(true),
+            Effect::None,
+            "alive edge: a cut link, keep grace"
+        );
         assert_eq!(s.state(), EdgeState::LinkLost);
-        assert_eq!(s.on_probe(false), Effect::Failed(FailReason::HealthProbeFailed));
+        assert_eq!(
+            s.on_probe(false),
+            Effect::Failed(FailReason::HealthProbeFailed)
+        );
         assert_eq!(s.state(), EdgeState::Failed);
     }
 

@@ -6,11 +6,28 @@
 //! - [`snapshot`]: the immutable registry snapshot that selection reads.
 //! - [`selection`]: pure choice of an edge: least-loaded in region, no herding, fallback
 //!   and spill by headroom.
+//! - [`registry`]: the live edge registry (links, statuses, reports) publishing snapshots.
+//! - [`edge_link`]: the websocket edges keep to the locator.
+//! - [`api`]: the HTTP routes; [`problem`] their errors; [`client_ip`] the client address
+//!   behind trusted proxies; [`turn`] ICE servers and TURN credentials.
+//! - [`store`]: sessions, rooms, edges, audit and metrics in SQLite (Postgres later).
+//! - [`server`]: shared state, background tasks (state ticks, health probes, GeoIP and
+//!   config reload) and the serve loop.
 //!
 //! The region decision itself lives in `locus-geo`; this crate wires it to the outside
 //! world (files, flags, HTTP, websockets and the database).
 
+pub mod api;
 pub mod cli;
+pub mod client_ip;
+pub mod edge_link;
 pub mod edge_state;
+pub mod metrics;
+pub mod probe;
+pub mod problem;
+pub mod registry;
 pub mod selection;
+pub mod server;
 pub mod snapshot;
+pub mod store;
+pub mod turn;

@@ -1,1 +1,822 @@
-//! Edge selection (being written).
+//! Edge selection: pure functions over an immutable [`RegistrySnapshot`].
+//!
+//! No I/O, no clock, no global randomness: the random source is passed in, so a given
+//! snapshot, plan, preferred region and seed always give the same answer.
+//!
+//! # How an edge is chosen
+//!
+//! 1. **Score** every edge: its utilisation, the bottleneck of sessions (reported plus
+//!    assigned since the last report), CPU, event-loop lag and connections, each against
+//!    what counts as "full" ([`score`]). Saturated means score >= 1.0: no headroom.
+//! 2. **In the preferred region**, among edges that take new sessions (active) and have
+//!    headroom, draw two distinct ones at random (weighted by headroom) and take the
+//!    less loaded ("power of two choices"). Several locators and bursts act on the same stale
+//!    reports: pure "pick the minimum" sends them all to the same edge, while two random
+//!    choices plus the live count of assignments since the last report spread them. The
+//!    caller must call [`EdgeView::note_assignment`] on the chosen edge.
+//! 3. **Region unavailable** (no active edge): the first region with headroom in
+//!    [`RegionPlan::order`]: the configured fallback list in order, then the remaining
+//!    regions by great-circle distance.
+//! 4. **Region saturated** (active edges, none with headroom): spill over the region's
+//!    configured fallbacks that have headroom, each drawn with probability proportional
+//!    to its total headroom, so the overflow is spread rather than tipped onto the first
+//!    fallback; when none of them has headroom, the nearest other region with headroom.
+//! 5. **Nothing has headroom anywhere**: the least-loaded active edge, preferred region
+//!    first, then plan order.
+//! 6. **No active edge anywhere**: a suspended edge (it still serves), then a draining
+//!    one, each least-loaded, preferred region first. Failed and link-lost edges never
+//!    receive a new session.
+//!
+//! Every [`Selection`] says which rule applied ([`SelectReason`]) and why, in words
+//! ([`Selection::detail`]); [`candidates`] lists every edge considered for the admin
+//! "explain" endpoint.
+
+use std::fmt;
+
+use locus_geo::{Config, Region, great_circle_km};
+use rand::Rng;
+use serde::Serialize;
+
+use crate::edge_state::EdgeState;
+use crate::snapshot::{EdgeView, RegistrySnapshot};
+
+/// CPU fraction (of the whole machine) that counts as full. Above ~90% latency of a
+/// real-time relay climbs steeply (run queue, GC-free but cache- and scheduler-bound), so
+/// an edge at 90% has no room for another session even if its session count says it has.
+pub const CPU_FULL: f64 = 0.9;
+
+/// Event-loop lag, in milliseconds, that counts as full. Lag is the delay every relayed
+/// message suffers on top of the network; 200 ms is where conversation and cursor
+/// presence start to feel broken, so an edge lagging that much is saturated.
+pub const LAG_FULL_MS: f64 = 200.0;
+
+/// Open client connections per unit of session capacity that count as full. Capacity is
+/// declared in sessions; sessions hold up to about ten participants (pair programming is
+/// 2, calls and watch parties more), so `capacity * 10` connections is a full edge even
+/// when it hosts fewer, larger sessions than its capacity.
+pub const CONNECTIONS_PER_SESSION: f64 = 10.0;
+
+/// Candidate regions for each region, in order of preference. Built once per [`Config`]
+/// (rebuild it on reload, together with the snapshot's region indices).
+#[derive(Debug, Clone)]
+pub struct RegionPlan {
+    /// Per region: the region itself, its configured fallbacks in order, then the others
+    /// by great-circle distance (ties: file order).
+    orders: Vec<Vec<usize>>,
+    /// Per region: the number of configured fallbacks (`orders[r][1..=n]`).
+    explicit: Vec<usize>,
+}
+
+impl RegionPlan {
+    pub fn new(config: &Config) -> RegionPlan {
+        Self::from_regions(&config.regions)
+    }
+
+    /// The plan for a list of regions (what [`RegionPlan::new`] uses).
+    pub fn from_regions(regions: &[Region]) -> RegionPlan {
+        let n = regions.len();
+        let mut orders = Vec::with_capacity(n);
+        let mut explicit = Vec::with_capacity(n);
+        for (r, region) in regions.iter().enumerate() {
+            let mut order = Vec::with_capacity(n);
+            order.push(r);
+            // A validated config has no self-reference, duplicate or unknown index in a
+            // fallback list; a hand-built one might, and the plan must stay a permutation.
+            for &f in &region.fallback {
+                if f < n && !order.contains(&f) {
+                    order.push(f);
+                }
+            }
+            explicit.push(order.len() - 1);
+            let mut rest: Vec<(f64, usize)> = (0..n)
+                .filter(|i| !order.contains(i))
+                .map(|i| (great_circle_km(region.location, regions[i].location), i))
+                .collect();
+            // Stable sort: equal distances keep file order.
+            rest.sort_by(|a, b| a.0.total_cmp(&b.0));
+            order.extend(rest.into_iter().map(|(_, i)| i));
+            orders.push(order);
+        }
+        RegionPlan { orders, explicit }
+    }
+
+    /// Candidate regions for `region`, most preferred first (starts with `region`
+    /// itself). Empty for an unknown index.
+    pub fn order(&self, region: usize) -> &[usize] {
+        self.orders.get(region).map_or(&[], Vec::as_slice)
+    }
+
+    /// The configured fallback list of `region`, in order. Empty for an unknown index.
+    pub fn explicit_fallbacks(&self, region: usize) -> &[usize] {
+        match (self.orders.get(region), self.explicit.get(region)) {
+            (Some(order), Some(&n)) => &order[1..=n],
+            _ => &[],
+        }
+    }
+
+    /// Number of regions.
+    pub fn len(&self) -> usize {
+        self.orders.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.orders.is_empty()
+    }
+}
+
+/// Why the answer is what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelectReason {
+    /// An edge of the preferred region with headroom.
+    InRegion,
+    /// The preferred region has no active edge.
+    RegionUnavailable,
+    /// The preferred region has active edges but none with headroom: spilled.
+    RegionSaturated,
+    /// No headroom anywhere: the least-loaded active edge, preferred region first.
+    AllSaturated,
+    /// No active edge anywhere: a suspended edge (it still serves).
+    OnlySuspended,
+    /// No active or suspended edge anywhere: a draining edge.
+    OnlyDraining,
+}
+
+impl SelectReason {
+    pub const ALL: [SelectReason; 6] = [
+        SelectReason::InRegion,
+        SelectReason::RegionUnavailable,
+        SelectReason::RegionSaturated,
+        SelectReason::AllSaturated,
+        SelectReason::OnlySuspended,
+        SelectReason::OnlyDraining,
+    ];
+
+    /// The kebab-case name, as serialized (metrics labels, JSON answers).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SelectReason::InRegion => "in-region",
+            SelectReason::RegionUnavailable => "region-unavailable",
+            SelectReason::RegionSaturated => "region-saturated",
+            SelectReason::AllSaturated => "all-saturated",
+            SelectReason::OnlySuspended => "only-suspended",
+            SelectReason::OnlyDraining => "only-draining",
+        }
+    }
+}
+
+impl std::fmt::Display for SelectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The chosen edge and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    /// Index into `snapshot.edges`.
+    pub edge: usize,
+    /// The chosen edge's region (index into the config's regions).
+    pub region: usize,
+    /// `region != preferred`.
+    pub fallback: bool,
+    pub reason: SelectReason,
+    /// Human-readable explanation; names regions and edges by id, nothing secret.
+    pub detail: String,
+}
+
+/// One edge as the "explain" endpoint shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Candidate {
+    /// Index into `snapshot.edges`.
+    pub edge: usize,
+    pub region: usize,
+    pub state: EdgeState,
+    pub score: f64,
+    pub headroom: f64,
+    /// Active with headroom: may be chosen in normal operation.
+    pub eligible: bool,
+    /// Why not eligible (`None` when eligible).
+    pub why_not: Option<&'static str>,
+}
+
+/// Utilisation of an edge: 0.0 idle, 1.0 at capacity; the bottleneck (maximum) of
+/// sessions (reported + assigned since the report) against capacity, CPU against
+/// [`CPU_FULL`], lag against [`LAG_FULL_MS`] and connections against
+/// `capacity * CONNECTIONS_PER_SESSION`. Without a report yet, the load counts as zero
+/// (sessions = assignments since registration). Capacity 0 counts as 1.
+pub fn score(edge: &EdgeView) -> f64 {
+    score_with(edge, edge.pending_assignments())
+}
+
+/// `1.0 - score`, floored at 0.
+pub fn headroom(edge: &EdgeView) -> f64 {
+    headroom_of(score(edge))
+}
+
+fn headroom_of(score: f64) -> f64 {
+    (1.0 - score).max(0.0)
+}
+
+/// A reported figure as a usable non-negative number: NaN and negatives (a buggy edge)
+/// count as 0; +infinity stays (it saturates the edge).
+fn figure(x: f32) -> f64 {
+    let x = f64::from(x);
+    if x > 0.0 { x } else { 0.0 }
+}
+
+fn score_with(edge: &EdgeView, pending: u32) -> f64 {
+    let capacity = f64::from(edge.capacity.max(1));
+    let (reported_sessions, cpu, lag_ms, connections) = match &edge.load {
+        Some(l) => (l.sessions, figure(l.cpu), figure(l.lag_ms), l.connections),
+        None => (0, 0.0, 0.0, 0),
+    };
+    let sessions = (f64::from(reported_sessions) + f64::from(pending)) / capacity;
+    let cpu = cpu / CPU_FULL;
+    let lag = lag_ms / LAG_FULL_MS;
+    let connections = f64::from(connections) / (capacity * CONNECTIONS_PER_SESSION);
+    sessions.max(cpu).max(lag).max(connections)
+}
+
+/// Lists the edges of every region in `plan.order(preferred_region)`, region by region
+/// (edges in snapshot order within a region), with their score and eligibility.
+pub fn candidates(
+    snapshot: &RegistrySnapshot,
+    plan: &RegionPlan,
+    preferred_region: usize,
+) -> Vec<Candidate> {
+    let mut out = Vec::with_capacity(snapshot.edges.len());
+    for &region in plan.order(preferred_region) {
+        for (i, edge) in snapshot.edges.iter().enumerate() {
+            if edge.region != region {
+                continue;
+            }
+            let state = edge.status.state();
+            let score = score(edge);
+            let headroom = headroom_of(score);
+            let why_not = match state {
+                EdgeState::Active if headroom > 0.0 => None,
+                EdgeState::Active => Some("saturated: no headroom"),
+                EdgeState::Suspended => {
+                    Some("suspended: new sessions only when no active edge exists anywhere")
+                }
+                EdgeState::Draining => {
+                    Some("draining: new sessions only when nothing else is left")
+                }
+                EdgeState::LinkLost => Some("link lost: only joins of its existing sessions"),
+                EdgeState::Failed => Some("failed: no sessions at all"),
+            };
+            out.push(Candidate {
+                edge: i,
+                region,
+                state,
+                score,
+                headroom,
+                eligible: why_not.is_none(),
+                why_not,
+            });
+        }
+    }
+    out
+}
+
+/// One edge as seen by one call of [`select_edge`]: figures read once, so a concurrent
+/// assignment cannot make the same call see two different loads.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    region: usize,
+    state: EdgeState,
+    score: f64,
+    pending: u32,
+}
+
+impl Seen {
+    fn eligible(&self) -> bool {
+        self.state == EdgeState::Active && self.score < 1.0
+    }
+
+    /// Ordering key: lower is better. Ties on score go to fewer pending assignments, then
+    /// the lower index, so equal edges give a deterministic answer.
+    fn better_than(&self, self_index: usize, other: &Seen, other_index: usize) -> bool {
+        self.score
+            .total_cmp(&other.score)
+            .then(self.pending.cmp(&other.pending))
+            .then(self_index.cmp(&other_index))
+            .is_lt()
+    }
+}
+
+/// Per-region counts for one call.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    active: u32,
+    with_headroom: u32,
+    /// Sum of the headroom of its eligible edges.
+    headroom: f64,
+    suspended: u32,
+    draining: u32,
+    link_lost: u32,
+    failed: u32,
+}
+
+impl Tally {
+    fn count(&self, state: EdgeState) -> u32 {
+        match state {
+            EdgeState::Active => self.active,
+            EdgeState::Suspended => self.suspended,
+            EdgeState::Draining => self.draining,
+            EdgeState::LinkLost => self.link_lost,
+            EdgeState::Failed => self.failed,
+        }
+    }
+}
+
+struct Survey {
+    seen: Vec<Seen>,
+    tally: Vec<Tally>,
+}
+
+impl Survey {
+    fn new(snapshot: &RegistrySnapshot, regions: usize) -> Survey {
+        let mut tally = vec![Tally::default(); regions];
+        let seen = snapshot
+            .edges
+            .iter()
+            .map(|edge| {
+                let pending = edge.pending_assignments();
+                let s = Seen {
+                    region: edge.region,
+                    state: edge.status.state(),
+                    score: score_with(edge, pending),
+                    pending,
+                };
+                // Edges of a region the plan does not know (a stale index) are ignored.
+                if let Some(t) = tally.get_mut(s.region) {
+                    match s.state {
+                        EdgeState::Active => {
+                            t.active += 1;
+                            if s.eligible() {
+                                t.with_headroom += 1;
+                                t.headroom += headroom_of(s.score);
+                            }
+                        }
+                        EdgeState::Suspended => t.suspended += 1,
+                        EdgeState::Draining => t.draining += 1,
+                        EdgeState::LinkLost => t.link_lost += 1,
+                        EdgeState::Failed => t.failed += 1,
+                    }
+                }
+                s
+            })
+            .collect();
+        Survey { seen, tally }
+    }
+
+    /// Edges of `region` with headroom (active), in snapshot order.
+    fn eligible_in(&self, region: usize) -> impl Iterator<Item = usize> + '_ {
+        self.seen
+            .iter()
+            .enumerate()
+            .filter(move |(_, s)| s.region == region && s.eligible())
+            .map(|(i, _)| i)
+    }
+
+    /// Power of two choices among the eligible edges of `region` (which has at least
+    /// one): two distinct edges drawn at random, each with probability proportional to
+    /// its headroom, and the less loaded of the two. Returns the edge and a phrase saying
+    /// how it was picked.
+    ///
+    /// Why weighted draws rather than uniform ones: with uniform draws an edge can only
+    /// win when it is in the pair (2/n of the time), so a freshly started edge among
+    /// loaded ones catches up slowly (measured in `tests/selection.rs`: 1,000 creates
+    /// over four half-full edges and an empty one leave it at 384 sessions against 654,
+    /// max/mean 1.09; weighted: 548 against 613, 1.02). Equal edges are drawn uniformly
+    /// either way, and the rule stays proportional rather than "everyone picks the
+    /// minimum", so replicas acting on the same stale figures do not herd.
+    fn two_choices(&self, region: usize, rng: &mut impl Rng) -> (usize, How) {
+        let n = self.tally[region].with_headroom;
+        if n <= 1 {
+            let only = self.eligible_in(region).next().unwrap_or_default();
+            return (only, How::Only);
+        }
+        let total = self.tally[region].headroom;
+        let a = self.draw(region, None, total, rng);
+        let b = self.draw(
+            region,
+            Some(a),
+            total - headroom_of(self.seen[a].score),
+            rng,
+        );
+        let chosen = if self.seen[b].better_than(b, &self.seen[a], a) {
+            b
+        } else {
+            a
+        };
+        (chosen, How::TwoOf(n))
+    }
+
+    /// One eligible edge of `region` other than `exclude`, drawn with probability
+    /// proportional to its headroom (`total` is the sum over the candidates).
+    fn draw(&self, region: usize, exclude: Option<usize>, total: f64, rng: &mut impl Rng) -> usize {
+        let mut x = rng.random::<f64>() * total;
+        let mut last = None;
+        for i in self.eligible_in(region) {
+            if Some(i) == exclude {
+                continue;
+            }
+            let h = headroom_of(self.seen[i].score);
+            if x < h {
+                return i;
+            }
+            x -= h;
+            last = Some(i);
+        }
+        // Rounding left `x` past the end: the last candidate.
+        last.or(exclude).unwrap_or_default()
+    }
+
+    /// The least-loaded edge in `state` of the first region of `order` that has one.
+    fn least_loaded(&self, order: &[usize], state: EdgeState) -> Option<usize> {
+        let region = *order
+            .iter()
+            .find(|&&r| self.tally.get(r).is_some_and(|t| t.count(state) > 0))?;
+        let mut best: Option<usize> = None;
+        for (i, s) in self.seen.iter().enumerate() {
+            if s.region == region && s.state == state {
+                match best {
+                    Some(b) if !s.better_than(i, &self.seen[b], b) => {}
+                    _ => best = Some(i),
+                }
+            }
+        }
+        best
+    }
+}
+
+fn region_id(regions: &[Region], region: usize) -> &str {
+    regions
+        .get(region)
+        .map_or("(unknown region)", |r| r.id.as_str())
+}
+
+/// A score as a load percentage: "42%".
+struct Percent(f64);
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.0}%", self.0 * 100.0)
+    }
+}
+
+/// How an edge was picked within its region.
+#[derive(Debug, Clone, Copy)]
+enum How {
+    Only,
+    TwoOf(u32),
+}
+
+/// "picked e1 (load 42%), the less loaded of two picks drawn by headroom among its 3
+/// edges with headroom"
+struct Picked<'a> {
+    id: &'a str,
+    score: f64,
+    how: How,
+}
+
+impl fmt::Display for Picked<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "picked {} (load {}), ", self.id, Percent(self.score))?;
+        match self.how {
+            How::Only => f.write_str("its only edge with headroom"),
+            How::TwoOf(n) => write!(
+                f,
+                "the less loaded of two picks drawn by headroom among its {n} edges with headroom"
+            ),
+        }
+    }
+}
+
+/// "1 failed, 1 suspended", or "no edges registered".
+struct Summary(Tally);
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = &self.0;
+        let mut first = true;
+        for (n, what) in [
+            (t.active, "active"),
+            (t.failed, "failed"),
+            (t.link_lost, "link-lost"),
+            (t.draining, "draining"),
+            (t.suspended, "suspended"),
+        ] {
+            if n > 0 {
+                if !first {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{n} {what}")?;
+                first = false;
+            }
+        }
+        if first {
+            f.write_str("no edges registered")?;
+        }
+        Ok(())
+    }
+}
+
+fn plural(n: u32, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Chooses the edge for a new session of a client whose region is `preferred_region`.
+///
+/// `regions` are the config's regions (for names in [`Selection::detail`]); `plan` must
+/// be built from the same config as the snapshot's region indices. `None` when no edge
+/// anywhere can take a session (or `preferred_region` is not a region of the plan).
+/// The caller then calls `snapshot.edges[sel.edge].note_assignment()`.
+pub fn select_edge(
+    snapshot: &RegistrySnapshot,
+    plan: &RegionPlan,
+    regions: &[Region],
+    preferred_region: usize,
+    rng: &mut impl Rng,
+) -> Option<Selection> {
+    let order = plan.order(preferred_region);
+    if order.is_empty() {
+        return None;
+    }
+    let survey = Survey::new(snapshot, plan.len());
+    let pref = survey.tally[preferred_region];
+    let pref_id = region_id(regions, preferred_region);
+    let name = |i: usize| snapshot.edges[i].id.as_ref();
+    let has_headroom = |r: usize| survey.tally[r].with_headroom > 0;
+    let answer = |edge: usize, reason: SelectReason, detail: String| {
+        let region = snapshot.edges[edge].region;
+        Some(Selection {
+            edge,
+            region,
+            fallback: region != preferred_region,
+            reason,
+            detail,
+        })
+    };
+    let pick_in = |region: usize, rng: &mut _| {
+        let (edge, how) = survey.two_choices(region, rng);
+        let picked = Picked {
+            id: name(edge),
+            score: survey.seen[edge].score,
+            how,
+        };
+        (edge, picked)
+    };
+
+    if has_headroom(preferred_region) {
+        let (edge, how) = pick_in(preferred_region, rng);
+        return answer(edge, SelectReason::InRegion, format!("in {pref_id}: {how}"));
+    }
+
+    let explicit = plan.explicit_fallbacks(preferred_region);
+    let by_distance = &order[1 + explicit.len()..];
+    let fallback_list = || {
+        explicit
+            .iter()
+            .map(|&r| region_id(regions, r))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // Said when the explicit fallbacks had nothing and a region by distance is chosen.
+    let no_fallback = || {
+        if explicit.is_empty() {
+            "it has no configured fallback".to_string()
+        } else {
+            format!("none of its fallbacks ({}) has headroom", fallback_list())
+        }
+    };
+
+    if pref.active == 0 {
+        if let Some(&region) = order[1..].iter().find(|&&r| has_headroom(r)) {
+            let rid = region_id(regions, region);
+            let why = if explicit.contains(&region) {
+                format!("{rid} is its first fallback with headroom")
+            } else {
+                format!(
+                    "{}; {rid} is the nearest region with headroom",
+                    no_fallback()
+                )
+            };
+            let (edge, how) = pick_in(region, rng);
+            let detail = format!(
+                "{pref_id} has no active edge ({}); {why}; {how}",
+                Summary(pref)
+            );
+            return answer(edge, SelectReason::RegionUnavailable, detail);
+        }
+    } else {
+        let saturated = format!(
+            "{pref_id} is saturated ({}, none with headroom)",
+            plural(pref.active, "active edge", "active edges")
+        );
+        let spill: Vec<usize> = explicit
+            .iter()
+            .copied()
+            .filter(|&r| has_headroom(r))
+            .collect();
+        let chosen = match spill.as_slice() {
+            [] => by_distance
+                .iter()
+                .copied()
+                .find(|&r| has_headroom(r))
+                .map(|r| {
+                    let rid = region_id(regions, r);
+                    (
+                        r,
+                        format!(
+                            "{}; spilled to {rid}, the nearest region with headroom",
+                            no_fallback()
+                        ),
+                    )
+                }),
+            [only] => Some((
+                *only,
+                format!(
+                    "spilled to {}, its only fallback with headroom",
+                    region_id(regions, *only)
+                ),
+            )),
+            several => {
+                let total: f64 = several.iter().map(|&r| survey.tally[r].headroom).sum();
+                let mut x = rng.random::<f64>() * total;
+                let mut region = several[several.len() - 1];
+                for &r in several {
+                    let h = survey.tally[r].headroom;
+                    if x < h {
+                        region = r;
+                        break;
+                    }
+                    x -= h;
+                }
+                let shares = several
+                    .iter()
+                    .map(|&r| format!("{} {:.2}", region_id(regions, r), survey.tally[r].headroom))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                Some((
+                    region,
+                    format!(
+                        "spilled to {}, drawn in proportion to headroom among its fallbacks ({shares})",
+                        region_id(regions, region)
+                    ),
+                ))
+            }
+        };
+        if let Some((region, why)) = chosen {
+            let (edge, how) = pick_in(region, rng);
+            let detail = format!("{saturated}; {why}; {how}");
+            return answer(edge, SelectReason::RegionSaturated, detail);
+        }
+    }
+
+    // No headroom anywhere.
+    if let Some(edge) = survey.least_loaded(order, EdgeState::Active) {
+        let region = survey.seen[edge].region;
+        let rid = region_id(regions, region);
+        let context = if region == preferred_region {
+            format!("no region has headroom ({pref_id}: {})", Summary(pref))
+        } else {
+            format!(
+                "no region has headroom and {pref_id} has no active edge ({}); {rid} is the first region in fallback order with one",
+                Summary(pref)
+            )
+        };
+        let detail = format!(
+            "{context}; picked {} (load {}), the least loaded active edge of {rid}",
+            name(edge),
+            Percent(survey.seen[edge].score)
+        );
+        return answer(edge, SelectReason::AllSaturated, detail);
+    }
+
+    for (state, reason, what) in [
+        (
+            EdgeState::Suspended,
+            SelectReason::OnlySuspended,
+            "suspended",
+        ),
+        (EdgeState::Draining, SelectReason::OnlyDraining, "draining"),
+    ] {
+        if let Some(edge) = survey.least_loaded(order, state) {
+            let rid = region_id(regions, survey.seen[edge].region);
+            let detail = format!(
+                "no edge anywhere takes new sessions ({pref_id}: {}); picked {} (load {}), the least loaded {what} edge of {rid}, which still serves sessions",
+                Summary(pref),
+                name(edge),
+                Percent(survey.seen[edge].score)
+            );
+            return answer(edge, reason, detail);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicU32;
+
+    use locus_protocol::LoadReport;
+    use tokio::time::Instant;
+
+    use crate::edge_state::EdgeStatus;
+
+    fn edge(capacity: u32, load: Option<LoadReport>, pending: u32) -> EdgeView {
+        EdgeView {
+            id: "e".into(),
+            region: 0,
+            public_url: "http://e".into(),
+            capacity,
+            version: "1".into(),
+            status: EdgeStatus::registered(Instant::now(), false, false),
+            load,
+            assigned_since_report: Arc::new(AtomicU32::new(pending)),
+        }
+    }
+
+    fn report(cpu: f32, lag_ms: f32, connections: u32, sessions: u32) -> Option<LoadReport> {
+        Some(LoadReport {
+            cpu,
+            lag_ms,
+            connections,
+            sessions,
+        })
+    }
+
+    #[test]
+    fn the_score_is_the_bottleneck_dimension() {
+        assert_eq!(score(&edge(100, None, 0)), 0.0);
+        assert_eq!(
+            score(&edge(100, None, 25)),
+            0.25,
+            "pending counts without a report"
+        );
+        assert_eq!(score(&edge(100, report(0.0, 0.0, 0, 40), 10)), 0.5);
+        // f32 figures: 0.45 is not exact.
+        let cpu = score(&edge(100, report(0.45, 0.0, 0, 10), 0));
+        assert!((cpu - 0.5).abs() < 1e-6, "cpu / 0.9: {cpu}");
+        assert_eq!(
+            score(&edge(100, report(0.0, 150.0, 0, 10), 0)),
+            0.75,
+            "lag / 200"
+        );
+        assert_eq!(
+            score(&edge(10, report(0.0, 0.0, 80, 1), 0)),
+            0.8,
+            "conns / cap*10"
+        );
+        assert_eq!(score(&edge(0, None, 1)), 1.0, "capacity 0 counts as 1");
+        assert_eq!(headroom(&edge(0, None, 3)), 0.0, "floored");
+        assert_eq!(headroom(&edge(100, None, 25)), 0.75);
+        assert_eq!(score(&edge(100, report(f32::NAN, -5.0, 0, 0), 0)), 0.0);
+        assert_eq!(
+            headroom(&edge(100, report(0.0, f32::INFINITY, 0, 0), 0)),
+            0.0
+        );
+    }
+
+    #[test]
+    fn the_plan_is_self_then_fallbacks_then_distance_with_file_order_ties() {
+        let text = r#"
+default_region: a
+regions:
+  - id: a
+    location: { lat: 0.0, lon: 0.0 }
+    fallback: [d]
+  - id: b
+    location: { lat: 0.0, lon: 20.0 }
+  - id: c
+    location: { lat: 0.0, lon: -20.0 }
+  - id: d
+    location: { lat: 0.0, lon: 100.0 }
+  - id: e
+    location: { lat: 0.0, lon: 10.0 }
+"#;
+        let config = Config::parse(text, Path::new("t.yaml")).expect("config");
+        let plan = RegionPlan::new(&config);
+        assert_eq!(plan.order(0), &[0, 3, 4, 1, 2], "b and c tie: file order");
+        assert_eq!(plan.explicit_fallbacks(0), &[3]);
+        assert_eq!(plan.order(3), &[3, 1, 4, 0, 2]);
+        assert!(plan.explicit_fallbacks(3).is_empty());
+        assert!(plan.order(9).is_empty());
+        assert!(plan.explicit_fallbacks(9).is_empty());
+    }
+
+    #[test]
+    fn reasons_serialize_as_their_names() {
+        for r in SelectReason::ALL {
+            let json = serde_json::to_string(&r).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", r.as_str()));
+        }
+    }
+}

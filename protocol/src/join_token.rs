@@ -93,7 +93,8 @@ impl JoinKey {
         let json = URL_SAFE_NO_PAD
             .decode(payload)
             .map_err(|_| TokenError::Malformed)?;
-        let claims: JoinClaims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+        let claims: JoinClaims =
+            serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
         if claims.exp <= now_unix {
             return Err(TokenError::Expired);
         }
@@ -139,11 +140,23 @@ mod tests {
     fn refusals() {
         let key = JoinKey::from_edge_token("shared-secret");
         let token = key.sign(&claims());
-        assert_eq!(key.verify(&token, "s1", "edge-a", 1_000), Err(TokenError::Expired));
-        assert_eq!(key.verify(&token, "s2", "edge-a", 1), Err(TokenError::WrongSession));
-        assert_eq!(key.verify(&token, "s1", "edge-b", 1), Err(TokenError::WrongEdge));
+        assert_eq!(
+            key.verify(&token, "s1", "edge-a", 1_000),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            key.verify(&token, "s2", "edge-a", 1),
+            Err(TokenError::WrongSession)
+        );
+        assert_eq!(
+            key.verify(&token, "s1", "edge-b", 1),
+            Err(TokenError::WrongEdge)
+        );
         let other = JoinKey::from_edge_token("another-secret");
-        assert_eq!(other.verify(&token, "s1", "edge-a", 1), Err(TokenError::BadSignature));
+        assert_eq!(
+            other.verify(&token, "s1", "edge-a", 1),
+            Err(TokenError::BadSignature)
+        );
         // A forged payload with the original signature.
         let (_, signature) = token.rsplit_once('.').expect("three parts");
         let forged_claims = JoinClaims {
@@ -153,7 +166,10 @@ mod tests {
         let forged_payload =
             URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged_claims).expect("json"));
         let forged = format!("v1.{forged_payload}.{signature}");
-        assert_eq!(key.verify(&forged, "s1", "edge-a", 1), Err(TokenError::BadSignature));
+        assert_eq!(
+            key.verify(&forged, "s1", "edge-a", 1),
+            Err(TokenError::BadSignature)
+        );
         for junk in ["", "v1.", "v1.a", "v2.a.b", "v1.!!.??", "v1.e30.e30"] {
             assert!(key.verify(junk, "s1", "edge-a", 1).is_err(), "{junk:?}");
         }

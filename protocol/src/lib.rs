@@ -215,7 +215,10 @@ mod tests {
         let text = serde_json::to_string(&m).expect("serialize");
         assert!(text.contains("\"type\":\"spool\""), "{text}");
         assert!(text.contains("\"kind\":\"participant_joined\""), "{text}");
-        assert_eq!(serde_json::from_str::<EdgeMessage>(&text).expect("parse"), m);
+        assert_eq!(
+            serde_json::from_str::<EdgeMessage>(&text).expect("parse"),
+            m
+        );
     }
 
     #[test]

@@ -1,0 +1,834 @@
+//! The locator's HTTP surface: the client API, the edge link route, operations routes
+//! and the admin explain endpoint. Handlers are thin: decisions are made by `geo`,
+//! `selection` and the store; this module turns them into JSON and problem answers.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use locus_geo::{Rule, rules::ResolutionView};
+use locus_protocol::join_token::JoinClaims;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::client_ip::client_ip;
+use crate::metrics::{AnswerLabels, ReasonLabels, RequestLabels};
+use crate::problem::Problem;
+use crate::selection::{self, Selection};
+use crate::server::{AppState, JOIN_TOKEN_TTL, now_ms, now_unix};
+use crate::snapshot::{EdgeView, RegistrySnapshot};
+use crate::store::{NewSession, SessionRecord, SessionState};
+use crate::turn::IceServer;
+
+type AppRef = Arc<AppState>;
+
+/// All routes of the locator.
+pub fn router(state: AppRef) -> Router {
+    Router::new()
+        .route("/v1/locate", get(locate))
+        .route("/v1/sessions", post(create_session))
+        .route("/v1/sessions/{id}", get(get_session))
+        .route("/v1/admin/explain", get(explain))
+        .route("/v1/admin/edges/{id}/{action}", post(admin_edge_action))
+        .route(
+            locus_protocol::EDGE_LINK_PATH,
+            get(crate::edge_link::handler),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn count_requests(State(state): State<AppRef>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("no-such-route", "no such route: see the README for the API")
+}
+
+/// The edge a client is sent to.
+#[derive(Debug, Serialize)]
+pub struct EdgeRef {
+    pub id: String,
+    pub region: String,
+    pub url: String,
+}
+
+/// `GET /v1/locate`.
+#[derive(Debug, Serialize)]
+pub struct LocateAnswer {
+    /// The client's region (where it would be served if it could).
+    pub region: String,
+    /// Which GeoIP rule placed the client.
+    pub rule: Rule,
+    /// True when the edge is in another region.
+    pub fallback: bool,
+    /// Why this edge, for people.
+    pub reason: String,
+    pub reason_code: &'static str,
+    pub edge: EdgeRef,
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// `POST /v1/sessions` and `GET /v1/sessions/{id}`.
+#[derive(Debug, Serialize)]
+pub struct SessionAnswer {
+    pub session_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// True when this call created the session (false: joined an existing room).
+    pub created: bool,
+    /// The region the session is served from.
+    pub region: String,
+    pub fallback: bool,
+    pub reason: String,
+    pub edge: EdgeRef,
+    /// The websocket to open, with `?token=<join_token>`.
+    pub ws_url: String,
+    pub join_token: String,
+    pub join_token_expires_at: u64,
+    pub ice_servers: Vec<IceServer>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LocateQuery {
+    region: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// Stable room key: the same key always joins the same room.
+    key: Option<String>,
+    /// Preferred region instead of the one GeoIP gives.
+    region: Option<String>,
+}
+
+/// A random id: 128 bits, URL-safe.
+pub fn new_id() -> String {
+    use base64::Engine;
+    let bytes: [u8; 16] = rand::rng().random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Where the client is and which region it prefers.
+struct Placement {
+    ip: IpAddr,
+    region: usize,
+    rule: Rule,
+}
+
+fn place(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    requested_region: Option<&str>,
+) -> Result<Placement, Problem> {
+    let routing = state.routing.load();
+    let config = &routing.config;
+    let ip = client_ip(peer.ip(), headers, &config.trusted_proxies)
+        .map_err(|e| Problem::bad_request("bad-forwarded-header", e.to_string()))?;
+    let resolution = state.geo.resolve(ip);
+    let region = match requested_region {
+        None => resolution.region,
+        Some(id) => config.region_index(id).ok_or_else(|| {
+            let ids: Vec<&str> = config.regions.iter().map(|r| r.id.as_str()).collect();
+            Problem::bad_request(
+                "unknown-region",
+                format!(
+                    "region \"{id}\" does not exist; regions: {}",
+                    ids.join(", ")
+                ),
+            )
+        })?,
+    };
+    let rule = resolution.rule;
+    state
+        .metrics
+        .locate_answers
+        .get_or_create(&AnswerLabels {
+            region: config.regions[resolution.region].id.clone(),
+            rule: rule.as_str(),
+        })
+        .inc();
+    Ok(Placement { ip, region, rule })
+}
+
+fn choose(
+    state: &AppState,
+    snapshot: &RegistrySnapshot,
+    preferred: usize,
+) -> Result<Selection, Problem> {
+    let routing = state.routing.load();
+    let started = std::time::Instant::now();
+    let chosen = selection::select_edge(
+        snapshot,
+        &routing.plan,
+        &routing.config.regions,
+        preferred,
+        &mut rand::rng(),
+    );
+    state
+        .metrics
+        .selection_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let chosen = chosen.ok_or_else(|| {
+        Problem::unavailable(
+            "no-edge-available",
+            "no edge is available in any region; retry shortly",
+            2,
+        )
+    })?;
+    if chosen.fallback {
+        state
+            .metrics
+            .fallbacks
+            .get_or_create(&ReasonLabels {
+                reason: chosen.reason.as_str(),
+            })
+            .inc();
+    }
+    Ok(chosen)
+}
+
+fn edge_ref(state: &AppState, edge: &EdgeView) -> EdgeRef {
+    let routing = state.routing.load();
+    EdgeRef {
+        id: edge.id.to_string(),
+        region: routing
+            .config
+            .regions
+            .get(edge.region)
+            .map(|r| r.id.clone())
+            .unwrap_or_default(),
+        url: edge.public_url.to_string(),
+    }
+}
+
+async fn locate(
+    State(state): State<AppRef>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    Query(query): Query<LocateQuery>,
+) -> Result<Json<LocateAnswer>, Problem> {
+    let placement = place(&state, peer, &headers, query.region.as_deref())?;
+    let snapshot = state.registry.snapshot();
+    let chosen = choose(&state, &snapshot, placement.region)?;
+    let edge = &snapshot.edges[chosen.edge];
+    let routing = state.routing.load();
+    let client_id = new_id();
+    Ok(Json(LocateAnswer {
+        region: routing.config.regions[placement.region].id.clone(),
+        rule: placement.rule,
+        fallback: chosen.fallback,
+        reason: chosen.detail.clone(),
+        reason_code: chosen.reason.as_str(),
+        edge: edge_ref(&state, edge),
+        ice_servers: routing
+            .turn
+            .ice_servers(edge.region, &client_id, now_unix()),
+    }))
+}
+
+fn validate_key(key: &str) -> Result<(), Problem> {
+    if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
+        return Err(Problem::bad_request(
+            "bad-room-key",
+            "`key` must be 1 to 200 characters without control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the answer for a session on `edge`, with a fresh join token.
+fn session_answer(
+    state: &AppState,
+    record: &SessionRecord,
+    edge: &EdgeView,
+    created: bool,
+    fallback: bool,
+    reason: String,
+) -> SessionAnswer {
+    let routing = state.routing.load();
+    let expires = now_unix() + JOIN_TOKEN_TTL.as_secs();
+    let join_token = state.join_key.sign(&JoinClaims {
+        sid: record.id.clone(),
+        eid: edge.id.to_string(),
+        pid: new_id(),
+        exp: expires,
+    });
+    SessionAnswer {
+        session_id: record.id.clone(),
+        key: record.room_key.clone(),
+        created,
+        region: routing
+            .config
+            .regions
+            .get(edge.region)
+            .map(|r| r.id.clone())
+            .unwrap_or_default(),
+        fallback,
+        reason,
+        edge: edge_ref(state, edge),
+        ws_url: locus_protocol::session_ws_url(&edge.public_url, &record.id),
+        join_token,
+        join_token_expires_at: expires,
+        ice_servers: routing
+            .turn
+            .ice_servers(edge.region, &record.id, now_unix()),
+    }
+}
+
+async fn create_session(
+    State(state): State<AppRef>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    let request: CreateSession = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateSession::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Problem::bad_request(
+                "bad-body",
+                format!("the body must be JSON like {{\"key\": \"room-42\", \"region\": \"eu-west\"}}: {e}"),
+            )
+        })?
+    };
+    if let Some(key) = &request.key {
+        validate_key(key)?;
+    }
+    let placement = place(&state, peer, &headers, request.region.as_deref())?;
+    let snapshot = state.registry.snapshot();
+    let chosen = choose(&state, &snapshot, placement.region)?;
+    let edge = &snapshot.edges[chosen.edge];
+    let region_id = state.routing.load().config.regions[edge.region].id.clone();
+    let (record, created) = state
+        .store
+        .create_session(NewSession {
+            id: new_id(),
+            room_key: request.key.clone(),
+            region: region_id,
+            edge_id: edge.id.to_string(),
+            now_ms: now_ms(),
+        })
+        .await
+        .map_err(|e| Problem::internal("create the session", &e))?;
+    tracing::debug!(session = %record.id, client = %placement.ip, created, "session");
+    if created {
+        edge.note_assignment();
+        let answer = session_answer(&state, &record, edge, true, chosen.fallback, chosen.detail);
+        return Ok((StatusCode::CREATED, Json(answer)).into_response());
+    }
+    // An existing room: join it where it lives, unless its edge is gone.
+    let answer = join_existing(&state, &snapshot, record, Some(placement.region)).await?;
+    Ok((StatusCode::OK, Json(answer)).into_response())
+}
+
+/// The answer for an existing open session: its edge if that still serves it; a keyed
+/// room whose edge failed moves to a newly selected edge; an ad-hoc session on a failed
+/// edge has ended (410).
+async fn join_existing(
+    state: &AppState,
+    snapshot: &RegistrySnapshot,
+    record: SessionRecord,
+    preferred: Option<usize>,
+) -> Result<SessionAnswer, Problem> {
+    let home = snapshot.edge(&record.edge_id);
+    if let Some(edge) = home.filter(|e| e.status.serves_existing_sessions()) {
+        let reason = format!(
+            "session lives on edge {} ({})",
+            edge.id,
+            edge.status.state()
+        );
+        return Ok(session_answer(state, &record, edge, false, false, reason));
+    }
+    let timing = state.routing.load().config.edges.clone();
+    if home.is_none() && state.started.elapsed() < timing.grace_period {
+        // Just restarted: the edge has probably not reconnected yet.
+        return Err(Problem::unavailable(
+            "edge-reconnecting",
+            "the session's edge has not reconnected to this locator yet; retry in a few seconds",
+            2,
+        ));
+    }
+    if record.room_key.is_none() {
+        state
+            .store
+            .end_session(&record.id, "edge failed", now_ms())
+            .await
+            .map_err(|e| Problem::internal("end the session", &e))?;
+        return Err(session_gone(&record.id));
+    }
+    // A room: move it to a newly selected edge (compare-and-set: of several concurrent
+    // joins, one moves it and the others follow).
+    let routing = state.routing.load();
+    let preferred = preferred
+        .or_else(|| routing.config.region_index(&record.region))
+        .unwrap_or(routing.config.default_region);
+    drop(routing);
+    let chosen = choose(state, snapshot, preferred)?;
+    let target = &snapshot.edges[chosen.edge];
+    let region_id = state.routing.load().config.regions[target.region]
+        .id
+        .clone();
+    let moved = state
+        .store
+        .reassign_session(
+            &record.id,
+            &record.edge_id,
+            &target.id,
+            &region_id,
+            now_ms(),
+        )
+        .await
+        .map_err(|e| Problem::internal("move the room", &e))?;
+    if moved {
+        target.note_assignment();
+        tracing::info!(session = %record.id, from = %record.edge_id, to = %target.id, "room moved off an unavailable edge");
+    }
+    let current = state
+        .store
+        .get_session(&record.id)
+        .await
+        .map_err(|e| Problem::internal("read the session", &e))?
+        .ok_or_else(|| session_not_found(&record.id))?;
+    let edge = snapshot
+        .edge(&current.edge_id)
+        .ok_or_else(|| Problem::unavailable("edge-reconnecting", "retry shortly", 1))?;
+    let reason = format!(
+        "room moved from unavailable edge {} to {}: {}",
+        record.edge_id, edge.id, chosen.detail
+    );
+    Ok(session_answer(
+        state,
+        &current,
+        edge,
+        false,
+        chosen.fallback,
+        reason,
+    ))
+}
+
+fn session_not_found(id: &str) -> Problem {
+    Problem::not_found(
+        "session-not-found",
+        format!("no session {id}: check the id, or start a new session"),
+    )
+}
+
+fn session_gone(id: &str) -> Problem {
+    Problem::new(
+        StatusCode::GONE,
+        "session-ended",
+        "Gone",
+        format!("session {id} has ended: start a new session"),
+    )
+}
+
+async fn get_session(
+    State(state): State<AppRef>,
+    Path(id): Path<String>,
+) -> Result<Json<SessionAnswer>, Problem> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(session_not_found(&id.chars().take(64).collect::<String>()));
+    }
+    let record = state
+        .store
+        .get_session(&id)
+        .await
+        .map_err(|e| Problem::internal("read the session", &e))?
+        .ok_or_else(|| session_not_found(&id))?;
+    if record.state == SessionState::Ended {
+        return Err(session_gone(&id));
+    }
+    let snapshot = state.registry.snapshot();
+    Ok(Json(join_existing(&state, &snapshot, record, None).await?))
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time.
+pub fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
+}
+
+/// Admin routes require `LOCATOR_ADMIN_TOKEN` as a bearer token.
+pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(expected) = &state.secrets.admin_token else {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "admin-disabled",
+            "Forbidden",
+            "the admin API is disabled: set LOCATOR_ADMIN_TOKEN on the locator to enable it",
+        ));
+    };
+    if bearer_matches(headers, expected) {
+        Ok(())
+    } else {
+        Err(Problem::unauthorized(
+            "send the admin token as `Authorization: Bearer <LOCATOR_ADMIN_TOKEN>`",
+        ))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ExplainQuery {
+    ip: Option<String>,
+    region: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct DatabaseView {
+    path: String,
+    database_type: String,
+    schema: &'static str,
+    build_epoch: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attribution: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct CandidateView {
+    edge: String,
+    region: String,
+    state: &'static str,
+    score: f64,
+    headroom: f64,
+    eligible: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    why_not: Option<&'static str>,
+    report_age_ms: Option<u64>,
+    load: Option<locus_protocol::LoadReport>,
+    pending_assignments: u32,
+}
+
+#[derive(Debug, Serialize)]
+struct ExplainAnswer {
+    geoip: ResolutionView,
+    database: Option<DatabaseView>,
+    preferred_region: String,
+    candidates: Vec<CandidateView>,
+    answer: Option<ExplainChoice>,
+}
+
+#[derive(Debug, Serialize)]
+struct ExplainChoice {
+    edge: String,
+    region: String,
+    fallback: bool,
+    reason_code: &'static str,
+    reason: String,
+}
+
+async fn explain(
+    State(state): State<AppRef>,
+    headers: HeaderMap,
+    Query(query): Query<ExplainQuery>,
+) -> Result<Json<ExplainAnswer>, Problem> {
+    require_admin(&state, &headers)?;
+    let raw = query.ip.unwrap_or_default();
+    let ip: IpAddr = raw.trim().parse().map_err(|_| {
+        Problem::bad_request(
+            "bad-ip",
+            format!(
+                "`ip` must be an IPv4 or IPv6 address, got \"{}\"",
+                raw.chars().take(64).collect::<String>()
+            ),
+        )
+    })?;
+    let routing = state.routing.load();
+    let config = &routing.config;
+    let resolution = state.geo.resolve(ip);
+    let preferred = match query.region.as_deref() {
+        Some(id) => config.region_index(id).ok_or_else(|| {
+            Problem::bad_request("unknown-region", format!("region \"{id}\" does not exist"))
+        })?,
+        None => resolution.region,
+    };
+    let snapshot = state.registry.snapshot();
+    let now = tokio::time::Instant::now();
+    let candidates = selection::candidates(&snapshot, &routing.plan, preferred)
+        .into_iter()
+        .map(|c| {
+            let edge = &snapshot.edges[c.edge];
+            CandidateView {
+                edge: edge.id.to_string(),
+                region: config.regions[c.region].id.clone(),
+                state: c.state.as_str(),
+                score: c.score,
+                headroom: c.headroom,
+                eligible: c.eligible,
+                why_not: c.why_not,
+                report_age_ms: edge
+                    .load
+                    .map(|_| edge.status.report_age(now).as_millis() as u64),
+                load: edge.load,
+                pending_assignments: edge.pending_assignments(),
+            }
+        })
+        .collect();
+    let answer = selection::select_edge(
+        &snapshot,
+        &routing.plan,
+        &config.regions,
+        preferred,
+        &mut rand::rng(),
+    )
+    .map(|s| ExplainChoice {
+        edge: snapshot.edges[s.edge].id.to_string(),
+        region: config.regions[s.region].id.clone(),
+        fallback: s.fallback,
+        reason_code: s.reason.as_str(),
+        reason: s.detail,
+    });
+    let database = state.geo.database_info().map(|info| DatabaseView {
+        path: info.path.display().to_string(),
+        database_type: info.database_type,
+        schema: info.schema.as_str(),
+        build_epoch: info
+            .build_time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default(),
+        attribution: info.attribution.map(|a| format!("{} <{}>", a.text, a.url)),
+    });
+    Ok(Json(ExplainAnswer {
+        geoip: resolution.view(config),
+        database,
+        preferred_region: config.regions[preferred].id.clone(),
+        candidates,
+        answer,
+    }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminActionBody {
+    /// Who is acting (recorded in the audit log); defaults to `admin`.
+    actor: Option<String>,
+    /// Drain only: seconds before the edge's rooms move (default: `edges.drain_deadline`).
+    deadline_secs: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct AdminActionAnswer {
+    edge: String,
+    action: String,
+    /// False when the edge already was in that state (the call is idempotent).
+    changed: bool,
+    state: Option<&'static str>,
+}
+
+/// `POST /v1/admin/edges/{id}/suspend|resume|drain`: idempotent, audited.
+async fn admin_edge_action(
+    State(state): State<AppRef>,
+    headers: HeaderMap,
+    Path((edge_id, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<AdminActionAnswer>, Problem> {
+    require_admin(&state, &headers)?;
+    let request: AdminActionBody = if body.iter().all(u8::is_ascii_whitespace) {
+        AdminActionBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Problem::bad_request(
+                "bad-body",
+                format!("expected {{\"actor\": \"alice\"}}: {e}"),
+            )
+        })?
+    };
+    let actor: String = request
+        .actor
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .unwrap_or("admin")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    let known = state
+        .store
+        .edge(&edge_id)
+        .await
+        .map_err(|e| Problem::internal("read the edge", &e))?;
+    if known.is_none() {
+        return Err(Problem::not_found(
+            "edge-not-found",
+            format!(
+                "no edge \"{}\" has ever registered",
+                edge_id.chars().take(64).collect::<String>()
+            ),
+        ));
+    }
+    let changed = match action.as_str() {
+        "suspend" | "resume" => {
+            let suspend = action == "suspend";
+            let changed = state
+                .store
+                .set_suspended(&edge_id, suspend, &actor, now_ms())
+                .await
+                .map_err(|e| Problem::internal("record the suspension", &e))?;
+            state.registry.set_suspended(&edge_id, suspend);
+            tracing::info!(edge = %edge_id, %actor, action = %action, changed, "admin action");
+            changed
+        }
+        "drain" => {
+            let deadline = request
+                .deadline_secs
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(state.routing.load().config.edges.drain_deadline);
+            let deadline_unix_ms = (now_ms() as u64).saturating_add(deadline.as_millis() as u64);
+            let snapshot = state.registry.snapshot();
+            let already = snapshot.edge(&edge_id).is_some_and(|e| e.status.draining);
+            if !already {
+                let sent = state.registry.send(
+                    &edge_id,
+                    locus_protocol::LocatorMessage::Drain { deadline_unix_ms },
+                );
+                if !sent {
+                    return Err(Problem::unavailable(
+                        "edge-not-connected",
+                        format!(
+                            "edge {edge_id} is not connected to this locator: it cannot be told to drain now"
+                        ),
+                        2,
+                    ));
+                }
+                state
+                    .store
+                    .record_admin_action(
+                        "edge_drain_requested",
+                        Some(&edge_id),
+                        &actor,
+                        Some(&format!("deadline in {} s", deadline.as_secs())),
+                        now_ms(),
+                    )
+                    .await
+                    .map_err(|e| Problem::internal("record the drain", &e))?;
+                tracing::info!(edge = %edge_id, %actor, "admin asked an edge to drain");
+            }
+            !already
+        }
+        other => {
+            return Err(Problem::not_found(
+                "no-such-action",
+                format!(
+                    "unknown action \"{}\": use suspend, resume or drain",
+                    other.chars().take(32).collect::<String>()
+                ),
+            ));
+        }
+    };
+    Ok(Json(AdminActionAnswer {
+        state: state
+            .registry
+            .snapshot()
+            .edge(&edge_id)
+            .map(|e| e.status.state().as_str()),
+        edge: edge_id,
+        action,
+        changed,
+    }))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[derive(Debug, Serialize)]
+struct Readiness {
+    ready: bool,
+    database: String,
+    geoip: String,
+    config: String,
+    edges_connected: usize,
+}
+
+async fn readyz(State(state): State<AppRef>) -> Response {
+    let database = match state.store.ping().await {
+        Ok(()) => {
+            let info = state.store.describe();
+            Ok(format!("{} {}", info.backend, info.location))
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let routing = state.routing.load();
+    let geoip = match (&routing.config.geoip.database, state.geo.database_info()) {
+        (locus_geo::config::GeoIpSource::Off, _) => {
+            Ok("off (every client to the default region)".to_string())
+        }
+        (_, Some(info)) => Ok(format!("{} ({})", info.database_type, info.path.display())),
+        (_, None) => Err("not loaded".to_string()),
+    };
+    let snapshot = state.registry.snapshot();
+    let ready = database.is_ok() && geoip.is_ok();
+    let body = Readiness {
+        ready,
+        database: database.unwrap_or_else(|e| format!("unreachable: {e}")),
+        geoip: geoip.unwrap_or_else(|e| e),
+        config: format!(
+            "{} ({} regions)",
+            routing.config.source.display(),
+            routing.config.regions.len()
+        ),
+        edges_connected: snapshot
+            .edges
+            .iter()
+            .filter(|e| e.status.serves_existing_sessions())
+            .count(),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AppRef>) -> Response {
+    let text = state.metrics.render(&state.registry.snapshot());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

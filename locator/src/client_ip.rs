@@ -1,0 +1,210 @@
+//! The client's address: the socket peer, unless the peer is a configured trusted proxy;
+//! then the right-most address of `Forwarded` (RFC 7239) or `X-Forwarded-For` that is not
+//! itself a trusted proxy. Headers from any other peer are ignored: they are trivially
+//! spoofed.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::http::HeaderMap;
+use ipnet::IpNet;
+
+/// A forwarded-for header from a trusted proxy that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{header} contains \"{value}\", which is not an IP address")]
+pub struct ForwardedError {
+    pub header: &'static str,
+    pub value: String,
+}
+
+fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
+    proxies.iter().any(|net| net.contains(&ip))
+}
+
+/// Parses one hop: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]:443`, quoted
+/// or not.
+fn parse_hop(raw: &str) -> Option<IpAddr> {
+    let hop = raw.trim().trim_matches('"');
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(sock) = hop.parse::<SocketAddr>() {
+        return Some(sock.ip().to_canonical());
+    }
+    let inner = hop.strip_prefix('[')?.split(']').next()?;
+    inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
+/// The `for=` values of every `Forwarded` header, in order.
+fn forwarded_hops(headers: &HeaderMap) -> Option<Vec<String>> {
+    let values: Vec<&str> = headers
+        .get_all("forwarded")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    let mut hops = Vec::new();
+    for value in values {
+        for element in value.split(',') {
+            for pair in element.split(';') {
+                if let Some((name, v)) = pair.split_once('=') {
+                    if name.trim().eq_ignore_ascii_case("for") {
+                        hops.push(v.trim().to_string());
+                    }
+                }
+            }
+        }
+    }
+    Some(hops)
+}
+
+fn x_forwarded_for_hops(headers: &HeaderMap) -> Option<Vec<String>> {
+    let values: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if values.is_empty() {
+        return None;
+    }
+    Some(
+        values
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    )
+}
+
+/// The client address for a request from `peer` with these headers.
+pub fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted_proxies: &[IpNet],
+) -> Result<IpAddr, ForwardedError> {
+    let peer = peer.to_canonical();
+    if !trusted(peer, trusted_proxies) {
+        return Ok(peer);
+    }
+    let (header, hops) = match forwarded_hops(headers) {
+        Some(hops) => ("Forwarded", hops),
+        None => match x_forwarded_for_hops(headers) {
+            Some(hops) => ("X-Forwarded-For", hops),
+            None => return Ok(peer),
+        },
+    };
+    // Right to left: each trusted proxy vouches for the hop before it; the first hop no
+    // trusted proxy added is the client.
+    let mut client = peer;
+    for raw in hops.iter().rev() {
+        let Some(ip) = parse_hop(raw) else {
+            return Err(ForwardedError {
+                header,
+                value: raw.chars().take(64).collect(),
+            });
+        };
+        client = ip;
+        if !trusted(ip, trusted_proxies) {
+            break;
+        }
+    }
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn proxies() -> Vec<IpNet> {
+        vec![
+            "127.0.0.0/8".parse().expect("net"),
+            "10.0.0.0/8".parse().expect("net"),
+        ]
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_str(value).expect("header"));
+        }
+        h
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("ip")
+    }
+
+    #[test]
+    fn headers_from_untrusted_peers_are_ignored() {
+        let h = headers(&[("x-forwarded-for", "8.8.8.8")]);
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &h, &proxies()),
+            Ok(ip("203.0.113.9"))
+        );
+    }
+
+    #[test]
+    fn the_right_most_untrusted_hop_is_the_client() {
+        // The client forged the first entry; our proxies appended the rest.
+        let h = headers(&[("x-forwarded-for", "1.1.1.1, 81.2.69.142, 10.0.0.7")]);
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &proxies()),
+            Ok(ip("81.2.69.142"))
+        );
+        // Several headers are one list, in order.
+        let h = headers(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "81.2.69.142"),
+        ]);
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &proxies()),
+            Ok(ip("81.2.69.142"))
+        );
+    }
+
+    #[test]
+    fn ports_brackets_and_mapped_addresses_are_understood() {
+        let h = headers(&[("x-forwarded-for", "[2001:4860::1]:443")]);
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &proxies()),
+            Ok(ip("2001:4860::1"))
+        );
+        let h = headers(&[("x-forwarded-for", "::ffff:81.2.69.142")]);
+        assert_eq!(
+            client_ip(ip("::ffff:127.0.0.1"), &h, &proxies()),
+            Ok(ip("81.2.69.142"))
+        );
+    }
+
+    #[test]
+    fn forwarded_is_read_when_present() {
+        let h = headers(&[(
+            "forwarded",
+            r#"for=1.1.1.1;proto=https, for="[2001:db8:cafe::17]:4711", for=10.0.0.2"#,
+        )]);
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &proxies()),
+            Ok(ip("2001:db8:cafe::17"))
+        );
+    }
+
+    #[test]
+    fn garbage_from_a_trusted_proxy_is_an_error_naming_the_header() {
+        let h = headers(&[("x-forwarded-for", "81.2.69.142, not-an-ip")]);
+        let err = client_ip(ip("127.0.0.1"), &h, &proxies()).expect_err("garbage");
+        assert_eq!(err.header, "X-Forwarded-For");
+        assert!(err.to_string().contains("not-an-ip"));
+    }
+
+    #[test]
+    fn all_hops_trusted_means_the_left_most() {
+        let h = headers(&[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &proxies()),
+            Ok(ip("10.1.1.1"))
+        );
+    }
+}

@@ -1,0 +1,272 @@
+//! The edge registry: every edge this locator knows, its link, its status and its last
+//! load report. Mutations take a short `std::sync::Mutex` (never held across `.await`) and
+//! publish a fresh immutable [`RegistrySnapshot`] for selection, plus a change counter
+//! for live views.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use locus_geo::config::EdgeTiming;
+use locus_protocol::{LoadReport, LocatorMessage, Register};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::edge_state::{EdgeStatus, Effect};
+use crate::snapshot::{EdgeView, RegistrySnapshot};
+
+/// The sending half of an edge's link.
+#[derive(Debug)]
+struct Link {
+    conn_id: u64,
+    tx: mpsc::Sender<LocatorMessage>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    id: Arc<str>,
+    region: String,
+    public_url: Arc<str>,
+    capacity: u32,
+    version: Arc<str>,
+    status: EdgeStatus,
+    load: Option<LoadReport>,
+    assigned_since_report: Arc<AtomicU32>,
+    link: Option<Link>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    edges: HashMap<String, Entry>,
+    /// Region ids in config order: an edge's region index is looked up at each rebuild,
+    /// so a reloaded config that reorders regions never leaves stale indices.
+    regions: Vec<String>,
+    next_conn_id: u64,
+}
+
+/// Every edge this locator knows.
+#[derive(Debug)]
+pub struct Registry {
+    inner: Mutex<Inner>,
+    snapshot: ArcSwap<RegistrySnapshot>,
+    changes: watch::Sender<u64>,
+}
+
+/// What `register` did.
+#[derive(Debug)]
+pub struct Registered {
+    /// Identifies this link; events from an older link of the same edge are ignored.
+    pub conn_id: u64,
+    /// True when an older link of the same edge was replaced.
+    pub replaced: bool,
+}
+
+impl Registry {
+    pub fn new(regions: Vec<String>) -> Registry {
+        Registry {
+            inner: Mutex::new(Inner {
+                regions,
+                ..Inner::default()
+            }),
+            snapshot: ArcSwap::from_pointee(RegistrySnapshot::empty()),
+            changes: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current snapshot (cheap: an `Arc` clone).
+    pub fn snapshot(&self) -> Arc<RegistrySnapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// A receiver that changes whenever the registry does (for live admin views).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn publish(&self, inner: &Inner) {
+        let mut edges: Vec<EdgeView> = inner
+            .edges
+            .values()
+            .filter_map(|e| {
+                let region = inner.regions.iter().position(|r| *r == e.region)?;
+                Some(EdgeView {
+                    id: e.id.clone(),
+                    region,
+                    public_url: e.public_url.clone(),
+                    capacity: e.capacity.max(1),
+                    version: e.version.clone(),
+                    status: e.status,
+                    load: e.load,
+                    assigned_since_report: e.assigned_since_report.clone(),
+                })
+            })
+            .collect();
+        // Stable order: selection is deterministic for a given seed.
+        edges.sort_by(|a, b| a.id.cmp(&b.id));
+        self.snapshot.store(Arc::new(RegistrySnapshot {
+            edges,
+            taken_at: Instant::now(),
+        }));
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Installs the region list of a (re)loaded config.
+    pub fn set_regions(&self, regions: Vec<String>) {
+        let mut inner = self.lock();
+        inner.regions = regions;
+        self.publish(&inner);
+    }
+
+    /// A (re)registered edge with its new link. An older link of the same id is replaced:
+    /// its sender is dropped, which ends that connection's task cleanly.
+    pub fn register(
+        &self,
+        reg: &Register,
+        suspended: bool,
+        tx: mpsc::Sender<LocatorMessage>,
+        now: Instant,
+    ) -> Registered {
+        let mut inner = self.lock();
+        inner.next_conn_id += 1;
+        let conn_id = inner.next_conn_id;
+        let link = Link { conn_id, tx };
+        let replaced = match inner.edges.get_mut(&reg.edge_id) {
+            Some(entry) => {
+                let replaced = entry.link.is_some();
+                entry.region = reg.region.clone();
+                entry.public_url = reg.public_url.as_str().into();
+                entry.capacity = reg.capacity;
+                entry.version = reg.version.as_str().into();
+                entry.status.suspended = suspended;
+                entry.status.on_register(now, reg.draining);
+                entry.load = None;
+                entry.assigned_since_report.store(0, Ordering::Relaxed);
+                entry.link = Some(link);
+                replaced
+            }
+            None => {
+                inner.edges.insert(
+                    reg.edge_id.clone(),
+                    Entry {
+                        id: reg.edge_id.as_str().into(),
+                        region: reg.region.clone(),
+                        public_url: reg.public_url.as_str().into(),
+                        capacity: reg.capacity,
+                        version: reg.version.as_str().into(),
+                        status: EdgeStatus::registered(now, suspended, reg.draining),
+                        load: None,
+                        assigned_since_report: Arc::new(AtomicU32::new(0)),
+                        link: Some(link),
+                    },
+                );
+                false
+            }
+        };
+        self.publish(&inner);
+        Registered { conn_id, replaced }
+    }
+
+    fn with_current_link<T>(
+        &self,
+        edge_id: &str,
+        conn_id: u64,
+        f: impl FnOnce(&mut Entry) -> T,
+    ) -> Option<T> {
+        let mut inner = self.lock();
+        let entry = inner.edges.get_mut(edge_id)?;
+        if entry.link.as_ref().map(|l| l.conn_id) != Some(conn_id) {
+            return None;
+        }
+        let out = f(entry);
+        self.publish(&inner);
+        Some(out)
+    }
+
+    /// A load report over link `conn_id`. Resets the edge's count of assignments since
+    /// its last report: the report's `sessions` now carries what the edge has.
+    pub fn report(&self, edge_id: &str, conn_id: u64, report: LoadReport, now: Instant) -> bool {
+        self.with_current_link(edge_id, conn_id, |entry| {
+            entry.load = Some(report);
+            entry.assigned_since_report.store(0, Ordering::Relaxed);
+            entry.status.on_report(now);
+        })
+        .is_some()
+    }
+
+    /// The edge announced it is draining.
+    pub fn draining(&self, edge_id: &str, conn_id: u64) -> bool {
+        self.with_current_link(edge_id, conn_id, |entry| entry.status.on_draining())
+            .is_some()
+    }
+
+    /// Link `conn_id` of the edge closed. Ignored when a newer link replaced it.
+    pub fn link_closed(&self, edge_id: &str, conn_id: u64, now: Instant) -> Effect {
+        self.with_current_link(edge_id, conn_id, |entry| {
+            entry.link = None;
+            entry.status.on_link_closed(now)
+        })
+        .unwrap_or(Effect::None)
+    }
+
+    /// Advances every edge's clock; returns the effects to carry out.
+    pub fn tick(&self, now: Instant, timing: &EdgeTiming) -> Vec<(String, Effect)> {
+        let mut inner = self.lock();
+        let effects: Vec<(String, Effect)> = inner
+            .edges
+            .iter_mut()
+            .map(|(id, e)| (id.clone(), e.status.on_tick(now, timing)))
+            .filter(|(_, effect)| *effect != Effect::None)
+            .collect();
+        if !effects.is_empty() {
+            self.publish(&inner);
+        }
+        effects
+    }
+
+    /// Result of a `/healthz` probe of a link-lost edge.
+    pub fn probe_result(&self, edge_id: &str, healthy: bool) -> Effect {
+        let mut inner = self.lock();
+        let Some(entry) = inner.edges.get_mut(edge_id) else {
+            return Effect::None;
+        };
+        let effect = entry.status.on_probe(healthy);
+        self.publish(&inner);
+        effect
+    }
+
+    /// Admin suspension (the caller persists it). False when the edge is unknown here.
+    pub fn set_suspended(&self, edge_id: &str, suspended: bool) -> bool {
+        let mut inner = self.lock();
+        let Some(entry) = inner.edges.get_mut(edge_id) else {
+            return false;
+        };
+        if suspended {
+            entry.status.on_suspend();
+        } else {
+            entry.status.on_resume();
+        }
+        self.publish(&inner);
+        true
+    }
+
+    /// Sends a message to the edge over its current link. False when it has none or its
+    /// queue is full (the edge is not reading: the link will be found dead).
+    pub fn send(&self, edge_id: &str, message: LocatorMessage) -> bool {
+        let inner = self.lock();
+        inner
+            .edges
+            .get(edge_id)
+            .and_then(|e| e.link.as_ref())
+            .is_some_and(|link| link.tx.try_send(message).is_ok())
+    }
+
+    /// The public URL the edge registered with (for health probes).
+    pub fn public_url(&self, edge_id: &str) -> Option<Arc<str>> {
+        self.lock().edges.get(edge_id).map(|e| e.public_url.clone())
+    }
+}

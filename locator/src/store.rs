@@ -1,0 +1,870 @@
+//! Storage: sessions, edges and their suspension, the audit trail, metrics samples and
+//! each edge's spool progress.
+//!
+//! One interface, [`Store`], in front of one backend per database. SQLite (the embedded
+//! default, [`sqlite`]) is the only backend today; Postgres slots in as another
+//! [`Backend`] variant with the same methods and the same migrations semantics
+//! (`migrations/sqlite/` and, later, `migrations/postgres/`).
+//!
+//! Queries are runtime queries (`sqlx::query` with binds), never the compile-time
+//! `query!` macros: the build needs no database. Migrations are embedded in the binary and
+//! applied by [`Store::open`].
+//!
+//! # Durability
+//!
+//! Every method that writes returns only after the database committed the write durably:
+//! a session handed to a client, or a spool sequence acknowledged to an edge, survives a
+//! crash of the locator *and* a power loss (see [`sqlite`] for the `synchronous` choice).
+//! Session creation is the hot write path; it goes through a *group commit* writer that
+//! commits every pending creation in one transaction (see [`Store::create_session`]).
+//!
+//! # Sessions
+//!
+//! An ad-hoc session (no room key) is `open` until it ends (ended by the edge's report,
+//! by the failure of its edge, or by the locator); a lookup of an ended session still
+//! finds it, with state `ended`, so the API can answer 410 instead of 404. A keyed session
+//! (a persistent room) has exactly one row per key, forever, enforced by the database,
+//! and never ends: when its edge fails it is reassigned ([`Store::reassign_session`]).
+
+mod sqlite;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use locus_protocol::SpoolEntry;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most audit rows one [`Store::audit`] call returns.
+pub const MAX_AUDIT_PAGE: u32 = 1000;
+
+/// Audit rows returned when [`AuditFilter::limit`] is 0.
+pub const DEFAULT_AUDIT_PAGE: u32 = 100;
+
+/// Why a storage operation failed. The message names the operation and what to do; it
+/// never contains SQL text or connection secrets. The database error, when there is one,
+/// is the [`source`](std::error::Error::source) (for logs).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid database URL: {reason}")]
+    InvalidUrl { reason: String },
+
+    #[error("cannot create the folder {path} for the SQLite database: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cannot open the database {location}: {hint}")]
+    Open {
+        location: String,
+        hint: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+
+    #[error("cannot apply the database migrations to {location}: {hint}")]
+    Migrate {
+        location: String,
+        hint: &'static str,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+
+    #[error("database error during {op}: {hint}")]
+    Database {
+        op: &'static str,
+        hint: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// A grouped write failed: every caller of the batch gets the same error.
+    #[error("database error during {op} (batched write): {hint}")]
+    Batch {
+        op: &'static str,
+        hint: &'static str,
+        #[source]
+        source: Arc<sqlx::Error>,
+    },
+
+    #[error("{what} {id:?} already exists")]
+    Conflict { what: &'static str, id: String },
+
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+
+    #[error("invalid {what}: {reason}")]
+    Invalid { what: &'static str, reason: String },
+
+    #[error("the storage writer stopped; the locator must be restarted")]
+    WriterStopped,
+}
+
+impl StoreError {
+    pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+        move |source| StoreError::Database {
+            op,
+            hint: hint(&source),
+            source,
+        }
+    }
+
+    fn invalid(what: &'static str, reason: impl Into<String>) -> StoreError {
+        StoreError::Invalid {
+            what,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What to tell an operator about a database error (no SQL, no secrets).
+pub(crate) fn hint(err: &sqlx::Error) -> &'static str {
+    match err {
+        sqlx::Error::PoolTimedOut => {
+            "timed out waiting for a database connection (database overloaded or stuck)"
+        }
+        sqlx::Error::PoolClosed => "the store is closed",
+        sqlx::Error::Io(_) => "I/O error talking to the database",
+        sqlx::Error::WorkerCrashed => "the database worker thread crashed",
+        sqlx::Error::Database(db) => {
+            let code = db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .map_or(-1, |c| c & 0xff);
+            match code {
+                5 | 6 => {
+                    "the database is locked: another process holds it (only one locator may \
+                     use a SQLite file; use Postgres for several)"
+                }
+                8 => "the database file or its folder is read-only: fix its permissions",
+                10 => "disk I/O error: check the disk and the file system",
+                11 => "the database file is corrupt: restore it from a backup or start a new file",
+                13 => "the disk is full: free space",
+                14 => "cannot open the file: check the path and the permissions of its folder",
+                19 => "a constraint of the schema was violated",
+                26 => "the file is not a SQLite database: check the path",
+                _ => "the database refused the operation",
+            }
+        }
+        _ => "unexpected database error",
+    }
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Open,
+    Ended,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Open => "open",
+            SessionState::Ended => "ended",
+        }
+    }
+
+    fn from_db(s: &str) -> Option<Self> {
+        match s {
+            "open" => Some(SessionState::Open),
+            "ended" => Some(SessionState::Ended),
+            _ => None,
+        }
+    }
+}
+
+/// A session to create.
+#[derive(Debug, Clone, Serialize)]
+pub struct NewSession {
+    /// The id to use when the session is created (ignored when `room_key` names an
+    /// existing room: the room's id is returned).
+    pub id: String,
+    /// Stable key of a persistent room: the same key always gives the same session.
+    pub room_key: Option<String>,
+    pub region: String,
+    pub edge_id: String,
+    pub now_ms: i64,
+}
+
+/// A stored session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionRecord {
+    pub id: String,
+    pub room_key: Option<String>,
+    pub region: String,
+    pub edge_id: String,
+    pub state: SessionState,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+    pub end_reason: Option<String>,
+}
+
+impl SessionRecord {
+    /// A persistent room (has a key) rather than an ad-hoc session.
+    pub fn is_room(&self) -> bool {
+        self.room_key.is_some()
+    }
+}
+
+/// An edge as last registered, with its admin suspension.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EdgeRecord {
+    pub id: String,
+    pub region: String,
+    pub public_url: String,
+    pub capacity: u32,
+    pub version: String,
+    /// Ignored by [`Store::upsert_edge`]: only [`Store::set_suspended`] changes it.
+    pub suspended: bool,
+    pub suspended_by: Option<String>,
+    pub suspended_at_ms: Option<i64>,
+    /// Kept from the first registration by [`Store::upsert_edge`].
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+/// Who wrote an audit row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditSource {
+    /// Relayed from an edge's spool (has `edge_id` and `seq`).
+    Edge,
+    /// An admin action (has `actor`).
+    Admin,
+    /// A decision of the locator itself.
+    Locator,
+}
+
+impl AuditSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditSource::Edge => "edge",
+            AuditSource::Admin => "admin",
+            AuditSource::Locator => "locator",
+        }
+    }
+
+    fn from_db(s: &str) -> Option<Self> {
+        match s {
+            "edge" => Some(AuditSource::Edge),
+            "admin" => Some(AuditSource::Admin),
+            "locator" => Some(AuditSource::Locator),
+            _ => None,
+        }
+    }
+}
+
+/// One audit row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    /// Increasing, never reused: the pagination cursor.
+    pub id: i64,
+    pub source: AuditSource,
+    pub edge_id: Option<String>,
+    /// The edge's spool sequence (edge rows only).
+    pub seq: Option<u64>,
+    /// When it happened (Unix ms; the edge's clock for edge rows).
+    pub at_ms: i64,
+    /// `session_started`, `participant_joined`, `edge_suspended`, `edge_drained`…
+    pub kind: String,
+    pub session_id: Option<String>,
+    pub participant: Option<String>,
+    /// Who did it (admin rows).
+    pub actor: Option<String>,
+    pub detail: Option<String>,
+}
+
+/// Which audit rows to list, newest first. Every field narrows the result.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AuditFilter {
+    pub edge_id: Option<String>,
+    pub session_id: Option<String>,
+    /// `at_ms >= since_ms`.
+    pub since_ms: Option<i64>,
+    /// `at_ms < until_ms`.
+    pub until_ms: Option<i64>,
+    /// Cursor: only rows with `id < before_id` (pass the last id of the previous page).
+    pub before_id: Option<i64>,
+    /// Page size; 0 means [`DEFAULT_AUDIT_PAGE`], capped at [`MAX_AUDIT_PAGE`].
+    pub limit: u32,
+}
+
+impl AuditFilter {
+    fn page_size(&self) -> u32 {
+        match self.limit {
+            0 => DEFAULT_AUDIT_PAGE,
+            n => n.min(MAX_AUDIT_PAGE),
+        }
+    }
+}
+
+/// One stored load sample of an edge.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricRecord {
+    pub edge_id: String,
+    pub seq: u64,
+    pub at_ms: i64,
+    pub cpu: f64,
+    pub lag_ms: f64,
+    pub connections: u32,
+    pub sessions: u32,
+}
+
+/// What the store is, for readiness and the admin page (no secrets).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StoreInfo {
+    /// `sqlite` (later `postgres`).
+    pub backend: &'static str,
+    /// The database file (SQLite) or host/database (Postgres), never credentials.
+    pub location: String,
+}
+
+/// Tuning of a [`Store`]; [`Default`] is what the locator uses.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Most session creations committed in one transaction by the group-commit writer.
+    /// 1 gives one transaction per creation (the benchmark's baseline).
+    pub create_batch_max: usize,
+    /// Session creations that may wait for the writer before callers are held back.
+    pub create_queue: usize,
+    /// Connections for reads (writes use one connection: SQLite has one writer anyway).
+    pub read_connections: u32,
+    /// How long a statement waits for a lock held by another connection or process.
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            create_batch_max: 256,
+            create_queue: 4096,
+            read_connections: 4,
+            busy_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The locator's storage. Cheap to clone (shared); every clone uses the same database and
+/// the same group-commit writer.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    backend: Backend,
+    creates: mpsc::Sender<CreateJob>,
+    info: StoreInfo,
+}
+
+/// One variant per database; each method of [`Store`] dispatches on it.
+#[derive(Debug)]
+enum Backend {
+    Sqlite(sqlite::SqliteBackend),
+}
+
+type CreateReply = Result<(SessionRecord, bool), StoreError>;
+
+/// A session creation waiting for the group-commit writer.
+#[derive(Debug)]
+struct CreateJob {
+    new: NewSession,
+    reply: oneshot::Sender<CreateReply>,
+}
+
+/// The database a URL names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    SqliteFile(PathBuf),
+}
+
+fn parse_url(url: &str) -> Result<Target, StoreError> {
+    let url = url.trim();
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        // Never echo the URL: it may hold a password.
+        return Err(StoreError::InvalidUrl {
+            reason: "Postgres is not supported by this build yet; use a SQLite file path \
+                     or a sqlite:// URL"
+                .into(),
+        });
+    }
+    let (path, had_scheme) = if let Some(rest) = url.strip_prefix("sqlite://") {
+        (rest, true)
+    } else if let Some(rest) = url.strip_prefix("sqlite:") {
+        (rest, true)
+    } else if let Some((scheme, _)) = url.split_once("://") {
+        let scheme: String = scheme.chars().take(20).collect();
+        return Err(StoreError::InvalidUrl {
+            reason: format!(
+                "unsupported scheme {scheme:?}: use a SQLite file path, sqlite://PATH or \
+                 sqlite:PATH"
+            ),
+        });
+    } else {
+        (url, false)
+    };
+    if path.is_empty() {
+        return Err(StoreError::InvalidUrl {
+            reason: "no database file given: use a path such as locator.db".into(),
+        });
+    }
+    if path.starts_with(":memory:") || path.contains("mode=memory") {
+        return Err(StoreError::InvalidUrl {
+            reason: "in-memory SQLite is not supported (sessions and suspensions must survive \
+                     a restart): give a file path"
+                .into(),
+        });
+    }
+    if had_scheme && path.contains('?') {
+        return Err(StoreError::InvalidUrl {
+            reason: "SQLite URL options (?…) are not supported: the locator sets the journal \
+                     mode, synchronous level and busy timeout itself; give only the path"
+                .into(),
+        });
+    }
+    Ok(Target::SqliteFile(PathBuf::from(path)))
+}
+
+impl Store {
+    /// Opens (creating it if needed) the database `url` names and applies the migrations.
+    ///
+    /// Accepted: `sqlite://PATH` (`sqlite:///abs/path` for an absolute path),
+    /// `sqlite:PATH`, or a plain file path. The file and its folder are created when
+    /// absent.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Store::open_with(url, StoreOptions::default()).await
+    }
+
+    /// [`Store::open`] with explicit tuning.
+    pub async fn open_with(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
+        if options.create_batch_max == 0 || options.create_queue == 0 {
+            return Err(StoreError::invalid(
+                "store options",
+                "create_batch_max and create_queue must be at least 1",
+            ));
+        }
+        let (backend, info) = match parse_url(url)? {
+            Target::SqliteFile(path) => {
+                let db = sqlite::SqliteBackend::open(&path, &options).await?;
+                let info = StoreInfo {
+                    backend: "sqlite",
+                    location: db.location().to_string(),
+                };
+                (Backend::Sqlite(db), info)
+            }
+        };
+        let (tx, rx) = mpsc::channel(options.create_queue);
+        match &backend {
+            Backend::Sqlite(db) => {
+                tokio::spawn(create_writer(db.clone(), rx, options.create_batch_max));
+            }
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                backend,
+                creates: tx,
+                info,
+            }),
+        })
+    }
+
+    /// Checks that the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.ping().await,
+        }
+    }
+
+    /// The backend and where its data lives (no secrets).
+    pub fn describe(&self) -> StoreInfo {
+        self.inner.info.clone()
+    }
+
+    /// Closes the connections (the SQLite write-ahead log is checkpointed). Later calls
+    /// fail; other clones are closed too.
+    pub async fn close(&self) {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.close().await,
+        }
+    }
+
+    /// Creates a session, or for a room key joins the key's room: returns the stored
+    /// session and whether this call created it. Durable when it returns.
+    ///
+    /// The database enforces one row per key, so any number of concurrent calls with one
+    /// key (from one locator or several) give one row, created by exactly one of them.
+    ///
+    /// Group commit: the call hands the creation to the store's writer task, which
+    /// commits every pending creation (up to [`StoreOptions::create_batch_max`]) in one
+    /// transaction, and answers each caller after COMMIT. Creations within one batch are
+    /// applied in order, so two of one key in one batch also give one row. A creation
+    /// whose caller gave up (dropped the future) may still be committed.
+    ///
+    /// An ad-hoc session whose id already exists fails with [`StoreError::Conflict`];
+    /// so does a room creation whose id is taken by another session.
+    pub async fn create_session(
+        &self,
+        new: NewSession,
+    ) -> Result<(SessionRecord, bool), StoreError> {
+        if new.id.is_empty() {
+            return Err(StoreError::invalid("session", "empty session id"));
+        }
+        if new.room_key.as_deref() == Some("") {
+            return Err(StoreError::invalid("session", "empty room key"));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .creates
+            .send(CreateJob { new, reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    /// A session by id, open or ended; `None` when unknown.
+    pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.get_session(id).await,
+        }
+    }
+
+    /// The room with this key, if it exists.
+    pub async fn get_room(&self, room_key: &str) -> Result<Option<SessionRecord>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.get_room(room_key).await,
+        }
+    }
+
+    /// Ends an open ad-hoc session; returns whether it changed. Rooms never end: for a
+    /// room (or an unknown or already ended session) this returns `false`.
+    pub async fn end_session(
+        &self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.end_session(id, reason, now_ms).await,
+        }
+    }
+
+    /// Moves an open session (typically a room) from `from_edge` to `to_edge`, only if it
+    /// is still on `from_edge` (compare-and-set: of several locators re-placing one room,
+    /// one wins; the others re-read it). Returns whether it changed.
+    pub async fn reassign_session(
+        &self,
+        id: &str,
+        from_edge: &str,
+        to_edge: &str,
+        region: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => {
+                db.reassign_session(id, from_edge, to_edge, region, now_ms)
+                    .await
+            }
+        }
+    }
+
+    /// Ends the open ad-hoc sessions on an edge (the edge failed); its rooms stay open on
+    /// it until they are reassigned. Returns how many ended.
+    pub async fn end_ad_hoc_sessions_on_edge(
+        &self,
+        edge_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => {
+                db.end_ad_hoc_sessions_on_edge(edge_id, reason, now_ms)
+                    .await
+            }
+        }
+    }
+
+    /// The open sessions (ad-hoc and rooms) on an edge, oldest first.
+    pub async fn open_sessions_on_edge(
+        &self,
+        edge_id: &str,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.open_sessions_on_edge(edge_id).await,
+        }
+    }
+
+    /// Inserts or updates an edge's registration (region, URL, capacity, version,
+    /// last seen). The suspension columns and `first_seen_ms` of an existing edge are
+    /// kept. Returns the stored edge, with its suspension.
+    pub async fn upsert_edge(&self, edge: &EdgeRecord) -> Result<EdgeRecord, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.upsert_edge(edge).await,
+        }
+    }
+
+    /// Suspends or resumes an edge; returns whether it changed. A real change writes an
+    /// admin audit row (`edge_suspended` / `edge_resumed`, with the actor) in the same
+    /// transaction; a repeated call changes nothing and writes nothing. Unknown edge:
+    /// [`StoreError::NotFound`].
+    pub async fn set_suspended(
+        &self,
+        edge_id: &str,
+        suspended: bool,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.set_suspended(edge_id, suspended, actor, now_ms).await,
+        }
+    }
+
+    /// One edge, with its suspension.
+    pub async fn edge(&self, edge_id: &str) -> Result<Option<EdgeRecord>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.edge(edge_id).await,
+        }
+    }
+
+    /// Every known edge, by id, with its suspension.
+    pub async fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.edges().await,
+        }
+    }
+
+    /// Records an admin action (e.g. `edge_drained`); returns the audit row id.
+    pub async fn record_admin_action(
+        &self,
+        kind: &str,
+        edge_id: Option<&str>,
+        actor: &str,
+        detail: Option<&str>,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => {
+                db.record_audit(
+                    AuditSource::Admin,
+                    kind,
+                    edge_id,
+                    None,
+                    Some(actor),
+                    detail,
+                    now_ms,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Records a decision of the locator (e.g. `room_reassigned`, `edge_failed`); returns
+    /// the audit row id.
+    pub async fn record_locator_event(
+        &self,
+        kind: &str,
+        edge_id: Option<&str>,
+        session_id: Option<&str>,
+        detail: Option<&str>,
+        now_ms: i64,
+    ) -> Result<i64, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => {
+                db.record_audit(
+                    AuditSource::Locator,
+                    kind,
+                    edge_id,
+                    session_id,
+                    None,
+                    detail,
+                    now_ms,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Stores spool entries relayed by an edge, in one transaction, and returns the
+    /// sequence to acknowledge (the highest stored for the edge).
+    ///
+    /// - Each `(edge_id, seq)` is stored once: entries at or below the acknowledged
+    ///   sequence, and repeats, are skipped (not an error), so a batch relayed twice
+    ///   changes nothing. The acknowledged sequence is a high-water mark: the protocol
+    ///   sends entries in increasing order, and an entry older than one already
+    ///   acknowledged is taken to be a duplicate.
+    /// - Audit kinds go to the audit trail, [`SpoolBody::Metrics`] to the metrics table.
+    /// - Effects on sessions, applied only for newly stored entries: `session_ended` ends
+    ///   the session when it is ad-hoc, open, and hosted by this edge (an edge cannot end
+    ///   another edge's session); a room stays open on its edge and is re-placed on its
+    ///   next join. Other kinds have no effect on sessions (the locator created them).
+    ///   The end time is the entry's time (the edge's clock).
+    /// - Sequence 0 and sequences above `i64::MAX` are refused ([`StoreError::Invalid`]),
+    ///   as are non-finite metrics; nothing of the batch is stored then.
+    ///
+    /// [`SpoolBody::Metrics`]: locus_protocol::SpoolBody::Metrics
+    pub async fn store_spool(
+        &self,
+        edge_id: &str,
+        entries: &[SpoolEntry],
+    ) -> Result<u64, StoreError> {
+        validate_spool(edge_id, entries)?;
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.store_spool(edge_id, entries).await,
+        }
+    }
+
+    /// The highest spool sequence stored for an edge (0: none).
+    pub async fn acked_seq(&self, edge_id: &str) -> Result<u64, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.acked_seq(edge_id).await,
+        }
+    }
+
+    /// Audit rows matching the filter, newest first (by id). For the next page, pass the
+    /// last returned id as `before_id`.
+    pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.audit(filter).await,
+        }
+    }
+
+    /// How many audit rows there are (about one edge, or all).
+    pub async fn count_audit(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.count_audit(edge_id).await,
+        }
+    }
+
+    /// The most recent metrics samples of an edge, newest first (by sequence).
+    pub async fn recent_metrics(
+        &self,
+        edge_id: &str,
+        limit: u32,
+    ) -> Result<Vec<MetricRecord>, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.recent_metrics(edge_id, limit.min(MAX_AUDIT_PAGE)).await,
+        }
+    }
+
+    /// How many metrics samples there are (of one edge, or all).
+    pub async fn count_metrics(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
+        match &self.inner.backend {
+            Backend::Sqlite(db) => db.count_metrics(edge_id).await,
+        }
+    }
+}
+
+fn validate_spool(edge_id: &str, entries: &[SpoolEntry]) -> Result<(), StoreError> {
+    if edge_id.is_empty() {
+        return Err(StoreError::invalid("spool batch", "empty edge id"));
+    }
+    for entry in entries {
+        if entry.seq == 0 || i64::try_from(entry.seq).is_err() {
+            return Err(StoreError::invalid(
+                "spool batch",
+                format!("sequence {} out of range (1..=2^63-1)", entry.seq),
+            ));
+        }
+        if let locus_protocol::SpoolBody::Metrics(m) = &entry.body
+            && !(m.cpu.is_finite() && m.lag_ms.is_finite())
+        {
+            return Err(StoreError::invalid(
+                "spool batch",
+                format!("metrics entry {} has a non-finite value", entry.seq),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Seq as stored (validated by [`validate_spool`]).
+fn seq_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// Seq as read back (never negative by the schema's CHECK).
+fn seq_u64(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+/// The group-commit writer: takes every pending creation (up to `max_batch`), commits
+/// them in one transaction, answers each caller. Ends when every [`Store`] is dropped.
+async fn create_writer(
+    db: sqlite::SqliteBackend,
+    mut rx: mpsc::Receiver<CreateJob>,
+    max_batch: usize,
+) {
+    let mut jobs = Vec::with_capacity(max_batch);
+    loop {
+        if rx.recv_many(&mut jobs, max_batch).await == 0 {
+            break;
+        }
+        let news: Vec<&NewSession> = jobs.iter().map(|job| &job.new).collect();
+        match db.create_sessions(&news).await {
+            Ok(results) => {
+                for (job, result) in jobs.drain(..).zip(results) {
+                    // The caller may have given up: nothing to do.
+                    let _ = job.reply.send(result);
+                }
+            }
+            Err(source) => {
+                tracing::error!(error = %source, batch = jobs.len(), "session creation batch failed");
+                let hint = hint(&source);
+                let source = Arc::new(source);
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::Batch {
+                        op: "create_session",
+                        hint,
+                        source: Arc::clone(&source),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_paths_name_a_sqlite_file() {
+        let file = |s: &str| Target::SqliteFile(PathBuf::from(s));
+        assert_eq!(
+            parse_url("sqlite://data/l.db").ok(),
+            Some(file("data/l.db"))
+        );
+        assert_eq!(
+            parse_url("sqlite:///var/l.db").ok(),
+            Some(file("/var/l.db"))
+        );
+        assert_eq!(parse_url("sqlite:l.db").ok(), Some(file("l.db")));
+        assert_eq!(
+            parse_url("/var/lib/locator/l.db").ok(),
+            Some(file("/var/lib/locator/l.db"))
+        );
+        assert_eq!(parse_url(" l.db ").ok(), Some(file("l.db")));
+    }
+
+    #[test]
+    fn unusable_urls_are_refused_without_echoing_secrets() {
+        for bad in [
+            "",
+            "sqlite://",
+            "sqlite::memory:",
+            "sqlite://l.db?mode=rwc",
+            "mysql://u:pw@h/db",
+            "postgres://user:hunter2@db/locator",
+        ] {
+            let err = parse_url(bad).expect_err(bad).to_string();
+            assert!(!err.contains("hunter2") && !err.contains("pw@"), "{err}");
+        }
+    }
+}

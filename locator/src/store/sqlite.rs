@@ -1,0 +1,737 @@
+//! The SQLite backend: the embedded default (one locator, zero set-up).
+//!
+//! # Connections
+//!
+//! Writes go through one connection (a pool of size 1): SQLite has a single writer per
+//! database anyway, and queueing writers in the process (in order, without polling) is
+//! cheaper and fairer than letting several connections collide on the file lock. Write
+//! transactions start with `BEGIN IMMEDIATE`, taking the write lock up front, so a
+//! transaction never fails half-way on a lock upgrade. Reads use a small pool of their
+//! own; in WAL mode they never wait for the writer.
+//!
+//! # Durability: WAL with `synchronous = FULL`
+//!
+//! The journal is a write-ahead log (readers and the writer do not block each other).
+//! In WAL mode `synchronous = NORMAL` syncs only at checkpoints: a commit survives a
+//! crash of the process but the last commits may be lost on a power loss or OS crash.
+//! The locator acknowledges writes to others (a session handed to a client, a spool
+//! sequence an edge then deletes), so a commit must survive power loss too:
+//! `synchronous = FULL` syncs the log at every commit. The throughput this costs is won
+//! back by the group commit of session creations (one sync per batch, see
+//! [`Store::create_session`](super::Store::create_session)) and by storing each spool
+//! batch in one transaction.
+
+use std::path::Path;
+use std::time::Duration;
+
+use locus_protocol::{SpoolBody, SpoolEntry};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{
+    AuditFilter, AuditRecord, AuditSource, CreateReply, EdgeRecord, MetricRecord, NewSession,
+    SessionRecord, SessionState, StoreError, StoreOptions, hint, seq_i64, seq_u64,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// Why a session ended when its edge reported the end.
+const ENDED_BY_EDGE: &str = "ended_on_edge";
+
+#[derive(Debug, Clone)]
+pub(super) struct SqliteBackend {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    location: String,
+}
+
+impl SqliteBackend {
+    pub(super) async fn open(path: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let location = path.display().to_string();
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|source| StoreError::CreateDir {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+        }
+        let connect = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL, not NORMAL: see the module documentation.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(options.busy_timeout)
+            .foreign_keys(true);
+        let open_error = |source: sqlx::Error| StoreError::Open {
+            location: location.clone(),
+            hint: open_hint(&source),
+            source,
+        };
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None::<Duration>)
+            .max_lifetime(None::<Duration>)
+            .connect_with(connect.clone())
+            .await
+            .map_err(open_error)?;
+        MIGRATOR
+            .run(&writer)
+            .await
+            .map_err(|source| StoreError::Migrate {
+                location: location.clone(),
+                hint: migrate_hint(&source),
+                source,
+            })?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(options.read_connections.max(1))
+            .connect_with(connect)
+            .await
+            .map_err(open_error)?;
+        Ok(SqliteBackend {
+            writer,
+            reader,
+            location,
+        })
+    }
+
+    pub(super) fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(StoreError::db("ping"))?;
+        Ok(())
+    }
+
+    pub(super) async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    /// Creates (or joins, for a room key) each session in order, in one transaction.
+    /// `Err` when the transaction failed (nothing committed); otherwise one answer per
+    /// session, in order.
+    pub(super) async fn create_sessions(
+        &self,
+        news: &[&NewSession],
+    ) -> Result<Vec<CreateReply>, sqlx::Error> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut replies = Vec::with_capacity(news.len());
+        for new in news {
+            let inserted = sqlx::query(
+                "INSERT INTO sessions (id, room_key, region, edge_id, state, created_at_ms, \
+                 updated_at_ms) VALUES (?1, ?2, ?3, ?4, 'open', ?5, ?5) ON CONFLICT DO NOTHING \
+                 RETURNING id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
+                 ended_at_ms, end_reason",
+            )
+            .bind(&new.id)
+            .bind(&new.room_key)
+            .bind(&new.region)
+            .bind(&new.edge_id)
+            .bind(new.now_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let reply = match (inserted, &new.room_key) {
+                (Some(row), _) => (session_from_row(&row)?, true),
+                (None, Some(key)) => {
+                    // The key's room exists (or the id is taken): join the room.
+                    let existing = sqlx::query(
+                        "SELECT id, room_key, region, edge_id, state, created_at_ms, \
+                         updated_at_ms, ended_at_ms, end_reason FROM sessions WHERE room_key = ?1",
+                    )
+                    .bind(key)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match existing {
+                        Some(row) => (session_from_row(&row)?, false),
+                        None => {
+                            replies.push(Err(conflict(&new.id)));
+                            continue;
+                        }
+                    }
+                }
+                (None, None) => {
+                    replies.push(Err(conflict(&new.id)));
+                    continue;
+                }
+            };
+            replies.push(Ok(reply));
+        }
+        tx.commit().await?;
+        Ok(replies)
+    }
+
+    pub(super) async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let op = "get_session";
+        let row = sqlx::query(
+            "SELECT id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
+             ended_at_ms, end_reason FROM sessions WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(StoreError::db(op))?;
+        row.map(|row| session_from_row(&row))
+            .transpose()
+            .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn get_room(&self, key: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let op = "get_room";
+        let row = sqlx::query(
+            "SELECT id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
+             ended_at_ms, end_reason FROM sessions WHERE room_key = ?1",
+        )
+        .bind(key)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(StoreError::db(op))?;
+        row.map(|row| session_from_row(&row))
+            .transpose()
+            .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn end_session(
+        &self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET state = 'ended', ended_at_ms = ?3, updated_at_ms = ?3, \
+             end_reason = ?2 WHERE id = ?1 AND state = 'open' AND room_key IS NULL",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await
+        .map_err(StoreError::db("end_session"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn reassign_session(
+        &self,
+        id: &str,
+        from_edge: &str,
+        to_edge: &str,
+        region: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET edge_id = ?3, region = ?4, updated_at_ms = ?5 \
+             WHERE id = ?1 AND edge_id = ?2 AND state = 'open'",
+        )
+        .bind(id)
+        .bind(from_edge)
+        .bind(to_edge)
+        .bind(region)
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await
+        .map_err(StoreError::db("reassign_session"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn end_ad_hoc_sessions_on_edge(
+        &self,
+        edge_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE sessions SET state = 'ended', ended_at_ms = ?3, updated_at_ms = ?3, \
+             end_reason = ?2 WHERE edge_id = ?1 AND state = 'open' AND room_key IS NULL",
+        )
+        .bind(edge_id)
+        .bind(reason)
+        .bind(now_ms)
+        .execute(&self.writer)
+        .await
+        .map_err(StoreError::db("end_ad_hoc_sessions_on_edge"))?;
+        Ok(done.rows_affected())
+    }
+
+    pub(super) async fn open_sessions_on_edge(
+        &self,
+        edge_id: &str,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let op = "open_sessions_on_edge";
+        let rows = sqlx::query(
+            "SELECT id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
+             ended_at_ms, end_reason FROM sessions WHERE edge_id = ?1 AND state = 'open' \
+             ORDER BY created_at_ms, id",
+        )
+        .bind(edge_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(StoreError::db(op))?;
+        rows.iter()
+            .map(session_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn upsert_edge(&self, edge: &EdgeRecord) -> Result<EdgeRecord, StoreError> {
+        let op = "upsert_edge";
+        let row = sqlx::query(
+            "INSERT INTO edges (id, region, public_url, capacity, version, suspended, \
+             first_seen_ms, last_seen_ms) VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?7) \
+             ON CONFLICT (id) DO UPDATE SET region = excluded.region, \
+             public_url = excluded.public_url, capacity = excluded.capacity, \
+             version = excluded.version, last_seen_ms = excluded.last_seen_ms \
+             RETURNING id, region, public_url, capacity, version, suspended, suspended_by, \
+             suspended_at_ms, first_seen_ms, last_seen_ms",
+        )
+        .bind(&edge.id)
+        .bind(&edge.region)
+        .bind(&edge.public_url)
+        .bind(i64::from(edge.capacity))
+        .bind(&edge.version)
+        .bind(edge.first_seen_ms)
+        .bind(edge.last_seen_ms)
+        .fetch_one(&self.writer)
+        .await
+        .map_err(StoreError::db(op))?;
+        edge_from_row(&row).map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn set_suspended(
+        &self,
+        edge_id: &str,
+        suspended: bool,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let op = "set_suspended";
+        let db = StoreError::db;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db(op))?;
+        let changed = sqlx::query(
+            "UPDATE edges SET suspended = ?2, suspended_by = ?3, suspended_at_ms = ?4 \
+             WHERE id = ?1 AND suspended <> ?2",
+        )
+        .bind(edge_id)
+        .bind(i64::from(suspended))
+        .bind(suspended.then_some(actor))
+        .bind(suspended.then_some(now_ms))
+        .execute(&mut *tx)
+        .await
+        .map_err(db(op))?
+        .rows_affected()
+            > 0;
+        if !changed {
+            let known = sqlx::query("SELECT 1 FROM edges WHERE id = ?1")
+                .bind(edge_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db(op))?
+                .is_some();
+            // Nothing written: dropping the transaction rolls it back.
+            return if known {
+                Ok(false)
+            } else {
+                Err(StoreError::NotFound {
+                    what: "edge",
+                    id: edge_id.to_string(),
+                })
+            };
+        }
+        let kind = if suspended {
+            "edge_suspended"
+        } else {
+            "edge_resumed"
+        };
+        sqlx::query(
+            "INSERT INTO audit (source, edge_id, at_ms, kind, actor) \
+             VALUES ('admin', ?1, ?2, ?3, ?4)",
+        )
+        .bind(edge_id)
+        .bind(now_ms)
+        .bind(kind)
+        .bind(actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(op))?;
+        tx.commit().await.map_err(db(op))?;
+        Ok(true)
+    }
+
+    pub(super) async fn edge(&self, edge_id: &str) -> Result<Option<EdgeRecord>, StoreError> {
+        let op = "edge";
+        let row = sqlx::query(
+            "SELECT id, region, public_url, capacity, version, suspended, suspended_by, \
+             suspended_at_ms, first_seen_ms, last_seen_ms FROM edges WHERE id = ?1",
+        )
+        .bind(edge_id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(StoreError::db(op))?;
+        row.map(|row| edge_from_row(&row))
+            .transpose()
+            .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError> {
+        let op = "edges";
+        let rows = sqlx::query(
+            "SELECT id, region, public_url, capacity, version, suspended, suspended_by, \
+             suspended_at_ms, first_seen_ms, last_seen_ms FROM edges ORDER BY id",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(StoreError::db(op))?;
+        rows.iter()
+            .map(edge_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::db(op))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn record_audit(
+        &self,
+        source: AuditSource,
+        kind: &str,
+        edge_id: Option<&str>,
+        session_id: Option<&str>,
+        actor: Option<&str>,
+        detail: Option<&str>,
+        at_ms: i64,
+    ) -> Result<i64, StoreError> {
+        if kind.is_empty() {
+            return Err(StoreError::Invalid {
+                what: "audit entry",
+                reason: "empty kind".into(),
+            });
+        }
+        sqlx::query_scalar::<_, i64>(
+            "INSERT INTO audit (source, edge_id, at_ms, kind, session_id, actor, detail) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+        )
+        .bind(source.as_str())
+        .bind(edge_id)
+        .bind(at_ms)
+        .bind(kind)
+        .bind(session_id)
+        .bind(actor)
+        .bind(detail)
+        .fetch_one(&self.writer)
+        .await
+        .map_err(StoreError::db("record_audit"))
+    }
+
+    pub(super) async fn store_spool(
+        &self,
+        edge_id: &str,
+        entries: &[SpoolEntry],
+    ) -> Result<u64, StoreError> {
+        if entries.is_empty() {
+            return self.acked_seq(edge_id).await;
+        }
+        self.store_spool_tx(edge_id, entries)
+            .await
+            .map_err(StoreError::db("store_spool"))
+    }
+
+    async fn store_spool_tx(
+        &self,
+        edge_id: &str,
+        entries: &[SpoolEntry],
+    ) -> Result<u64, sqlx::Error> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let acked: i64 =
+            sqlx::query_scalar("SELECT acked_seq FROM spool_progress WHERE edge_id = ?1")
+                .bind(edge_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .unwrap_or(0);
+        let mut high = acked;
+        for entry in entries {
+            let seq = seq_i64(entry.seq);
+            if seq <= acked {
+                continue; // Relayed again: stored before.
+            }
+            high = high.max(seq);
+            if let SpoolBody::Metrics(m) = &entry.body {
+                sqlx::query(
+                    "INSERT INTO metrics (edge_id, seq, at_ms, cpu, lag_ms, connections, \
+                     sessions) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
+                )
+                .bind(edge_id)
+                .bind(seq)
+                .bind(entry.at_unix_ms)
+                .bind(f64::from(m.cpu))
+                .bind(f64::from(m.lag_ms))
+                .bind(i64::from(m.connections))
+                .bind(i64::from(m.sessions))
+                .execute(&mut *tx)
+                .await?;
+                continue;
+            }
+            let kind = entry.body.audit_kind().unwrap_or("unknown");
+            let inserted = sqlx::query(
+                "INSERT INTO audit (source, edge_id, seq, at_ms, kind, session_id, participant) \
+                 VALUES ('edge', ?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            )
+            .bind(edge_id)
+            .bind(seq)
+            .bind(entry.at_unix_ms)
+            .bind(kind)
+            .bind(entry.body.session_id())
+            .bind(entry.body.participant())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            if let (true, SpoolBody::SessionEnded { session_id }) = (inserted, &entry.body) {
+                // Only an open ad-hoc session hosted by the reporting edge; rooms stay.
+                sqlx::query(
+                    "UPDATE sessions SET state = 'ended', ended_at_ms = ?3, \
+                     updated_at_ms = max(updated_at_ms, ?3), end_reason = ?4 \
+                     WHERE id = ?1 AND edge_id = ?2 AND state = 'open' AND room_key IS NULL",
+                )
+                .bind(session_id)
+                .bind(edge_id)
+                .bind(entry.at_unix_ms)
+                .bind(ENDED_BY_EDGE)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if high > acked {
+            sqlx::query(
+                "INSERT INTO spool_progress (edge_id, acked_seq) VALUES (?1, ?2) \
+                 ON CONFLICT (edge_id) DO UPDATE \
+                 SET acked_seq = max(spool_progress.acked_seq, excluded.acked_seq)",
+            )
+            .bind(edge_id)
+            .bind(high)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(seq_u64(high))
+    }
+
+    pub(super) async fn acked_seq(&self, edge_id: &str) -> Result<u64, StoreError> {
+        let acked: Option<i64> =
+            sqlx::query_scalar("SELECT acked_seq FROM spool_progress WHERE edge_id = ?1")
+                .bind(edge_id)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(StoreError::db("acked_seq"))?;
+        Ok(acked.map_or(0, seq_u64))
+    }
+
+    pub(super) async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let op = "audit";
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "SELECT id, source, edge_id, seq, at_ms, kind, session_id, participant, actor, \
+             detail FROM audit WHERE 1 = 1",
+        );
+        if let Some(edge_id) = &filter.edge_id {
+            q.push(" AND edge_id = ").push_bind(edge_id.clone());
+        }
+        if let Some(session_id) = &filter.session_id {
+            q.push(" AND session_id = ").push_bind(session_id.clone());
+        }
+        if let Some(since) = filter.since_ms {
+            q.push(" AND at_ms >= ").push_bind(since);
+        }
+        if let Some(until) = filter.until_ms {
+            q.push(" AND at_ms < ").push_bind(until);
+        }
+        if let Some(before) = filter.before_id {
+            q.push(" AND id < ").push_bind(before);
+        }
+        q.push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(filter.page_size()));
+        let rows = q
+            .build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(StoreError::db(op))?;
+        rows.iter()
+            .map(audit_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn count_audit(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
+        let count: i64 = match edge_id {
+            Some(edge_id) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM audit WHERE edge_id = ?1")
+                    .bind(edge_id)
+                    .fetch_one(&self.reader)
+                    .await
+            }
+            None => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM audit")
+                    .fetch_one(&self.reader)
+                    .await
+            }
+        }
+        .map_err(StoreError::db("count_audit"))?;
+        Ok(seq_u64(count))
+    }
+
+    pub(super) async fn recent_metrics(
+        &self,
+        edge_id: &str,
+        limit: u32,
+    ) -> Result<Vec<MetricRecord>, StoreError> {
+        let op = "recent_metrics";
+        let rows = sqlx::query(
+            "SELECT edge_id, seq, at_ms, cpu, lag_ms, connections, sessions FROM metrics \
+             WHERE edge_id = ?1 ORDER BY seq DESC LIMIT ?2",
+        )
+        .bind(edge_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(StoreError::db(op))?;
+        rows.iter()
+            .map(metric_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn count_metrics(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
+        let count: i64 = match edge_id {
+            Some(edge_id) => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM metrics WHERE edge_id = ?1")
+                    .bind(edge_id)
+                    .fetch_one(&self.reader)
+                    .await
+            }
+            None => {
+                sqlx::query_scalar("SELECT COUNT(*) FROM metrics")
+                    .fetch_one(&self.reader)
+                    .await
+            }
+        }
+        .map_err(StoreError::db("count_metrics"))?;
+        Ok(seq_u64(count))
+    }
+}
+
+fn conflict(id: &str) -> StoreError {
+    StoreError::Conflict {
+        what: "session id",
+        id: id.to_string(),
+    }
+}
+
+fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    Ok(SessionRecord {
+        id: row.try_get("id")?,
+        room_key: row.try_get("room_key")?,
+        region: row.try_get("region")?,
+        edge_id: row.try_get("edge_id")?,
+        state: SessionState::from_db(&state)
+            .ok_or_else(|| sqlx::Error::decode(format!("unknown session state {state:?}")))?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+        ended_at_ms: row.try_get("ended_at_ms")?,
+        end_reason: row.try_get("end_reason")?,
+    })
+}
+
+fn edge_from_row(row: &SqliteRow) -> Result<EdgeRecord, sqlx::Error> {
+    let capacity: i64 = row.try_get("capacity")?;
+    let suspended: i64 = row.try_get("suspended")?;
+    Ok(EdgeRecord {
+        id: row.try_get("id")?,
+        region: row.try_get("region")?,
+        public_url: row.try_get("public_url")?,
+        capacity: u32::try_from(capacity)
+            .map_err(|_| sqlx::Error::decode(format!("edge capacity {capacity} out of range")))?,
+        version: row.try_get("version")?,
+        suspended: suspended != 0,
+        suspended_by: row.try_get("suspended_by")?,
+        suspended_at_ms: row.try_get("suspended_at_ms")?,
+        first_seen_ms: row.try_get("first_seen_ms")?,
+        last_seen_ms: row.try_get("last_seen_ms")?,
+    })
+}
+
+fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, sqlx::Error> {
+    let source: String = row.try_get("source")?;
+    let seq: Option<i64> = row.try_get("seq")?;
+    Ok(AuditRecord {
+        id: row.try_get("id")?,
+        source: AuditSource::from_db(&source)
+            .ok_or_else(|| sqlx::Error::decode(format!("unknown audit source {source:?}")))?,
+        edge_id: row.try_get("edge_id")?,
+        seq: seq.map(seq_u64),
+        at_ms: row.try_get("at_ms")?,
+        kind: row.try_get("kind")?,
+        session_id: row.try_get("session_id")?,
+        participant: row.try_get("participant")?,
+        actor: row.try_get("actor")?,
+        detail: row.try_get("detail")?,
+    })
+}
+
+fn metric_from_row(row: &SqliteRow) -> Result<MetricRecord, sqlx::Error> {
+    let count = |column: &str| -> Result<u32, sqlx::Error> {
+        let value: i64 = row.try_get(column)?;
+        u32::try_from(value)
+            .map_err(|_| sqlx::Error::decode(format!("metrics {column} {value} out of range")))
+    };
+    let seq: i64 = row.try_get("seq")?;
+    Ok(MetricRecord {
+        edge_id: row.try_get("edge_id")?,
+        seq: seq_u64(seq),
+        at_ms: row.try_get("at_ms")?,
+        cpu: row.try_get("cpu")?,
+        lag_ms: row.try_get("lag_ms")?,
+        connections: count("connections")?,
+        sessions: count("sessions")?,
+    })
+}
+
+/// What to tell an operator when the database cannot be opened.
+fn open_hint(err: &sqlx::Error) -> &'static str {
+    match hint(err) {
+        "the database refused the operation" | "unexpected database error" => {
+            "check that the path names a SQLite database file (or a new file) that the \
+             locator may read and write, in a folder it may write (the write-ahead log \
+             files are created beside it)"
+        }
+        specific => specific,
+    }
+}
+
+/// What to tell an operator when the migrations cannot be applied.
+fn migrate_hint(err: &sqlx::migrate::MigrateError) -> &'static str {
+    use sqlx::migrate::MigrateError as M;
+    match err {
+        M::VersionMissing(_) | M::VersionNotPresent(_) | M::VersionTooNew(..) => {
+            "the database was migrated by a newer locator: run that version, or use another \
+             database file"
+        }
+        M::VersionMismatch(_) => {
+            "a migration already applied to this database has been modified: run the \
+             locator version that created the database, or use another database file"
+        }
+        M::Dirty(_) => "a migration was interrupted: restore the database from a backup",
+        M::Execute(e) | M::ExecuteMigration(e, _) => hint(e),
+        _ => "the migrations could not be applied: check the database file and the locator version",
+    }
+}

@@ -1,0 +1,299 @@
+//! Test support: a real locator in-process on 127.0.0.1:0 with a real SQLite file, and a
+//! small edge client speaking the shared protocol over a real websocket.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use locus_geo::mmdb_writer::{MmdbWriter, Value};
+use locus_geo::{Config, GeoResolver};
+use locus_locator::server::{AppState, Secrets};
+use locus_locator::store::Store;
+use locus_protocol::{EdgeMessage, LoadReport, LocatorMessage, PROTOCOL_VERSION, Register};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const EDGE_TOKEN: &str = "test-edge-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Three regions on three continents; loopback is a trusted proxy.
+pub fn regions_yaml(db: &Path, grace: &str) -> String {
+    format!(
+        r#"
+geoip: {{ database: "{}" }}
+trusted_proxies: [127.0.0.0/8]
+default_region: us-east
+edges:
+  report_interval: 1s
+  missed_reports: 3
+  grace_period: {grace}
+  probe_timeout: 1s
+regions:
+  - id: us-east
+    location: {{ lat: 39.0, lon: -77.5 }}
+    countries: [US, CA]
+    continents: [NA]
+    fallback: [eu-west]
+    turn:
+      secret_env: LOCUS_TEST_TURN_SECRET
+      servers: ["turn:turn1.us-east.example.net:3478"]
+  - id: eu-west
+    location: {{ lat: 53.35, lon: -6.26 }}
+    countries: [GB, IE]
+    continents: [EU]
+    fallback: [eu-central, us-east]
+    turn:
+      servers: ["stun:stun.eu-west.example.net"]
+  - id: eu-central
+    location: {{ lat: 50.1, lon: 8.7 }}
+    countries: [DE]
+    fallback: [eu-west]
+  - id: ap-northeast
+    location: {{ lat: 35.7, lon: 139.7 }}
+    countries: [JP]
+    continents: [AS]
+    fallback: [us-east]
+"#,
+        db.display()
+    )
+}
+
+/// A GeoIP database with one network per country used by the tests.
+pub fn write_geoip(dir: &Path) -> PathBuf {
+    let mut w = MmdbWriter::new("Test-City");
+    for (net, country, continent) in [
+        ("81.2.69.0/24", "GB", "EU"),
+        ("8.8.8.0/24", "US", "NA"),
+        ("85.214.0.0/16", "DE", "EU"),
+        ("133.1.0.0/16", "JP", "AS"),
+    ] {
+        w.insert(
+            net.parse().expect("net"),
+            Value::country_record(country, continent),
+        );
+    }
+    let path = dir.join("geoip.mmdb");
+    w.write_to(&path).expect("write geoip");
+    path
+}
+
+/// A running locator.
+pub struct TestLocator {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub database: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestLocator {
+    /// Starts a locator with the test regions; `dir` holds its files (reuse it to restart
+    /// on the same database).
+    pub async fn start(dir: &Path) -> TestLocator {
+        TestLocator::start_with(dir, "30s", "127.0.0.1:0").await
+    }
+
+    pub async fn start_with(dir: &Path, grace: &str, listen: &str) -> TestLocator {
+        let db = write_geoip(dir);
+        let yaml = regions_yaml(&db, grace);
+        let config = Config::parse(&yaml, &dir.join("regions.yaml")).expect("test config");
+        let geo = GeoResolver::open(&config).expect("geoip");
+        let database = dir.join("locator.sqlite");
+        let store = Store::open(database.to_str().expect("utf-8"))
+            .await
+            .expect("store");
+        let secrets = Secrets {
+            edge_token: EDGE_TOKEN.into(),
+            admin_token: Some(ADMIN_TOKEN.into()),
+        };
+        let state = Arc::new(AppState::new(config, geo, store, secrets));
+        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn({
+            let state = state.clone();
+            async move {
+                let _ = locus_locator::server::run(listener, state, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            }
+        });
+        TestLocator {
+            addr,
+            state,
+            database,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Stops the server (open websockets are dropped with the task).
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        self.state.store.close().await;
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens the edge link with `token` (None: no Authorization header).
+pub async fn connect_link(addr: SocketAddr, token: Option<&str>) -> Result<Ws, tungstenite::Error> {
+    let mut request = format!("ws://{addr}{}", locus_protocol::EDGE_LINK_PATH)
+        .into_client_request()
+        .expect("request");
+    if let Some(token) = token {
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+    }
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// A fake edge: a real websocket speaking the real protocol.
+pub struct TestEdge {
+    pub id: String,
+    pub ws: Ws,
+    pub welcome: LocatorMessage,
+}
+
+pub fn register(id: &str, region: &str, capacity: u32) -> Register {
+    Register {
+        protocol: PROTOCOL_VERSION,
+        edge_id: id.into(),
+        region: region.into(),
+        public_url: format!("http://127.0.0.1:1/{id}"),
+        capacity,
+        version: "test".into(),
+        sessions: vec![],
+        draining: false,
+    }
+}
+
+pub async fn send(ws: &mut Ws, message: &EdgeMessage) {
+    ws.send(Message::Text(
+        serde_json::to_string(message).expect("json").into(),
+    ))
+    .await
+    .expect("send");
+}
+
+/// The next protocol message, skipping pings.
+pub async fn next_message(ws: &mut Ws) -> Option<LocatorMessage> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message within 10 s")?;
+        match frame {
+            Ok(Message::Text(text)) => {
+                return Some(serde_json::from_str(&text).expect("protocol message"));
+            }
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Reads until the socket closes; returns the close reason (and any Error message).
+pub async fn closed_reason(ws: &mut Ws) -> String {
+    let mut reason = String::new();
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("closed within 10 s");
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                if let Ok(LocatorMessage::Error { reason: r }) = serde_json::from_str(&text) {
+                    reason = r;
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                if reason.is_empty() {
+                    reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                }
+                return reason;
+            }
+            Some(Ok(_)) => {}
+            None | Some(Err(_)) => return reason,
+        }
+    }
+}
+
+impl TestEdge {
+    pub async fn connect(addr: SocketAddr, reg: Register) -> TestEdge {
+        let mut ws = connect_link(addr, Some(EDGE_TOKEN)).await.expect("link");
+        send(&mut ws, &EdgeMessage::Register(reg.clone())).await;
+        let welcome = next_message(&mut ws).await.expect("welcome");
+        assert!(
+            matches!(welcome, LocatorMessage::Welcome { .. }),
+            "{welcome:?}"
+        );
+        TestEdge {
+            id: reg.edge_id,
+            ws,
+            welcome,
+        }
+    }
+
+    pub async fn report(&mut self, sessions: u32) {
+        send(
+            &mut self.ws,
+            &EdgeMessage::Report(LoadReport {
+                cpu: 0.05,
+                lag_ms: 1.0,
+                connections: sessions * 2,
+                sessions,
+            }),
+        )
+        .await;
+    }
+}
+
+/// Waits until `condition` holds on the locator's registry (checked on every change).
+pub async fn wait_for(state: &AppState, what: &str, condition: impl Fn(&AppState) -> bool) {
+    let mut changes = state.registry.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !condition(state) {
+        if tokio::time::timeout_at(deadline, changes.changed())
+            .await
+            .is_err()
+        {
+            panic!("timed out waiting for: {what}");
+        }
+    }
+}
+
+/// The state of an edge in the locator's registry.
+pub fn edge_state(state: &AppState, id: &str) -> Option<&'static str> {
+    state
+        .registry
+        .snapshot()
+        .edge(id)
+        .map(|e| e.status.state().as_str())
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
