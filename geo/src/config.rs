@@ -451,12 +451,12 @@ fn parse_network(text: &str) -> Result<IpNet, String> {
     }
     // Client addresses are normalised to IPv4 when IPv4-mapped, so a mapped network
     // (::ffff:a.b.c.d/96+n) must be too, or it would silently never match.
-    if let IpNet::V6(v6) = net {
-        if let (Some(v4), true) = (v6.network().to_ipv4_mapped(), v6.prefix_len() >= 96) {
-            if let Ok(v4net) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96) {
-                return Ok(IpNet::V4(v4net));
-            }
-        }
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+        && v6.prefix_len() >= 96
+        && let Ok(v4net) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return Ok(IpNet::V4(v4net));
     }
     Ok(net)
 }

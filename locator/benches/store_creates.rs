@@ -119,7 +119,9 @@ async fn run_creates(
                     break;
                 }
                 let id = format!("{tag}-{n}");
-                let room_key = (n % 10 == 0).then(|| format!("{tag}-room-{}", n % 100));
+                let room_key = n
+                    .is_multiple_of(10)
+                    .then(|| format!("{tag}-room-{}", n % 100));
                 store
                     .create_session(NewSession {
                         id,

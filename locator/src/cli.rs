@@ -108,12 +108,12 @@ fn open_resolver(config: &Config) -> Result<GeoResolver, String> {
         );
     }
     let resolver = GeoResolver::open(config).map_err(|e| e.to_string())?;
-    if let Some(info) = resolver.database_info() {
-        if info.database_type == locus_geo::demo::DEMO_DATABASE_TYPE {
-            tracing::warn!(
-                "using the built-in DEMO GeoIP database: a few well-known networks, not real geolocation (see README to use GeoLite2 or DB-IP Lite)"
-            );
-        }
+    if let Some(info) = resolver.database_info()
+        && info.database_type == locus_geo::demo::DEMO_DATABASE_TYPE
+    {
+        tracing::warn!(
+            "using the built-in DEMO GeoIP database: a few well-known networks, not real geolocation (see README to use GeoLite2 or DB-IP Lite)"
+        );
     }
     Ok(resolver)
 }
@@ -162,13 +162,13 @@ fn check_config(path: &Path, geoip: Option<&str>) -> ExitCode {
     }
     // Secrets are read at serve time; say now which are missing from this environment.
     for region in &config.regions {
-        if let Some(var) = &region.turn.secret_env {
-            if std::env::var_os(var).is_none() {
-                println!(
-                    "note: {var} (TURN secret of region {}) is not set in this environment; without it the region's TURN pool is unusable and clients get its fallback's pool",
-                    region.id
-                );
-            }
+        if let Some(var) = &region.turn.secret_env
+            && std::env::var_os(var).is_none()
+        {
+            println!(
+                "note: {var} (TURN secret of region {}) is not set in this environment; without it the region's TURN pool is unusable and clients get its fallback's pool",
+                region.id
+            );
         }
     }
     ExitCode::SUCCESS
@@ -210,10 +210,10 @@ fn resolve(path: &Path, geoip: Option<&str>, ips: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if let Some(info) = resolver.database_info() {
-        if let Some(credit) = &info.attribution {
-            eprintln!("{} <{}>", credit.text, credit.url);
-        }
+    if let Some(info) = resolver.database_info()
+        && let Some(credit) = &info.attribution
+    {
+        eprintln!("{} <{}>", credit.text, credit.url);
     }
     if failures > 0 {
         ExitCode::from(2)
@@ -272,11 +272,10 @@ fn serve(path: &Path, listen: &str, database: &str, geoip: Option<&str>) -> Exit
         let address = listener
             .local_addr()
             .map_or_else(|_| listen.to_string(), |a| a.to_string());
-        if let Some(info) = resolver.database_info() {
-            if let Some(credit) = info.attribution {
+        if let Some(info) = resolver.database_info()
+            && let Some(credit) = info.attribution {
                 tracing::info!("GeoIP: {} <{}>", credit.text, credit.url);
             }
-        }
         let state = std::sync::Arc::new(crate::server::AppState::new(config, resolver, store, secrets));
         for pool in state.routing.load().turn.status(&state.routing.load().config) {
             if let Some(problem) = &pool.problem {

@@ -48,10 +48,10 @@ fn forwarded_hops(headers: &HeaderMap) -> Option<Vec<String>> {
     for value in values {
         for element in value.split(',') {
             for pair in element.split(';') {
-                if let Some((name, v)) = pair.split_once('=') {
-                    if name.trim().eq_ignore_ascii_case("for") {
-                        hops.push(v.trim().to_string());
-                    }
+                if let Some((name, v)) = pair.split_once('=')
+                    && name.trim().eq_ignore_ascii_case("for")
+                {
+                    hops.push(v.trim().to_string());
                 }
             }
         }

@@ -157,9 +157,14 @@ impl EdgeStatus {
     /// A load report arrived over the link.
     pub fn on_report(&mut self, now: Instant) -> Effect {
         self.last_report_at = now;
-        if let Liveness::LinkLost { .. } = self.liveness {
-            // Reports only come over a live link: it is back.
-            self.liveness = Liveness::Connected;
+        // Reports only come over a live link: an edge that was thought lost (reports
+        // stalled, then a probe timed out) is back. A drained edge stays gone.
+        match self.liveness {
+            Liveness::LinkLost { .. }
+            | Liveness::Failed {
+                why: FailReason::GraceExpired | FailReason::HealthProbeFailed,
+            } => self.liveness = Liveness::Connected,
+            _ => {}
         }
         Effect::None
     }
@@ -184,11 +189,12 @@ impl EdgeStatus {
     }
 
     /// Time passes: missed reports make the link lost; a lost link past the grace
-    /// period makes the edge failed.
+    /// period makes the edge failed. The grace period counts from when the loss was
+    /// noticed, so a silent edge fails after `report_interval × missed_reports` + grace.
     pub fn on_tick(&mut self, now: Instant, timing: &EdgeTiming) -> Effect {
         match self.liveness {
             Liveness::Connected => {
-                let silence = timing.report_interval * timing.missed_reports;
+                let silence = timing.report_interval.saturating_mul(timing.missed_reports);
                 if now.saturating_duration_since(self.last_report_at) > silence {
                     self.liveness = Liveness::LinkLost { since: now };
                     return Effect::ProbeHealth;
@@ -370,6 +376,28 @@ mod tests {
         assert_eq!(s.state(), EdgeState::Active);
         s.on_register(Instant::now(), true);
         assert_eq!(s.state(), EdgeState::Draining);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_edge_that_reports_again_is_back() {
+        let t = timing();
+        let mut s = EdgeStatus::registered(Instant::now(), false, false);
+        advance(Duration::from_secs(7)).await;
+        assert_eq!(s.on_tick(Instant::now(), &t), Effect::ProbeHealth);
+        assert_eq!(
+            s.on_probe(false),
+            Effect::Failed(FailReason::HealthProbeFailed)
+        );
+        s.on_report(Instant::now());
+        assert_eq!(s.state(), EdgeState::Active);
+        let mut drained = EdgeStatus::registered(Instant::now(), false, true);
+        drained.on_drained();
+        drained.on_report(Instant::now());
+        assert_eq!(
+            drained.state(),
+            EdgeState::Failed,
+            "a drained edge stays gone"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -58,12 +58,12 @@ impl Secrets {
         let admin_token = std::env::var("LOCATOR_ADMIN_TOKEN")
             .ok()
             .filter(|t| !t.is_empty());
-        if let Some(token) = &admin_token {
-            if token.len() < MIN_TOKEN_LEN {
-                return Err(format!(
-                    "LOCATOR_ADMIN_TOKEN is too short: use at least {MIN_TOKEN_LEN} random characters, or unset it to disable the admin API"
-                ));
-            }
+        if let Some(token) = &admin_token
+            && token.len() < MIN_TOKEN_LEN
+        {
+            return Err(format!(
+                "LOCATOR_ADMIN_TOKEN is too short: use at least {MIN_TOKEN_LEN} random characters, or unset it to disable the admin API"
+            ));
         }
         Ok(Secrets {
             edge_token,
