@@ -10,8 +10,9 @@
 //! rather than failing later under traffic. Lookups still return errors rather than
 //! panicking, should a file be damaged in a way the walk cannot see.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -229,11 +230,40 @@ fn static_continent(code: &str) -> Option<&'static str> {
         .map(|(known, _)| *known)
 }
 
+/// Most completed records kept by data offset. Country databases have a few hundred
+/// distinct records (DB-IP: 250), City databases up to a few million: past this bound the
+/// rest are decoded per lookup, so memory stays bounded (~60 bytes an entry).
+const MAX_KEPT_RECORDS: usize = 500_000;
+
+/// Multiplicative hashing of data offsets: they are distinct integers, so SipHash's
+/// protection against chosen keys buys nothing here and costs a third of a lookup.
+#[derive(Default)]
+struct OffsetHasher(u64);
+
+impl Hasher for OffsetHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type RecordTable = HashMap<usize, GeoRecord, BuildHasherDefault<OffsetHasher>>;
+
 /// An open, checked GeoIP database.
 #[derive(Debug)]
 pub struct GeoDatabase {
     reader: Reader<Mmap>,
     info: DatabaseInfo,
+    /// Completed records by data offset, filled by the check at open: a lookup is then a
+    /// tree walk and a table read (the benchmark: ~185 ns instead of ~300 ns).
+    records: RecordTable,
 }
 
 impl GeoDatabase {
@@ -250,8 +280,12 @@ impl GeoDatabase {
         // old inode; the operator docs (README) say so.
         #[allow(unsafe_code)]
         let reader = unsafe { Reader::open_mmap(path) }.map_err(open_error)?;
-        let info = check(&reader, path)?;
-        Ok(GeoDatabase { reader, info })
+        let (info, records) = check(&reader, path)?;
+        Ok(GeoDatabase {
+            reader,
+            info,
+            records,
+        })
     }
 
     /// The built-in demo database ([`crate::demo`]), written to a temporary file that is
@@ -288,6 +322,9 @@ impl GeoDatabase {
     pub fn lookup(&self, ip: IpAddr) -> Result<Option<GeoRecord>, DatabaseError> {
         let lookup_error = |source| DatabaseError::Lookup { ip, source };
         let result = self.reader.lookup(ip).map_err(lookup_error)?;
+        if let Some(kept) = result.offset().and_then(|o| self.records.get(&o)) {
+            return Ok(Some(*kept));
+        }
         let record: Option<RawRecord<'_>> = result.decode().map_err(lookup_error)?;
         Ok(record.map(|r| r.complete()))
     }
@@ -298,8 +335,9 @@ impl GeoDatabase {
     }
 }
 
-/// Walks every network, decodes each distinct record once, and works out the schema.
-fn check(reader: &Reader<Mmap>, path: &Path) -> Result<DatabaseInfo, DatabaseError> {
+/// Walks every network, decodes each distinct record once (keeping the completed records),
+/// and works out the schema.
+fn check(reader: &Reader<Mmap>, path: &Path) -> Result<(DatabaseInfo, RecordTable), DatabaseError> {
     let corrupt = |detail: String| DatabaseError::Corrupt {
         path: path.to_path_buf(),
         detail,
@@ -315,7 +353,9 @@ fn check(reader: &Reader<Mmap>, path: &Path) -> Result<DatabaseInfo, DatabaseErr
             ))
         })?;
 
-    let mut seen_offsets = HashSet::new();
+    let mut records = RecordTable::default();
+    // Every distinct offset, also past the table's bound, so each record is decoded once.
+    let mut seen_offsets: HashSet<usize, BuildHasherDefault<OffsetHasher>> = HashSet::default();
     let (mut has_location, mut has_country_object, mut has_country_code) = (false, false, false);
     let mut networks = 0u64;
     let walk = reader
@@ -334,6 +374,9 @@ fn check(reader: &Reader<Mmap>, path: &Path) -> Result<DatabaseInfo, DatabaseErr
             .decode()
             .map_err(|e| corrupt(e.to_string()))?
             .unwrap_or_default();
+        if records.len() < MAX_KEPT_RECORDS {
+            records.insert(offset, record.complete());
+        }
         has_location |= record.location.is_some();
         has_country_object |= record.country.is_some() || record.registered_country.is_some();
         has_country_code |= record.country_code.is_some();
@@ -371,14 +414,15 @@ fn check(reader: &Reader<Mmap>, path: &Path) -> Result<DatabaseInfo, DatabaseErr
         || schema == Schema::CountryCode)
         .then_some(DBIP_ATTRIBUTION);
 
-    Ok(DatabaseInfo {
+    let info = DatabaseInfo {
         path: path.to_path_buf(),
         database_type: metadata.database_type.clone(),
         schema,
         build_time,
         networks,
         attribution,
-    })
+    };
+    Ok((info, records))
 }
 
 #[cfg(test)]
