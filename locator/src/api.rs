@@ -19,6 +19,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use crate::admin::{Access, require_admin};
 use crate::client_ip::client_ip;
 use crate::metrics::{AnswerLabels, ReasonLabels, RequestLabels};
 use crate::problem::Problem;
@@ -45,6 +46,7 @@ pub fn router(state: AppRef) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::admin::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             state.clone(),
@@ -208,6 +210,7 @@ fn choose(
             2,
         )
     })?;
+    state.admin.traffic.record(preferred, chosen.region);
     if chosen.fallback {
         state
             .metrics
@@ -487,25 +490,6 @@ pub fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
     given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
-/// Admin routes require `LOCATOR_ADMIN_TOKEN` as a bearer token.
-pub fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
-    let Some(expected) = &state.secrets.admin_token else {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "admin-disabled",
-            "Forbidden",
-            "the admin API is disabled: set LOCATOR_ADMIN_TOKEN on the locator to enable it",
-        ));
-    };
-    if bearer_matches(headers, expected) {
-        Ok(())
-    } else {
-        Err(Problem::unauthorized(
-            "send the admin token as `Authorization: Bearer <LOCATOR_ADMIN_TOKEN>`",
-        ))
-    }
-}
-
 #[derive(Debug, Deserialize)]
 pub struct ExplainQuery {
     ip: Option<String>,
@@ -560,7 +544,7 @@ async fn explain(
     headers: HeaderMap,
     Query(query): Query<ExplainQuery>,
 ) -> Result<Json<ExplainAnswer>, Problem> {
-    require_admin(&state, &headers)?;
+    require_admin(&state, &headers, Access::Read)?;
     let raw = query.ip.unwrap_or_default();
     let ip: IpAddr = raw.trim().parse().map_err(|_| {
         Problem::bad_request(
@@ -661,7 +645,7 @@ async fn admin_edge_action(
     Path((edge_id, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<AdminActionAnswer>, Problem> {
-    require_admin(&state, &headers)?;
+    let admin = require_admin(&state, &headers, Access::Write)?;
     let request: AdminActionBody = if body.iter().all(u8::is_ascii_whitespace) {
         AdminActionBody::default()
     } else {
@@ -672,9 +656,10 @@ async fn admin_edge_action(
             )
         })?
     };
-    let actor: String = request
-        .actor
-        .as_deref()
+    // A page session acts under the name given at sign-in; a bearer caller names itself.
+    let actor: String = admin
+        .actor()
+        .or(request.actor.as_deref())
         .map(str::trim)
         .filter(|a| !a.is_empty())
         .unwrap_or("admin")
@@ -730,6 +715,8 @@ async fn admin_edge_action(
                         2,
                     ));
                 }
+                // No new sessions from now on, and a repeated request changes nothing.
+                state.registry.set_draining(&edge_id);
                 state
                     .store
                     .record_admin_action(

@@ -8,6 +8,8 @@
 //!   and spill by headroom.
 //! - [`registry`]: the live edge registry (links, statuses, reports) publishing snapshots.
 //! - [`edge_link`]: the websocket edges keep to the locator.
+//! - [`admin`]: the admin page (embedded assets, sign-in, live status over server-sent
+//!   events) and its JSON API (status, audit log), with the one admin auth check.
 //! - [`api`]: the HTTP routes; [`problem`] their errors; [`client_ip`] the client address
 //!   behind trusted proxies; [`turn`] ICE servers and TURN credentials.
 //! - [`store`]: sessions, rooms, edges, audit and metrics in SQLite (Postgres later).
@@ -17,6 +19,7 @@
 //! The region decision itself lives in `locus-geo`; this crate wires it to the outside
 //! world (files, flags, HTTP, websockets and the database).
 
+pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod client_ip;

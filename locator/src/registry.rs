@@ -239,6 +239,19 @@ impl Registry {
         effect
     }
 
+    /// An admin asked the edge to drain: no new sessions from now on, without waiting for
+    /// the edge to announce it (a later registration carries the edge's own flag). False
+    /// when the edge is unknown here.
+    pub fn set_draining(&self, edge_id: &str) -> bool {
+        let mut inner = self.lock();
+        let Some(entry) = inner.edges.get_mut(edge_id) else {
+            return false;
+        };
+        entry.status.on_draining();
+        self.publish(&inner);
+        true
+    }
+
     /// Admin suspension (the caller persists it). False when the edge is unknown here.
     pub fn set_suspended(&self, edge_id: &str, suspended: bool) -> bool {
         let mut inner = self.lock();

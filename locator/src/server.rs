@@ -105,15 +105,18 @@ pub struct AppState {
     pub join_key: JoinKey,
     pub secrets: Secrets,
     pub metrics: Metrics,
+    /// Admin page sessions, answer counters by region, event-stream shutdown.
+    pub admin: crate::admin::AdminState,
     pub started: Instant,
 }
 
 impl AppState {
     pub fn new(config: Config, geo: GeoResolver, store: Store, secrets: Secrets) -> AppState {
-        let regions = config.regions.iter().map(|r| r.id.clone()).collect();
+        let regions: Vec<String> = config.regions.iter().map(|r| r.id.clone()).collect();
         AppState {
             routing: ArcSwap::from_pointee(Routing::new(config)),
             geo: Arc::new(geo),
+            admin: crate::admin::AdminState::new(regions.clone()),
             registry: Arc::new(Registry::new(regions)),
             store,
             join_key: JoinKey::from_edge_token(&secrets.edge_token),
@@ -261,7 +264,13 @@ pub async fn run(
     tasks.spawn(geoip_reload_loop(state.clone()));
     #[cfg(unix)]
     tasks.spawn(sighup_loop(state.clone()));
-    let app = crate::api::router(state);
+    let app = crate::api::router(state.clone());
+    // Admin event streams never end by themselves: close them when shutdown starts, or
+    // the graceful shutdown would wait for them forever.
+    let shutdown = async move {
+        shutdown.await;
+        state.admin.close_streams();
+    };
     let result = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
