@@ -1,8 +1,119 @@
-//! `locus-edge`: the edge server. It keeps a websocket to the locator (register, report
-//! load, relay audit entries from a durable spool), hosts the users' sessions and drains
-//! on SIGTERM. Built in the edge issue; until then this binary only says so.
+//! The `edge` binary: parses the command line, reads `LOCATOR_EDGE_TOKEN`, binds the
+//! listener, wires SIGTERM/SIGINT (first: drain; second: exit at once) and runs the
+//! server. See the `locus_edge` library for everything else.
 
-fn main() -> std::process::ExitCode {
-    eprintln!("edge: not built yet (see the edge issue); nothing to run");
-    std::process::ExitCode::from(2)
+use std::future::Future;
+use std::process::ExitCode;
+
+use clap::Parser;
+use locus_edge::config::{Cli, EdgeToken};
+use locus_edge::server::{self, EdgeState};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // By default a failed log write is reported with `eprintln!`, which panics when
+        // stderr is gone (a closed pipe): the task that logged would die. Logs are lost
+        // then, the edge is not.
+        .log_internal_errors(false)
+        .init();
+    let settings = match cli.settings() {
+        Ok(settings) => settings,
+        Err(message) => {
+            eprintln!("edge: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let token = match EdgeToken::from_env() {
+        Ok(token) => token,
+        Err(message) => {
+            eprintln!("edge: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("edge: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(&cli.listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!(
+                    "edge: cannot listen on {}: {e} (use --listen HOST:PORT)",
+                    cli.listen
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        let state = match EdgeState::open(settings, token).await {
+            Ok(state) => state,
+            Err(e) => {
+                eprintln!("edge: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let address = listener
+            .local_addr()
+            .map_or_else(|_| cli.listen.clone(), |a| a.to_string());
+        tracing::info!(
+            edge = %state.settings.edge_id,
+            region = %state.settings.region,
+            listen = %address,
+            public_url = %state.settings.public_url,
+            locators = ?state.settings.locators,
+            spool = %state.spool.path().display(),
+            "edge ready"
+        );
+        match server::run(listener, state, signals()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("edge: server error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// Completes on the first SIGTERM or SIGINT; the second one exits the process at once.
+fn signals() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (first, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::warn!("cannot listen for SIGTERM/SIGINT: stop the edge with SIGKILL");
+            std::future::pending::<()>().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::info!("signal received: draining (send it again to exit at once)");
+        let _ = first.send(());
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        tracing::warn!("second signal: exiting at once");
+        std::process::exit(1);
+    });
+    async move {
+        if rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }

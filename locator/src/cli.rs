@@ -73,6 +73,8 @@ pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A failed log write (stderr closed) must not panic the task that logged.
+        .log_internal_errors(false)
         .init();
 }
 

@@ -1,0 +1,414 @@
+//! The `edge` command line and the settings it produces.
+//!
+//! Every setting is read here, in one place, and validated before anything starts; the
+//! rest of the crate receives a [`Settings`]. The one secret, `LOCATOR_EDGE_TOKEN`, comes
+//! from the environment (never from a flag) into an [`EdgeToken`] whose `Debug` output
+//! hides it, so it cannot end up in a log line by accident.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Shortest edge token accepted (the same rule as the locator's).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Edge server: hosts sessions and keeps a link to the locator.
+///
+/// The shared secret comes from the environment: LOCATOR_EDGE_TOKEN (the same value as
+/// the locator's, at least 16 characters).
+#[derive(Debug, Parser)]
+#[command(name = "edge", version, about)]
+pub struct Cli {
+    /// Locator base URL (http://host:port); repeat the flag or separate with commas to
+    /// give several: the edge moves to the next one when one is down.
+    #[arg(long = "locator", required = true, value_delimiter = ',')]
+    pub locators: Vec<String>,
+    /// Region id of this edge (as in the locator's regions.yaml).
+    #[arg(long)]
+    pub region: String,
+    /// Edge id, unique among the edges: letters, digits, '-', '_', '.'.
+    #[arg(long)]
+    pub id: String,
+    /// Address to listen on for clients (HOST:PORT).
+    #[arg(long)]
+    pub listen: String,
+    /// Base URL clients use to reach this edge (http:// or https://).
+    #[arg(long)]
+    pub public_url: String,
+    /// Sessions this edge can host (the locator's load score is relative to it).
+    #[arg(long, default_value_t = 1000)]
+    pub capacity: u32,
+    /// Folder of the durable spool of audit entries and metrics.
+    #[arg(long, default_value = "./edge-spool")]
+    pub spool_dir: PathBuf,
+    /// Most entries the spool keeps while the locator is unreachable: warns at 80%,
+    /// stops spooling metrics at 50%, refuses new participants at 100%.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub spool_max_entries: u64,
+    /// Largest client message (bytes); larger ones close the connection.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_message_bytes: usize,
+    /// Most participants in one session.
+    #[arg(long, default_value_t = 50)]
+    pub max_participants: usize,
+    /// Messages queued for one client before it counts as too slow and is disconnected.
+    #[arg(long, default_value_t = 256)]
+    pub send_queue: usize,
+    /// How long an empty session stays before it ends (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub linger: Duration,
+    /// How long a draining edge keeps its sessions before it moves them and exits.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub drain_deadline: Duration,
+}
+
+/// Validated settings of an edge.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Locator base URLs (`http://` or `ws://`), in order of preference.
+    pub locators: Vec<String>,
+    pub region: String,
+    pub edge_id: String,
+    pub public_url: String,
+    pub capacity: u32,
+    pub spool_dir: PathBuf,
+    pub spool_max_entries: u64,
+    pub max_message_bytes: usize,
+    pub max_participants: usize,
+    pub send_queue: usize,
+    pub linger: Duration,
+    pub drain_deadline: Duration,
+}
+
+impl Default for Settings {
+    /// The command line's defaults; the locator URLs, region, id and public URL are empty
+    /// and must be set.
+    fn default() -> Self {
+        Settings {
+            locators: Vec::new(),
+            region: String::new(),
+            edge_id: String::new(),
+            public_url: String::new(),
+            capacity: 1000,
+            spool_dir: PathBuf::from("./edge-spool"),
+            spool_max_entries: 1_000_000,
+            max_message_bytes: 65_536,
+            max_participants: 50,
+            send_queue: 256,
+            linger: Duration::from_secs(10),
+            drain_deadline: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Cli {
+    /// The settings, validated.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let settings = Settings {
+            locators: self
+                .locators
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            region: self.region.clone(),
+            edge_id: self.id.clone(),
+            public_url: self.public_url.clone(),
+            capacity: self.capacity,
+            spool_dir: self.spool_dir.clone(),
+            spool_max_entries: self.spool_max_entries,
+            max_message_bytes: self.max_message_bytes,
+            max_participants: self.max_participants,
+            send_queue: self.send_queue,
+            linger: self.linger,
+            drain_deadline: self.drain_deadline,
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+impl Settings {
+    /// Checks every field; the message names the flag and what to do.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.locators.is_empty() {
+            return Err(
+                "--locator: give at least one locator URL, e.g. http://127.0.0.1:7400".into(),
+            );
+        }
+        for url in &self.locators {
+            link_url(url).map_err(|e| format!("--locator {url}: {e}"))?;
+        }
+        if !is_valid_id(&self.edge_id) {
+            return Err(format!(
+                "--id \"{}\": use 1-64 characters of letters, digits, '-', '_', '.'",
+                self.edge_id
+            ));
+        }
+        let region_ok = !self.region.is_empty()
+            && self.region.len() <= 64
+            && self
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !region_ok {
+            return Err(format!(
+                "--region \"{}\": use the region id of the locator's regions.yaml (lower-case letters, digits, '-')",
+                self.region
+            ));
+        }
+        let public_ok = (self.public_url.starts_with("http://")
+            || self.public_url.starts_with("https://"))
+            && self.public_url.len() <= 512
+            && host_of(&self.public_url).is_some_and(|h| !h.is_empty());
+        if !public_ok {
+            return Err(format!(
+                "--public-url \"{}\": give the http:// or https:// base URL clients reach this edge at",
+                self.public_url
+            ));
+        }
+        if self.capacity == 0 {
+            return Err("--capacity must be at least 1".into());
+        }
+        if self.spool_max_entries < 100 {
+            return Err("--spool-max-entries must be at least 100".into());
+        }
+        if !(128..=16 * 1024 * 1024).contains(&self.max_message_bytes) {
+            return Err("--max-message-bytes must be between 128 and 16777216".into());
+        }
+        if !(1..=10_000).contains(&self.max_participants) {
+            return Err("--max-participants must be between 1 and 10000".into());
+        }
+        if !(1..=65_536).contains(&self.send_queue) {
+            return Err("--send-queue must be between 1 and 65536".into());
+        }
+        if self.drain_deadline.is_zero() {
+            return Err("--drain-deadline must be more than 0s".into());
+        }
+        Ok(())
+    }
+}
+
+/// Edge ids follow the locator's rule.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn host_of(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    rest.split('/').next()
+}
+
+/// The websocket URL of the edge link at a locator base URL: `http://h:p[/base]` becomes
+/// `ws://h:p[/base]/v1/edge/link`.
+///
+/// `https://` and `wss://` are refused: this build has no TLS client (see the crate
+/// documentation of [`crate::link`]); reach the locator over a private network or a local
+/// TLS-terminating proxy.
+pub fn link_url(base: &str) -> Result<String, String> {
+    let base = base.trim().trim_end_matches('/');
+    let rest = if let Some(rest) = base.strip_prefix("http://") {
+        rest
+    } else if let Some(rest) = base.strip_prefix("ws://") {
+        rest
+    } else if base.starts_with("https://") || base.starts_with("wss://") {
+        return Err(
+            "TLS to the locator is not built into this edge: use http:// on a private network or a local TLS proxy".into(),
+        );
+    } else {
+        return Err("give the locator's base URL, e.g. http://127.0.0.1:7400".into());
+    };
+    let rest = rest
+        .strip_suffix(locus_protocol::EDGE_LINK_PATH)
+        .unwrap_or(rest);
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err("the URL has no host".into());
+    }
+    Ok(format!("ws://{rest}{}", locus_protocol::EDGE_LINK_PATH))
+}
+
+/// The shared edge secret (`LOCATOR_EDGE_TOKEN`). `Debug` never shows it.
+#[derive(Clone)]
+pub struct EdgeToken(String);
+
+impl std::fmt::Debug for EdgeToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EdgeToken(…)")
+    }
+}
+
+impl EdgeToken {
+    /// Checks the length rule.
+    pub fn new(token: impl Into<String>) -> Result<EdgeToken, String> {
+        let token = token.into();
+        if token.len() < MIN_TOKEN_LEN {
+            return Err(format!(
+                "LOCATOR_EDGE_TOKEN is {}: set it to the locator's edge token (at least {MIN_TOKEN_LEN} characters)",
+                if token.is_empty() {
+                    "not set"
+                } else {
+                    "too short"
+                }
+            ));
+        }
+        Ok(EdgeToken(token))
+    }
+
+    /// Reads `LOCATOR_EDGE_TOKEN`.
+    pub fn from_env() -> Result<EdgeToken, String> {
+        EdgeToken::new(std::env::var("LOCATOR_EDGE_TOKEN").unwrap_or_default())
+    }
+
+    /// The secret itself: only for the `Authorization` header and the join-token key.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Parses durations such as `500ms`, `10s`, `5m`, `1h` or `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration: write e.g. 10s".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(format!(
+                "\"{text}\" is not a duration: write a number and a unit, e.g. 10s, 500ms, 5m"
+            ));
+        }
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("\"{text}\": number too large"))?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let part = match unit {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.saturating_mul(60)),
+            "h" => Duration::from_secs(number.saturating_mul(3600)),
+            "" => {
+                return Err(format!(
+                    "\"{text}\" has no unit: write e.g. {number}s (units: ms, s, m, h)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "\"{text}\": unknown unit \"{other}\" (units: ms, s, m, h)"
+                ));
+            }
+        };
+        total = total.saturating_add(part);
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
+        let mut all = vec![
+            "edge",
+            "--region",
+            "eu-west",
+            "--id",
+            "edge-1",
+            "--listen",
+            "127.0.0.1:0",
+            "--public-url",
+            "http://127.0.0.1:9000",
+        ];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)
+    }
+
+    #[test]
+    fn several_locators_by_repetition_and_commas() {
+        let cli = cli(&[
+            "--locator",
+            "http://a:1,http://b:2",
+            "--locator",
+            "http://c:3",
+        ])
+        .expect("parses");
+        let settings = cli.settings().expect("valid");
+        assert_eq!(
+            settings.locators,
+            ["http://a:1", "http://b:2", "http://c:3"]
+        );
+        assert_eq!(settings.capacity, 1000);
+        assert_eq!(settings.linger, Duration::from_secs(10));
+        assert_eq!(settings.drain_deadline, Duration::from_secs(60));
+        assert_eq!(settings.send_queue, 256);
+    }
+
+    #[test]
+    fn a_locator_is_required_and_bad_values_are_named() {
+        assert!(cli(&[]).is_err());
+        let bad = |args: &[&str], needle: &str| {
+            let err = cli(args).expect("parses").settings().expect_err("invalid");
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        };
+        bad(&["--locator", "ftp://x"], "--locator");
+        bad(&["--locator", "https://x"], "TLS");
+        bad(
+            &["--locator", "http://a:1", "--capacity", "0"],
+            "--capacity",
+        );
+        bad(
+            &["--locator", "http://a:1", "--send-queue", "0"],
+            "--send-queue",
+        );
+        assert!(cli(&["--locator", "http://a:1", "--linger", "10"]).is_err());
+    }
+
+    #[test]
+    fn link_urls() {
+        assert_eq!(
+            link_url("http://127.0.0.1:7400").as_deref(),
+            Ok("ws://127.0.0.1:7400/v1/edge/link")
+        );
+        assert_eq!(
+            link_url("http://loc.internal/base/").as_deref(),
+            Ok("ws://loc.internal/base/v1/edge/link")
+        );
+        assert_eq!(
+            link_url("ws://h:1/v1/edge/link").as_deref(),
+            Ok("ws://h:1/v1/edge/link")
+        );
+        assert!(link_url("http://").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("10x").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn tokens_are_checked_and_hidden() {
+        assert!(EdgeToken::new("short").is_err());
+        let token = EdgeToken::new("0123456789abcdef-secret").expect("long enough");
+        assert!(!format!("{token:?}").contains("secret"));
+        assert_eq!(token.expose(), "0123456789abcdef-secret");
+    }
+}

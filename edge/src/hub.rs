@@ -1,0 +1,932 @@
+//! Sessions: clients in, messages relayed, presence pushed, bounds kept.
+//!
+//! A client opens `GET /v1/sessions/{id}/ws?token=<join token>` (browsers cannot set
+//! headers on a websocket, so the token is a query parameter; `Authorization: Bearer` is
+//! accepted too). The token is verified locally *before* the upgrade (signature, expiry,
+//! session, this edge's id); a refusal is an HTTP `401`/`403` problem. Admission
+//! (draining, session full, spool full) is checked before the upgrade too, and again
+//! after it, where a refusal is a close frame with a code and a reason.
+//!
+//! Each participant has one task that reads its socket and writes its bounded send
+//! queue. Messages (text or binary, opaque to the edge) are pushed with `try_send` into
+//! every other participant's queue by the sender's task, in the order it read them, so
+//! order per sender holds and a sender never waits for a receiver. A receiver whose
+//! queue is full is *kicked*: it is disconnected with the reason
+//! [`SLOW_CONSUMER`] and its queue is dropped, so a consumer that falls behind costs at
+//! most its queue, never more. Frames are shared (`Bytes`), so fan-out copies no
+//! payload.
+//!
+//! Presence: on every join and leave each participant, the joiner included, gets
+//! `{"locus":"presence","session":…,"participants":[…],"you":…}`. Client text frames
+//! starting with `{"locus"` are refused (that prefix is reserved for the edge's own
+//! messages) so a participant cannot forge presence or moves.
+//!
+//! Membership changes of a session are serialised by an async mutex, held while the
+//! audit entry is committed to the spool, so `session_started`, `participant_joined`,
+//! `participant_left` and `session_ended` are spooled in the order they happened. The
+//! relay path does not take that mutex: it reads an immutable snapshot of the peers.
+//! An empty session lingers (`--linger`) before it ends, so a client that reconnects at
+//! once finds its session.
+//!
+//! Memory per idle connection is kept small (about 6 KiB, measured by
+//! `benches/sessions.rs`): a 2 KiB websocket read buffer and a 4 KiB write target
+//! (tungstenite's defaults are 128 KiB each), one task whose one-off steps (join, leave,
+//! close) are boxed out of its future, and a queue that allocates only while it holds
+//! messages.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
+use locus_protocol::join_token::{JoinKey, TokenError};
+use locus_protocol::{RoomMove, SpoolBody};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
+use tokio::time::Instant;
+
+use crate::problem::Problem;
+use crate::spool::Spool;
+
+/// Close code: the edge is going away (shutdown).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code: protocol violation (reserved prefix, slow consumer).
+pub const CLOSE_POLICY: u16 = 1008;
+/// Close code: message above `--max-message-bytes`.
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code: the session moved to another edge (reason `moved to <edge id>`).
+pub const CLOSE_MOVED: u16 = 4000;
+/// Close code: the same participant connected again; this older connection is closed.
+pub const CLOSE_REPLACED: u16 = 4001;
+/// Close code: the session has its maximum number of participants.
+pub const CLOSE_SESSION_FULL: u16 = 4409;
+/// Close code: the edge takes no new participants now (draining, spool full).
+pub const CLOSE_UNAVAILABLE: u16 = 4503;
+
+/// Reason given to a consumer disconnected for falling behind.
+pub const SLOW_CONSUMER: &str = "too slow: send queue full";
+/// Reason given to a new session refused while draining.
+pub const DRAINING: &str = "edge draining; ask the locator for another edge";
+/// Reason given when the edge shuts down and the session does not move.
+pub const SHUTTING_DOWN: &str = "edge shutting down: start a new session";
+/// Client text frames may not start with this: the edge's own messages do.
+pub const RESERVED_PREFIX: &str = "{\"locus\"";
+
+/// Websocket read buffer of a client connection: allocated for every connection, idle
+/// or not (tungstenite's default is 128 KiB). Larger messages still arrive whole: the
+/// buffer grows for the frame being read.
+pub const READ_BUFFER: usize = 2 * 1024;
+/// Websocket write buffer target of a client connection: frames queued together are
+/// written in one system call up to this size (tungstenite's default is 128 KiB).
+pub const WRITE_BUFFER: usize = 4 * 1024;
+/// A ping is sent after this long without any frame from the client.
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// A client silent (no frame, no pong) this long is disconnected.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long closing a connection may take (the close frame may wait behind data a slow
+/// client has not read yet).
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Frames written before a flush when the queue has several waiting.
+const WRITE_BATCH: usize = 64;
+
+/// Limits and identity of the hub.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub edge_id: String,
+    pub max_message_bytes: usize,
+    pub max_participants: usize,
+    pub send_queue: usize,
+    pub linger: Duration,
+}
+
+/// Why a participant was not admitted: an HTTP problem before the upgrade, a close frame
+/// after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub problem: &'static str,
+    pub close_code: u16,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn draining() -> Refusal {
+        Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            problem: "edge-draining",
+            close_code: CLOSE_UNAVAILABLE,
+            reason: DRAINING.into(),
+        }
+    }
+
+    fn session_full(max: usize) -> Refusal {
+        Refusal {
+            status: StatusCode::CONFLICT,
+            problem: "session-full",
+            close_code: CLOSE_SESSION_FULL,
+            reason: format!("session full: at most {max} participants"),
+        }
+    }
+
+    fn spool_full() -> Refusal {
+        Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            problem: "edge-spool-full",
+            close_code: CLOSE_UNAVAILABLE,
+            reason: "edge cannot record new participants (audit spool full); ask the locator for another edge".into(),
+        }
+    }
+
+    fn spool_error() -> Refusal {
+        Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            problem: "edge-spool-unavailable",
+            close_code: CLOSE_UNAVAILABLE,
+            reason: "edge cannot record the join (audit spool unavailable); try again or ask the locator for another edge".into(),
+        }
+    }
+
+    fn problem(&self) -> Problem {
+        Problem::new(self.status, self.problem, self.reason.clone())
+    }
+}
+
+/// One outgoing item of a participant's queue.
+#[derive(Debug)]
+enum Out {
+    Frame(Message),
+    /// Close the connection (after what was queued before).
+    Close(u16, String),
+}
+
+/// A participant's bounded send queue and its "disconnect now" signal.
+///
+/// The queue is a `VecDeque` that allocates only while it holds items and gives its
+/// memory back when it empties after a burst, so an idle participant costs no queue
+/// memory (a tokio `mpsc` channel allocates a block of 32 slots up front).
+#[derive(Debug)]
+struct Mailbox {
+    queue: Mutex<VecDeque<Out>>,
+    capacity: usize,
+    /// Items were pushed.
+    ready: Notify,
+    /// Set once: the participant must be disconnected with this close.
+    kick: OnceLock<(u16, String)>,
+    kicked: Notify,
+    /// The participant is gone: pushes are dropped.
+    closed: AtomicBool,
+}
+
+/// A queue emptied with more than this many slots allocated gives its memory back.
+const KEEP_SLOTS: usize = 8;
+
+impl Mailbox {
+    fn new(capacity: usize) -> Mailbox {
+        Mailbox {
+            queue: Mutex::new(VecDeque::new()),
+            capacity,
+            ready: Notify::new(),
+            kick: OnceLock::new(),
+            kicked: Notify::new(),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Out>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues an item; false when the queue is full (nothing is queued then).
+    fn try_push(&self, out: Out) -> bool {
+        if self.closed.load(Ordering::Relaxed) {
+            return true;
+        }
+        let mut queue = self.queue();
+        if queue.len() >= self.capacity {
+            return false;
+        }
+        queue.push_back(out);
+        drop(queue);
+        self.ready.notify_one();
+        true
+    }
+
+    /// Queues an item; a full queue kicks the participant.
+    fn push(&self, out: Out) {
+        if !self.try_push(out) {
+            self.kick(CLOSE_POLICY, SLOW_CONSUMER);
+        }
+    }
+
+    fn try_pop(&self) -> Option<Out> {
+        let mut queue = self.queue();
+        let out = queue.pop_front();
+        if queue.is_empty() && queue.capacity() > KEEP_SLOTS {
+            *queue = VecDeque::new();
+        }
+        out
+    }
+
+    /// The next item, waiting for one. Cancel-safe: an item is only taken when returned.
+    async fn pop(&self) -> Out {
+        loop {
+            if let Some(out) = self.try_pop() {
+                return out;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    fn kick(&self, code: u16, reason: &str) {
+        if self.kick.get().is_none() && self.kick.set((code, reason.to_string())).is_ok() {
+            self.kicked.notify_one();
+        }
+    }
+
+    fn kick_reason(&self) -> Option<(u16, String)> {
+        self.kick.get().cloned()
+    }
+
+    /// The participant is gone: drop what is queued and whatever comes later.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        *self.queue() = VecDeque::new();
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Peer {
+    pid: Arc<str>,
+    conn: u64,
+    mailbox: Arc<Mailbox>,
+}
+
+#[derive(Debug, Default)]
+struct Membership {
+    /// `session_started` was spooled.
+    started: bool,
+    /// Removed from the hub: a joiner holding this session looks again.
+    ended: bool,
+    /// Bumped on every membership change: a linger timer of an older generation is void.
+    generation: u64,
+    members: Vec<Peer>,
+}
+
+/// One hosted session.
+#[derive(Debug)]
+pub struct Session {
+    id: Arc<str>,
+    membership: tokio::sync::Mutex<Membership>,
+    /// What the relay reads: replaced whole on every membership change.
+    peers: Mutex<Arc<[Peer]>>,
+}
+
+impl Session {
+    fn new(id: &str) -> Session {
+        Session {
+            id: id.into(),
+            membership: tokio::sync::Mutex::new(Membership::default()),
+            peers: Mutex::new(Arc::from(Vec::new())),
+        }
+    }
+
+    fn peers(&self) -> MutexGuard<'_, Arc<[Peer]>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish_peers(&self, members: &[Peer]) {
+        *self.peers() = Arc::from(members.to_vec());
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+#[derive(Serialize)]
+struct Presence<'a> {
+    locus: &'static str,
+    session: &'a str,
+    participants: &'a [&'a str],
+    you: &'a str,
+}
+
+#[derive(Serialize)]
+struct Moved<'a> {
+    locus: &'static str,
+    session: &'a str,
+    edge: &'a str,
+    url: &'a str,
+}
+
+/// Every session hosted by this edge.
+#[derive(Debug)]
+pub struct Hub {
+    config: HubConfig,
+    join_key: JoinKey,
+    spool: Spool,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
+    session_count: watch::Sender<usize>,
+    connections: watch::Sender<u32>,
+    next_conn: AtomicU64,
+    draining: AtomicBool,
+    /// Shutting down: empty sessions end at once (no linger).
+    closing: AtomicBool,
+}
+
+/// Counts an open client connection while it lives.
+struct ConnectionGuard(Arc<Hub>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Hub {
+    pub fn new(config: HubConfig, join_key: JoinKey, spool: Spool) -> Arc<Hub> {
+        Arc::new(Hub {
+            config,
+            join_key,
+            spool,
+            sessions: Mutex::new(HashMap::new()),
+            session_count: watch::channel(0).0,
+            connections: watch::channel(0).0,
+            next_conn: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    pub fn config(&self) -> &HubConfig {
+        &self.config
+    }
+
+    fn sessions(&self) -> MutexGuard<'_, HashMap<Arc<str>, Arc<Session>>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Open client websockets.
+    pub fn connections(&self) -> u32 {
+        *self.connections.borrow()
+    }
+
+    /// Changes with the number of open client websockets.
+    pub fn subscribe_connections(&self) -> watch::Receiver<u32> {
+        self.connections.subscribe()
+    }
+
+    /// Hosted sessions (lingering ones included).
+    pub fn session_count(&self) -> usize {
+        *self.session_count.borrow()
+    }
+
+    /// Changes with the number of hosted sessions.
+    pub fn subscribe_sessions(&self) -> watch::Receiver<usize> {
+        self.session_count.subscribe()
+    }
+
+    /// Ids of the hosted sessions.
+    pub fn session_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.sessions().keys().map(|k| k.to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    /// Participant ids of a session, in join order (for status and tests).
+    pub fn participants(&self, session_id: &str) -> Vec<String> {
+        let session = self.sessions().get(session_id).cloned();
+        session.map_or_else(Vec::new, |s| {
+            s.peers().iter().map(|p| p.pid.to_string()).collect()
+        })
+    }
+
+    /// From now on new sessions are refused; joins of hosted sessions go on.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    fn count_changed(&self, map: &HashMap<Arc<str>, Arc<Session>>) {
+        self.session_count.send_replace(map.len());
+    }
+
+    /// Checks admission without changing anything (before the upgrade).
+    pub fn precheck(&self, session_id: &str, pid: &str) -> Result<(), Refusal> {
+        let session = self.sessions().get(session_id).cloned();
+        match session {
+            None if self.is_draining() => Err(Refusal::draining()),
+            _ if self.spool.is_full() => Err(Refusal::spool_full()),
+            None => Ok(()),
+            Some(session) => {
+                let peers = session.peers().clone();
+                if peers.len() >= self.config.max_participants
+                    && !peers.iter().any(|p| &*p.pid == pid)
+                {
+                    Err(Refusal::session_full(self.config.max_participants))
+                } else {
+                    Ok(())
+                }
+            }
+        }
+    }
+
+    fn lookup_or_create(&self, session_id: &str) -> Result<Arc<Session>, Refusal> {
+        let mut map = self.sessions();
+        if let Some(session) = map.get(session_id) {
+            return Ok(session.clone());
+        }
+        if self.is_draining() || self.closing.load(Ordering::Relaxed) {
+            return Err(Refusal::draining());
+        }
+        if self.spool.is_full() {
+            return Err(Refusal::spool_full());
+        }
+        let session = Arc::new(Session::new(session_id));
+        map.insert(session.id.clone(), session.clone());
+        self.count_changed(&map);
+        Ok(session)
+    }
+
+    async fn join(self: &Arc<Self>, session_id: &str, peer: Peer) -> Result<Arc<Session>, Refusal> {
+        loop {
+            let session = self.lookup_or_create(session_id)?;
+            let mut m = session.membership.lock().await;
+            if m.ended {
+                continue;
+            }
+            let admitted = self.admit(&session, &mut m, &peer).await;
+            if admitted.is_err() && m.members.is_empty() {
+                if m.started {
+                    self.schedule_end(&session, &mut m).await;
+                } else {
+                    // Created for this joiner only: nothing to linger for.
+                    self.end_session(&session, &mut m).await;
+                }
+            }
+            return admitted.map(|()| session.clone());
+        }
+    }
+
+    async fn admit(
+        &self,
+        session: &Session,
+        m: &mut Membership,
+        peer: &Peer,
+    ) -> Result<(), Refusal> {
+        if self.closing.load(Ordering::Relaxed) {
+            return Err(Refusal::draining());
+        }
+        if self.spool.is_full() {
+            return Err(Refusal::spool_full());
+        }
+        let replacing = m.members.iter().position(|p| p.pid == peer.pid);
+        if replacing.is_none() && m.members.len() >= self.config.max_participants {
+            return Err(Refusal::session_full(self.config.max_participants));
+        }
+        let spool_failed = |error| {
+            tracing::error!(session = %session.id, %error, "join refused: the audit entry could not be spooled");
+            Refusal::spool_error()
+        };
+        if !m.started {
+            self.spool
+                .append(SpoolBody::SessionStarted {
+                    session_id: session.id.to_string(),
+                })
+                .await
+                .map_err(spool_failed)?;
+            m.started = true;
+        }
+        if let Some(i) = replacing {
+            let old = m.members.remove(i);
+            session.publish_peers(&m.members);
+            old.mailbox.kick(
+                CLOSE_REPLACED,
+                "replaced by a newer connection of the same participant",
+            );
+            self.spool_left(session, &old).await;
+        }
+        self.spool
+            .append(SpoolBody::ParticipantJoined {
+                session_id: session.id.to_string(),
+                participant: peer.pid.to_string(),
+            })
+            .await
+            .map_err(spool_failed)?;
+        m.generation += 1;
+        m.members.push(peer.clone());
+        session.publish_peers(&m.members);
+        self.presence(session, m);
+        Ok(())
+    }
+
+    async fn spool_left(&self, session: &Session, peer: &Peer) {
+        if let Err(error) = self
+            .spool
+            .append(SpoolBody::ParticipantLeft {
+                session_id: session.id.to_string(),
+                participant: peer.pid.to_string(),
+            })
+            .await
+        {
+            tracing::error!(session = %session.id, participant = %peer.pid, %error, "could not spool participant_left");
+        }
+    }
+
+    async fn leave(self: &Arc<Self>, session: &Arc<Session>, conn: u64) {
+        let mut m = session.membership.lock().await;
+        let Some(i) = m.members.iter().position(|p| p.conn == conn) else {
+            return;
+        };
+        let peer = m.members.remove(i);
+        m.generation += 1;
+        session.publish_peers(&m.members);
+        self.spool_left(session, &peer).await;
+        self.presence(session, &m);
+        if m.members.is_empty() {
+            self.schedule_end(session, &mut m).await;
+        }
+    }
+
+    /// An empty session ends after the linger (at once when shutting down), unless
+    /// someone joins meanwhile.
+    async fn schedule_end(self: &Arc<Self>, session: &Arc<Session>, m: &mut Membership) {
+        m.generation += 1;
+        if self.closing.load(Ordering::Relaxed) || self.config.linger.is_zero() {
+            self.end_session(session, m).await;
+            return;
+        }
+        let generation = m.generation;
+        let hub = self.clone();
+        let session = session.clone();
+        let linger = self.config.linger;
+        tokio::spawn(async move {
+            tokio::time::sleep(linger).await;
+            let mut m = session.membership.lock().await;
+            if m.generation == generation && m.members.is_empty() && !m.ended {
+                hub.end_session(&session, &mut m).await;
+            }
+        });
+    }
+
+    async fn end_session(&self, session: &Arc<Session>, m: &mut Membership) {
+        if m.ended {
+            return;
+        }
+        m.ended = true;
+        // Spooled before the session leaves the map: once it is gone from the hub, its
+        // end is on disk. (A joiner meanwhile waits on the membership lock, sees `ended`
+        // and starts a new session.)
+        if m.started {
+            if let Err(error) = self
+                .spool
+                .append(SpoolBody::SessionEnded {
+                    session_id: session.id.to_string(),
+                })
+                .await
+            {
+                tracing::error!(session = %session.id, %error, "could not spool session_ended");
+            }
+            tracing::debug!(session = %session.id, "session ended");
+        }
+        let mut map = self.sessions();
+        if map
+            .get(&session.id)
+            .is_some_and(|s| Arc::ptr_eq(s, session))
+        {
+            map.remove(&session.id);
+            self.count_changed(&map);
+        }
+    }
+
+    /// Sends the presence list to every member.
+    fn presence(&self, session: &Session, m: &Membership) {
+        let pids: Vec<&str> = m.members.iter().map(|p| &*p.pid).collect();
+        for peer in &m.members {
+            let text = serde_json::to_string(&Presence {
+                locus: "presence",
+                session: &session.id,
+                participants: &pids,
+                you: &peer.pid,
+            })
+            .unwrap_or_default();
+            peer.mailbox
+                .push(Out::Frame(Message::Text(Utf8Bytes::from(text))));
+        }
+    }
+
+    /// Pushes a client message to every other participant.
+    fn relay(&self, session: &Session, from: u64, message: Message) {
+        let peers = session.peers().clone();
+        for peer in peers.iter().filter(|p| p.conn != from) {
+            peer.mailbox.push(Out::Frame(message.clone()));
+        }
+    }
+
+    /// Closes every session (end of a drain): participants of moved rooms get where to
+    /// go, the others that the edge is shutting down. Empty sessions end at once.
+    pub async fn close_all(self: &Arc<Self>, moves: &[RoomMove]) {
+        self.closing.store(true, Ordering::Relaxed);
+        let moves: HashMap<&str, &RoomMove> =
+            moves.iter().map(|m| (m.session_id.as_str(), m)).collect();
+        let sessions: Vec<Arc<Session>> = self.sessions().values().cloned().collect();
+        for session in sessions {
+            let mut m = session.membership.lock().await;
+            match moves.get(&*session.id) {
+                Some(mv) => {
+                    let text = serde_json::to_string(&Moved {
+                        locus: "moved",
+                        session: &session.id,
+                        edge: &mv.edge_id,
+                        url: &mv.url,
+                    })
+                    .unwrap_or_default();
+                    let reason = format!("moved to {}", mv.edge_id);
+                    for peer in &m.members {
+                        close_with(peer, Some(&text), CLOSE_MOVED, &reason);
+                    }
+                }
+                None => {
+                    for peer in &m.members {
+                        close_with(peer, None, CLOSE_GOING_AWAY, SHUTTING_DOWN);
+                    }
+                }
+            }
+            if m.members.is_empty() {
+                self.end_session(&session, &mut m).await;
+            }
+        }
+    }
+
+    fn connection_guard(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.send_modify(|n| *n += 1);
+        ConnectionGuard(self.clone())
+    }
+}
+
+/// Queues a last message and a close; a full queue turns into a kick with the same
+/// close reason.
+fn close_with(peer: &Peer, text: Option<&str>, code: u16, reason: &str) {
+    let mailbox = &peer.mailbox;
+    let queued = text.is_none_or(|text| {
+        mailbox.try_push(Out::Frame(Message::Text(Utf8Bytes::from(text.to_string()))))
+    }) && mailbox.try_push(Out::Close(code, reason.to_string()));
+    if !queued {
+        mailbox.kick(code, reason);
+    }
+}
+
+/// Query of the session websocket.
+#[derive(Debug, Deserialize)]
+pub struct JoinQuery {
+    token: Option<String>,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim().to_string())
+}
+
+fn token_problem(error: &TokenError) -> Problem {
+    let (status, code) = match error {
+        TokenError::Malformed => (StatusCode::UNAUTHORIZED, "join-token-malformed"),
+        TokenError::BadSignature => (StatusCode::UNAUTHORIZED, "join-token-invalid"),
+        TokenError::Expired => (StatusCode::UNAUTHORIZED, "join-token-expired"),
+        TokenError::WrongSession => (StatusCode::FORBIDDEN, "join-token-wrong-session"),
+        TokenError::WrongEdge => (StatusCode::FORBIDDEN, "join-token-wrong-edge"),
+    };
+    let hint = match error {
+        TokenError::Expired => "; ask the locator for a fresh one (GET /v1/sessions/{id})",
+        TokenError::WrongEdge => {
+            "; ask the locator where the session lives now (GET /v1/sessions/{id})"
+        }
+        _ => "",
+    };
+    Problem::new(status, code, format!("{error}{hint}"))
+}
+
+/// `GET /v1/sessions/{id}/ws`: token check, admission check, upgrade.
+pub async fn ws_handler(
+    State(hub): State<Arc<Hub>>,
+    Path(session_id): Path<String>,
+    Query(query): Query<JoinQuery>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(token) = query.token.or_else(|| bearer(&headers)) else {
+        return Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "join-token-missing",
+            "a join token is required: open the websocket URL with ?token=<join_token> from the locator's answer",
+        )
+        .into_response();
+    };
+    let claims =
+        match hub
+            .join_key
+            .verify(&token, &session_id, &hub.config.edge_id, crate::now_unix())
+        {
+            Ok(claims) => claims,
+            Err(error) => {
+                tracing::debug!(session = %session_id, %error, "join refused");
+                return token_problem(&error).into_response();
+            }
+        };
+    if let Err(refusal) = hub.precheck(&session_id, &claims.pid) {
+        return refusal.problem().into_response();
+    }
+    let Ok(ws) = ws else {
+        return Problem::new(
+            StatusCode::BAD_REQUEST,
+            "websocket-required",
+            "this is a session websocket: connect with a websocket upgrade",
+        )
+        .into_response();
+    };
+    let max = hub.config.max_message_bytes;
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| participant(hub, socket, session_id, claims.pid))
+}
+
+/// One participant's connection, from admission to close.
+///
+/// The join, leave and close steps are boxed: they run once, and keeping them out of the
+/// task's own future keeps the memory of an idle connection small.
+async fn participant(hub: Arc<Hub>, mut socket: WebSocket, session_id: String, pid: String) {
+    let _guard = hub.connection_guard();
+    let conn = hub.next_conn.fetch_add(1, Ordering::Relaxed);
+    let mailbox = Arc::new(Mailbox::new(hub.config.send_queue));
+    let peer = Peer {
+        pid: pid.as_str().into(),
+        conn,
+        mailbox: mailbox.clone(),
+    };
+    let session = match Box::pin(hub.join(&session_id, peer)).await {
+        Ok(session) => session,
+        Err(refusal) => {
+            tracing::debug!(session = %session_id, participant = %pid, reason = %refusal.reason, "participant refused");
+            Box::pin(close_socket(
+                &mut socket,
+                refusal.close_code,
+                &refusal.reason,
+            ))
+            .await;
+            return;
+        }
+    };
+    let end = pump(&hub, &session, conn, &mut socket, &mailbox).await;
+    mailbox.close();
+    // Leave first (others see the new presence at once), then take the time to close.
+    Box::pin(hub.leave(&session, conn)).await;
+    match end {
+        Some((code, reason)) => {
+            if reason == SLOW_CONSUMER {
+                tracing::info!(session = %session_id, participant = %pid, "slow consumer disconnected: send queue full");
+            }
+            Box::pin(close_socket(&mut socket, code, &reason)).await;
+        }
+        // The client closed: send the reply tungstenite queued.
+        None => {
+            let _ = tokio::time::timeout(Duration::from_secs(1), socket.flush()).await;
+        }
+    }
+}
+
+/// Moves frames between the socket and the queue until the connection ends. Returns the
+/// close to send, if any (`None`: the client left or the socket failed).
+async fn pump(
+    hub: &Hub,
+    session: &Session,
+    conn: u64,
+    socket: &mut WebSocket,
+    mailbox: &Mailbox,
+) -> Option<(u16, String)> {
+    let max = hub.config.max_message_bytes;
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
+    let mut last_heard = Instant::now();
+    loop {
+        tokio::select! {
+            biased;
+            () = mailbox.kicked.notified() => return mailbox.kick_reason(),
+            out = mailbox.pop() => {
+                match Box::pin(write_out(socket, out, mailbox)).await {
+                    Ok(None) => {}
+                    Ok(Some(close)) => return Some(close),
+                    Err(()) => return mailbox.kick_reason(),
+                }
+            }
+            incoming = socket.recv() => {
+                last_heard = Instant::now();
+                match incoming {
+                    None | Some(Ok(Message::Close(_))) => return None,
+                    Some(Err(error)) => return read_error_close(error, max),
+                    Some(Ok(Message::Text(text))) => {
+                        if text.as_str().starts_with(RESERVED_PREFIX) {
+                            return Some((
+                                CLOSE_POLICY,
+                                "text messages starting with {\"locus\" are reserved for the edge".into(),
+                            ));
+                        }
+                        hub.relay(session, conn, Message::Text(text));
+                    }
+                    Some(Ok(message @ Message::Binary(_))) => hub.relay(session, conn, message),
+                    Some(Ok(_)) => {}
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() >= IDLE_TIMEOUT {
+                    return Some((CLOSE_GOING_AWAY, "no answer to pings".into()));
+                }
+                if last_heard.elapsed() >= PING_INTERVAL
+                    && Box::pin(socket.send(Message::Ping(Default::default()))).await.is_err()
+                {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `first` and whatever else is queued (up to a batch), then flushes. `Ok(Some)`
+/// asks to close; `Err` means kicked or the socket failed.
+async fn write_out(
+    socket: &mut WebSocket,
+    first: Out,
+    mailbox: &Mailbox,
+) -> Result<Option<(u16, String)>, ()> {
+    let write = async {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(out) = next.take() {
+            match out {
+                Out::Frame(message) => socket.feed(message).await.map_err(|_| ())?,
+                Out::Close(code, reason) => return Ok(Some((code, reason))),
+            }
+            written += 1;
+            if written < WRITE_BATCH {
+                next = mailbox.try_pop();
+            }
+        }
+        socket.flush().await.map_err(|_| ())?;
+        Ok(None)
+    };
+    tokio::select! {
+        biased;
+        () = mailbox.kicked.notified() => Err(()),
+        result = write => result,
+    }
+}
+
+/// The close answering a read error, when the socket can still carry one.
+fn read_error_close(error: axum::Error, max: usize) -> Option<(u16, String)> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = error.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(_)) => Some((
+            CLOSE_TOO_BIG,
+            format!("message too big: the limit is {max} bytes"),
+        )),
+        Some(WsError::Utf8(_)) => Some((1007, "text message is not valid UTF-8".into())),
+        Some(WsError::Protocol(_)) => Some((1002, "websocket protocol error".into())),
+        _ => None,
+    }
+}
+
+/// Sends a close frame and waits (bounded) for the client's reply, so the frame is not
+/// lost to a reset.
+async fn close_socket(socket: &mut WebSocket, code: u16, reason: &str) {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason[..end].to_string()),
+    }));
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if socket.send(frame).await.is_err() {
+            return;
+        }
+        while let Some(Ok(message)) = socket.recv().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}

@@ -1,0 +1,52 @@
+//! `locus-edge`: the edge server. It hosts the users' sessions (client websockets whose
+//! messages are relayed between the participants), keeps a websocket link to the
+//! locator (register, load reports, audit and metrics relay) and drains on SIGTERM.
+//!
+//! Layout:
+//!
+//! - [`config`]: the `edge` command line and the validated [`config::Settings`]; the
+//!   edge token read from `LOCATOR_EDGE_TOKEN` (never logged).
+//! - [`server`]: the shared [`server::EdgeState`], the HTTP routes (`/healthz`,
+//!   `/readyz`, `/v1/status`, the session websocket) and `run(listener, state,
+//!   shutdown)`, which takes a bound listener so tests bind `127.0.0.1:0`.
+//! - [`hub`]: sessions: join-token checks, participants with bounded send queues,
+//!   relay in order per sender, presence, linger, slow-consumer eviction.
+//! - [`spool`]: the durable local spool (SQLite) of audit entries and metrics samples,
+//!   with group commit, idempotency keys (edge id + sequence) and a size bound.
+//! - [`link`]: the locator link (tokio-tungstenite client): register, reports, spool
+//!   relay with acknowledgements, reconnection with jittered back-off over several
+//!   locator URLs.
+//! - [`load`]: real load figures of the process (CPU from `/proc/self/stat`, event-loop
+//!   lag from a ticking task) and the sampler that reports and spools them.
+//! - [`drain`]: the drain on SIGTERM or on the locator's request: no new sessions,
+//!   deadline, rooms moved to other edges, clients told where to go.
+//! - [`problem`]: HTTP refusals as `application/problem+json`.
+//!
+//! The binary (`src/main.rs`) only parses flags, reads the token, binds the listener and
+//! turns the first SIGTERM into a drain and the second into an immediate exit.
+//!
+//! Invariants: link trouble never touches sessions (the hub never waits on the link);
+//! every queue a client drives is bounded; an audit entry is committed to the spool
+//! before it is sent, and deleted only after the locator acknowledged it.
+
+pub mod config;
+pub mod drain;
+pub mod hub;
+pub mod link;
+pub mod load;
+pub mod problem;
+pub mod server;
+pub mod spool;
+
+/// Milliseconds since the Unix epoch.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// Seconds since the Unix epoch (join-token expiry).
+pub fn now_unix() -> u64 {
+    now_unix_ms() / 1000
+}

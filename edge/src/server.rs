@@ -1,0 +1,206 @@
+//! The running edge: shared state, HTTP routes and the serve loop.
+//!
+//! `run(listener, state, shutdown)` takes a bound listener and a shutdown future (as
+//! mini-redis does): tests bind `127.0.0.1:0`; the binary passes its first SIGTERM.
+//! Shutdown starts the drain; `run` returns when the drain is over.
+//!
+//! Routes: `GET /v1/sessions/{id}/ws` (the session websocket, see [`crate::hub`]),
+//! `GET /healthz` (200 while the process runs: the locator probes it to tell a dead edge
+//! from a cut link), `GET /readyz` (503 while draining), `GET /v1/status` (JSON: link,
+//! sessions, connections, spool).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use locus_protocol::EdgeMessage;
+use locus_protocol::join_token::JoinKey;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::config::{EdgeToken, Settings};
+use crate::drain::Drain;
+use crate::hub::{Hub, HubConfig};
+use crate::link::LinkHandle;
+use crate::load::LoadMeter;
+use crate::problem::Problem;
+use crate::spool::{Spool, SpoolError, SpoolOptions};
+
+/// Everything the edge's tasks share.
+#[derive(Debug)]
+pub struct EdgeState {
+    pub settings: Settings,
+    pub token: EdgeToken,
+    pub hub: Arc<Hub>,
+    pub spool: Spool,
+    pub load: Arc<LoadMeter>,
+    pub drain: Drain,
+    pub link: LinkHandle,
+    outbox: Mutex<Option<mpsc::Receiver<EdgeMessage>>>,
+}
+
+impl EdgeState {
+    /// Opens the spool and builds the state (nothing runs until [`run`]).
+    pub async fn open(settings: Settings, token: EdgeToken) -> Result<Arc<EdgeState>, SpoolError> {
+        let spool = Spool::open(
+            &settings.spool_dir,
+            SpoolOptions {
+                max_entries: settings.spool_max_entries,
+                ..SpoolOptions::default()
+            },
+        )
+        .await?;
+        let hub = Hub::new(
+            HubConfig {
+                edge_id: settings.edge_id.clone(),
+                max_message_bytes: settings.max_message_bytes,
+                max_participants: settings.max_participants,
+                send_queue: settings.send_queue,
+                linger: settings.linger,
+            },
+            JoinKey::from_edge_token(token.expose()),
+            spool.clone(),
+        );
+        let (link, outbox) = LinkHandle::new();
+        Ok(Arc::new(EdgeState {
+            drain: Drain::new(settings.drain_deadline),
+            settings,
+            token,
+            hub,
+            spool,
+            load: Arc::new(LoadMeter::new()),
+            link,
+            outbox: Mutex::new(Some(outbox)),
+        }))
+    }
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub edge_id: String,
+    pub region: String,
+    pub version: &'static str,
+    pub draining: bool,
+    /// Link URL of the locator connected now, if any.
+    pub locator: Option<String>,
+    pub sessions: usize,
+    pub connections: u32,
+    pub spool: SpoolView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SpoolView {
+    pub len: u64,
+    pub last_seq: u64,
+    pub max_entries: u64,
+}
+
+impl EdgeState {
+    pub fn status(&self) -> Status {
+        let spool = self.spool.status();
+        Status {
+            edge_id: self.settings.edge_id.clone(),
+            region: self.settings.region.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+            draining: self.drain.is_draining(),
+            locator: self.link.locator(),
+            sessions: self.hub.session_count(),
+            connections: self.hub.connections(),
+            spool: SpoolView {
+                len: spool.len,
+                last_seq: spool.last_seq,
+                max_entries: self.spool.max_entries(),
+            },
+        }
+    }
+}
+
+/// All routes of the edge.
+pub fn router(state: Arc<EdgeState>) -> Router {
+    let sessions = Router::new()
+        .route("/v1/sessions/{id}/ws", get(crate::hub::ws_handler))
+        .with_state(state.hub.clone());
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/status", get(status))
+        .with_state(state)
+        .merge(sessions)
+        .fallback(not_found)
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(state): State<Arc<EdgeState>>) -> Response {
+    if state.drain.is_draining() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+async fn status(State(state): State<Arc<EdgeState>>) -> Response {
+    axum::Json(state.status()).into_response()
+}
+
+async fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "no-such-route",
+        "no such route: sessions are at /v1/sessions/{id}/ws",
+    )
+}
+
+/// Serves until the drain (started by `shutdown` or by the locator) is over.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<EdgeState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let outbox = state
+        .outbox
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or_else(|| std::io::Error::other("this edge state is already running"))?;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(crate::link::run(state.clone(), outbox));
+    tasks.spawn(crate::load::run_lag_ticker(state.load.clone()));
+    tasks.spawn(crate::load::run_sampler(state.clone()));
+    let supervisor = state.clone();
+    tasks.spawn(async move {
+        // A drain that failed must not leave the edge running forever.
+        if let Err(error) = tokio::spawn(crate::drain::supervise(supervisor.clone())).await {
+            tracing::error!(%error, "the drain failed: stopping now");
+            supervisor.drain.finish();
+        }
+    });
+    let on_shutdown = state.clone();
+    tasks.spawn(async move {
+        shutdown.await;
+        if on_shutdown.drain.start() {
+            tracing::info!("shutdown requested: draining");
+        }
+    });
+    let finished = state.clone();
+    // Relayed messages are small and latency matters: no Nagle delay.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY on a client connection");
+        }
+    });
+    let result = axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { finished.drain.finished().await })
+        .await;
+    tasks.abort_all();
+    result
+}
