@@ -1,10 +1,13 @@
 //! Storage: sessions, edges and their suspension, the audit trail, metrics samples and
 //! each edge's spool progress.
 //!
-//! One interface, [`Store`], in front of one backend per database. SQLite (the embedded
-//! default, [`sqlite`]) is the only backend today; Postgres slots in as another
-//! [`Backend`] variant with the same methods and the same migrations semantics
-//! (`migrations/sqlite/` and, later, `migrations/postgres/`).
+//! One interface, [`Store`], in front of one backend per database, chosen by the URL
+//! given to [`Store::open`]: SQLite (the embedded default, one locator, zero set-up; see
+//! [`sqlite`]) or Postgres (`postgres://…`, several locators on one database; see
+//! [`postgres`]). Both have the same tables and the same semantics (`migrations/sqlite/`,
+//! `migrations/postgres/`), and one test suite (`tests/store.rs`) runs against both.
+//! Every rule that must hold across locators is enforced by the database (unique
+//! indexes, compare-and-set updates, idempotency keys), never only in a process.
 //!
 //! Queries are runtime queries (`sqlx::query` with binds), never the compile-time
 //! `query!` macros: the build needs no database. Migrations are embedded in the binary and
@@ -14,9 +17,19 @@
 //!
 //! Every method that writes returns only after the database committed the write durably:
 //! a session handed to a client, or a spool sequence acknowledged to an edge, survives a
-//! crash of the locator *and* a power loss (see [`sqlite`] for the `synchronous` choice).
-//! Session creation is the hot write path; it goes through a *group commit* writer that
-//! commits every pending creation in one transaction (see [`Store::create_session`]).
+//! crash of the locator *and* a power loss (see [`sqlite`] for the `synchronous` choice;
+//! Postgres relies on the server's `synchronous_commit`, see [`postgres`]). Session
+//! creation is the hot write path; it goes through a *group commit* writer that commits
+//! every pending creation in one transaction (see [`Store::create_session`]).
+//!
+//! # Several locators (Postgres)
+//!
+//! Nothing a locator must agree on with the others is kept only in its memory: rooms,
+//! suspensions, spool progress and the audit trail are rows, and every write that races
+//! with another locator is decided by the database (see [`postgres`] for each case). What
+//! comes with the replica work: change notifications (`NOTIFY` in the transaction of a
+//! suspension or a room move, so other locators refresh without polling) and edges
+//! re-announcing their sessions to whichever locator they reconnect to.
 //!
 //! # Sessions
 //!
@@ -26,6 +39,7 @@
 //! (a persistent room) has exactly one row per key, forever, enforced by the database,
 //! and never ends: when its edge fails it is reassigned ([`Store::reassign_session`]).
 
+mod postgres;
 mod sqlite;
 
 use std::path::PathBuf;
@@ -124,12 +138,21 @@ impl StoreError {
 pub(crate) fn hint(err: &sqlx::Error) -> &'static str {
     match err {
         sqlx::Error::PoolTimedOut => {
-            "timed out waiting for a database connection (database overloaded or stuck)"
+            "timed out waiting for a database connection (database unreachable, overloaded \
+             or stuck)"
         }
         sqlx::Error::PoolClosed => "the store is closed",
-        sqlx::Error::Io(_) => "I/O error talking to the database",
+        sqlx::Error::Io(_) => {
+            "I/O error talking to the database (Postgres: connection refused or lost; the \
+             locator reconnects by itself)"
+        }
+        sqlx::Error::Tls(_) => "TLS error talking to the database",
+        sqlx::Error::Protocol(_) => "the database connection broke (protocol error)",
         sqlx::Error::WorkerCrashed => "the database worker thread crashed",
         sqlx::Error::Database(db) => {
+            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                return postgres::sqlstate_hint(pg.code());
+            }
             let code = db
                 .code()
                 .and_then(|c| c.parse::<i32>().ok())
@@ -319,9 +342,10 @@ pub struct MetricRecord {
 /// What the store is, for readiness and the admin page (no secrets).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct StoreInfo {
-    /// `sqlite` (later `postgres`).
+    /// `sqlite` or `postgres`.
     pub backend: &'static str,
-    /// The database file (SQLite) or host/database (Postgres), never credentials.
+    /// The database file (SQLite) or `host:port/database` (Postgres; `socket-folder/database`
+    /// over a Unix socket), never credentials.
     pub location: String,
 }
 
@@ -333,10 +357,22 @@ pub struct StoreOptions {
     pub create_batch_max: usize,
     /// Session creations that may wait for the writer before callers are held back.
     pub create_queue: usize,
-    /// Connections for reads (writes use one connection: SQLite has one writer anyway).
+    /// SQLite: connections for reads (writes use one connection: SQLite has one writer
+    /// anyway).
     pub read_connections: u32,
-    /// How long a statement waits for a lock held by another connection or process.
+    /// Postgres: most connections of the pool, shared by reads, writes and the
+    /// group-commit writer. Every locator opens up to this many: keep
+    /// `locators × max_connections` below the server's `max_connections`.
+    pub max_connections: u32,
+    /// How long a statement waits for a lock held by another connection or process
+    /// (SQLite's busy timeout; Postgres' `lock_timeout`).
     pub busy_timeout: Duration,
+    /// Postgres: longest a statement may run (`statement_timeout`). A stuck statement
+    /// fails instead of holding a pooled connection, and the locks it took, forever.
+    pub statement_timeout: Duration,
+    /// Postgres: how long a call waits for a connection, including reconnecting after
+    /// the server restarted, before it fails. [`Store::ping`] waits at most this long.
+    pub acquire_timeout: Duration,
 }
 
 impl Default for StoreOptions {
@@ -345,7 +381,10 @@ impl Default for StoreOptions {
             create_batch_max: 256,
             create_queue: 4096,
             read_connections: 4,
+            max_connections: 10,
             busy_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(10),
+            acquire_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -364,10 +403,29 @@ struct Inner {
     info: StoreInfo,
 }
 
-/// One variant per database; each method of [`Store`] dispatches on it.
-#[derive(Debug)]
+/// One variant per database; each method of [`Store`] dispatches on it. Cheap to clone
+/// (the pools inside are shared).
+#[derive(Debug, Clone)]
 enum Backend {
     Sqlite(sqlite::SqliteBackend),
+    Postgres(postgres::PostgresBackend),
+}
+
+/// Calls the same method on whichever backend the store has.
+macro_rules! dispatch {
+    ($backend:expr, $db:ident => $call:expr) => {
+        match $backend {
+            Backend::Sqlite($db) => $call,
+            Backend::Postgres($db) => $call,
+        }
+    };
+}
+
+impl Backend {
+    /// One group-commit batch (see [`Store::create_session`]).
+    async fn create_sessions(&self, news: &[&NewSession]) -> Result<Vec<CreateReply>, sqlx::Error> {
+        dispatch!(self, db => db.create_sessions(news).await)
+    }
 }
 
 type CreateReply = Result<(SessionRecord, bool), StoreError>;
@@ -380,21 +438,28 @@ struct CreateJob {
 }
 
 /// The database a URL names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Target {
     SqliteFile(PathBuf),
+    /// The URL as given (parsed by the Postgres backend); may hold a password.
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::SqliteFile(path) => f.debug_tuple("SqliteFile").field(path).finish(),
+            Target::Postgres(_) => f.write_str("Postgres(..)"),
+        }
+    }
 }
 
 fn parse_url(url: &str) -> Result<Target, StoreError> {
     let url = url.trim();
     let lower = url.to_ascii_lowercase();
     if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-        // Never echo the URL: it may hold a password.
-        return Err(StoreError::InvalidUrl {
-            reason: "Postgres is not supported by this build yet; use a SQLite file path \
-                     or a sqlite:// URL"
-                .into(),
-        });
+        // Checked by the backend; never echo the URL: it may hold a password.
+        return Ok(Target::Postgres(url.to_string()));
     }
     let (path, had_scheme) = if let Some(rest) = url.strip_prefix("sqlite://") {
         (rest, true)
@@ -404,8 +469,8 @@ fn parse_url(url: &str) -> Result<Target, StoreError> {
         let scheme: String = scheme.chars().take(20).collect();
         return Err(StoreError::InvalidUrl {
             reason: format!(
-                "unsupported scheme {scheme:?}: use a SQLite file path, sqlite://PATH or \
-                 sqlite:PATH"
+                "unsupported scheme {scheme:?}: use a SQLite file path, sqlite://PATH, \
+                 sqlite:PATH or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
             ),
         });
     } else {
@@ -436,9 +501,17 @@ fn parse_url(url: &str) -> Result<Target, StoreError> {
 impl Store {
     /// Opens (creating it if needed) the database `url` names and applies the migrations.
     ///
-    /// Accepted: `sqlite://PATH` (`sqlite:///abs/path` for an absolute path),
-    /// `sqlite:PATH`, or a plain file path. The file and its folder are created when
-    /// absent.
+    /// Accepted:
+    /// - SQLite: `sqlite://PATH` (`sqlite:///abs/path` for an absolute path),
+    ///   `sqlite:PATH`, or a plain file path. The file and its folder are created when
+    ///   absent.
+    /// - Postgres: `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?PARAMS]` (or
+    ///   `postgresql://`), with libpq's parameters (`sslmode`, `options`, `host=/socket`…)
+    ///   and environment (`PGPASSWORD`…). The database must exist; its tables are created
+    ///   by the migrations, which several locators starting at once apply exactly once
+    ///   (see [`postgres`]).
+    ///
+    /// Errors name the database by [`StoreInfo::location`], never with the password.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         Store::open_with(url, StoreOptions::default()).await
     }
@@ -460,13 +533,17 @@ impl Store {
                 };
                 (Backend::Sqlite(db), info)
             }
+            Target::Postgres(url) => {
+                let db = postgres::PostgresBackend::open(&url, &options).await?;
+                let info = StoreInfo {
+                    backend: "postgres",
+                    location: db.location().to_string(),
+                };
+                (Backend::Postgres(db), info)
+            }
         };
         let (tx, rx) = mpsc::channel(options.create_queue);
-        match &backend {
-            Backend::Sqlite(db) => {
-                tokio::spawn(create_writer(db.clone(), rx, options.create_batch_max));
-            }
-        }
+        tokio::spawn(create_writer(backend.clone(), rx, options.create_batch_max));
         Ok(Store {
             inner: Arc::new(Inner {
                 backend,
@@ -476,11 +553,11 @@ impl Store {
         })
     }
 
-    /// Checks that the database answers (for `/readyz`).
+    /// Checks that the database answers (for `/readyz`). Fails while the database is
+    /// unreachable (Postgres: within [`StoreOptions::acquire_timeout`]); succeeds again
+    /// once it is back, without a restart of the locator.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.ping().await,
-        }
+        dispatch!(&self.inner.backend, db => db.ping().await)
     }
 
     /// The backend and where its data lives (no secrets).
@@ -491,9 +568,7 @@ impl Store {
     /// Closes the connections (the SQLite write-ahead log is checkpointed). Later calls
     /// fail; other clones are closed too.
     pub async fn close(&self) {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.close().await,
-        }
+        dispatch!(&self.inner.backend, db => db.close().await)
     }
 
     /// Creates a session, or for a room key joins the key's room: returns the stored
@@ -507,6 +582,12 @@ impl Store {
     /// transaction, and answers each caller after COMMIT. Creations within one batch are
     /// applied in order, so two of one key in one batch also give one row. A creation
     /// whose caller gave up (dropped the future) may still be committed.
+    ///
+    /// A failed batch (database unreachable, timeout…) fails every creation of the batch
+    /// with [`StoreError::Batch`] and nothing of it is committed; the writer goes on with
+    /// the next batch. When the database is unreachable, the creations already queued
+    /// behind the failed batch fail at once with the same error instead of each waiting
+    /// for a connection in turn.
     ///
     /// An ad-hoc session whose id already exists fails with [`StoreError::Conflict`];
     /// so does a room creation whose id is taken by another session.
@@ -531,16 +612,12 @@ impl Store {
 
     /// A session by id, open or ended; `None` when unknown.
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.get_session(id).await,
-        }
+        dispatch!(&self.inner.backend, db => db.get_session(id).await)
     }
 
     /// The room with this key, if it exists.
     pub async fn get_room(&self, room_key: &str) -> Result<Option<SessionRecord>, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.get_room(room_key).await,
-        }
+        dispatch!(&self.inner.backend, db => db.get_room(room_key).await)
     }
 
     /// Ends an open ad-hoc session; returns whether it changed. Rooms never end: for a
@@ -551,9 +628,7 @@ impl Store {
         reason: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.end_session(id, reason, now_ms).await,
-        }
+        dispatch!(&self.inner.backend, db => db.end_session(id, reason, now_ms).await)
     }
 
     /// Moves an open session (typically a room) from `from_edge` to `to_edge`, only if it
@@ -567,12 +642,10 @@ impl Store {
         region: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => {
-                db.reassign_session(id, from_edge, to_edge, region, now_ms)
-                    .await
-            }
-        }
+        dispatch!(&self.inner.backend, db => {
+            db.reassign_session(id, from_edge, to_edge, region, now_ms)
+                .await
+        })
     }
 
     /// Ends the open ad-hoc sessions on an edge (the edge failed); its rooms stay open on
@@ -583,12 +656,10 @@ impl Store {
         reason: &str,
         now_ms: i64,
     ) -> Result<u64, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => {
-                db.end_ad_hoc_sessions_on_edge(edge_id, reason, now_ms)
-                    .await
-            }
-        }
+        dispatch!(&self.inner.backend, db => {
+            db.end_ad_hoc_sessions_on_edge(edge_id, reason, now_ms)
+                .await
+        })
     }
 
     /// The open sessions (ad-hoc and rooms) on an edge, oldest first.
@@ -596,23 +667,20 @@ impl Store {
         &self,
         edge_id: &str,
     ) -> Result<Vec<SessionRecord>, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.open_sessions_on_edge(edge_id).await,
-        }
+        dispatch!(&self.inner.backend, db => db.open_sessions_on_edge(edge_id).await)
     }
 
     /// Inserts or updates an edge's registration (region, URL, capacity, version,
     /// last seen). The suspension columns and `first_seen_ms` of an existing edge are
     /// kept. Returns the stored edge, with its suspension.
     pub async fn upsert_edge(&self, edge: &EdgeRecord) -> Result<EdgeRecord, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.upsert_edge(edge).await,
-        }
+        dispatch!(&self.inner.backend, db => db.upsert_edge(edge).await)
     }
 
     /// Suspends or resumes an edge; returns whether it changed. A real change writes an
     /// admin audit row (`edge_suspended` / `edge_resumed`, with the actor) in the same
-    /// transaction; a repeated call changes nothing and writes nothing. Unknown edge:
+    /// transaction; a repeated call changes nothing and writes nothing (also when two
+    /// locators make the same change at once: one of them changes it). Unknown edge:
     /// [`StoreError::NotFound`].
     pub async fn set_suspended(
         &self,
@@ -621,23 +689,19 @@ impl Store {
         actor: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.set_suspended(edge_id, suspended, actor, now_ms).await,
-        }
+        dispatch!(&self.inner.backend, db => {
+            db.set_suspended(edge_id, suspended, actor, now_ms).await
+        })
     }
 
     /// One edge, with its suspension.
     pub async fn edge(&self, edge_id: &str) -> Result<Option<EdgeRecord>, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.edge(edge_id).await,
-        }
+        dispatch!(&self.inner.backend, db => db.edge(edge_id).await)
     }
 
     /// Every known edge, by id, with its suspension.
     pub async fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.edges().await,
-        }
+        dispatch!(&self.inner.backend, db => db.edges().await)
     }
 
     /// Records an admin action (e.g. `edge_drained`); returns the audit row id.
@@ -649,20 +713,18 @@ impl Store {
         detail: Option<&str>,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => {
-                db.record_audit(
-                    AuditSource::Admin,
-                    kind,
-                    edge_id,
-                    None,
-                    Some(actor),
-                    detail,
-                    now_ms,
-                )
-                .await
-            }
-        }
+        dispatch!(&self.inner.backend, db => {
+            db.record_audit(
+                AuditSource::Admin,
+                kind,
+                edge_id,
+                None,
+                Some(actor),
+                detail,
+                now_ms,
+            )
+            .await
+        })
     }
 
     /// Records a decision of the locator (e.g. `room_reassigned`, `edge_failed`); returns
@@ -675,20 +737,18 @@ impl Store {
         detail: Option<&str>,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => {
-                db.record_audit(
-                    AuditSource::Locator,
-                    kind,
-                    edge_id,
-                    session_id,
-                    None,
-                    detail,
-                    now_ms,
-                )
-                .await
-            }
-        }
+        dispatch!(&self.inner.backend, db => {
+            db.record_audit(
+                AuditSource::Locator,
+                kind,
+                edge_id,
+                session_id,
+                None,
+                detail,
+                now_ms,
+            )
+            .await
+        })
     }
 
     /// Stores spool entries relayed by an edge, in one transaction, and returns the
@@ -696,9 +756,9 @@ impl Store {
     ///
     /// - Each `(edge_id, seq)` is stored once: entries at or below the acknowledged
     ///   sequence, and repeats, are skipped (not an error), so a batch relayed twice
-    ///   changes nothing. The acknowledged sequence is a high-water mark: the protocol
-    ///   sends entries in increasing order, and an entry older than one already
-    ///   acknowledged is taken to be a duplicate.
+    ///   changes nothing, also when two locators receive it at once. The acknowledged
+    ///   sequence is a high-water mark: the protocol sends entries in increasing order,
+    ///   and an entry older than one already acknowledged is taken to be a duplicate.
     /// - Audit kinds go to the audit trail, [`SpoolBody::Metrics`] to the metrics table.
     /// - Effects on sessions, applied only for newly stored entries: `session_ended` ends
     ///   the session when it is ad-hoc, open, and hosted by this edge (an edge cannot end
@@ -715,31 +775,23 @@ impl Store {
         entries: &[SpoolEntry],
     ) -> Result<u64, StoreError> {
         validate_spool(edge_id, entries)?;
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.store_spool(edge_id, entries).await,
-        }
+        dispatch!(&self.inner.backend, db => db.store_spool(edge_id, entries).await)
     }
 
     /// The highest spool sequence stored for an edge (0: none).
     pub async fn acked_seq(&self, edge_id: &str) -> Result<u64, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.acked_seq(edge_id).await,
-        }
+        dispatch!(&self.inner.backend, db => db.acked_seq(edge_id).await)
     }
 
     /// Audit rows matching the filter, newest first (by id). For the next page, pass the
     /// last returned id as `before_id`.
     pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.audit(filter).await,
-        }
+        dispatch!(&self.inner.backend, db => db.audit(filter).await)
     }
 
     /// How many audit rows there are (about one edge, or all).
     pub async fn count_audit(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.count_audit(edge_id).await,
-        }
+        dispatch!(&self.inner.backend, db => db.count_audit(edge_id).await)
     }
 
     /// The most recent metrics samples of an edge, newest first (by sequence).
@@ -748,16 +800,13 @@ impl Store {
         edge_id: &str,
         limit: u32,
     ) -> Result<Vec<MetricRecord>, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.recent_metrics(edge_id, limit.min(MAX_AUDIT_PAGE)).await,
-        }
+        let limit = limit.min(MAX_AUDIT_PAGE);
+        dispatch!(&self.inner.backend, db => db.recent_metrics(edge_id, limit).await)
     }
 
     /// How many metrics samples there are (of one edge, or all).
     pub async fn count_metrics(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
-        match &self.inner.backend {
-            Backend::Sqlite(db) => db.count_metrics(edge_id).await,
-        }
+        dispatch!(&self.inner.backend, db => db.count_metrics(edge_id).await)
     }
 }
 
@@ -794,27 +843,47 @@ fn seq_u64(seq: i64) -> u64 {
     u64::try_from(seq).unwrap_or(0)
 }
 
+/// Whether an error says the database cannot be reached at all (as opposed to refusing
+/// one operation): the group-commit writer then fails the queued creations at once.
+fn is_unreachable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some_and(|pg| postgres::is_connection_state(pg.code())),
+        _ => false,
+    }
+}
+
 /// The group-commit writer: takes every pending creation (up to `max_batch`), commits
 /// them in one transaction, answers each caller. Ends when every [`Store`] is dropped.
-async fn create_writer(
-    db: sqlite::SqliteBackend,
-    mut rx: mpsc::Receiver<CreateJob>,
-    max_batch: usize,
-) {
+///
+/// It never stops on a database error: a failed batch is reported to each of its callers
+/// (and, when the database is unreachable, to the creations queued behind it), then the
+/// writer waits for the next creations. After a database restart the next batch gets a
+/// fresh connection from the pool.
+async fn create_writer(backend: Backend, mut rx: mpsc::Receiver<CreateJob>, max_batch: usize) {
     let mut jobs = Vec::with_capacity(max_batch);
     loop {
         if rx.recv_many(&mut jobs, max_batch).await == 0 {
             break;
         }
         let news: Vec<&NewSession> = jobs.iter().map(|job| &job.new).collect();
-        match db.create_sessions(&news).await {
+        match backend.create_sessions(&news).await {
             Ok(results) => {
+                debug_assert_eq!(results.len(), jobs.len());
                 for (job, result) in jobs.drain(..).zip(results) {
                     // The caller may have given up: nothing to do.
                     let _ = job.reply.send(result);
                 }
             }
             Err(source) => {
+                if is_unreachable(&source) {
+                    // They would each wait for the same unreachable database in turn.
+                    while let Ok(job) = rx.try_recv() {
+                        jobs.push(job);
+                    }
+                }
                 tracing::error!(error = %source, batch = jobs.len(), "session creation batch failed");
                 let hint = hint(&source);
                 let source = Arc::new(source);
@@ -854,6 +923,19 @@ mod tests {
     }
 
     #[test]
+    fn postgres_urls_go_to_the_postgres_backend_and_never_show_in_debug() {
+        for url in [
+            "postgres://u:hunter2@db:5432/locator",
+            "postgresql://db/locator",
+            "POSTGRES://db/locator",
+        ] {
+            let target = parse_url(url).expect(url);
+            assert_eq!(target, Target::Postgres(url.to_string()));
+            assert!(!format!("{target:?}").contains("hunter2"));
+        }
+    }
+
+    #[test]
     fn unusable_urls_are_refused_without_echoing_secrets() {
         for bad in [
             "",
@@ -861,7 +943,6 @@ mod tests {
             "sqlite::memory:",
             "sqlite://l.db?mode=rwc",
             "mysql://u:pw@h/db",
-            "postgres://user:hunter2@db/locator",
         ] {
             let err = parse_url(bad).expect_err(bad).to_string();
             assert!(!err.contains("hunter2") && !err.contains("pw@"), "{err}");

@@ -1,0 +1,1241 @@
+//! The Postgres backend: several locators on one database.
+//!
+//! Same tables, same semantics and same method signatures as the SQLite backend; only
+//! what differs is described here.
+//!
+//! # Connections and timeouts
+//!
+//! One pool of [`StoreOptions::max_connections`] connections serves reads, writes and
+//! the group-commit writer, which keeps one of them between batches (so the hot path
+//! skips the pool's check of a connection before use, a round trip) and gives it back
+//! after any error. Every connection is set up with
+//!
+//! - `statement_timeout` = [`StoreOptions::statement_timeout`] (10 s by default): a stuck
+//!   statement fails instead of holding a pooled connection and its locks forever;
+//! - `lock_timeout` = [`StoreOptions::busy_timeout`] (5 s): waiting for a row another
+//!   locator holds is bounded, like SQLite's busy timeout;
+//! - `idle_in_transaction_session_timeout` = 60 s: a transaction abandoned half-way
+//!   (a bug, a hung task) cannot keep its locks;
+//! - `application_name` = `locus-locator` (visible in `pg_stat_activity`).
+//!
+//! A setting already given in the URL's `options` parameter (or `PGOPTIONS`) is kept.
+//!
+//! # Surviving a restart of the database
+//!
+//! The pool checks a connection before handing it out and replaces a dead one; while the
+//! server is down, taking a connection retries (connection refused) until
+//! [`StoreOptions::acquire_timeout`] and then fails: calls return an error,
+//! [`Store::ping`](super::Store::ping) fails (so `/readyz` says not ready), the
+//! group-commit writer reports the error to the waiting callers and keeps serving later
+//! batches. Nothing panics and nothing needs a restart of the locator.
+//!
+//! An operation that fails on a broken connection (the server restarted under it), on a
+//! deadlock or on a serialization failure is retried once, when it is idempotent:
+//!
+//! - reads, [`upsert_edge`](PostgresBackend::upsert_edge), the ending and moving of
+//!   sessions (conditional updates: a second run changes nothing; it may then report
+//!   "not changed" although the first, unacknowledged, run changed it);
+//! - spool batches: idempotent by `(edge_id, seq)`;
+//! - suspension changes: conditional update, audit row only on a real change;
+//! - session creations: idempotent *by id*. The locator draws a 128-bit random id per
+//!   creation, so a row with that id is this very creation. A retry runs the same
+//!   `INSERT … ON CONFLICT DO NOTHING` and, for a creation that did not insert, reads the
+//!   row with its id: when it is there with the same room key and creation time, the
+//!   first attempt committed before the connection broke and the creation is answered as
+//!   created (not as a conflict, nor as a join of the room it created itself).
+//!
+//! Audit rows written by [`record_audit`](PostgresBackend::record_audit) are not retried:
+//! each call inserts a new row, and a retry after an unacknowledged commit would store it
+//! twice.
+//!
+//! # Migrations with several locators starting at once
+//!
+//! `sqlx::migrate!("../migrations/postgres")` is embedded and applied by `open`. sqlx
+//! 0.9's migrator takes a session-level advisory lock for the whole run
+//! (`pg_advisory_lock(0x3d32ad9e * crc32(current_database()))`, see
+//! `sqlx-postgres/src/migrate.rs`) and reads the applied versions only once it holds it:
+//! of several locators starting together, one applies the migrations and the others
+//! wait, then find them applied. Each migration runs in its own transaction. The lock is
+//! released by an explicit unlock on success only, so the migrations run on a connection
+//! taken out of the pool and closed afterwards: a failed run cannot leave the lock held
+//! by a pooled connection. That connection has no statement timeout (a migration may be
+//! long) but a 60 s `lock_timeout`, so a locator waiting behind a hung one, or behind a
+//! long transaction for a table lock, fails with a clear error instead of hanging.
+//!
+//! # Concurrency between locators
+//!
+//! - One room per key: the UNIQUE index on `room_key`; `INSERT … ON CONFLICT DO NOTHING`
+//!   waits for a concurrent insert of the key to commit, then the read sees its row.
+//! - Group commit: a batch is one `INSERT … SELECT FROM UNNEST(…) ON CONFLICT DO NOTHING
+//!   RETURNING` statement, hence one transaction and one round trip (plus one read for
+//!   the creations that inserted nothing: joins and conflicts), rows in a fixed order
+//!   (rooms by key, then ad-hoc sessions by id) so two locators' batches take their index
+//!   locks in the same order; a deadlock that still happens is retried once (nothing was
+//!   committed).
+//! - Moving a room: compare-and-set `UPDATE … WHERE edge_id = from`; under READ
+//!   COMMITTED a concurrent second update re-checks the condition on the new row version
+//!   and changes nothing.
+//! - Spool: the edge's `spool_progress` row is locked first (upsert), so concurrent relays
+//!   of one edge's spool through two locators are applied one after the other.
+//! - Suspension: `UPDATE … WHERE suspended <> new` plus the audit row in one
+//!   transaction, so two admins on two locators write one audit row.
+//!
+//! # Durability
+//!
+//! A commit is durable when the server's `synchronous_commit` is `on` (the default) or
+//! stronger; `open` warns in the log when it is `off`.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use locus_protocol::{SpoolBody, SpoolEntry};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Connection, Postgres, QueryBuilder, Row};
+
+use super::{
+    AuditFilter, AuditRecord, AuditSource, CreateReply, EdgeRecord, MetricRecord, NewSession,
+    SessionRecord, SessionState, StoreError, StoreOptions, hint, seq_i64, seq_u64,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Why a session ended when its edge reported the end.
+const ENDED_BY_EDGE: &str = "ended_on_edge";
+
+/// Longest a transaction may sit idle with locks held before the server ends it.
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Longest the migrations wait for a lock (the migration lock of another locator, or a
+/// table lock).
+const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs `$body` (which yields a `Result<_, sqlx::Error>`) and, when it fails with an
+/// error after which a second run is safe and may succeed, runs it once more with
+/// `$retry` set. Only for idempotent operations (see the module documentation).
+macro_rules! retry_once {
+    ($op:expr, |$retry:ident| $body:expr) => {{
+        let mut $retry = false;
+        loop {
+            match $body {
+                Err(error) if !$retry && is_retryable(&error) => {
+                    tracing::warn!(
+                        op = $op,
+                        %error,
+                        "database connection lost or transaction aborted by a conflict: \
+                         retrying once"
+                    );
+                    $retry = true;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct PostgresBackend {
+    pool: PgPool,
+    /// The group-commit writer's connection, kept between batches (no check before each
+    /// batch on the hot path); dropped after an error, so the next batch takes a fresh,
+    /// checked one from the pool. Only the writer task locks it (and `close`).
+    writer: Arc<tokio::sync::Mutex<Option<PoolConnection<Postgres>>>>,
+    location: String,
+}
+
+impl PostgresBackend {
+    pub(super) async fn open(url: &str, options: &StoreOptions) -> Result<Self, StoreError> {
+        let connect = PgConnectOptions::from_str(url).map_err(|e| StoreError::InvalidUrl {
+            reason: url_problem(url, &e),
+        })?;
+        let location = location_of(&connect);
+        let connect = session_settings(connect.application_name("locus-locator"), options);
+        let open_error = |source: sqlx::Error| StoreError::Open {
+            location: location.clone(),
+            hint: open_hint(&source),
+            source,
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .min_connections(0)
+            .acquire_timeout(options.acquire_timeout)
+            // Every connection is checked (a round trip) before use: after a restart of
+            // the server the pool is full of dead connections, and each must be found
+            // before a call gets it, not by the call failing.
+            .test_before_acquire(true)
+            .connect_with(connect)
+            .await
+            .map_err(open_error)?;
+        let migrated = migrate(&pool).await;
+        if let Err(source) = migrated {
+            pool.close().await;
+            return Err(StoreError::Migrate {
+                location,
+                hint: migrate_hint(&source),
+                source,
+            });
+        }
+        match sqlx::query_scalar::<_, String>("SELECT current_setting('synchronous_commit')")
+            .fetch_one(&pool)
+            .await
+        {
+            Ok(setting) if setting == "off" => tracing::warn!(
+                database = %location,
+                "synchronous_commit is off on this database: a session or spool entry \
+                 acknowledged by the locator may be lost if the database server crashes"
+            ),
+            Ok(_) => {}
+            Err(source) => return Err(open_error(source)),
+        }
+        Ok(PostgresBackend {
+            pool,
+            writer: Arc::default(),
+            location,
+        })
+    }
+
+    pub(super) fn location(&self) -> &str {
+        &self.location
+    }
+
+    pub(super) async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(StoreError::db("ping"))?;
+        Ok(())
+    }
+
+    pub(super) async fn close(&self) {
+        // The pool's close waits for every connection to come back: give back the
+        // writer's first (a later batch fails: the pool is closed).
+        self.writer.lock().await.take();
+        self.pool.close().await;
+    }
+
+    /// Creates (or joins, for a room key) each session in order, in one transaction.
+    /// `Err` when the transaction failed (nothing committed); otherwise one answer per
+    /// session, in order.
+    pub(super) async fn create_sessions(
+        &self,
+        news: &[&NewSession],
+    ) -> Result<Vec<CreateReply>, sqlx::Error> {
+        retry_once!("create_session", |retry| self
+            .create_batch(news, retry)
+            .await)
+    }
+
+    /// One statement inserts the whole batch: it is one transaction (committed, and
+    /// synced, before the statement returns), so no BEGIN/COMMIT round trips are needed.
+    /// The reads that follow for creations that inserted nothing see every committed row,
+    /// this batch's included.
+    async fn create_batch(
+        &self,
+        news: &[&NewSession],
+        retry: bool,
+    ) -> Result<Vec<CreateReply>, sqlx::Error> {
+        let mut slot = self.writer.lock().await;
+        let conn = match slot.as_mut() {
+            Some(conn) => conn,
+            None => slot.insert(self.pool.acquire().await?),
+        };
+        let answered = Self::create_batch_on(conn, news, retry).await;
+        if answered.is_err()
+            && let Some(mut broken) = slot.take()
+        {
+            // Whatever went wrong, the next batch starts on a checked connection.
+            broken.close_on_drop();
+        }
+        answered
+    }
+
+    async fn create_batch_on(
+        conn: &mut PgConnection,
+        news: &[&NewSession],
+        retry: bool,
+    ) -> Result<Vec<CreateReply>, sqlx::Error> {
+        // Rooms by key, then ad-hoc sessions by id: two locators' batches take their
+        // index locks in one order. Stable: creations of one key stay in arrival order,
+        // so the first of them creates the room.
+        let mut order: Vec<usize> = (0..news.len()).collect();
+        order.sort_by_key(|&i| {
+            let new = news[i];
+            (
+                new.room_key.is_none(),
+                new.room_key.as_deref().unwrap_or(&new.id),
+            )
+        });
+        let ids: Vec<&str> = order.iter().map(|&i| news[i].id.as_str()).collect();
+        let keys: Vec<Option<&str>> = order.iter().map(|&i| news[i].room_key.as_deref()).collect();
+        let regions: Vec<&str> = order.iter().map(|&i| news[i].region.as_str()).collect();
+        let edges: Vec<&str> = order.iter().map(|&i| news[i].edge_id.as_str()).collect();
+        let times: Vec<i64> = order.iter().map(|&i| news[i].now_ms).collect();
+
+        let inserted = sqlx::query(
+            "INSERT INTO sessions (id, room_key, region, edge_id, state, created_at_ms, \
+             updated_at_ms) \
+             SELECT id, room_key, region, edge_id, 'open', at_ms, at_ms \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
+             WITH ORDINALITY AS t (id, room_key, region, edge_id, at_ms, ord) \
+             ORDER BY ord \
+             ON CONFLICT DO NOTHING \
+             RETURNING id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
+             ended_at_ms, end_reason",
+        )
+        .bind(&ids)
+        .bind(&keys)
+        .bind(&regions)
+        .bind(&edges)
+        .bind(&times)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut inserted: std::collections::HashMap<String, SessionRecord> = inserted
+            .iter()
+            .map(|row| session_from_row(row).map(|s| (s.id.clone(), s)))
+            .collect::<Result<_, _>>()?;
+
+        // Creations that inserted nothing: a room that exists (join it), an id that is
+        // taken (conflict), or on a retry possibly this creation's own first attempt.
+        let mut replies: Vec<Option<CreateReply>> = (0..news.len()).map(|_| None).collect();
+        let mut pending = Vec::new();
+        for &i in &order {
+            match inserted.remove(&news[i].id) {
+                Some(record) => replies[i] = Some(Ok((record, true))),
+                None => pending.push(i),
+            }
+        }
+        if !pending.is_empty() {
+            let ids: Vec<&str> = pending.iter().map(|&i| news[i].id.as_str()).collect();
+            let keys: Vec<&str> = pending
+                .iter()
+                .filter_map(|&i| news[i].room_key.as_deref())
+                .collect();
+            let rows = sqlx::query(
+                "SELECT id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
+                 ended_at_ms, end_reason FROM sessions \
+                 WHERE id = ANY($1::text[]) OR room_key = ANY($2::text[])",
+            )
+            .bind(&ids)
+            .bind(&keys)
+            .fetch_all(&mut *conn)
+            .await?;
+            let existing = rows
+                .iter()
+                .map(session_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            for i in pending {
+                replies[i] = Some(answer_without_insert(news[i], &existing, retry));
+            }
+        }
+        Ok(replies
+            .into_iter()
+            .map(|reply| reply.unwrap_or_else(|| Err(StoreError::WriterStopped)))
+            .collect())
+    }
+
+    pub(super) async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let op = "get_session";
+        let row = retry_once!(op, |_retry| sqlx::query(
+            "SELECT id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
+             ended_at_ms, end_reason FROM sessions WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        row.map(|row| session_from_row(&row))
+            .transpose()
+            .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn get_room(&self, key: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let op = "get_room";
+        let row = retry_once!(op, |_retry| sqlx::query(
+            "SELECT id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
+             ended_at_ms, end_reason FROM sessions WHERE room_key = $1",
+        )
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        row.map(|row| session_from_row(&row))
+            .transpose()
+            .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn end_session(
+        &self,
+        id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let op = "end_session";
+        let done = retry_once!(op, |_retry| sqlx::query(
+            "UPDATE sessions SET state = 'ended', ended_at_ms = $3, updated_at_ms = $3, \
+             end_reason = $2 WHERE id = $1 AND state = 'open' AND room_key IS NULL",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn reassign_session(
+        &self,
+        id: &str,
+        from_edge: &str,
+        to_edge: &str,
+        region: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let op = "reassign_session";
+        let done = retry_once!(op, |_retry| sqlx::query(
+            "UPDATE sessions SET edge_id = $3, region = $4, updated_at_ms = $5 \
+             WHERE id = $1 AND edge_id = $2 AND state = 'open'",
+        )
+        .bind(id)
+        .bind(from_edge)
+        .bind(to_edge)
+        .bind(region)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn end_ad_hoc_sessions_on_edge(
+        &self,
+        edge_id: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<u64, StoreError> {
+        let op = "end_ad_hoc_sessions_on_edge";
+        let done = retry_once!(op, |_retry| sqlx::query(
+            "UPDATE sessions SET state = 'ended', ended_at_ms = $3, updated_at_ms = $3, \
+             end_reason = $2 WHERE edge_id = $1 AND state = 'open' AND room_key IS NULL",
+        )
+        .bind(edge_id)
+        .bind(reason)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        Ok(done.rows_affected())
+    }
+
+    pub(super) async fn open_sessions_on_edge(
+        &self,
+        edge_id: &str,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let op = "open_sessions_on_edge";
+        let rows = retry_once!(op, |_retry| sqlx::query(
+            "SELECT id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
+             ended_at_ms, end_reason FROM sessions WHERE edge_id = $1 AND state = 'open' \
+             ORDER BY created_at_ms, id",
+        )
+        .bind(edge_id)
+        .fetch_all(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        rows.iter()
+            .map(session_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn upsert_edge(&self, edge: &EdgeRecord) -> Result<EdgeRecord, StoreError> {
+        let op = "upsert_edge";
+        let row = retry_once!(op, |_retry| sqlx::query(
+            "INSERT INTO edges (id, region, public_url, capacity, version, suspended, \
+             first_seen_ms, last_seen_ms) VALUES ($1, $2, $3, $4, $5, FALSE, $6, $7) \
+             ON CONFLICT (id) DO UPDATE SET region = excluded.region, \
+             public_url = excluded.public_url, capacity = excluded.capacity, \
+             version = excluded.version, last_seen_ms = excluded.last_seen_ms \
+             RETURNING id, region, public_url, capacity, version, suspended, suspended_by, \
+             suspended_at_ms, first_seen_ms, last_seen_ms",
+        )
+        .bind(&edge.id)
+        .bind(&edge.region)
+        .bind(&edge.public_url)
+        .bind(i64::from(edge.capacity))
+        .bind(&edge.version)
+        .bind(edge.first_seen_ms)
+        .bind(edge.last_seen_ms)
+        .fetch_one(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        edge_from_row(&row).map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn set_suspended(
+        &self,
+        edge_id: &str,
+        suspended: bool,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let op = "set_suspended";
+        let outcome = retry_once!(op, |_retry| self
+            .set_suspended_tx(edge_id, suspended, actor, now_ms)
+            .await)
+        .map_err(StoreError::db(op))?;
+        outcome.ok_or_else(|| StoreError::NotFound {
+            what: "edge",
+            id: edge_id.to_string(),
+        })
+    }
+
+    /// `None`: no such edge.
+    async fn set_suspended_tx(
+        &self,
+        edge_id: &str,
+        suspended: bool,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Option<bool>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE edges SET suspended = $2, suspended_by = $3, suspended_at_ms = $4 \
+             WHERE id = $1 AND suspended <> $2",
+        )
+        .bind(edge_id)
+        .bind(suspended)
+        .bind(suspended.then_some(actor))
+        .bind(suspended.then_some(now_ms))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        if !changed {
+            let known = sqlx::query("SELECT 1 FROM edges WHERE id = $1")
+                .bind(edge_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            // Nothing written: dropping the transaction rolls it back.
+            return Ok(known.then_some(false));
+        }
+        let kind = if suspended {
+            "edge_suspended"
+        } else {
+            "edge_resumed"
+        };
+        sqlx::query(
+            "INSERT INTO audit (source, edge_id, at_ms, kind, actor) \
+             VALUES ('admin', $1, $2, $3, $4)",
+        )
+        .bind(edge_id)
+        .bind(now_ms)
+        .bind(kind)
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some(true))
+    }
+
+    pub(super) async fn edge(&self, edge_id: &str) -> Result<Option<EdgeRecord>, StoreError> {
+        let op = "edge";
+        let row = retry_once!(op, |_retry| sqlx::query(
+            "SELECT id, region, public_url, capacity, version, suspended, suspended_by, \
+             suspended_at_ms, first_seen_ms, last_seen_ms FROM edges WHERE id = $1",
+        )
+        .bind(edge_id)
+        .fetch_optional(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        row.map(|row| edge_from_row(&row))
+            .transpose()
+            .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError> {
+        let op = "edges";
+        let rows = retry_once!(op, |_retry| sqlx::query(
+            "SELECT id, region, public_url, capacity, version, suspended, suspended_by, \
+             suspended_at_ms, first_seen_ms, last_seen_ms FROM edges ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        rows.iter()
+            .map(edge_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::db(op))
+    }
+
+    /// Not retried: every call inserts a new row (see the module documentation).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn record_audit(
+        &self,
+        source: AuditSource,
+        kind: &str,
+        edge_id: Option<&str>,
+        session_id: Option<&str>,
+        actor: Option<&str>,
+        detail: Option<&str>,
+        at_ms: i64,
+    ) -> Result<i64, StoreError> {
+        if kind.is_empty() {
+            return Err(StoreError::Invalid {
+                what: "audit entry",
+                reason: "empty kind".into(),
+            });
+        }
+        sqlx::query_scalar::<_, i64>(
+            "INSERT INTO audit (source, edge_id, at_ms, kind, session_id, actor, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(source.as_str())
+        .bind(edge_id)
+        .bind(at_ms)
+        .bind(kind)
+        .bind(session_id)
+        .bind(actor)
+        .bind(detail)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::db("record_audit"))
+    }
+
+    pub(super) async fn store_spool(
+        &self,
+        edge_id: &str,
+        entries: &[SpoolEntry],
+    ) -> Result<u64, StoreError> {
+        if entries.is_empty() {
+            return self.acked_seq(edge_id).await;
+        }
+        let op = "store_spool";
+        retry_once!(op, |_retry| self.store_spool_tx(edge_id, entries).await)
+            .map_err(StoreError::db(op))
+    }
+
+    async fn store_spool_tx(
+        &self,
+        edge_id: &str,
+        entries: &[SpoolEntry],
+    ) -> Result<u64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Locks the edge's progress row (creating it): relays of one edge's spool through
+        // several locators are applied one after the other, each seeing the last one's
+        // acknowledged sequence.
+        let acked: i64 = sqlx::query_scalar(
+            "INSERT INTO spool_progress (edge_id, acked_seq) VALUES ($1, 0) \
+             ON CONFLICT (edge_id) DO UPDATE SET acked_seq = spool_progress.acked_seq \
+             RETURNING acked_seq",
+        )
+        .bind(edge_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let mut high = acked;
+        for entry in entries {
+            let seq = seq_i64(entry.seq);
+            if seq <= acked {
+                continue; // Relayed again: stored before.
+            }
+            high = high.max(seq);
+            if let SpoolBody::Metrics(m) = &entry.body {
+                sqlx::query(
+                    "INSERT INTO metrics (edge_id, seq, at_ms, cpu, lag_ms, connections, \
+                     sessions) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                )
+                .bind(edge_id)
+                .bind(seq)
+                .bind(entry.at_unix_ms)
+                .bind(f64::from(m.cpu))
+                .bind(f64::from(m.lag_ms))
+                .bind(i64::from(m.connections))
+                .bind(i64::from(m.sessions))
+                .execute(&mut *tx)
+                .await?;
+                continue;
+            }
+            let kind = entry.body.audit_kind().unwrap_or("unknown");
+            let inserted = sqlx::query(
+                "INSERT INTO audit (source, edge_id, seq, at_ms, kind, session_id, participant) \
+                 VALUES ('edge', $1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+            )
+            .bind(edge_id)
+            .bind(seq)
+            .bind(entry.at_unix_ms)
+            .bind(kind)
+            .bind(entry.body.session_id())
+            .bind(entry.body.participant())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            if let (true, SpoolBody::SessionEnded { session_id }) = (inserted, &entry.body) {
+                // Only an open ad-hoc session hosted by the reporting edge; rooms stay.
+                sqlx::query(
+                    "UPDATE sessions SET state = 'ended', ended_at_ms = $3, \
+                     updated_at_ms = GREATEST(updated_at_ms, $3), end_reason = $4 \
+                     WHERE id = $1 AND edge_id = $2 AND state = 'open' AND room_key IS NULL",
+                )
+                .bind(session_id)
+                .bind(edge_id)
+                .bind(entry.at_unix_ms)
+                .bind(ENDED_BY_EDGE)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if high > acked {
+            sqlx::query("UPDATE spool_progress SET acked_seq = $2 WHERE edge_id = $1")
+                .bind(edge_id)
+                .bind(high)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(seq_u64(high))
+    }
+
+    pub(super) async fn acked_seq(&self, edge_id: &str) -> Result<u64, StoreError> {
+        let op = "acked_seq";
+        let acked: Option<i64> = retry_once!(op, |_retry| sqlx::query_scalar(
+            "SELECT acked_seq FROM spool_progress WHERE edge_id = $1"
+        )
+        .bind(edge_id)
+        .fetch_optional(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        Ok(acked.map_or(0, seq_u64))
+    }
+
+    pub(super) async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
+        let op = "audit";
+        let rows = retry_once!(op, |_retry| audit_query(filter)
+            .build()
+            .fetch_all(&self.pool)
+            .await)
+        .map_err(StoreError::db(op))?;
+        rows.iter()
+            .map(audit_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn count_audit(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
+        let op = "count_audit";
+        let count: i64 = retry_once!(op, |_retry| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM audit WHERE $1::text IS NULL OR edge_id = $1"
+        )
+        .bind(edge_id)
+        .fetch_one(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        Ok(seq_u64(count))
+    }
+
+    pub(super) async fn recent_metrics(
+        &self,
+        edge_id: &str,
+        limit: u32,
+    ) -> Result<Vec<MetricRecord>, StoreError> {
+        let op = "recent_metrics";
+        let rows = retry_once!(op, |_retry| sqlx::query(
+            "SELECT edge_id, seq, at_ms, cpu, lag_ms, connections, sessions FROM metrics \
+             WHERE edge_id = $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(edge_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        rows.iter()
+            .map(metric_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn count_metrics(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
+        let op = "count_metrics";
+        let count: i64 = retry_once!(op, |_retry| sqlx::query_scalar(
+            "SELECT COUNT(*) FROM metrics WHERE $1::text IS NULL OR edge_id = $1"
+        )
+        .bind(edge_id)
+        .fetch_one(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        Ok(seq_u64(count))
+    }
+}
+
+fn audit_query(filter: &AuditFilter) -> QueryBuilder<Postgres> {
+    let mut q = QueryBuilder::<Postgres>::new(
+        "SELECT id, source, edge_id, seq, at_ms, kind, session_id, participant, actor, \
+         detail FROM audit WHERE TRUE",
+    );
+    if let Some(edge_id) = &filter.edge_id {
+        q.push(" AND edge_id = ").push_bind(edge_id.clone());
+    }
+    if let Some(session_id) = &filter.session_id {
+        q.push(" AND session_id = ").push_bind(session_id.clone());
+    }
+    if let Some(since) = filter.since_ms {
+        q.push(" AND at_ms >= ").push_bind(since);
+    }
+    if let Some(until) = filter.until_ms {
+        q.push(" AND at_ms < ").push_bind(until);
+    }
+    if let Some(before) = filter.before_id {
+        q.push(" AND id < ").push_bind(before);
+    }
+    q.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(filter.page_size()));
+    q
+}
+
+/// Applies the session settings of every pooled connection (see the module
+/// documentation), keeping any the URL or `PGOPTIONS` already sets.
+fn session_settings(connect: PgConnectOptions, options: &StoreOptions) -> PgConnectOptions {
+    // `-c name=value` or `--name=value`, separated by spaces.
+    let given: Vec<String> = connect
+        .get_options()
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter(|word| *word != "-c")
+        .map(|word| {
+            word.trim_start_matches("-c")
+                .trim_start_matches("--")
+                .to_string()
+        })
+        .collect();
+    let is_given = |name: &str| {
+        given
+            .iter()
+            .any(|word| word.split_once('=').is_some_and(|(key, _)| key == name))
+    };
+    let settings = [
+        ("statement_timeout", options.statement_timeout),
+        ("lock_timeout", options.busy_timeout),
+        (
+            "idle_in_transaction_session_timeout",
+            IDLE_IN_TRANSACTION_TIMEOUT,
+        ),
+    ];
+    let missing: Vec<(&str, String)> = settings
+        .into_iter()
+        .filter(|(name, _)| !is_given(name))
+        .map(|(name, value)| (name, millis(value)))
+        .collect();
+    if missing.is_empty() {
+        connect
+    } else {
+        connect.options(missing)
+    }
+}
+
+/// A duration as a Postgres setting in milliseconds (0 would mean "no limit": at least 1).
+fn millis(d: Duration) -> String {
+    d.as_millis().clamp(1, i32::MAX as u128).to_string()
+}
+
+/// Applies the embedded migrations under sqlx's advisory lock, on a connection of their
+/// own that is closed afterwards (see the module documentation).
+async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::query(
+        "SELECT set_config('statement_timeout', '0', false), \
+         set_config('lock_timeout', $1, false)",
+    )
+    .bind(millis(MIGRATION_LOCK_TIMEOUT))
+    .execute(&mut conn)
+    .await?;
+    let applied = MIGRATOR.run(&mut conn).await;
+    // Closing ends the session: the advisory lock goes with it, also after a failure.
+    let _ = conn.close().await;
+    applied
+}
+
+/// `host:port/database` (or `socket-folder/database`): what errors and `describe` show.
+fn location_of(connect: &PgConnectOptions) -> String {
+    let database = connect
+        .get_database()
+        .unwrap_or_else(|| connect.get_username());
+    match connect.get_socket() {
+        Some(folder) => format!("{}/{database}", folder.display()),
+        None => format!("{}:{}/{database}", connect.get_host(), connect.get_port()),
+    }
+}
+
+/// Why a Postgres URL does not parse, without the password (the parser's message could
+/// quote a piece of the URL).
+fn url_problem(url: &str, err: &sqlx::Error) -> String {
+    let mut detail = match err {
+        sqlx::Error::Configuration(e) => e.to_string(),
+        other => other.to_string(),
+    };
+    if let Some(password) = password_in(url)
+        && !password.is_empty()
+    {
+        detail = detail.replace(password, "***");
+    }
+    format!(
+        "{detail}: expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (percent-encode \
+         special characters of the password)"
+    )
+}
+
+/// The password part of a URL's authority, as written.
+fn password_in(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let userinfo = authority.rsplit_once('@')?.0;
+    userinfo.split_once(':').map(|(_, password)| password)
+}
+
+/// Whether a SQLSTATE says the connection failed or the server is going away or coming up.
+pub(super) fn is_connection_state(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+}
+
+/// Errors after which running an idempotent operation once more is safe and may succeed:
+/// the connection broke (the server restarted, the pool had a dead connection), or the
+/// server rolled the transaction back because of a deadlock or serialization failure.
+fn is_retryable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db
+            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+            .is_some_and(|pg| {
+                let code = pg.code();
+                is_connection_state(code) || matches!(code, "40001" | "40P01")
+            }),
+        _ => false,
+    }
+}
+
+/// What to tell an operator about a Postgres error code (SQLSTATE).
+pub(super) fn sqlstate_hint(code: &str) -> &'static str {
+    match code {
+        "28P01" | "28000" => {
+            "authentication failed: check the user and password of the database URL (or \
+             PGPASSWORD) and the server's pg_hba.conf"
+        }
+        "3D000" => {
+            "the database does not exist: create it (createdb NAME) or fix the database \
+             name in the URL"
+        }
+        "42501" => {
+            "the database user lacks a privilege: the locator creates its tables on first \
+             start, then reads and writes them"
+        }
+        "53300" => {
+            "the database server has no free connection slot: lower the locators' pool \
+             size or raise the server's max_connections"
+        }
+        "53100" => "the database server's disk is full: free space",
+        "57014" => {
+            "a statement ran longer than the statement timeout (database overloaded, or \
+             blocked by a long transaction)"
+        }
+        "55P03" => {
+            "timed out waiting for a lock held by another connection (another locator, or \
+             a long transaction)"
+        }
+        "40P01" | "40001" => {
+            "the transaction conflicted with a concurrent one (deadlock or serialization \
+             failure) twice: try again"
+        }
+        "25006" => "the database is read-only (a standby?): point the URL at the primary",
+        "57P01" | "57P02" | "57P03" => {
+            "the database server is shutting down or starting: the locator reconnects by \
+             itself"
+        }
+        c if c.starts_with("08") => {
+            "the connection to the database failed or broke: the locator reconnects by itself"
+        }
+        c if c.starts_with("23") => "a constraint of the schema was violated",
+        c if c.starts_with("42") => {
+            "the database schema does not match this locator (a table or column is missing \
+             or differs)"
+        }
+        _ => "the database refused the operation",
+    }
+}
+
+/// What to tell an operator when the database cannot be opened.
+fn open_hint(err: &sqlx::Error) -> &'static str {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => {
+            "cannot connect: check the host and port of the URL, that the server runs and \
+             accepts TCP connections from this host (listen_addresses, pg_hba.conf)"
+        }
+        sqlx::Error::Tls(_) => {
+            "TLS is not built into this locator: reach Postgres over a trusted network or a \
+             local socket (sslmode=disable or prefer)"
+        }
+        other => match hint(other) {
+            "the database refused the operation" | "unexpected database error" => {
+                "check the database URL: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+            }
+            specific => specific,
+        },
+    }
+}
+
+/// What to tell an operator when the migrations cannot be applied.
+fn migrate_hint(err: &sqlx::migrate::MigrateError) -> &'static str {
+    use sqlx::migrate::MigrateError as M;
+    match err {
+        M::VersionMissing(_) | M::VersionNotPresent(_) | M::VersionTooNew(..) => {
+            "the database was migrated by a newer locator: run that version, or use another \
+             database"
+        }
+        M::VersionMismatch(_) => {
+            "a migration already applied to this database has been modified: run the \
+             locator version that created the database, or use another database"
+        }
+        M::Dirty(_) => "a migration was interrupted: restore the database from a backup",
+        M::Execute(e) | M::ExecuteMigration(e, _) => match e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
+                "timed out waiting for the migration lock or a table lock: another locator \
+                 is migrating this database (or hangs doing so), or a long transaction holds \
+                 a table"
+            }
+            other => hint(other),
+        },
+        _ => "the migrations could not be applied: check the database and the locator version",
+    }
+}
+
+/// The answer to a creation whose INSERT did nothing, given the rows with its id or its
+/// room key (in this transaction's view): the room of its key (joined), or a conflict on
+/// its id. On a retry, a row with its id, room key and creation time is its own first
+/// attempt, committed before the connection broke: created (see the module
+/// documentation).
+fn answer_without_insert(new: &NewSession, existing: &[SessionRecord], retry: bool) -> CreateReply {
+    if retry
+        && let Some(own) = existing
+            .iter()
+            .find(|s| s.id == new.id && s.room_key == new.room_key && s.created_at_ms == new.now_ms)
+    {
+        return Ok((own.clone(), true));
+    }
+    match &new.room_key {
+        Some(key) => existing
+            .iter()
+            .find(|s| s.room_key.as_ref() == Some(key))
+            .map(|s| (s.clone(), false))
+            .ok_or_else(|| conflict(&new.id)),
+        None => Err(conflict(&new.id)),
+    }
+}
+
+fn conflict(id: &str) -> StoreError {
+    StoreError::Conflict {
+        what: "session id",
+        id: id.to_string(),
+    }
+}
+
+fn session_from_row(row: &PgRow) -> Result<SessionRecord, sqlx::Error> {
+    let state: String = row.try_get("state")?;
+    Ok(SessionRecord {
+        id: row.try_get("id")?,
+        room_key: row.try_get("room_key")?,
+        region: row.try_get("region")?,
+        edge_id: row.try_get("edge_id")?,
+        state: SessionState::from_db(&state)
+            .ok_or_else(|| sqlx::Error::decode(format!("unknown session state {state:?}")))?,
+        created_at_ms: row.try_get("created_at_ms")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+        ended_at_ms: row.try_get("ended_at_ms")?,
+        end_reason: row.try_get("end_reason")?,
+    })
+}
+
+fn edge_from_row(row: &PgRow) -> Result<EdgeRecord, sqlx::Error> {
+    let capacity: i64 = row.try_get("capacity")?;
+    Ok(EdgeRecord {
+        id: row.try_get("id")?,
+        region: row.try_get("region")?,
+        public_url: row.try_get("public_url")?,
+        capacity: u32::try_from(capacity)
+            .map_err(|_| sqlx::Error::decode(format!("edge capacity {capacity} out of range")))?,
+        version: row.try_get("version")?,
+        suspended: row.try_get("suspended")?,
+        suspended_by: row.try_get("suspended_by")?,
+        suspended_at_ms: row.try_get("suspended_at_ms")?,
+        first_seen_ms: row.try_get("first_seen_ms")?,
+        last_seen_ms: row.try_get("last_seen_ms")?,
+    })
+}
+
+fn audit_from_row(row: &PgRow) -> Result<AuditRecord, sqlx::Error> {
+    let source: String = row.try_get("source")?;
+    let seq: Option<i64> = row.try_get("seq")?;
+    Ok(AuditRecord {
+        id: row.try_get("id")?,
+        source: AuditSource::from_db(&source)
+            .ok_or_else(|| sqlx::Error::decode(format!("unknown audit source {source:?}")))?,
+        edge_id: row.try_get("edge_id")?,
+        seq: seq.map(seq_u64),
+        at_ms: row.try_get("at_ms")?,
+        kind: row.try_get("kind")?,
+        session_id: row.try_get("session_id")?,
+        participant: row.try_get("participant")?,
+        actor: row.try_get("actor")?,
+        detail: row.try_get("detail")?,
+    })
+}
+
+fn metric_from_row(row: &PgRow) -> Result<MetricRecord, sqlx::Error> {
+    let count = |column: &str| -> Result<u32, sqlx::Error> {
+        let value: i64 = row.try_get(column)?;
+        u32::try_from(value)
+            .map_err(|_| sqlx::Error::decode(format!("metrics {column} {value} out of range")))
+    };
+    let seq: i64 = row.try_get("seq")?;
+    Ok(MetricRecord {
+        edge_id: row.try_get("edge_id")?,
+        seq: seq_u64(seq),
+        at_ms: row.try_get("at_ms")?,
+        cpu: row.try_get("cpu")?,
+        lag_ms: row.try_get("lag_ms")?,
+        connections: count("connections")?,
+        sessions: count("sessions")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_never_carry_credentials() {
+        let location = |url: &str| location_of(&PgConnectOptions::from_str(url).expect(url));
+        assert_eq!(
+            location("postgres://locator:hunter2@db.internal:6432/locus"),
+            "db.internal:6432/locus"
+        );
+        assert_eq!(
+            location("postgresql://u@10.0.0.5/locus"),
+            "10.0.0.5:5432/locus"
+        );
+        assert_eq!(
+            location("postgres://u:pw@[::1]:5433/locus"),
+            "[::1]:5433/locus"
+        );
+        assert_eq!(
+            location("postgres://u@%2Fvar%2Frun%2Fpostgresql/locus"),
+            "/var/run/postgresql/locus"
+        );
+    }
+
+    #[test]
+    fn passwords_are_found_and_scrubbed_from_parse_errors() {
+        assert_eq!(password_in("postgres://u:hunter2@h/db"), Some("hunter2"));
+        assert_eq!(password_in("postgres://u:p@ss@h/db"), Some("p@ss"));
+        assert_eq!(password_in("postgres://u@h/db"), None);
+        assert_eq!(password_in("postgres://h/db?x=a:b@c"), None);
+        for bad in [
+            "postgres://u:hunter2@host:notaport/db",
+            "postgres://u:hunter2@host/db?sslmode=hunter2",
+        ] {
+            let err = PgConnectOptions::from_str(bad).expect_err(bad);
+            let text = url_problem(bad, &err);
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("expected postgres://"), "{text}");
+        }
+    }
+
+    fn record(id: &str, key: Option<&str>, created_at_ms: i64) -> SessionRecord {
+        SessionRecord {
+            id: id.into(),
+            room_key: key.map(Into::into),
+            region: "eu-west".into(),
+            edge_id: "e1".into(),
+            state: SessionState::Open,
+            created_at_ms,
+            updated_at_ms: created_at_ms,
+            ended_at_ms: None,
+            end_reason: None,
+        }
+    }
+
+    fn new(id: &str, key: Option<&str>, now_ms: i64) -> NewSession {
+        NewSession {
+            id: id.into(),
+            room_key: key.map(Into::into),
+            region: "eu-west".into(),
+            edge_id: "e1".into(),
+            now_ms,
+        }
+    }
+
+    #[test]
+    fn a_retried_creation_recognises_its_own_committed_first_attempt() {
+        let created = |reply: CreateReply| reply.map(|(s, created)| (s.id, created)).ok();
+        // The first attempt of an ad-hoc creation committed, then the connection broke.
+        let rows = [record("s1", None, 100)];
+        assert_eq!(
+            created(answer_without_insert(&new("s1", None, 100), &rows, true)),
+            Some(("s1".into(), true))
+        );
+        // Not a retry: the id is taken.
+        assert!(matches!(
+            answer_without_insert(&new("s1", None, 100), &rows, false),
+            Err(StoreError::Conflict { .. })
+        ));
+        // A retry whose id is taken by something else (another time or key): a conflict.
+        for other in [new("s1", None, 101), new("s1", Some("k"), 100)] {
+            assert!(matches!(
+                answer_without_insert(&other, &rows, true),
+                Err(StoreError::Conflict { .. })
+            ));
+        }
+        // A room this creation made on its first attempt: created, not joined.
+        let rows = [record("r1", Some("k"), 100)];
+        assert_eq!(
+            created(answer_without_insert(
+                &new("r1", Some("k"), 100),
+                &rows,
+                true
+            )),
+            Some(("r1".into(), true))
+        );
+        // A room someone else made: joined, retry or not.
+        for retry in [false, true] {
+            assert_eq!(
+                created(answer_without_insert(
+                    &new("r2", Some("k"), 100),
+                    &rows,
+                    retry
+                )),
+                Some(("r1".into(), false))
+            );
+        }
+        // A room key whose id is taken by another session: a conflict.
+        let rows = [record("x", None, 5)];
+        assert!(matches!(
+            answer_without_insert(&new("x", Some("k2"), 6), &rows, true),
+            Err(StoreError::Conflict { .. })
+        ));
+    }
+
+    #[test]
+    fn settings_given_in_the_url_are_kept() {
+        let options = StoreOptions::default();
+        let connect =
+            PgConnectOptions::from_str("postgres://h/db?options=-c%20statement_timeout%3D1234")
+                .expect("url");
+        let given = session_settings(connect, &options);
+        let text = given.get_options().unwrap_or_default();
+        assert!(text.contains("statement_timeout=1234"), "{text}");
+        assert!(!text.contains("statement_timeout=10000"), "{text}");
+        assert!(text.contains("lock_timeout=5000"), "{text}");
+        assert!(
+            text.contains("idle_in_transaction_session_timeout=60000"),
+            "{text}"
+        );
+    }
+}
