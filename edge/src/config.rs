@@ -271,52 +271,9 @@ impl EdgeToken {
     }
 }
 
-/// Parses durations such as `500ms`, `10s`, `5m`, `1h` or `1m30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("empty duration: write e.g. 10s".into());
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(format!(
-                "\"{text}\" is not a duration: write a number and a unit, e.g. 10s, 500ms, 5m"
-            ));
-        }
-        let number: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("\"{text}\": number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
-        let part = match unit {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number.saturating_mul(60)),
-            "h" => Duration::from_secs(number.saturating_mul(3600)),
-            "" => {
-                return Err(format!(
-                    "\"{text}\" has no unit: write e.g. {number}s (units: ms, s, m, h)"
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "\"{text}\": unknown unit \"{other}\" (units: ms, s, m, h)"
-                ));
-            }
-        };
-        total = total.saturating_add(part);
-    }
-    Ok(total)
-}
+/// Durations on the command line are written as in `regions.yaml` (`500ms`, `10s`,
+/// `5m`, `1h30m`): one parser for both binaries.
+pub use locus_geo::config::parse_duration;
 
 #[cfg(test)]
 mod tests {

@@ -46,6 +46,9 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Handlers first: once the port accepts connections, SIGTERM means "drain", never
+        // the default "die at once".
+        let shutdown = signals();
         let listener = match tokio::net::TcpListener::bind(&cli.listen).await {
             Ok(listener) => listener,
             Err(e) => {
@@ -75,7 +78,7 @@ fn main() -> ExitCode {
             spool = %state.spool.path().display(),
             "edge ready"
         );
-        match server::run(listener, state, signals()).await {
+        match server::run(listener, state, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("edge: server error: {e}");
@@ -86,14 +89,16 @@ fn main() -> ExitCode {
 }
 
 /// Completes on the first SIGTERM or SIGINT; the second one exits the process at once.
+/// The handlers are installed when this is called (not when the future is first polled).
 fn signals() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let (first, rx) = tokio::sync::oneshot::channel::<()>();
+    let handlers = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
     tokio::spawn(async move {
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
             tracing::warn!("cannot listen for SIGTERM/SIGINT: stop the edge with SIGKILL");
             std::future::pending::<()>().await;
             return;
