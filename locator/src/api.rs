@@ -2,15 +2,18 @@
 //! and the admin explain endpoint. Handlers are thin: decisions are made by `geo`,
 //! `selection` and the store; this module turns them into JSON and problem answers.
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use locus_geo::{Rule, rules::ResolutionView};
@@ -21,13 +24,13 @@ use subtle::ConstantTimeEq;
 
 use crate::admin::{Access, require_admin};
 use crate::client_ip::client_ip;
-use crate::metrics::{AnswerLabels, ReasonLabels, RequestLabels};
+use crate::metrics::RouteLabel;
 use crate::problem::Problem;
 use crate::selection::{self, Selection};
-use crate::server::{AppState, JOIN_TOKEN_TTL, now_ms, now_unix};
+use crate::server::{AppState, JOIN_TOKEN_TTL, Routing, now_ms, now_unix};
 use crate::snapshot::{EdgeView, RegistrySnapshot};
 use crate::store::{NewSession, SessionRecord, SessionState};
-use crate::turn::IceServer;
+use crate::turn::{IceServer, IceServers};
 
 type AppRef = Arc<AppState>;
 
@@ -48,29 +51,88 @@ pub fn router(state: AppRef) -> Router {
         .route("/metrics", get(metrics))
         .merge(crate::admin::routes())
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            count_requests,
-        ))
+        .layer(CountRequests(state.clone()))
         .with_state(state)
 }
 
-async fn count_requests(State(state): State<AppRef>, request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_string();
-    let response = next.run(request).await;
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
+/// Counts every answered request by route and status (`locator_http_requests_total`).
+/// A plain tower layer rather than `middleware::from_fn`: no boxed future and no clone
+/// of the inner service per request, and the count is one atomic increment
+/// ([`crate::metrics::RequestCounters`]).
+#[derive(Clone)]
+struct CountRequests(AppRef);
+
+impl<S> tower_layer::Layer<S> for CountRequests {
+    type Service = Counted<S>;
+
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted {
+            inner,
+            state: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    state: AppRef,
+}
+
+impl<S> tower_service::Service<Request> for Counted<S>
+where
+    S: tower_service::Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = CountedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        // The route that matched (set by the router before its routes' layers run).
+        let route = RouteLabel::of(
+            request
+                .extensions()
+                .get::<MatchedPath>()
+                .map(MatchedPath::as_str),
+        );
+        CountedFuture {
+            inner: self.inner.call(request),
             route,
-            status: response.status().as_u16(),
-        })
-        .inc();
-    response
+            state: self.state.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct CountedFuture<F> {
+        #[pin]
+        inner: F,
+        route: RouteLabel,
+        state: AppRef,
+    }
+}
+
+impl<F, E> Future for CountedFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let Ok(response) = &result {
+            this.state
+                .metrics
+                .requests
+                .inc(this.route, response.status().as_u16());
+        }
+        Poll::Ready(result)
+    }
 }
 
 async fn not_found() -> Problem {
@@ -85,20 +147,78 @@ pub struct EdgeRef {
     pub url: String,
 }
 
-/// `GET /v1/locate`.
+/// The edge a client is sent to, borrowed from the registry snapshot and the config.
 #[derive(Debug, Serialize)]
-pub struct LocateAnswer {
+pub struct LocatedEdge<'a> {
+    pub id: &'a str,
+    pub region: &'a str,
+    pub url: &'a str,
+}
+
+/// `GET /v1/locate`: borrows everything it says (nothing is cloned to build it).
+#[derive(Debug, Serialize)]
+pub struct LocateAnswer<'a> {
     /// The client's region (where it would be served if it could).
-    pub region: String,
+    pub region: &'a str,
     /// Which GeoIP rule placed the client.
     pub rule: Rule,
     /// True when the edge is in another region.
     pub fallback: bool,
     /// Why this edge, for people.
-    pub reason: String,
+    pub reason: &'a str,
     pub reason_code: &'static str,
-    pub edge: EdgeRef,
-    pub ice_servers: Vec<IceServer>,
+    pub edge: LocatedEdge<'a>,
+    pub ice_servers: IceServers<'a>,
+}
+
+impl LocateAnswer<'_> {
+    /// Appends the answer as JSON: the bytes `serde_json::to_vec(self)` gives (a test
+    /// checks it), written directly. Serde's map machinery escapes every key and value
+    /// byte by byte through `io::Write`, which cost more than the rest of the answer.
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        out.extend_from_slice(b"{\"region\":");
+        json_string(out, self.region)?;
+        out.extend_from_slice(b",\"rule\":");
+        json_string(out, self.rule.as_str())?;
+        out.extend_from_slice(if self.fallback {
+            b",\"fallback\":true,\"reason\":"
+        } else {
+            b",\"fallback\":false,\"reason\":"
+        });
+        json_string(out, self.reason)?;
+        out.extend_from_slice(b",\"reason_code\":");
+        json_string(out, self.reason_code)?;
+        out.extend_from_slice(b",\"edge\":{\"id\":");
+        json_string(out, self.edge.id)?;
+        out.extend_from_slice(b",\"region\":");
+        json_string(out, self.edge.region)?;
+        out.extend_from_slice(b",\"url\":");
+        json_string(out, self.edge.url)?;
+        out.extend_from_slice(b"},\"ice_servers\":");
+        serde_json::to_writer(&mut *out, &self.ice_servers)?;
+        out.push(b'}');
+        Ok(())
+    }
+}
+
+/// Appends `s` as a JSON string. Text with nothing to escape (ids, URLs, the selection
+/// text: the usual case) is copied as is; anything else goes through serde_json, so the
+/// escaping is always serde_json's.
+fn json_string(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+    // A fold rather than `all`: no early exit, so the check is vectorized (the answer's
+    // strings are ~300 bytes, and there is normally nothing to find).
+    let plain = !s.bytes().fold(false, |found, b| {
+        found | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if plain {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(out, s)
+    }
 }
 
 /// `POST /v1/sessions` and `GET /v1/sessions/{id}`.
@@ -151,11 +271,11 @@ struct Placement {
 
 fn place(
     state: &AppState,
+    routing: &Routing,
     peer: SocketAddr,
     headers: &HeaderMap,
     requested_region: Option<&str>,
 ) -> Result<Placement, Problem> {
-    let routing = state.routing.load();
     let config = &routing.config;
     let ip = client_ip(peer.ip(), headers, &config.trusted_proxies)
         .map_err(|e| Problem::bad_request("bad-forwarded-header", e.to_string()))?;
@@ -174,23 +294,18 @@ fn place(
         })?,
     };
     let rule = resolution.rule;
-    state
-        .metrics
-        .locate_answers
-        .get_or_create(&AnswerLabels {
-            region: config.regions[resolution.region].id.clone(),
-            rule: rule.as_str(),
-        })
-        .inc();
+    routing
+        .answers
+        .inc(&state.metrics, &config.regions, resolution.region, rule);
     Ok(Placement { ip, region, rule })
 }
 
 fn choose(
     state: &AppState,
+    routing: &Routing,
     snapshot: &RegistrySnapshot,
     preferred: usize,
 ) -> Result<Selection, Problem> {
-    let routing = state.routing.load();
     let started = std::time::Instant::now();
     let chosen = selection::select_edge(
         snapshot,
@@ -212,13 +327,7 @@ fn choose(
     })?;
     state.admin.traffic.record(preferred, chosen.region);
     if chosen.fallback {
-        state
-            .metrics
-            .fallbacks
-            .get_or_create(&ReasonLabels {
-                reason: chosen.reason.as_str(),
-            })
-            .inc();
+        state.metrics.fallback(chosen.reason);
     }
     Ok(chosen)
 }
@@ -237,29 +346,90 @@ fn edge_ref(state: &AppState, edge: &EdgeView) -> EdgeRef {
     }
 }
 
+/// `GET /v1/locate`. Takes the request whole (no copy of its headers), parses the query
+/// string only when there is one, and answers from borrowed data serialized once.
 async fn locate(
     State(state): State<AppRef>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    Query(query): Query<LocateQuery>,
-) -> Result<Json<LocateAnswer>, Problem> {
-    let placement = place(&state, peer, &headers, query.region.as_deref())?;
-    let snapshot = state.registry.snapshot();
-    let chosen = choose(&state, &snapshot, placement.region)?;
-    let edge = &snapshot.edges[chosen.edge];
+    request: Request,
+) -> Response {
+    let requested_region = match request.uri().query() {
+        None => None,
+        Some(_) => match Query::<LocateQuery>::try_from_uri(request.uri()) {
+            Ok(Query(query)) => query.region,
+            Err(rejection) => return rejection.into_response(),
+        },
+    };
+    locate_answer(&state, peer, request.headers(), requested_region.as_deref())
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+fn locate_answer(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    requested_region: Option<&str>,
+) -> Result<Response, Problem> {
+    // One config for the whole answer, even if a reload lands meanwhile.
     let routing = state.routing.load();
-    let client_id = new_id();
-    Ok(Json(LocateAnswer {
-        region: routing.config.regions[placement.region].id.clone(),
+    let placement = place(state, &routing, peer, headers, requested_region)?;
+    let snapshot = state.registry.snapshot();
+    let chosen = choose(state, &routing, &snapshot, placement.region)?;
+    let edge = &snapshot.edges[chosen.edge];
+    let region_id = |i: usize| routing.config.regions.get(i).map_or("", |r| r.id.as_str());
+    let answer = LocateAnswer {
+        region: region_id(placement.region),
         rule: placement.rule,
         fallback: chosen.fallback,
-        reason: chosen.detail.clone(),
+        reason: &chosen.detail,
         reason_code: chosen.reason.as_str(),
-        edge: edge_ref(&state, edge),
+        edge: LocatedEdge {
+            id: &edge.id,
+            region: region_id(edge.region),
+            url: &edge.public_url,
+        },
+        // The client id only names the client in TURN credentials: made only when the
+        // region has a relay.
         ice_servers: routing
             .turn
-            .ice_servers(edge.region, &client_id, now_unix()),
-    }))
+            .ice_servers_for(edge.region, now_unix(), new_id),
+    };
+    Ok(json_response(|out| answer.write_json(out)))
+}
+
+thread_local! {
+    /// Per-thread scratch buffer for JSON answers: serializing never grows a fresh buffer
+    /// step by step, and the body is one allocation of its exact size.
+    static JSON_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `application/json` answer with the body `write` appends (what `axum::Json` sends,
+/// without its growing buffer).
+fn json_response(write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) -> Response {
+    let body = JSON_SCRATCH.with(|scratch| {
+        let mut buffer = scratch.borrow_mut();
+        buffer.clear();
+        write(&mut buffer).map(|()| Bytes::copy_from_slice(&buffer))
+    });
+    match body {
+        Ok(body) => {
+            let mut response = Response::new(Body::from(body));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(error) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            )],
+            error.to_string(),
+        )
+            .into_response(),
+    }
 }
 
 fn validate_key(key: &str) -> Result<(), Problem> {
@@ -330,11 +500,16 @@ async fn create_session(
     if let Some(key) = &request.key {
         validate_key(key)?;
     }
-    let placement = place(&state, peer, &headers, request.region.as_deref())?;
     let snapshot = state.registry.snapshot();
-    let chosen = choose(&state, &snapshot, placement.region)?;
+    let (placement, chosen, region_id) = {
+        let routing = state.routing.load();
+        let placement = place(&state, &routing, peer, &headers, request.region.as_deref())?;
+        let chosen = choose(&state, &routing, &snapshot, placement.region)?;
+        let region = snapshot.edges[chosen.edge].region;
+        let region_id = routing.config.regions[region].id.clone();
+        (placement, chosen, region_id)
+    };
     let edge = &snapshot.edges[chosen.edge];
-    let region_id = state.routing.load().config.regions[edge.region].id.clone();
     let (record, created) = state
         .store
         .create_session(NewSession {
@@ -398,12 +573,10 @@ async fn join_existing(
     let preferred = preferred
         .or_else(|| routing.config.region_index(&record.region))
         .unwrap_or(routing.config.default_region);
-    drop(routing);
-    let chosen = choose(state, snapshot, preferred)?;
+    let chosen = choose(state, &routing, snapshot, preferred)?;
     let target = &snapshot.edges[chosen.edge];
-    let region_id = state.routing.load().config.regions[target.region]
-        .id
-        .clone();
+    let region_id = routing.config.regions[target.region].id.clone();
+    drop(routing);
     let moved = state
         .store
         .reassign_session(
@@ -818,4 +991,81 @@ async fn metrics(State(state): State<AppRef>) -> Response {
         text,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::path::Path as FsPath;
+
+    use crate::turn::TurnPools;
+
+    const YAML: &str = r#"
+default_region: eu-west
+regions:
+  - id: eu-west
+    location: { lat: 53.35, lon: -6.26 }
+    turn:
+      secret_env: TURN_SECRET_EU_WEST
+      ttl: 1h
+      servers: ["turn:turn1.eu-west.example.net:3478?transport=udp", "stun:stun.eu-west.example.net"]
+  - id: ap-northeast
+    location: { lat: 35.68, lon: 139.69 }
+    turn:
+      servers: ["stun:stun.ap-northeast.example.net:3478"]
+"#;
+
+    #[test]
+    fn the_locate_answer_is_written_as_serde_would() {
+        let config = locus_geo::Config::parse(YAML, FsPath::new("t.yaml")).expect("config");
+        let pools = TurnPools::new(&config, |name| {
+            (name == "TURN_SECRET_EU_WEST").then(|| "north".to_string())
+        });
+        let texts = [
+            "in eu-west: picked e1 (load 42%), its only edge with headroom",
+            "",
+            "quote \" backslash \\ newline \n tab \t nul \u{0} unit \u{1f} del \u{7f}",
+            "non-ASCII: São Paulo, 東京, emoji 🛰",
+        ];
+        let mut checked = 0;
+        for (text, region) in texts.iter().zip([0usize, 1, 0, 1]) {
+            for fallback in [false, true] {
+                for rule in [
+                    Rule::CidrOverride,
+                    Rule::Country,
+                    Rule::Continent,
+                    Rule::Nearest,
+                    Rule::Default,
+                ] {
+                    for reason in selection::SelectReason::ALL {
+                        let answer = LocateAnswer {
+                            region: text,
+                            rule,
+                            fallback,
+                            reason: text,
+                            reason_code: reason.as_str(),
+                            edge: LocatedEdge {
+                                id: text,
+                                region: "eu-west",
+                                url: "https://e1.example.net:8443/a?b=c&d=\"e\"",
+                            },
+                            ice_servers: pools.ice_servers_for(region, 1_700_000_000, || {
+                                "client/+id".to_string()
+                            }),
+                        };
+                        let mut written = Vec::new();
+                        answer.write_json(&mut written).expect("write");
+                        let expected = serde_json::to_vec(&answer).expect("serialize");
+                        assert_eq!(
+                            String::from_utf8_lossy(&written),
+                            String::from_utf8_lossy(&expected)
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 4 * 2 * 5 * 6);
+    }
 }

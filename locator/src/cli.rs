@@ -33,13 +33,18 @@ pub enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:7400")]
         listen: String,
-        /// Database: a SQLite file path (created if absent) or `sqlite://PATH`.
+        /// Database: a SQLite file path (created if absent), `sqlite://PATH`, or
+        /// `postgres://USER@HOST:PORT/DB` (several locators on one database).
         #[arg(long, default_value = "data/locator.sqlite")]
         database: String,
         /// GeoIP database to use instead of the file's `geoip.database` (`builtin-demo`
         /// for the built-in demo database).
         #[arg(long)]
         geoip: Option<String>,
+        /// Postgres: size of the connection pool of this locator (keep
+        /// `locators × this` below the server's max_connections).
+        #[arg(long, default_value_t = 10)]
+        db_max_connections: u32,
     },
     /// Validate a regions file (and open its GeoIP database); exit non-zero when invalid.
     CheckConfig {
@@ -86,7 +91,14 @@ pub fn run(cli: Cli) -> ExitCode {
             listen,
             database,
             geoip,
-        } => serve(&config, &listen, &database, geoip.as_deref()),
+            db_max_connections,
+        } => serve(
+            &config,
+            &listen,
+            &database,
+            geoip.as_deref(),
+            db_max_connections,
+        ),
         Command::CheckConfig { config, geoip } => check_config(&config, geoip.as_deref()),
         Command::Resolve { config, geoip, ips } => resolve(&config, geoip.as_deref(), &ips),
     }
@@ -224,7 +236,13 @@ fn resolve(path: &Path, geoip: Option<&str>, ips: &[String]) -> ExitCode {
     }
 }
 
-fn serve(path: &Path, listen: &str, database: &str, geoip: Option<&str>) -> ExitCode {
+fn serve(
+    path: &Path,
+    listen: &str,
+    database: &str,
+    geoip: Option<&str>,
+    db_max_connections: u32,
+) -> ExitCode {
     let secrets = match crate::server::Secrets::from_env() {
         Ok(secrets) => secrets,
         Err(message) => {
@@ -257,7 +275,12 @@ fn serve(path: &Path, listen: &str, database: &str, geoip: Option<&str>) -> Exit
         }
     };
     runtime.block_on(async move {
-        let store = match crate::store::Store::open(database).await {
+        let shutdown = crate::server::shutdown_signal();
+        let options = crate::store::StoreOptions {
+            max_connections: db_max_connections.max(1),
+            ..crate::store::StoreOptions::default()
+        };
+        let store = match crate::store::Store::open_with(database, options).await {
             Ok(store) => store,
             Err(e) => {
                 eprintln!("locator: {e}");
@@ -291,7 +314,7 @@ fn serve(path: &Path, listen: &str, database: &str, geoip: Option<&str>) -> Exit
             "locator ready: edges connect to ws://{address}{}, clients call http://{address}/v1/locate",
             locus_protocol::EDGE_LINK_PATH
         );
-        match crate::server::run(listener, state, crate::server::shutdown_signal()).await {
+        match crate::server::run(listener, state, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("locator: server error: {e}");

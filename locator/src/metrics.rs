@@ -1,5 +1,16 @@
 //! Prometheus metrics of the locator (`GET /metrics`).
+//!
+//! The counters on the request path are resolved once and kept as handles: a
+//! [`Counter`] clone shares its atomic with the family's series, so counting a request
+//! is one atomic increment, with no label allocation, hashing or family lock. A handle
+//! is resolved the first time its series is used, so `/metrics` lists the same series
+//! (only those that have counted something) as if every request went through
+//! `Family::get_or_create`.
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
+use locus_geo::{Region, Rule};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -8,11 +19,12 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::edge_state::EdgeState;
+use crate::selection::SelectReason;
 use crate::snapshot::RegistrySnapshot;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub route: String,
+    pub route: Cow<'static, str>,
     pub status: u16,
 }
 
@@ -32,13 +44,149 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
+/// The `route` label of requests no route matched (the 404 fallback).
+pub const UNMATCHED: &str = "unmatched";
+
+/// The routes of [`crate::api::router`] (with the admin routes), as their `route`
+/// labels: the hot ones first. A route missing here is still counted, through the
+/// family (slower, same series).
+const ROUTES: [&str; 18] = [
+    "/v1/locate",
+    "/healthz",
+    "/v1/sessions",
+    "/v1/sessions/{id}",
+    locus_protocol::EDGE_LINK_PATH,
+    "/readyz",
+    "/metrics",
+    "/v1/admin/explain",
+    "/v1/admin/edges/{id}/{action}",
+    "/v1/admin/status",
+    "/v1/admin/events",
+    "/v1/admin/audit",
+    "/admin",
+    "/admin/",
+    "/admin/login",
+    "/admin/logout",
+    "/admin/assets/{name}",
+    UNMATCHED,
+];
+
+/// Statuses with a kept handle per route; others go through the family.
+const STATUSES: [u16; 17] = [
+    200, 201, 101, 303, 400, 401, 403, 404, 405, 409, 410, 413, 415, 422, 429, 500, 503,
+];
+
+/// A request's `route` label, taken before the request is handled.
+#[derive(Debug, Clone)]
+pub enum RouteLabel {
+    /// Index into the known routes.
+    Known(usize),
+    /// A matched path missing from the known routes.
+    Other(String),
+}
+
+impl RouteLabel {
+    /// The label for a request's matched path (`None`: no route matched).
+    pub fn of(matched_path: Option<&str>) -> RouteLabel {
+        let path = matched_path.unwrap_or(UNMATCHED);
+        match ROUTES.iter().position(|r| *r == path) {
+            Some(i) => RouteLabel::Known(i),
+            None => RouteLabel::Other(path.to_string()),
+        }
+    }
+}
+
+/// `locator_http_requests_total{route, status}` with kept handles.
+#[derive(Debug, Default)]
+pub struct RequestCounters {
+    family: Family<RequestLabels, Counter>,
+    /// `ROUTES.len() * STATUSES.len()` handles, route-major.
+    kept: [[OnceLock<Counter>; STATUSES.len()]; ROUTES.len()],
+}
+
+impl RequestCounters {
+    /// Counts one answered request.
+    pub fn inc(&self, route: &RouteLabel, status: u16) {
+        let slot = STATUSES.iter().position(|s| *s == status);
+        match (route, slot) {
+            (RouteLabel::Known(r), Some(s)) => self.kept[*r][s]
+                .get_or_init(|| {
+                    self.family.get_or_create_owned(&RequestLabels {
+                        route: Cow::Borrowed(ROUTES[*r]),
+                        status,
+                    })
+                })
+                .inc(),
+            (RouteLabel::Known(r), None) => self
+                .family
+                .get_or_create(&RequestLabels {
+                    route: Cow::Borrowed(ROUTES[*r]),
+                    status,
+                })
+                .inc(),
+            (RouteLabel::Other(path), _) => self
+                .family
+                .get_or_create(&RequestLabels {
+                    route: Cow::Owned(path.clone()),
+                    status,
+                })
+                .inc(),
+        };
+    }
+}
+
+/// Index of a rule in [`AnswerCounters`].
+fn rule_slot(rule: Rule) -> usize {
+    match rule {
+        Rule::CidrOverride => 0,
+        Rule::Country => 1,
+        Rule::Continent => 2,
+        Rule::Nearest => 3,
+        Rule::Default => 4,
+    }
+}
+
+/// `locator_answers_total{region, rule}` handles for the regions of one config (built
+/// with each loaded config, resolved on first use).
+#[derive(Debug)]
+pub struct AnswerCounters {
+    kept: Vec<[OnceLock<Counter>; 5]>,
+}
+
+impl AnswerCounters {
+    pub fn new(regions: usize) -> AnswerCounters {
+        AnswerCounters {
+            kept: (0..regions).map(|_| Default::default()).collect(),
+        }
+    }
+
+    /// Counts one answer for a client of `regions[region]` placed by `rule`; `regions`
+    /// is the config these counters were built for. An out-of-range index counts
+    /// nothing.
+    pub fn inc(&self, metrics: &Metrics, regions: &[Region], region: usize, rule: Rule) {
+        let (Some(kept), Some(r)) = (self.kept.get(region), regions.get(region)) else {
+            return;
+        };
+        kept[rule_slot(rule)]
+            .get_or_init(|| {
+                metrics.locate_answers.get_or_create_owned(&AnswerLabels {
+                    region: r.id.clone(),
+                    rule: rule.as_str(),
+                })
+            })
+            .inc();
+    }
+}
+
 /// Every metric the locator exports.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
+    pub requests: RequestCounters,
     pub locate_answers: Family<AnswerLabels, Counter>,
     pub fallbacks: Family<ReasonLabels, Counter>,
+    /// Handles of `fallbacks`, in the order of [`SelectReason::ALL`].
+    fallbacks_kept: [OnceLock<Counter>; SelectReason::ALL.len()],
     pub edges: Family<StateLabels, Gauge>,
     pub selection_seconds: Histogram,
     pub spool_entries: Counter,
@@ -47,7 +195,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("locator");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = RequestCounters::default();
         let locate_answers = Family::<AnswerLabels, Counter>::default();
         let fallbacks = Family::<ReasonLabels, Counter>::default();
         let edges = Family::<StateLabels, Gauge>::default();
@@ -57,7 +205,7 @@ impl Default for Metrics {
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
-            requests.clone(),
+            requests.family.clone(),
         );
         registry.register(
             "answers",
@@ -85,6 +233,7 @@ impl Default for Metrics {
             requests,
             locate_answers,
             fallbacks,
+            fallbacks_kept: Default::default(),
             edges,
             selection_seconds,
             spool_entries,
@@ -93,6 +242,21 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one answer served outside the client's region.
+    pub fn fallback(&self, reason: SelectReason) {
+        let slot = SelectReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or_default();
+        self.fallbacks_kept[slot]
+            .get_or_init(|| {
+                self.fallbacks.get_or_create_owned(&ReasonLabels {
+                    reason: reason.as_str(),
+                })
+            })
+            .inc();
+    }
+
     /// The text exposition, with edge gauges refreshed from `snapshot`.
     pub fn render(&self, snapshot: &RegistrySnapshot) -> String {
         for state in EdgeState::ALL {

@@ -31,7 +31,7 @@
 //! ([`Selection::detail`]); [`candidates`] lists every edge considered for the admin
 //! "explain" endpoint.
 
-use std::fmt;
+use std::fmt::Write as _;
 
 use locus_geo::{Config, Region, great_circle_km};
 use rand::Rng;
@@ -459,22 +459,6 @@ fn region_id(regions: &[Region], region: usize) -> &str {
         .map_or("(unknown region)", |r| r.id.as_str())
 }
 
-/// A score as a load percentage: "42%".
-struct Percent(f64);
-
-impl fmt::Display for Percent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Integer formatting: `{:.0}` of a float costs several times more, and this is
-        // on the path of every request.
-        let p = (self.0 * 100.0).round();
-        if p.is_finite() && (0.0..1e12).contains(&p) {
-            write!(f, "{}%", p as u64)
-        } else {
-            write!(f, "{p}%")
-        }
-    }
-}
-
 /// How an edge was picked within its region.
 #[derive(Debug, Clone, Copy)]
 enum How {
@@ -482,33 +466,66 @@ enum How {
     TwoOf(u32),
 }
 
-/// "picked e1 (load 42%), the less loaded of two picks drawn by headroom among its 3
-/// edges with headroom"
-struct Picked<'a> {
-    id: &'a str,
-    score: f64,
-    how: How,
+/// How a saturated region's overflow region was chosen.
+#[derive(Debug, Clone, Copy)]
+enum Spill {
+    /// No configured fallback has headroom: the nearest region that has.
+    Nearest,
+    /// The only configured fallback with headroom.
+    Only,
+    /// Drawn among several fallbacks in proportion to their headroom.
+    Drawn,
 }
 
-impl fmt::Display for Picked<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "picked {} (load {}), ", self.id, Percent(self.score))?;
-        match self.how {
-            How::Only => f.write_str("its only edge with headroom"),
-            How::TwoOf(n) => write!(
-                f,
-                "the less loaded of two picks drawn by headroom among its {n} edges with headroom"
-            ),
+/// A [`Selection::detail`] being written: plain appends into one `String`, integers
+/// through `itoa`; no `format!` and no `core::fmt` on the common paths (this text is
+/// built for every answer).
+struct Detail(String);
+
+impl Detail {
+    fn new() -> Detail {
+        // The common answer ("in <region>: picked <edge> (load 42%), the less loaded of
+        // two picks …") is about 130 bytes with short ids.
+        Detail(String::with_capacity(192))
+    }
+
+    fn s(&mut self, text: &str) -> &mut Detail {
+        self.0.push_str(text);
+        self
+    }
+
+    fn n(&mut self, n: u32) -> &mut Detail {
+        self.0.push_str(itoa::Buffer::new().format(n));
+        self
+    }
+
+    /// A score as a load percentage: "42%".
+    fn percent(&mut self, score: f64) -> &mut Detail {
+        let p = (score * 100.0).round();
+        if p.is_finite() && (0.0..1e12).contains(&p) {
+            self.0.push_str(itoa::Buffer::new().format(p as u64));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(self.0, "{p}");
+        }
+        self.s("%")
+    }
+
+    /// "picked e1 (load 42%), the less loaded of two picks drawn by headroom among its 3
+    /// edges with headroom"
+    fn picked(&mut self, id: &str, score: f64, how: How) -> &mut Detail {
+        self.s("picked ").s(id).s(" (load ").percent(score).s("), ");
+        match how {
+            How::Only => self.s("its only edge with headroom"),
+            How::TwoOf(n) => self
+                .s("the less loaded of two picks drawn by headroom among its ")
+                .n(n)
+                .s(" edges with headroom"),
         }
     }
-}
 
-/// "1 failed, 1 suspended", or "no edges registered".
-struct Summary(Tally);
-
-impl fmt::Display for Summary {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = &self.0;
+    /// "1 failed, 1 suspended", or "no edges registered".
+    fn summary(&mut self, t: &Tally) -> &mut Detail {
         let mut first = true;
         for (n, what) in [
             (t.active, "active"),
@@ -519,21 +536,32 @@ impl fmt::Display for Summary {
         ] {
             if n > 0 {
                 if !first {
-                    f.write_str(", ")?;
+                    self.s(", ");
                 }
-                write!(f, "{n} {what}")?;
+                self.n(n).s(" ").s(what);
                 first = false;
             }
         }
         if first {
-            f.write_str("no edges registered")?;
+            self.s("no edges registered");
         }
-        Ok(())
+        self
     }
-}
 
-fn plural(n: u32, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
+    /// Said when the explicit fallbacks had nothing and a region by distance is chosen.
+    fn no_fallback(&mut self, regions: &[Region], explicit: &[usize]) -> &mut Detail {
+        if explicit.is_empty() {
+            return self.s("it has no configured fallback");
+        }
+        self.s("none of its fallbacks (");
+        for (i, &r) in explicit.iter().enumerate() {
+            if i > 0 {
+                self.s(", ");
+            }
+            self.s(region_id(regions, r));
+        }
+        self.s(") has headroom")
+    }
 }
 
 /// Chooses the edge for a new session of a client whose region is `preferred_region`.
@@ -553,104 +581,73 @@ pub fn select_edge(
     if order.is_empty() {
         return None;
     }
-    let survey = Survey::new(snapshot, plan.len());
-    let pref = survey.tally[preferred_region];
     let pref_id = region_id(regions, preferred_region);
     let name = |i: usize| snapshot.edges[i].id.as_ref();
-    let has_headroom = |r: usize| survey.tally[r].with_headroom > 0;
-    let answer = |edge: usize, reason: SelectReason, detail: String| {
+    let answer = |edge: usize, reason: SelectReason, detail: Detail| {
         let region = snapshot.edges[edge].region;
         Some(Selection {
             edge,
             region,
             fallback: region != preferred_region,
             reason,
-            detail,
+            detail: detail.0,
         })
     };
-    let pick_in = |region: usize, rng: &mut _| {
+    let survey = Survey::new(snapshot, plan.len());
+    let pref = survey.tally[preferred_region];
+    let has_headroom = |r: usize| survey.tally[r].with_headroom > 0;
+    // Picks in `region` and appends how to `detail`.
+    let pick_in = |region: usize, rng: &mut _, detail: &mut Detail| {
         let (edge, how) = survey.two_choices(region, rng);
-        let picked = Picked {
-            id: name(edge),
-            score: survey.seen[edge].score,
-            how,
-        };
-        (edge, picked)
+        detail.picked(name(edge), survey.seen[edge].score, how);
+        edge
     };
+    let mut detail = Detail::new();
 
     if has_headroom(preferred_region) {
-        let (edge, how) = pick_in(preferred_region, rng);
-        return answer(edge, SelectReason::InRegion, format!("in {pref_id}: {how}"));
+        detail.s("in ").s(pref_id).s(": ");
+        let edge = pick_in(preferred_region, rng, &mut detail);
+        return answer(edge, SelectReason::InRegion, detail);
     }
 
     let explicit = plan.explicit_fallbacks(preferred_region);
     let by_distance = &order[1 + explicit.len()..];
-    let fallback_list = || {
-        explicit
-            .iter()
-            .map(|&r| region_id(regions, r))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    // Said when the explicit fallbacks had nothing and a region by distance is chosen.
-    let no_fallback = || {
-        if explicit.is_empty() {
-            "it has no configured fallback".to_string()
-        } else {
-            format!("none of its fallbacks ({}) has headroom", fallback_list())
-        }
-    };
 
     if pref.active == 0 {
         if let Some(&region) = order[1..].iter().find(|&&r| has_headroom(r)) {
             let rid = region_id(regions, region);
-            let why = if explicit.contains(&region) {
-                format!("{rid} is its first fallback with headroom")
+            detail
+                .s(pref_id)
+                .s(" has no active edge (")
+                .summary(&pref)
+                .s("); ");
+            if explicit.contains(&region) {
+                detail.s(rid).s(" is its first fallback with headroom");
             } else {
-                format!(
-                    "{}; {rid} is the nearest region with headroom",
-                    no_fallback()
-                )
-            };
-            let (edge, how) = pick_in(region, rng);
-            let detail = format!(
-                "{pref_id} has no active edge ({}); {why}; {how}",
-                Summary(pref)
-            );
+                detail
+                    .no_fallback(regions, explicit)
+                    .s("; ")
+                    .s(rid)
+                    .s(" is the nearest region with headroom");
+            }
+            detail.s("; ");
+            let edge = pick_in(region, rng, &mut detail);
             return answer(edge, SelectReason::RegionUnavailable, detail);
         }
     } else {
-        let saturated = format!(
-            "{pref_id} is saturated ({}, none with headroom)",
-            plural(pref.active, "active edge", "active edges")
-        );
         let spill: Vec<usize> = explicit
             .iter()
             .copied()
             .filter(|&r| has_headroom(r))
             .collect();
+        // The region spilled to, and how it was chosen.
         let chosen = match spill.as_slice() {
             [] => by_distance
                 .iter()
                 .copied()
                 .find(|&r| has_headroom(r))
-                .map(|r| {
-                    let rid = region_id(regions, r);
-                    (
-                        r,
-                        format!(
-                            "{}; spilled to {rid}, the nearest region with headroom",
-                            no_fallback()
-                        ),
-                    )
-                }),
-            [only] => Some((
-                *only,
-                format!(
-                    "spilled to {}, its only fallback with headroom",
-                    region_id(regions, *only)
-                ),
-            )),
+                .map(|r| (r, Spill::Nearest)),
+            [only] => Some((*only, Spill::Only)),
             several => {
                 let total: f64 = several.iter().map(|&r| survey.tally[r].headroom).sum();
                 let mut x = rng.random::<f64>() * total;
@@ -663,23 +660,53 @@ pub fn select_edge(
                     }
                     x -= h;
                 }
-                let shares = several
-                    .iter()
-                    .map(|&r| format!("{} {:.2}", region_id(regions, r), survey.tally[r].headroom))
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                Some((
-                    region,
-                    format!(
-                        "spilled to {}, drawn in proportion to headroom among its fallbacks ({shares})",
-                        region_id(regions, region)
-                    ),
-                ))
+                Some((region, Spill::Drawn))
             }
         };
-        if let Some((region, why)) = chosen {
-            let (edge, how) = pick_in(region, rng);
-            let detail = format!("{saturated}; {why}; {how}");
+        if let Some((region, spill_by)) = chosen {
+            let rid = region_id(regions, region);
+            detail
+                .s(pref_id)
+                .s(" is saturated (")
+                .n(pref.active)
+                .s(if pref.active == 1 {
+                    " active edge"
+                } else {
+                    " active edges"
+                })
+                .s(", none with headroom); ");
+            match spill_by {
+                Spill::Nearest => {
+                    detail
+                        .no_fallback(regions, explicit)
+                        .s("; spilled to ")
+                        .s(rid)
+                        .s(", the nearest region with headroom");
+                }
+                Spill::Only => {
+                    detail
+                        .s("spilled to ")
+                        .s(rid)
+                        .s(", its only fallback with headroom");
+                }
+                Spill::Drawn => {
+                    detail
+                        .s("spilled to ")
+                        .s(rid)
+                        .s(", drawn in proportion to headroom among its fallbacks (");
+                    for (i, &r) in spill.iter().enumerate() {
+                        if i > 0 {
+                            detail.s(", ");
+                        }
+                        detail.s(region_id(regions, r)).s(" ");
+                        // Writing to a String cannot fail.
+                        let _ = write!(detail.0, "{:.2}", survey.tally[r].headroom);
+                    }
+                    detail.s(")");
+                }
+            }
+            detail.s("; ");
+            let edge = pick_in(region, rng, &mut detail);
             return answer(edge, SelectReason::RegionSaturated, detail);
         }
     }
@@ -688,19 +715,30 @@ pub fn select_edge(
     if let Some(edge) = survey.least_loaded(order, EdgeState::Active) {
         let region = survey.seen[edge].region;
         let rid = region_id(regions, region);
-        let context = if region == preferred_region {
-            format!("no region has headroom ({pref_id}: {})", Summary(pref))
+        if region == preferred_region {
+            detail
+                .s("no region has headroom (")
+                .s(pref_id)
+                .s(": ")
+                .summary(&pref)
+                .s(")");
         } else {
-            format!(
-                "no region has headroom and {pref_id} has no active edge ({}); {rid} is the first region in fallback order with one",
-                Summary(pref)
-            )
-        };
-        let detail = format!(
-            "{context}; picked {} (load {}), the least loaded active edge of {rid}",
-            name(edge),
-            Percent(survey.seen[edge].score)
-        );
+            detail
+                .s("no region has headroom and ")
+                .s(pref_id)
+                .s(" has no active edge (")
+                .summary(&pref)
+                .s("); ")
+                .s(rid)
+                .s(" is the first region in fallback order with one");
+        }
+        detail
+            .s("; picked ")
+            .s(name(edge))
+            .s(" (load ")
+            .percent(survey.seen[edge].score)
+            .s("), the least loaded active edge of ")
+            .s(rid);
         return answer(edge, SelectReason::AllSaturated, detail);
     }
 
@@ -714,12 +752,20 @@ pub fn select_edge(
     ] {
         if let Some(edge) = survey.least_loaded(order, state) {
             let rid = region_id(regions, survey.seen[edge].region);
-            let detail = format!(
-                "no edge anywhere takes new sessions ({pref_id}: {}); picked {} (load {}), the least loaded {what} edge of {rid}, which still serves sessions",
-                Summary(pref),
-                name(edge),
-                Percent(survey.seen[edge].score)
-            );
+            detail
+                .s("no edge anywhere takes new sessions (")
+                .s(pref_id)
+                .s(": ")
+                .summary(&pref)
+                .s("); picked ")
+                .s(name(edge))
+                .s(" (load ")
+                .percent(survey.seen[edge].score)
+                .s("), the least loaded ")
+                .s(what)
+                .s(" edge of ")
+                .s(rid)
+                .s(", which still serves sessions");
             return answer(edge, reason, detail);
         }
     }

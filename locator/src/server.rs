@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use crate::edge_state::Effect;
-use crate::metrics::Metrics;
+use crate::metrics::{AnswerCounters, Metrics};
 use crate::registry::Registry;
 use crate::selection::RegionPlan;
 use crate::store::Store;
@@ -78,12 +78,15 @@ pub struct Routing {
     pub config: Config,
     pub plan: RegionPlan,
     pub turn: TurnPools,
+    /// `locator_answers_total` handles for this config's regions.
+    pub answers: AnswerCounters,
 }
 
 impl Routing {
     pub fn new(config: Config) -> Routing {
         Routing {
             plan: RegionPlan::new(&config),
+            answers: AnswerCounters::new(config.regions.len()),
             turn: TurnPools::new(&config, |name| std::env::var(name).ok()),
             config,
         }
@@ -281,25 +284,29 @@ pub async fn run(
     result
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Completes on SIGTERM or SIGINT. The handlers are installed by this call (it must run
+/// inside the runtime), so calling it before binding the port makes a signal right after
+/// start-up a graceful shutdown rather than the default immediate death.
+#[cfg(unix)]
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let handlers = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    );
+    async move {
+        match handlers {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = int.recv() => {},
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
+            _ => {
+                tracing::warn!("cannot listen for SIGTERM/SIGINT: stop the locator with SIGKILL");
+                std::future::pending::<()>().await;
+            }
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+        tracing::info!("shutting down: no new connections, finishing requests in flight");
     }
-    tracing::info!("shutting down: no new connections, finishing requests in flight");
 }

@@ -32,8 +32,75 @@ pub struct IceServer {
 
 struct Relay {
     urls: Vec<String>,
-    secret: Vec<u8>,
+    /// HMAC-SHA1 keyed with the secret, ready to be cloned per credential (the key
+    /// schedule is done once per config load, not per answer).
+    mac: HmacSha1,
     ttl: Duration,
+}
+
+/// The ICE servers of one answer, borrowing the pools' URL lists (nothing is cloned but
+/// the credential strings). Serializes exactly as the `Vec<IceServer>` that
+/// [`TurnPools::ice_servers`] returns: STUN entry first, then the TURN entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceServers<'a> {
+    stun: Option<&'a [String]>,
+    turn: Option<TurnEntry<'a>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct TurnEntry<'a> {
+    urls: &'a [String],
+    username: String,
+    credential: String,
+    ttl: u64,
+}
+
+/// One entry as serialized (the shape of [`IceServer`], borrowed).
+#[derive(Serialize)]
+struct IceServerView<'a> {
+    urls: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    credential: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl: Option<u64>,
+}
+
+impl IceServers<'_> {
+    fn views(&self) -> impl Iterator<Item = IceServerView<'_>> {
+        let stun = self.stun.map(|urls| IceServerView {
+            urls,
+            username: None,
+            credential: None,
+            ttl: None,
+        });
+        let turn = self.turn.as_ref().map(|t| IceServerView {
+            urls: t.urls,
+            username: Some(&t.username),
+            credential: Some(&t.credential),
+            ttl: Some(t.ttl),
+        });
+        stun.into_iter().chain(turn)
+    }
+
+    /// Owned entries.
+    pub fn to_vec(&self) -> Vec<IceServer> {
+        self.views()
+            .map(|v| IceServer {
+                urls: v.urls.to_vec(),
+                username: v.username.map(str::to_string),
+                credential: v.credential.map(str::to_string),
+                ttl: v.ttl,
+            })
+            .collect()
+    }
+}
+
+impl Serialize for IceServers<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.views())
+    }
 }
 
 /// The ICE servers of every region, ready to mint credentials.
@@ -89,7 +156,7 @@ impl TurnPools {
                     i,
                     Relay {
                         urls: turn_urls,
-                        secret: secret.into_bytes(),
+                        mac: hmac_sha1(secret.as_bytes()),
                         ttl: region.turn.ttl,
                     },
                 );
@@ -152,41 +219,62 @@ impl TurnPools {
     /// ICE servers for a client of `region`, credentials bound to `id` (a session or
     /// client id) and valid from `now_unix` for the pool's ttl.
     pub fn ice_servers(&self, region: usize, id: &str, now_unix: u64) -> Vec<IceServer> {
-        let mut servers = Vec::new();
-        if let Some(stun) = self.stun.get(region).filter(|s| !s.is_empty()) {
-            servers.push(IceServer {
-                urls: stun.clone(),
-                username: None,
-                credential: None,
-                ttl: None,
-            });
-        }
-        if let Some(relay) = self
+        self.ice_servers_for(region, now_unix, || id.to_string())
+            .to_vec()
+    }
+
+    /// [`TurnPools::ice_servers`] borrowing the URL lists; `id` is only called when the
+    /// region has a relay (it names the client in the TURN username).
+    pub fn ice_servers_for(
+        &self,
+        region: usize,
+        now_unix: u64,
+        id: impl FnOnce() -> String,
+    ) -> IceServers<'_> {
+        let stun = self
+            .stun
+            .get(region)
+            .filter(|s| !s.is_empty())
+            .map(Vec::as_slice);
+        let turn = self
             .relay_of
             .get(region)
             .copied()
             .flatten()
             .and_then(|r| self.relays.get(&r))
-        {
-            let ttl = relay.ttl.as_secs();
-            let username = format!("{}:{id}", now_unix + ttl);
-            servers.push(IceServer {
-                urls: relay.urls.clone(),
-                credential: Some(turn_credential(&relay.secret, &username)),
-                username: Some(username),
-                ttl: Some(ttl),
+            .map(|relay| {
+                let ttl = relay.ttl.as_secs();
+                let id = id();
+                let mut expiry = itoa::Buffer::new();
+                let expiry = expiry.format(now_unix + ttl);
+                let mut username = String::with_capacity(expiry.len() + 1 + id.len());
+                username.push_str(expiry);
+                username.push(':');
+                username.push_str(&id);
+                let mut mac = relay.mac.clone();
+                mac.update(username.as_bytes());
+                TurnEntry {
+                    urls: &relay.urls,
+                    credential: base64::engine::general_purpose::STANDARD
+                        .encode(mac.finalize().into_bytes()),
+                    username,
+                    ttl,
+                }
             });
-        }
-        servers
+        IceServers { stun, turn }
+    }
+}
+
+fn hmac_sha1(secret: &[u8]) -> HmacSha1 {
+    match <HmacSha1 as KeyInit>::new_from_slice(secret) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
     }
 }
 
 /// `base64(HMAC-SHA1(secret, username))`, as coturn computes it.
 pub fn turn_credential(secret: &[u8], username: &str) -> String {
-    let mut mac = match <HmacSha1 as KeyInit>::new_from_slice(secret) {
-        Ok(mac) => mac,
-        Err(_) => unreachable!("HMAC takes keys of any length"),
-    };
+    let mut mac = hmac_sha1(secret);
     mac.update(username.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
