@@ -22,6 +22,7 @@ use serde::Deserialize;
 
 use crate::config::LatLon;
 use crate::countries::{self, CountryInfo};
+use crate::index::{Found, Ipv4Index, Ipv4IndexBuilder, Ipv6Index, Ipv6IndexBuilder};
 
 /// Which shape of records a database has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +265,9 @@ pub struct GeoDatabase {
     /// Completed records by data offset, filled by the check at open: a lookup is then a
     /// tree walk and a table read (the benchmark: ~185 ns instead of ~300 ns).
     records: RecordTable,
+    /// Lookups without the tree walk ([`crate::index`]), when the tree allows it.
+    ipv4: Option<Ipv4Index>,
+    ipv6: Option<Ipv6Index>,
 }
 
 impl GeoDatabase {
@@ -280,11 +284,13 @@ impl GeoDatabase {
         // old inode; the operator docs (README) say so.
         #[allow(unsafe_code)]
         let reader = unsafe { Reader::open_mmap(path) }.map_err(open_error)?;
-        let (info, records) = check(&reader, path)?;
+        let (info, records, ipv4, ipv6) = check(&reader, path)?;
         Ok(GeoDatabase {
             reader,
             info,
             records,
+            ipv4,
+            ipv6,
         })
     }
 
@@ -320,6 +326,24 @@ impl GeoDatabase {
     /// What the database says about `ip` (already normalised: IPv4-mapped addresses must
     /// be converted first). `Ok(None)`: the address is not in the database.
     pub fn lookup(&self, ip: IpAddr) -> Result<Option<GeoRecord>, DatabaseError> {
+        let found = match (ip, &self.ipv4, &self.ipv6) {
+            (IpAddr::V4(v4), Some(index), _) => index.find(u32::from(v4)),
+            (IpAddr::V6(v6), _, Some(index)) => index.find((u128::from(v6) >> 64) as u64),
+            _ => Found::Walk,
+        };
+        match found {
+            Found::NoData => Ok(None),
+            Found::Offset(offset) => match self.records.get(&offset) {
+                Some(kept) => Ok(Some(*kept)),
+                // A record past the kept bound: the walk decodes it.
+                None => self.lookup_in_tree(ip),
+            },
+            Found::Walk => self.lookup_in_tree(ip),
+        }
+    }
+
+    /// [`GeoDatabase::lookup`] by walking the search tree.
+    fn lookup_in_tree(&self, ip: IpAddr) -> Result<Option<GeoRecord>, DatabaseError> {
         let lookup_error = |source| DatabaseError::Lookup { ip, source };
         let result = self.reader.lookup(ip).map_err(lookup_error)?;
         if let Some(kept) = result.offset().and_then(|o| self.records.get(&o)) {
@@ -336,8 +360,20 @@ impl GeoDatabase {
 }
 
 /// Walks every network, decodes each distinct record once (keeping the completed records),
-/// and works out the schema.
-fn check(reader: &Reader<Mmap>, path: &Path) -> Result<(DatabaseInfo, RecordTable), DatabaseError> {
+/// works out the schema and builds the indexes.
+#[allow(clippy::type_complexity)]
+fn check(
+    reader: &Reader<Mmap>,
+    path: &Path,
+) -> Result<
+    (
+        DatabaseInfo,
+        RecordTable,
+        Option<Ipv4Index>,
+        Option<Ipv6Index>,
+    ),
+    DatabaseError,
+> {
     let corrupt = |detail: String| DatabaseError::Corrupt {
         path: path.to_path_buf(),
         detail,
@@ -358,15 +394,26 @@ fn check(reader: &Reader<Mmap>, path: &Path) -> Result<(DatabaseInfo, RecordTabl
     let mut seen_offsets: HashSet<usize, BuildHasherDefault<OffsetHasher>> = HashSet::default();
     let (mut has_location, mut has_country_object, mut has_country_code) = (false, false, false);
     let mut networks = 0u64;
+    let mut ipv4 = Ipv4IndexBuilder::default();
+    let mut ipv6 = Ipv6IndexBuilder::default();
+    // Networks without data too: with them, the networks tile the address space.
     let walk = reader
-        .networks(WithinOptions::default())
+        .networks(WithinOptions::default().include_networks_without_data())
         .map_err(|e| corrupt(e.to_string()))?;
     for item in walk {
         let result = item.map_err(|e| corrupt(e.to_string()))?;
-        networks += 1;
+        if let Ok(network) = result.network() {
+            match network.ip() {
+                IpAddr::V4(start) => ipv4.push(u32::from(start), network.prefix(), result.offset()),
+                IpAddr::V6(start) => {
+                    ipv6.push(u128::from(start), network.prefix(), result.offset())
+                }
+            }
+        }
         let Some(offset) = result.offset() else {
             continue;
         };
+        networks += 1;
         if !seen_offsets.insert(offset) {
             continue;
         }
@@ -422,7 +469,7 @@ fn check(reader: &Reader<Mmap>, path: &Path) -> Result<(DatabaseInfo, RecordTabl
         networks,
         attribution,
     };
-    Ok((info, records))
+    Ok((info, records, ipv4.build(), ipv6.build()))
 }
 
 #[cfg(test)]
@@ -487,6 +534,177 @@ mod tests {
             db.lookup("8.8.8.8".parse().expect("ip")).expect("lookup"),
             None
         );
+    }
+
+    /// Every address must get the tree walk's answer through the indexes: the boundaries
+    /// of every range (and their neighbours) and random addresses, IPv4 and IPv6.
+    fn assert_indexes_match_tree(db: &GeoDatabase, random: usize) {
+        use rand::{Rng, SeedableRng};
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut probes: Vec<IpAddr> = Vec::new();
+        let v4_starts: Vec<u32> = db.ipv4.iter().flat_map(|i| i.starts()).collect();
+        for start in v4_starts.into_iter().chain([0, 1, u32::MAX - 1, u32::MAX]) {
+            for ip in [start.wrapping_sub(1), start, start.wrapping_add(1)] {
+                probes.push(Ipv4Addr::from(ip).into());
+            }
+        }
+        probes.extend((0..random).map(|_| IpAddr::from(Ipv4Addr::from(rng.random::<u32>()))));
+        let v6 = db.ipv6.as_ref().expect("an IPv6 index");
+        for &key in v6
+            .keys()
+            .iter()
+            .chain(&[0, u64::MAX, 0x2a03_0000_0000_0005])
+        {
+            let start = u128::from(key) << 64;
+            for ip in [
+                start.wrapping_sub(1),
+                start,
+                start + 1,
+                start | u128::from(rng.random::<u64>()),
+            ] {
+                probes.push(Ipv6Addr::from(ip).into());
+            }
+        }
+        // Random addresses in 2000::/3 (where networks are) and anywhere.
+        probes.extend((0..random).map(|_| {
+            let ip = (rng.random::<u128>() >> 3) | (1u128 << 125);
+            IpAddr::from(Ipv6Addr::from(ip))
+        }));
+        probes.extend((0..random / 4).map(|_| IpAddr::from(Ipv6Addr::from(rng.random::<u128>()))));
+        // The IPv4 subtree and its aliases, which the IPv6 index sends to the tree.
+        for ip in [
+            "::1.2.3.4",
+            "::ffff:1.2.3.4",
+            "2002:102:304::1",
+            "2001::102:304",
+        ] {
+            probes.push(ip.parse().expect("ip"));
+        }
+        for ip in probes {
+            assert_eq!(
+                db.lookup(ip).expect("indexed lookup"),
+                db.lookup_in_tree(ip).expect("tree lookup"),
+                "{ip}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_indexes_answer_as_the_tree_does() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = MmdbWriter::new("GeoLite2-City");
+        let nets = [
+            ("1.0.0.0/8", "AU"),
+            ("1.2.0.0/16", "CN"),
+            ("1.2.3.0/24", "JP"),
+            ("1.2.3.4/32", "KR"),
+            ("1.2.3.5/32", "KR"),
+            ("2.0.0.0/8", "FR"),
+            ("3.0.0.0/9", "FR"),
+            ("3.128.0.0/9", "FR"),
+            ("81.2.69.0/24", "GB"),
+            ("81.2.69.128/25", "IE"),
+            ("128.0.0.0/1", "US"),
+            ("200.0.0.0/7", "BR"),
+            ("255.255.255.255/32", "DE"),
+            ("2001:db8::/32", "NL"),
+            ("2a02::/16", "IT"),
+        ];
+        for (net, country) in nets {
+            w.insert(
+                net.parse().expect("net"),
+                Value::city_record(country, "EU", None),
+            );
+        }
+        let db = GeoDatabase::open(&write(dir.path(), "nested.mmdb", &w)).expect("open");
+        let index = db.ipv4.as_ref().expect("an IPv4 index");
+        // Adjacent networks with the same record are one range (3.0.0.0/9 + 3.128.0.0/9,
+        // 1.2.3.4/32 + 1.2.3.5/32).
+        assert!(index.merged());
+        assert_eq!(index.starts().next(), Some(0));
+        assert!(db.ipv6.is_some());
+        assert_indexes_match_tree(&db, 20_000);
+        assert_eq!(
+            db.lookup("0.1.2.3".parse().expect("ip")).expect("lookup"),
+            None
+        );
+        assert_eq!(
+            db.lookup("1.2.3.5".parse().expect("ip"))
+                .expect("lookup")
+                .and_then(|r| r.country)
+                .map(|c| c.code),
+            Some("KR")
+        );
+
+        // Only IPv6 networks: nothing tiles the IPv4 space; no index, lookups walk.
+        let mut v6 = MmdbWriter::new("GeoLite2-Country");
+        v6.insert(
+            "2a02::/16".parse().expect("net"),
+            Value::country_record("IT", "EU"),
+        );
+        // Dense: more networks in 2a03::/16 than a leaf holds (sub-tables), networks
+        // longer than /64 (sent to the tree) and a /64 split in two.
+        for i in 0..200u128 {
+            let net = ipnet::Ipv6Net::new((0x2a03u128 << 112 | i << 80).into(), 48).expect("net");
+            let country = ["DE", "FR", "IT"][(i % 3) as usize];
+            v6.insert(net.into(), Value::country_record(country, "EU"));
+        }
+        for (net, country) in [
+            ("2a03:0:0:5::/80", "GB"),
+            ("2a03:0:0:5:1::1/128", "IE"),
+            ("2a03:0:1:7::/65", "PT"),
+            ("2a03:0:1:7:8000::/65", "ES"),
+            ("2c0f::/16", "ZA"),
+        ] {
+            v6.insert(
+                net.parse().expect("net"),
+                Value::country_record(country, "EU"),
+            );
+        }
+        let db = GeoDatabase::open(&write(dir.path(), "v6.mmdb", &v6)).expect("open");
+        assert!(db.ipv4.is_none());
+        let (tables, walks) = db.ipv6.as_ref().expect("an IPv6 index").shape();
+        assert!(tables >= 2, "sub-tables: {tables}");
+        assert!(walks >= 2, "ranges sent to the tree: {walks}");
+        assert_indexes_match_tree(&db, 20_000);
+        assert_eq!(
+            db.lookup("1.2.3.4".parse().expect("ip")).expect("lookup"),
+            None
+        );
+
+        // The built-in demo database.
+        let demo = GeoDatabase::open_builtin_demo().expect("demo");
+        assert_indexes_match_tree(&demo, 20_000);
+    }
+
+    /// The same over DB-IP Lite and MaxMind's test databases (every range boundary, and
+    /// random addresses), when the shared GeoIP folder is there (`tests/shared_geoip.rs`
+    /// says when it must be).
+    #[test]
+    fn the_indexes_answer_as_the_tree_does_on_real_databases() {
+        let dir = std::env::var_os("LOCUS_SHARED_GEOIP")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/geoip"));
+        if !dir.is_dir() {
+            println!("SKIPPED: {} not found", dir.display());
+            return;
+        }
+        let mut checked = 0;
+        for name in [
+            "dbip-country.mmdb",
+            "maxmind-test/GeoIP2-City-Test.mmdb",
+            "maxmind-test/GeoIP2-Country-Test.mmdb",
+            "maxmind-test/GeoLite2-City-Test.mmdb",
+            "maxmind-test/GeoLite2-Country-Test.mmdb",
+        ] {
+            let path = dir.join(name);
+            if let Ok(db) = GeoDatabase::open(&path) {
+                assert_indexes_match_tree(&db, 200_000);
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 5, "every database opened and was checked");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   line).
 //! - [`database`] opens a MaxMind DB file (GeoIP2/GeoLite2 City or Country, DB-IP Lite's
 //!   flat `country_code`) memory-mapped, checks it whole, and answers [`GeoRecord`]s
-//!   completed from [`countries`] (continent and a representative point per country).
+//!   completed from [`countries`] (continent and a representative point per country),
+//!   through an exact index of the search tree's ranges built at open (`index`).
 //! - [`rules`] is the pure decision: CIDR override → special-purpose range → country →
 //!   continent → nearest region → default, with the rule that matched.
 //! - [`resolver`] puts a database, the compiled rules and an optional cache behind one
@@ -18,6 +19,7 @@ pub mod config;
 pub mod countries;
 pub mod database;
 pub mod demo;
+mod index;
 pub mod mmdb_writer;
 pub mod resolver;
 pub mod rules;
