@@ -1,0 +1,196 @@
+//! What the simulated clients saw, recorded as they go: one short `std` mutex around
+//! plain vectors (never held across `.await`), turned into figures by [`crate::report`].
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// One answer of the locator to a session request (any HTTP status).
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    /// When the request was sent, ms since the start of the run.
+    pub t_ms: u64,
+    pub latency_us: u64,
+    /// `create`, `join` (a room by key, or a session by id), `rejoin` (after a
+    /// disconnect), `burst`.
+    pub op: &'static str,
+    pub status: u16,
+    /// Serving region and edge (successful answers).
+    pub region: Option<String>,
+    pub edge: Option<String>,
+    pub fallback: bool,
+    /// The reason text reduced to its kind (see [`reason_class`]).
+    pub reason: Option<&'static str>,
+    pub created: bool,
+}
+
+/// One error a client met.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientError {
+    pub t_ms: u64,
+    /// `http-503`, `connect`, `timeout`, `ws-close-1001`…
+    pub kind: String,
+    /// Whether a client should retry (and does).
+    pub retriable: bool,
+}
+
+/// One participant admitted by an edge (it received its presence with its own id).
+#[derive(Debug, Clone, Serialize)]
+pub struct Join {
+    pub t_ms: u64,
+    pub session_id: String,
+    pub participant: String,
+    pub edge: String,
+    /// The client closed this connection itself (a `participant_left` is due).
+    pub left: bool,
+}
+
+/// How one session went, seen from its clients.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SessionOutcome {
+    pub t_ms: u64,
+    pub session_id: String,
+    pub keyed: bool,
+    pub edge: String,
+    pub participants: usize,
+    /// Why the session was disrupted (connection closed or silent), and when.
+    pub disrupted: Option<String>,
+    pub disrupted_ms: Option<u64>,
+    /// A participant got back into the session after the disruption.
+    pub recovered: bool,
+    /// The locator answered 410 (an ad-hoc session on a failed or drained edge ended).
+    pub ended_by_edge: bool,
+    /// Disrupted and neither recovered nor ended within the re-join bound.
+    pub lost: bool,
+    /// A participant disconnected and re-joined on purpose.
+    pub rejoined: bool,
+    /// Frames sent by participants, deliveries due to the others, deliveries seen.
+    pub sent: u64,
+    pub expected: u64,
+    pub delivered: u64,
+}
+
+/// Everything recorded during a run.
+#[derive(Debug, Default)]
+pub struct Records {
+    pub answers: Vec<Answer>,
+    pub errors: Vec<ClientError>,
+    pub joins: Vec<Join>,
+    pub sessions: Vec<SessionOutcome>,
+}
+
+/// The shared recorder.
+#[derive(Debug)]
+pub struct Recorder {
+    start: Instant,
+    inner: Mutex<Records>,
+    pub requests: AtomicU64,
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl Recorder {
+    pub fn new(start: Instant) -> Recorder {
+        Recorder {
+            start,
+            inner: Mutex::new(Records::default()),
+            requests: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        }
+    }
+
+    pub fn start(&self) -> Instant {
+        self.start
+    }
+
+    /// Milliseconds since the start of the run.
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub fn ms_of(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_millis() as u64
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Records> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn answer(&self, answer: Answer) {
+        if (200..300).contains(&answer.status) {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+        }
+        self.lock().answers.push(answer);
+    }
+
+    pub fn error(&self, kind: impl Into<String>, retriable: bool) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let t_ms = self.now_ms();
+        self.lock().errors.push(ClientError {
+            t_ms,
+            kind: kind.into(),
+            retriable,
+        });
+    }
+
+    pub fn join(&self, join: Join) {
+        self.lock().joins.push(join);
+    }
+
+    pub fn mark_left(&self, session_id: &str, participant: &str) {
+        let mut inner = self.lock();
+        if let Some(j) = inner
+            .joins
+            .iter_mut()
+            .rev()
+            .find(|j| j.participant == participant && j.session_id == session_id)
+        {
+            j.left = true;
+        }
+    }
+
+    pub fn session(&self, outcome: SessionOutcome) {
+        self.lock().sessions.push(outcome);
+    }
+
+    /// Successful answers naming `edge` since `since_ms` (for choosing a victim).
+    pub fn answers_by_edge_since(&self, since_ms: u64) -> Vec<(String, u64)> {
+        let inner = self.lock();
+        let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+        for a in inner.answers.iter().filter(|a| a.t_ms >= since_ms) {
+            if let Some(edge) = &a.edge {
+                *counts.entry(edge.clone()).or_default() += 1;
+            }
+        }
+        counts.into_iter().collect()
+    }
+
+    /// Takes the records (at the end of the run).
+    pub fn take(&self) -> Records {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+/// The kind of a session answer's reason text (the session API gives text only).
+pub fn reason_class(reason: &str, fallback: bool) -> &'static str {
+    if reason.starts_with("room moved from unavailable edge") {
+        "room-moved"
+    } else if reason.starts_with("session lives on edge") {
+        "existing-session"
+    } else if reason.contains("no edge anywhere takes new sessions") {
+        "only-suspended-or-draining"
+    } else if reason.contains("no region has headroom") {
+        "all-saturated"
+    } else if reason.contains(" is saturated (") {
+        "region-saturated"
+    } else if reason.contains(" has no active edge") {
+        "region-unavailable"
+    } else if fallback {
+        "fallback-other"
+    } else {
+        "in-region"
+    }
+}

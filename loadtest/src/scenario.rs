@@ -1,0 +1,355 @@
+//! Scenarios: a list of phases run while the clients keep their load on. A phase may
+//! inject one fault into the local topology and heal it; every fault is recorded with the
+//! edges it took out and the bound within which answers must avoid them.
+//!
+//! | scenario | what happens |
+//! |---|---|
+//! | `steady` | load only |
+//! | `burst` | a burst of session creates on top of the load (balance) |
+//! | `edge-crash` | SIGKILL the busiest edge of a region that has another; restart it later (same id and spool) |
+//! | `edge-hang` | SIGSTOP that edge; SIGCONT later |
+//! | `region-outage` | SIGKILL every edge of the busiest region; restart them later |
+//! | `locator-restart` | SIGTERM locator replica 0, then start it again on the same port and database |
+//! | `rolling-drain` | for each edge of a region: start a replacement, SIGTERM the old one, wait until it exits |
+//! | `mixed` | all of the above, one phase each |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::client::{self, Clients};
+use crate::topology::Topology;
+
+/// One phase of a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    Steady,
+    Burst,
+    EdgeCrash,
+    EdgeHang,
+    RegionOutage,
+    LocatorRestart,
+    RollingDrain,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Steady => "steady",
+            Step::Burst => "burst",
+            Step::EdgeCrash => "edge-crash",
+            Step::EdgeHang => "edge-hang",
+            Step::RegionOutage => "region-outage",
+            Step::LocatorRestart => "locator-restart",
+            Step::RollingDrain => "rolling-drain",
+        }
+    }
+
+    /// Whether the step signals processes (needs the local topology).
+    pub fn needs_topology(self) -> bool {
+        !matches!(self, Step::Steady | Step::Burst)
+    }
+}
+
+/// Scenario names accepted by `--scenario`.
+pub const SCENARIOS: &[&str] = &[
+    "steady",
+    "burst",
+    "edge-crash",
+    "edge-hang",
+    "region-outage",
+    "locator-restart",
+    "rolling-drain",
+    "mixed",
+];
+
+/// The phases of a scenario.
+pub fn phases(name: &str) -> Option<Vec<Step>> {
+    Some(match name {
+        "steady" => vec![Step::Steady],
+        "burst" => vec![Step::Burst],
+        "edge-crash" => vec![Step::EdgeCrash],
+        "edge-hang" => vec![Step::EdgeHang],
+        "region-outage" => vec![Step::RegionOutage],
+        "locator-restart" => vec![Step::LocatorRestart],
+        "rolling-drain" => vec![Step::RollingDrain],
+        "mixed" => vec![
+            Step::Steady,
+            Step::Burst,
+            Step::EdgeCrash,
+            Step::EdgeHang,
+            Step::RegionOutage,
+            Step::LocatorRestart,
+            Step::RollingDrain,
+        ],
+        _ => return None,
+    })
+}
+
+/// One injected fault.
+#[derive(Debug, Clone, Serialize)]
+pub struct Fault {
+    /// `edge-crash`, `edge-hang`, `region-outage`, `locator-restart`, `edge-drain`.
+    pub kind: &'static str,
+    /// What was done, for people.
+    pub action: String,
+    /// When the fault was injected and healed (ms since the start of the run).
+    pub at_ms: u64,
+    pub healed_ms: Option<u64>,
+    /// Edges taken out (none for a locator restart).
+    pub edges: Vec<String>,
+    /// Answers must avoid those edges (the locator must answer again, for a restart)
+    /// within this bound.
+    pub bound_ms: u64,
+    /// Only answers creating new sessions count (a draining edge still takes joins of
+    /// its sessions, by design).
+    pub new_sessions_only: bool,
+}
+
+/// One phase as it ran.
+#[derive(Debug, Clone, Serialize)]
+pub struct PhaseRun {
+    pub name: &'static str,
+    pub start_ms: u64,
+    pub end_ms: u64,
+}
+
+/// Settings of the phases.
+#[derive(Debug, Clone)]
+pub struct PhaseOptions {
+    pub duration: Duration,
+    pub burst: usize,
+    pub burst_concurrency: usize,
+    pub seed: u64,
+    /// Overrides the computed avoidance bounds.
+    pub bound: Option<Duration>,
+}
+
+/// Runs the phases; returns what was done.
+#[derive(Debug)]
+pub struct Runner<'a> {
+    pub topology: Option<&'a mut Topology>,
+    pub clients: Arc<Clients>,
+    pub options: PhaseOptions,
+    pub faults: Vec<Fault>,
+    pub phases: Vec<PhaseRun>,
+    pub notes: Vec<String>,
+    /// The phase running now (for the progress line).
+    pub current: Arc<std::sync::Mutex<&'static str>>,
+}
+
+impl Runner<'_> {
+    fn now_ms(&self) -> u64 {
+        self.clients.recorder().now_ms()
+    }
+
+    fn bound(&self, computed: Duration) -> u64 {
+        self.options.bound.unwrap_or(computed).as_millis() as u64
+    }
+
+    pub async fn run(&mut self, steps: &[Step]) -> Result<(), String> {
+        for &step in steps {
+            if let Ok(mut current) = self.current.lock() {
+                *current = step.name();
+            }
+            let start = Instant::now();
+            let start_ms = self.now_ms();
+            self.step(step, start).await?;
+            self.phases.push(PhaseRun {
+                name: step.name(),
+                start_ms,
+                end_ms: self.now_ms(),
+            });
+            if self.clients.stopping() {
+                self.notes.push(format!(
+                    "the request budget ran out during phase {}",
+                    step.name()
+                ));
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn sleep_until(&self, at: Instant) {
+        tokio::time::sleep_until(at).await;
+    }
+
+    /// The region with at least `min_edges` running edges that received the most answers
+    /// lately, and its running edges sorted busiest first.
+    fn busiest(&self, min_edges: usize) -> Option<(String, Vec<String>)> {
+        let topology = self.topology.as_deref()?;
+        let since = self.now_ms().saturating_sub(5_000);
+        let counts = self.clients.recorder().answers_by_edge_since(since);
+        let count = |id: &str| counts.iter().find(|(e, _)| e == id).map_or(0, |(_, n)| *n);
+        let mut best: Option<(u64, String, Vec<String>)> = None;
+        for region in &topology.config.regions {
+            let mut edges = topology.running_edges(&region.id);
+            if edges.len() < min_edges {
+                continue;
+            }
+            edges.sort_by_key(|e| std::cmp::Reverse(count(e)));
+            let total: u64 = edges.iter().map(|e| count(e)).sum();
+            if best.as_ref().is_none_or(|(n, _, _)| total > *n) {
+                best = Some((total, region.id.clone(), edges));
+            }
+        }
+        best.map(|(_, region, edges)| (region, edges))
+    }
+
+    async fn step(&mut self, step: Step, start: Instant) -> Result<(), String> {
+        let d = self.options.duration;
+        let end = start + d;
+        let timing = self
+            .topology
+            .as_deref()
+            .map(|t| t.config.edges.clone())
+            .unwrap_or_default();
+        match step {
+            Step::Steady => self.sleep_until(end).await,
+            Step::Burst => {
+                tokio::time::sleep(d / 5).await;
+                client::burst(
+                    self.clients.clone(),
+                    self.options.burst,
+                    self.options.burst_concurrency,
+                    self.options.seed,
+                )
+                .await;
+                self.sleep_until(end).await;
+            }
+            Step::EdgeCrash | Step::EdgeHang | Step::RegionOutage => {
+                tokio::time::sleep(d / 5).await;
+                let outage = step == Step::RegionOutage;
+                let Some((region, edges)) = self.busiest(if outage { 1 } else { 2 }) else {
+                    self.notes.push(format!(
+                        "{}: no region with enough running edges; skipped",
+                        step.name()
+                    ));
+                    self.sleep_until(end).await;
+                    return Ok(());
+                };
+                let victims: Vec<String> = if outage {
+                    edges
+                } else {
+                    edges.into_iter().take(1).collect()
+                };
+                let computed = match step {
+                    Step::EdgeHang => {
+                        timing.report_interval * (timing.missed_reports + 1)
+                            + timing.probe_timeout
+                            + Duration::from_secs(5)
+                    }
+                    _ => timing.probe_timeout + timing.report_interval + Duration::from_secs(5),
+                };
+                let bound_ms = self.bound(computed);
+                let at_ms = self.now_ms();
+                let topology = self.topology.as_deref_mut().ok_or("no topology")?;
+                for id in &victims {
+                    if step == Step::EdgeHang {
+                        topology.stop_edge(id)?;
+                    } else {
+                        topology.kill_edge(id)?;
+                    }
+                }
+                let action = match step {
+                    Step::EdgeHang => format!("SIGSTOP {} ({region})", victims.join(", ")),
+                    Step::RegionOutage => {
+                        format!("SIGKILL every edge of {region}: {}", victims.join(", "))
+                    }
+                    _ => format!("SIGKILL {} ({region})", victims.join(", ")),
+                };
+                let index = self.faults.len();
+                self.faults.push(Fault {
+                    kind: step.name(),
+                    action,
+                    at_ms,
+                    healed_ms: None,
+                    edges: victims.clone(),
+                    bound_ms,
+                    new_sessions_only: false,
+                });
+                let heal_at = (start + d * 7 / 10)
+                    .max(Instant::now() + Duration::from_millis(bound_ms + 1_000));
+                self.sleep_until(heal_at).await;
+                let topology = self.topology.as_deref_mut().ok_or("no topology")?;
+                for id in &victims {
+                    if step == Step::EdgeHang {
+                        topology.continue_edge(id)?;
+                    } else {
+                        topology.restart_edge(id).await?;
+                    }
+                }
+                self.faults[index].healed_ms = Some(self.now_ms());
+                self.sleep_until(end.max(Instant::now() + Duration::from_secs(2)))
+                    .await;
+            }
+            Step::LocatorRestart => {
+                tokio::time::sleep(d / 4).await;
+                let at_ms = self.now_ms();
+                let bound_ms = self.bound(Duration::from_secs(20));
+                let topology = self.topology.as_deref_mut().ok_or("no topology")?;
+                topology.stop_locator(0).await?;
+                topology.start_locator(0).await?;
+                let replicas = topology.locators.len();
+                self.faults.push(Fault {
+                    kind: "locator-restart",
+                    action: format!(
+                        "SIGTERM locator replica 0 of {replicas}, then start it again (same port, same database)"
+                    ),
+                    at_ms,
+                    healed_ms: Some(self.now_ms()),
+                    edges: Vec::new(),
+                    bound_ms,
+                    new_sessions_only: false,
+                });
+                self.sleep_until(end.max(Instant::now() + Duration::from_secs(2)))
+                    .await;
+            }
+            Step::RollingDrain => {
+                tokio::time::sleep(d / 5).await;
+                let Some((region, edges)) = self.busiest(1) else {
+                    self.notes
+                        .push("rolling-drain: no region with a running edge; skipped".into());
+                    self.sleep_until(end).await;
+                    return Ok(());
+                };
+                let bound_ms = self.bound(Duration::from_secs(5));
+                let recorder = self.clients.recorder().clone();
+                for old in edges {
+                    let topology = self.topology.as_deref_mut().ok_or("no topology")?;
+                    let replacement = topology.add_edge(&region).await?;
+                    let deadline = topology.drain_deadline() + Duration::from_secs(20);
+                    let at_ms = recorder.now_ms();
+                    topology.terminate_edge(&old)?;
+                    let index = self.faults.len();
+                    self.faults.push(Fault {
+                        kind: "edge-drain",
+                        action: format!(
+                            "SIGTERM {old} ({region}) after starting its replacement {replacement}"
+                        ),
+                        at_ms,
+                        healed_ms: None,
+                        edges: vec![old.clone()],
+                        bound_ms,
+                        new_sessions_only: true,
+                    });
+                    let topology = self.topology.as_deref_mut().ok_or("no topology")?;
+                    let exited = topology.wait_edge_exit(&old, deadline).await?;
+                    if !exited {
+                        self.notes.push(format!(
+                            "{old} did not exit within {deadline:?} of SIGTERM: killed"
+                        ));
+                    }
+                    self.faults[index].healed_ms = Some(self.now_ms());
+                }
+                self.sleep_until(end.max(Instant::now() + Duration::from_secs(2)))
+                    .await;
+            }
+        }
+        Ok(())
+    }
+}

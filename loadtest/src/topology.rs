@@ -1,0 +1,580 @@
+//! A local topology of real processes: one locator (or several replicas on one Postgres
+//! database) and N edges per region, started from the built `locator` and `edge`
+//! binaries, on loopback ports. Faults are signals sent to those processes by pid
+//! (`kill -KILL/-STOP/-CONT/-TERM`): only processes this module started are ever touched.
+//! Dropping the topology resumes stopped processes and kills every child.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use locus_geo::config::Config;
+
+/// How to start the topology.
+#[derive(Debug, Clone)]
+pub struct TopologyOptions {
+    /// Folder holding the `locator` and `edge` binaries.
+    pub bin_dir: PathBuf,
+    /// The regions file given to the locator.
+    pub config_path: PathBuf,
+    /// `--geoip` given to the locator (`None`: the file's own setting).
+    pub geoip: Option<String>,
+    /// `postgres://…` for replicas on one database; `None`: a SQLite file in `work_dir`.
+    pub database: Option<String>,
+    pub replicas: usize,
+    pub edges_per_region: usize,
+    /// Regions to put edges in (`None`: every region of the file).
+    pub regions: Option<Vec<String>>,
+    pub capacity: u32,
+    /// `--linger` and `--drain-deadline` of the edges.
+    pub edge_linger: Duration,
+    pub edge_drain_deadline: Duration,
+    /// Logs, spools and the SQLite file.
+    pub work_dir: PathBuf,
+}
+
+/// One locator process.
+#[derive(Debug)]
+pub struct LocatorProcess {
+    pub port: u16,
+    child: Option<Child>,
+    starts: u32,
+}
+
+/// One edge process.
+#[derive(Debug)]
+pub struct EdgeProcess {
+    pub id: String,
+    pub region: String,
+    pub port: u16,
+    spool_dir: PathBuf,
+    child: Option<Child>,
+    stopped: bool,
+    starts: u32,
+}
+
+impl EdgeProcess {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// The running processes.
+#[derive(Debug)]
+pub struct Topology {
+    options: TopologyOptions,
+    pub config: Config,
+    pub locators: Vec<LocatorProcess>,
+    pub edges: Vec<EdgeProcess>,
+    pub edge_token: String,
+    pub admin_token: String,
+    http: reqwest::Client,
+    replacements: u32,
+}
+
+/// A free loopback port (bound, then released: the child binds it next).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn random_token(prefix: &str) -> String {
+    use rand::Rng;
+    let bytes: [u8; 16] = rand::rng().random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}-{hex}")
+}
+
+fn signal(child: &Child, name: &str) -> Result<(), String> {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run kill: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("kill -{name} {} failed", child.id()))
+    }
+}
+
+impl Topology {
+    /// Starts the locator(s) and the edges, and waits until every edge is registered.
+    pub async fn start(options: TopologyOptions) -> Result<Topology, String> {
+        let config = Config::load(&options.config_path).map_err(|e| e.to_string())?;
+        for binary in ["locator", "edge"] {
+            let path = options.bin_dir.join(binary);
+            if !path.exists() {
+                return Err(format!(
+                    "{} is missing: build it with `cargo build --release -p locus-locator -p locus-edge` (or give --bin-dir)",
+                    path.display()
+                ));
+            }
+        }
+        std::fs::create_dir_all(&options.work_dir)
+            .map_err(|e| format!("cannot create {}: {e}", options.work_dir.display()))?;
+        let regions: Vec<String> = match &options.regions {
+            Some(list) => {
+                for id in list {
+                    if config.region(id).is_none() {
+                        return Err(format!(
+                            "--regions: {id} is not a region of {}",
+                            options.config_path.display()
+                        ));
+                    }
+                }
+                list.clone()
+            }
+            None => config.regions.iter().map(|r| r.id.clone()).collect(),
+        };
+        let mut topology = Topology {
+            config,
+            locators: Vec::new(),
+            edges: Vec::new(),
+            edge_token: random_token("loadtest-edge"),
+            admin_token: random_token("loadtest-admin"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()
+                .map_err(|e| e.to_string())?,
+            replacements: 0,
+            options,
+        };
+        for _ in 0..topology.options.replicas.max(1) {
+            let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+            topology.locators.push(LocatorProcess {
+                port,
+                child: None,
+                starts: 0,
+            });
+        }
+        for i in 0..topology.locators.len() {
+            topology.spawn_locator(i)?;
+        }
+        for i in 0..topology.locators.len() {
+            topology
+                .wait_locator_healthy(i, Duration::from_secs(30))
+                .await?;
+        }
+        for region in &regions {
+            for n in 1..=topology.options.edges_per_region {
+                let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+                let id = format!("{region}-{n}");
+                topology.edges.push(EdgeProcess {
+                    spool_dir: topology.options.work_dir.join(format!("spool-{id}")),
+                    id,
+                    region: region.clone(),
+                    port,
+                    child: None,
+                    stopped: false,
+                    starts: 0,
+                });
+            }
+        }
+        for i in 0..topology.edges.len() {
+            topology.spawn_edge(i)?;
+        }
+        let ids: Vec<String> = topology.edges.iter().map(|e| e.id.clone()).collect();
+        topology
+            .wait_edges_active(&ids, Duration::from_secs(30))
+            .await?;
+        Ok(topology)
+    }
+
+    pub fn locator_urls(&self) -> Vec<String> {
+        self.locators
+            .iter()
+            .map(|l| format!("http://127.0.0.1:{}", l.port))
+            .collect()
+    }
+
+    /// The edges' `--drain-deadline`.
+    pub fn drain_deadline(&self) -> Duration {
+        self.options.edge_drain_deadline
+    }
+
+    pub fn work_dir(&self) -> &Path {
+        &self.options.work_dir
+    }
+
+    fn log_file(&self, name: &str) -> Result<std::fs::File, String> {
+        let path = self.options.work_dir.join(format!("{name}.log"));
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))
+    }
+
+    fn spawn_locator(&mut self, i: usize) -> Result<(), String> {
+        let database = match &self.options.database {
+            Some(url) => url.clone(),
+            None => self
+                .options
+                .work_dir
+                .join("locator.sqlite")
+                .display()
+                .to_string(),
+        };
+        let log = self.log_file(&format!("locator-{i}"))?;
+        let mut command = Command::new(self.options.bin_dir.join("locator"));
+        command
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.options.config_path)
+            .args(["--listen", &format!("127.0.0.1:{}", self.locators[i].port)])
+            .args(["--database", &database]);
+        if let Some(geoip) = &self.options.geoip {
+            command.args(["--geoip", geoip]);
+        }
+        let child = command
+            .env("LOCATOR_EDGE_TOKEN", &self.edge_token)
+            .env("LOCATOR_ADMIN_TOKEN", &self.admin_token)
+            .env(
+                "RUST_LOG",
+                std::env::var("LOADTEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start the locator: {e}"))?;
+        self.locators[i].child = Some(child);
+        self.locators[i].starts += 1;
+        Ok(())
+    }
+
+    fn spawn_edge(&mut self, i: usize) -> Result<(), String> {
+        let locators = self.locator_urls().join(",");
+        let edge = &self.edges[i];
+        let log = self.log_file(&format!("edge-{}", edge.id))?;
+        let child = Command::new(self.options.bin_dir.join("edge"))
+            .args(["--locator", &locators])
+            .args(["--region", &edge.region, "--id", &edge.id])
+            .args(["--listen", &format!("127.0.0.1:{}", edge.port)])
+            .args(["--public-url", &format!("http://127.0.0.1:{}", edge.port)])
+            .args(["--capacity", &self.options.capacity.to_string()])
+            .args([
+                "--linger",
+                &format!("{}ms", self.options.edge_linger.as_millis()),
+            ])
+            .args([
+                "--drain-deadline",
+                &format!("{}ms", self.options.edge_drain_deadline.as_millis()),
+            ])
+            .arg("--spool-dir")
+            .arg(&edge.spool_dir)
+            .env("LOCATOR_EDGE_TOKEN", &self.edge_token)
+            .env(
+                "RUST_LOG",
+                std::env::var("LOADTEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start edge {}: {e}", edge.id))?;
+        let edge = &mut self.edges[i];
+        edge.child = Some(child);
+        edge.stopped = false;
+        edge.starts += 1;
+        Ok(())
+    }
+
+    fn edge_index(&self, id: &str) -> Result<usize, String> {
+        self.edges
+            .iter()
+            .position(|e| e.id == id)
+            .ok_or_else(|| format!("no edge {id}"))
+    }
+
+    async fn wait_locator_healthy(&mut self, i: usize, within: Duration) -> Result<(), String> {
+        let url = format!("http://127.0.0.1:{}/healthz", self.locators[i].port);
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(r) = self.http.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if let Some(child) = self.locators[i].child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(format!(
+                    "the locator exited at start ({status}); see {}",
+                    self.options
+                        .work_dir
+                        .join(format!("locator-{i}.log"))
+                        .display()
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the locator on {url} is not healthy after {within:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Edge states as the (first reachable) locator's admin status gives them.
+    pub async fn edge_states(&self) -> Option<Vec<(String, String)>> {
+        for url in self.locator_urls() {
+            let Ok(response) = self
+                .http
+                .get(format!("{url}/v1/admin/status"))
+                .bearer_auth(&self.admin_token)
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let Ok(value) = response.json::<serde_json::Value>().await else {
+                continue;
+            };
+            let mut out = Vec::new();
+            for region in value["regions"].as_array().into_iter().flatten() {
+                for edge in region["edges"].as_array().into_iter().flatten() {
+                    if let (Some(id), Some(state)) = (edge["id"].as_str(), edge["state"].as_str()) {
+                        out.push((id.to_string(), state.to_string()));
+                    }
+                }
+            }
+            return Some(out);
+        }
+        None
+    }
+
+    /// Polls until every edge of `ids` is `active` on every locator replica.
+    pub async fn wait_edges_active(&self, ids: &[String], within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut all = true;
+            for url in self.locator_urls() {
+                let ok = match self
+                    .http
+                    .get(format!("{url}/v1/admin/status"))
+                    .bearer_auth(&self.admin_token)
+                    .send()
+                    .await
+                {
+                    Ok(r) => match r.json::<serde_json::Value>().await {
+                        Ok(value) => {
+                            let active: Vec<&str> = value["regions"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .flat_map(|r| r["edges"].as_array().into_iter().flatten())
+                                .filter(|e| e["state"] == "active")
+                                .filter_map(|e| e["id"].as_str())
+                                .collect();
+                            ids.iter().all(|id| active.contains(&id.as_str()))
+                        }
+                        Err(_) => false,
+                    },
+                    Err(_) => false,
+                };
+                all &= ok;
+            }
+            if all {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "edges {ids:?} are not all active after {within:?}; logs in {}",
+                    self.options.work_dir.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill_edge(&mut self, id: &str) -> Result<(), String> {
+        let i = self.edge_index(id)?;
+        let edge = &mut self.edges[i];
+        if let Some(mut child) = edge.child.take() {
+            if edge.stopped {
+                let _ = signal(&child, "CONT");
+                edge.stopped = false;
+            }
+            child
+                .kill()
+                .map_err(|e| format!("cannot kill edge {id}: {e}"))?;
+            let _ = child.wait();
+        }
+        Ok(())
+    }
+
+    /// SIGSTOP: the process hangs, its sockets stay open.
+    pub fn stop_edge(&mut self, id: &str) -> Result<(), String> {
+        let i = self.edge_index(id)?;
+        let edge = &mut self.edges[i];
+        if let Some(child) = &edge.child {
+            signal(child, "STOP")?;
+            edge.stopped = true;
+        }
+        Ok(())
+    }
+
+    /// SIGCONT.
+    pub fn continue_edge(&mut self, id: &str) -> Result<(), String> {
+        let i = self.edge_index(id)?;
+        let edge = &mut self.edges[i];
+        if let Some(child) = &edge.child
+            && edge.stopped
+        {
+            signal(child, "CONT")?;
+            edge.stopped = false;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM: the edge drains and exits by itself.
+    pub fn terminate_edge(&mut self, id: &str) -> Result<(), String> {
+        let i = self.edge_index(id)?;
+        if let Some(child) = &self.edges[i].child {
+            signal(child, "TERM")?;
+        }
+        Ok(())
+    }
+
+    /// Waits for a terminated edge to exit (then SIGKILL); returns whether it exited by
+    /// itself.
+    pub async fn wait_edge_exit(&mut self, id: &str, within: Duration) -> Result<bool, String> {
+        let i = self.edge_index(id)?;
+        let deadline = Instant::now() + within;
+        loop {
+            let Some(child) = self.edges[i].child.as_mut() else {
+                return Ok(true);
+            };
+            if let Ok(Some(_)) = child.try_wait() {
+                self.edges[i].child = None;
+                return Ok(true);
+            }
+            if Instant::now() > deadline {
+                self.kill_edge(id)?;
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts a killed edge again: same id, port and spool (its unsent entries are
+    /// relayed), and waits until it is active.
+    pub async fn restart_edge(&mut self, id: &str) -> Result<(), String> {
+        let i = self.edge_index(id)?;
+        if self.edges[i].child.is_some() {
+            return Ok(());
+        }
+        self.spawn_edge(i)?;
+        self.wait_edges_active(&[id.to_string()], Duration::from_secs(30))
+            .await
+    }
+
+    /// A new edge in `region` (a replacement), started and active; returns its id.
+    pub async fn add_edge(&mut self, region: &str) -> Result<String, String> {
+        self.replacements += 1;
+        let id = format!("{region}-r{}", self.replacements);
+        let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        self.edges.push(EdgeProcess {
+            spool_dir: self.options.work_dir.join(format!("spool-{id}")),
+            id: id.clone(),
+            region: region.to_string(),
+            port,
+            child: None,
+            stopped: false,
+            starts: 0,
+        });
+        let i = self.edges.len() - 1;
+        self.spawn_edge(i)?;
+        self.wait_edges_active(std::slice::from_ref(&id), Duration::from_secs(30))
+            .await?;
+        Ok(id)
+    }
+
+    /// Stops locator replica `i` with SIGTERM (SIGKILL after 15 s).
+    pub async fn stop_locator(&mut self, i: usize) -> Result<(), String> {
+        let Some(mut child) = self.locators.get_mut(i).and_then(|l| l.child.take()) else {
+            return Ok(());
+        };
+        signal(&child, "TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Starts locator replica `i` again on the same port and database.
+    pub async fn start_locator(&mut self, i: usize) -> Result<(), String> {
+        self.spawn_locator(i)?;
+        self.wait_locator_healthy(i, Duration::from_secs(30)).await
+    }
+
+    /// Edges of a region that run now.
+    pub fn running_edges(&self, region: &str) -> Vec<String> {
+        self.edges
+            .iter()
+            .filter(|e| e.region == region && e.child.is_some())
+            .map(|e| e.id.clone())
+            .collect()
+    }
+
+    /// `(id, region, url)` of every edge that runs.
+    pub fn edge_urls(&self) -> Vec<(String, String, String)> {
+        self.edges
+            .iter()
+            .filter(|e| e.child.is_some())
+            .map(|e| {
+                (
+                    e.id.clone(),
+                    e.region.clone(),
+                    format!("http://127.0.0.1:{}", e.port),
+                )
+            })
+            .collect()
+    }
+
+    /// Every edge's id and region (also the ones not running).
+    pub fn all_edges(&self) -> Vec<(String, String)> {
+        self.edges
+            .iter()
+            .map(|e| (e.id.clone(), e.region.clone()))
+            .collect()
+    }
+
+    /// Stops everything (resumes stopped edges first so they can exit).
+    pub fn shutdown(&mut self) {
+        for edge in &mut self.edges {
+            if let Some(mut child) = edge.child.take() {
+                if edge.stopped {
+                    let _ = signal(&child, "CONT");
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        for locator in &mut self.locators {
+            if let Some(mut child) = locator.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
