@@ -523,7 +523,7 @@ async fn create_session(
         .map_err(|e| Problem::internal("create the session", &e))?;
     tracing::debug!(session = %record.id, client = %placement.ip, created, "session");
     if created {
-        edge.note_assignment();
+        state.note_assignment(edge);
         let answer = session_answer(&state, &record, edge, true, chosen.fallback, chosen.detail);
         return Ok((StatusCode::CREATED, Json(answer)).into_response());
     }
@@ -589,7 +589,7 @@ async fn join_existing(
         .await
         .map_err(|e| Problem::internal("move the room", &e))?;
     if moved {
-        target.note_assignment();
+        state.note_assignment(target);
         tracing::info!(session = %record.id, from = %record.edge_id, to = %target.id, "room moved off an unavailable edge");
     }
     let current = state
@@ -863,6 +863,14 @@ async fn admin_edge_action(
                 .await
                 .map_err(|e| Problem::internal("record the suspension", &e))?;
             state.registry.set_suspended(&edge_id, suspend);
+            if let Some(cluster) = &state.cluster
+                && let Err(error) = cluster
+                    .broadcast_admin(&state.store, &edge_id, &action, None)
+                    .await
+            {
+                // Persisted already: the others see it at their next full read.
+                tracing::warn!(edge = %edge_id, %error, "could not tell the other locators at once");
+            }
             tracing::info!(edge = %edge_id, %actor, action = %action, changed, "admin action");
             changed
         }
@@ -875,10 +883,29 @@ async fn admin_edge_action(
             let snapshot = state.registry.snapshot();
             let already = snapshot.edge(&edge_id).is_some_and(|e| e.status.draining);
             if !already {
-                let sent = state.registry.send(
-                    &edge_id,
-                    locus_protocol::LocatorMessage::Drain { deadline_unix_ms },
-                );
+                let sent = if state.registry.holds(&edge_id) {
+                    state.registry.send(
+                        &edge_id,
+                        locus_protocol::LocatorMessage::Drain { deadline_unix_ms },
+                    )
+                } else {
+                    // Held by another locator: that one tells the edge.
+                    let connected = snapshot.edge(&edge_id).is_some_and(|e| {
+                        e.status.liveness == crate::edge_state::Liveness::Connected
+                    });
+                    match &state.cluster {
+                        Some(cluster) if connected => cluster
+                            .broadcast_admin(
+                                &state.store,
+                                &edge_id,
+                                "drain",
+                                Some(deadline_unix_ms),
+                            )
+                            .await
+                            .is_ok(),
+                        _ => false,
+                    }
+                };
                 if !sent {
                     return Err(Problem::unavailable(
                         "edge-not-connected",
@@ -890,6 +917,13 @@ async fn admin_edge_action(
                 }
                 // No new sessions from now on, and a repeated request changes nothing.
                 state.registry.set_draining(&edge_id);
+                if let Some(cluster) = &state.cluster
+                    && state.registry.holds(&edge_id)
+                {
+                    let _ = cluster
+                        .broadcast_admin(&state.store, &edge_id, "drain", Some(deadline_unix_ms))
+                        .await;
+                }
                 state
                     .store
                     .record_admin_action(

@@ -177,10 +177,20 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket) {
             .await?
             .is_some_and(|e| e.suspended);
         let acked = state.store.acked_seq(&edge_id).await?;
-        Ok::<_, crate::store::StoreError>((suspended, acked))
+        // Several locators: this one holds the edge's link from now on (newest claim).
+        let claim_rev = match &state.cluster {
+            Some(cluster) => {
+                state
+                    .store
+                    .claim_edge(&edge_id, &cluster.id, reg.draining)
+                    .await?
+            }
+            None => 0,
+        };
+        Ok::<_, crate::store::StoreError>((suspended, acked, claim_rev))
     }
     .await;
-    let (suspended, acked_seq) = match stored {
+    let (suspended, acked_seq, claim_rev) = match stored {
         Ok(v) => v,
         Err(error) => {
             tracing::error!(edge = %edge_id, %error, "edge registration failed: database unavailable");
@@ -194,7 +204,9 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket) {
         }
     };
     let (tx, mut rx) = mpsc::channel::<LocatorMessage>(64);
-    let registered = state.registry.register(&reg, suspended, tx, Instant::now());
+    let registered = state
+        .registry
+        .register(&reg, suspended, tx, Instant::now(), claim_rev);
     tracing::info!(
         edge = %edge_id,
         region = %reg.region,
@@ -398,7 +410,7 @@ async fn move_rooms(state: &Arc<AppState>, edge_id: &str, sessions: &[String]) -
             .reassign_session(session_id, edge_id, &target.id, &region, now_ms())
             .await
         {
-            target.note_assignment();
+            state.note_assignment(target);
             moves.push(RoomMove {
                 session_id: session_id.clone(),
                 edge_id: target.id.to_string(),

@@ -46,6 +46,25 @@ pub enum FailReason {
 }
 
 impl FailReason {
+    pub const ALL: [FailReason; 3] = [
+        FailReason::GraceExpired,
+        FailReason::HealthProbeFailed,
+        FailReason::Drained,
+    ];
+
+    /// The kebab-case name (as serialized, and as published for other locators).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::GraceExpired => "grace-expired",
+            FailReason::HealthProbeFailed => "health-probe-failed",
+            FailReason::Drained => "drained",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<FailReason> {
+        FailReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             FailReason::GraceExpired => "link lost for the whole grace period",
@@ -100,6 +119,17 @@ pub struct EdgeStatus {
     pub draining: bool,
     /// When the last report (or the registration) arrived.
     pub last_report_at: Instant,
+}
+
+/// An edge's state as published by the locator holding its link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishedStatus {
+    /// `LinkLost`'s `since` is ignored (the loss counts from when it was written).
+    pub liveness: Liveness,
+    pub suspended: bool,
+    pub draining: bool,
+    /// How long ago it was written.
+    pub age: Duration,
 }
 
 /// What the owner of the status should do after an event.
@@ -243,6 +273,26 @@ impl EdgeStatus {
         Effect::None
     }
 
+    /// Another locator, which holds the edge's link, published the edge's state, written
+    /// `age` ago (several locators on one database). The published liveness replaces
+    /// this one; `last_report_at` becomes the time of writing, so a holder that stops
+    /// publishing (it died with the edge) makes the edge link-lost here after the usual
+    /// silence, as a silent link would.
+    pub fn on_published(&mut self, published: &PublishedStatus, now: Instant) -> Effect {
+        let written = now.checked_sub(published.age).unwrap_or(now);
+        self.liveness = match (published.liveness, self.liveness) {
+            (Liveness::LinkLost { .. }, Liveness::LinkLost { since }) => {
+                Liveness::LinkLost { since }
+            }
+            (Liveness::LinkLost { .. }, _) => Liveness::LinkLost { since: written },
+            (other, _) => other,
+        };
+        self.suspended = published.suspended;
+        self.draining = published.draining;
+        self.last_report_at = written;
+        Effect::None
+    }
+
     /// How long since the last report.
     pub fn report_age(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.last_report_at)
@@ -260,6 +310,49 @@ mod tests {
             missed_reports: 3,
             grace_period: Duration::from_secs(30),
             ..EdgeTiming::default()
+        }
+    }
+
+    /// A mirror of an edge held by another locator follows what is published, and goes
+    /// link-lost by itself (then failed after the grace period) when publishing stops.
+    #[tokio::test(start_paused = true)]
+    async fn a_published_state_is_mirrored_and_its_silence_noticed() {
+        let t = timing();
+        let start = Instant::now();
+        let mut status = EdgeStatus::registered(start, false, false);
+        let published = |liveness, age| PublishedStatus {
+            liveness,
+            suspended: true,
+            draining: false,
+            age: Duration::from_millis(age),
+        };
+        status.on_published(&published(Liveness::Connected, 0), Instant::now());
+        assert_eq!(status.state(), EdgeState::Suspended);
+        // Written 5 s ago by a holder that has said nothing since: lost after 6 s of
+        // silence, i.e. 1 s from now.
+        status.on_published(&published(Liveness::Connected, 5_000), Instant::now());
+        assert_eq!(status.on_tick(Instant::now(), &t), Effect::None);
+        advance(Duration::from_millis(1_001)).await;
+        assert_eq!(status.on_tick(Instant::now(), &t), Effect::ProbeHealth);
+        // The holder says the link is lost: the loss keeps its first time.
+        let lost_at = Instant::now();
+        advance(Duration::from_secs(10)).await;
+        status.on_published(
+            &published(Liveness::LinkLost { since: start }, 0),
+            Instant::now(),
+        );
+        assert_eq!(status.liveness, Liveness::LinkLost { since: lost_at });
+        advance(Duration::from_secs(20)).await;
+        assert_eq!(
+            status.on_tick(Instant::now(), &t),
+            Effect::Failed(FailReason::GraceExpired)
+        );
+        // The edge reconnected to the holder, which publishes it connected again.
+        status.on_published(&published(Liveness::Connected, 0), Instant::now());
+        assert_eq!(status.state(), EdgeState::Suspended);
+        assert!(status.serves_existing_sessions());
+        for why in FailReason::ALL {
+            assert_eq!(FailReason::from_name(why.as_str()), Some(why));
         }
     }
 

@@ -12,7 +12,9 @@
 //!   events) and its JSON API (status, audit log), with the one admin auth check.
 //! - [`api`]: the HTTP routes; [`problem`] their errors; [`client_ip`] the client address
 //!   behind trusted proxies; [`turn`] ICE servers and TURN credentials.
-//! - [`store`]: sessions, rooms, edges, audit and metrics in SQLite (Postgres later).
+//! - [`store`]: sessions, rooms, edges, audit and metrics in SQLite or Postgres.
+//! - [`cluster`]: several locators on one Postgres database (edge state published by
+//!   the locator holding each edge, assignments and admin actions sent to all).
 //! - [`server`]: shared state, background tasks (state ticks, health probes, GeoIP and
 //!   config reload) and the serve loop.
 //!
@@ -23,6 +25,7 @@ pub mod admin;
 pub mod api;
 pub mod cli;
 pub mod client_ip;
+pub mod cluster;
 pub mod edge_link;
 pub mod edge_state;
 pub mod metrics;

@@ -2,6 +2,13 @@
 //! load report. Mutations take a short `std::sync::Mutex` (never held across `.await`) and
 //! publish a fresh immutable [`RegistrySnapshot`] for selection, plus a change counter
 //! for live views.
+//!
+//! With several locators on one database (see [`crate::cluster`]) the registry also
+//! holds *mirrors*: edges whose link another locator holds, kept from what that locator
+//! publishes ([`Registry::apply_published`]). An edge's own link decides over a mirror
+//! until a newer claim (the edge registered with another locator since) arrives; then
+//! the local link is dropped. The edges held here collect what changed for publishing
+//! ([`Registry::take_changed`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,8 +20,9 @@ use locus_protocol::{LoadReport, LocatorMessage, Register};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::edge_state::{EdgeStatus, Effect};
+use crate::edge_state::{EdgeStatus, Effect, FailReason, Liveness, PublishedStatus};
 use crate::snapshot::{EdgeView, RegistrySnapshot};
+use crate::store::{LiveEdge, PublishedEdge, PublishedLiveness};
 
 /// The sending half of an edge's link.
 #[derive(Debug)]
@@ -34,6 +42,26 @@ struct Entry {
     load: Option<LoadReport>,
     assigned_since_report: Arc<AtomicU32>,
     link: Option<Link>,
+    /// This locator holds the newest claim on the edge (it registered here last); false
+    /// for a mirror of an edge held by another locator.
+    held_here: bool,
+    /// The rev of the claim this locator holds, or of the mirrored one.
+    claim_rev: i64,
+    /// Reports over the current claim (published; a change resets the assignments).
+    reports: i64,
+    /// Newest published rev applied to a mirror.
+    published_rev: i64,
+    /// The state changed since it was last taken for publishing (edges held here).
+    changed: bool,
+}
+
+impl Entry {
+    /// Marks a change of an edge held here, to be published.
+    fn touch(&mut self) {
+        if self.held_here {
+            self.changed = true;
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -130,6 +158,7 @@ impl Registry {
         suspended: bool,
         tx: mpsc::Sender<LocatorMessage>,
         now: Instant,
+        claim_rev: i64,
     ) -> Registered {
         let mut inner = self.lock();
         inner.next_conn_id += 1;
@@ -147,6 +176,10 @@ impl Registry {
                 entry.load = None;
                 entry.assigned_since_report.store(0, Ordering::Relaxed);
                 entry.link = Some(link);
+                entry.held_here = true;
+                entry.claim_rev = claim_rev;
+                entry.reports = 0;
+                entry.changed = true;
                 replaced
             }
             None => {
@@ -162,6 +195,11 @@ impl Registry {
                         load: None,
                         assigned_since_report: Arc::new(AtomicU32::new(0)),
                         link: Some(link),
+                        held_here: true,
+                        claim_rev,
+                        reports: 0,
+                        published_rev: 0,
+                        changed: true,
                     },
                 );
                 false
@@ -194,20 +232,26 @@ impl Registry {
             entry.load = Some(report);
             entry.assigned_since_report.store(0, Ordering::Relaxed);
             entry.status.on_report(now);
+            entry.reports += 1;
+            entry.touch();
         })
         .is_some()
     }
 
     /// The edge announced it is draining.
     pub fn draining(&self, edge_id: &str, conn_id: u64) -> bool {
-        self.with_current_link(edge_id, conn_id, |entry| entry.status.on_draining())
-            .is_some()
+        self.with_current_link(edge_id, conn_id, |entry| {
+            entry.status.on_draining();
+            entry.touch();
+        })
+        .is_some()
     }
 
     /// Link `conn_id` of the edge closed. Ignored when a newer link replaced it.
     pub fn link_closed(&self, edge_id: &str, conn_id: u64, now: Instant) -> Effect {
         self.with_current_link(edge_id, conn_id, |entry| {
             entry.link = None;
+            entry.touch();
             entry.status.on_link_closed(now)
         })
         .unwrap_or(Effect::None)
@@ -219,7 +263,13 @@ impl Registry {
         let effects: Vec<(String, Effect)> = inner
             .edges
             .iter_mut()
-            .map(|(id, e)| (id.clone(), e.status.on_tick(now, timing)))
+            .map(|(id, e)| {
+                let effect = e.status.on_tick(now, timing);
+                if effect != Effect::None {
+                    e.touch();
+                }
+                (id.clone(), effect)
+            })
             .filter(|(_, effect)| *effect != Effect::None)
             .collect();
         if !effects.is_empty() {
@@ -235,6 +285,7 @@ impl Registry {
             return Effect::None;
         };
         let effect = entry.status.on_probe(healthy);
+        entry.touch();
         self.publish(&inner);
         effect
     }
@@ -248,6 +299,7 @@ impl Registry {
             return false;
         };
         entry.status.on_draining();
+        entry.touch();
         self.publish(&inner);
         true
     }
@@ -263,6 +315,7 @@ impl Registry {
         } else {
             entry.status.on_resume();
         }
+        entry.touch();
         self.publish(&inner);
         true
     }
@@ -281,5 +334,149 @@ impl Registry {
     /// The public URL the edge registered with (for health probes).
     pub fn public_url(&self, edge_id: &str) -> Option<Arc<str>> {
         self.lock().edges.get(edge_id).map(|e| e.public_url.clone())
+    }
+
+    /// Counts sessions another locator assigned to the edge since its last report.
+    pub fn add_assignments(&self, edge_id: &str, n: u32) {
+        if let Some(entry) = self.lock().edges.get(edge_id) {
+            entry.assigned_since_report.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this locator holds the edge's link (its newest claim).
+    pub fn holds(&self, edge_id: &str) -> bool {
+        self.lock().edges.get(edge_id).is_some_and(|e| e.held_here)
+    }
+
+    /// The state of the edges held here that changed since the last call, for
+    /// publishing. What could not be published is given back with [`Registry::retake`].
+    pub fn take_changed(&self) -> Vec<PublishedEdge> {
+        let mut inner = self.lock();
+        inner
+            .edges
+            .values_mut()
+            .filter(|e| e.held_here && e.changed)
+            .map(|e| {
+                e.changed = false;
+                PublishedEdge {
+                    edge_id: e.id.to_string(),
+                    claim_rev: e.claim_rev,
+                    liveness: match e.status.liveness {
+                        Liveness::Connected => PublishedLiveness::Connected,
+                        Liveness::LinkLost { .. } => PublishedLiveness::LinkLost,
+                        Liveness::Failed { why } => PublishedLiveness::Failed(why.as_str()),
+                    },
+                    draining: e.status.draining,
+                    load: e.load.and_then(|l| serde_json::to_string(&l).ok()),
+                    report_seq: e.reports,
+                }
+            })
+            .collect()
+    }
+
+    /// Marks edges as changed again (their publishing failed).
+    pub fn retake(&self, edge_ids: &[String]) {
+        let mut inner = self.lock();
+        for id in edge_ids {
+            if let Some(entry) = inner.edges.get_mut(id) {
+                entry.touch();
+            }
+        }
+    }
+
+    /// Applies what the locators holding edges published (`me` is this locator: its own
+    /// rows are skipped). An edge held here whose newest claim is now another locator's
+    /// becomes a mirror and its local link is dropped (the edge registered elsewhere
+    /// since). Returns the edges that moved away from here.
+    pub fn apply_published(&self, rows: &[LiveEdge], me: &str, now: Instant) -> Vec<String> {
+        let mut inner = self.lock();
+        let mut moved = Vec::new();
+        let mut changed = false;
+        for row in rows {
+            // The suspension is the database's (set by whichever locator an admin used):
+            // applied to every edge, also those held here, whatever the rev.
+            if let Some(entry) = inner.edges.get_mut(&row.edge.id)
+                && entry.status.suspended != row.edge.suspended
+            {
+                if row.edge.suspended {
+                    entry.status.on_suspend();
+                } else {
+                    entry.status.on_resume();
+                }
+                entry.touch();
+                changed = true;
+            }
+            if row.holder == me {
+                continue;
+            }
+            let liveness = match row.liveness.as_str() {
+                "connected" => Liveness::Connected,
+                "link-lost" => Liveness::LinkLost { since: now },
+                _ => Liveness::Failed {
+                    why: row
+                        .fail_reason
+                        .as_deref()
+                        .and_then(FailReason::from_name)
+                        .unwrap_or(FailReason::GraceExpired),
+                },
+            };
+            let published = PublishedStatus {
+                liveness,
+                suspended: row.edge.suspended,
+                draining: row.draining,
+                age: std::time::Duration::from_millis(row.age_ms.max(0) as u64),
+            };
+            let entry = inner
+                .edges
+                .entry(row.edge.id.clone())
+                .or_insert_with(|| Entry {
+                    id: row.edge.id.as_str().into(),
+                    region: row.edge.region.clone(),
+                    public_url: row.edge.public_url.as_str().into(),
+                    capacity: row.edge.capacity,
+                    version: row.edge.version.as_str().into(),
+                    status: EdgeStatus::registered(now, false, false),
+                    load: None,
+                    assigned_since_report: Arc::new(AtomicU32::new(0)),
+                    link: None,
+                    held_here: false,
+                    claim_rev: row.claim_rev,
+                    reports: -1,
+                    published_rev: 0,
+                    changed: false,
+                });
+            if entry.held_here {
+                if row.claim_rev <= entry.claim_rev {
+                    continue; // an older claim: this locator's link is the edge's latest
+                }
+                entry.held_here = false;
+                entry.changed = false;
+                // Dropping the sender ends that link's task ("replaced by a newer link").
+                entry.link = None;
+                moved.push(row.edge.id.clone());
+            } else if row.rev <= entry.published_rev {
+                continue;
+            }
+            entry.published_rev = row.rev;
+            entry.claim_rev = row.claim_rev;
+            entry.region.clone_from(&row.edge.region);
+            entry.public_url = row.edge.public_url.as_str().into();
+            entry.capacity = row.edge.capacity;
+            entry.version = row.edge.version.as_str().into();
+            entry.status.on_published(&published, now);
+            if row.report_seq != entry.reports {
+                entry.reports = row.report_seq;
+                entry.assigned_since_report.store(0, Ordering::Relaxed);
+            }
+            entry.load = row
+                .load
+                .as_deref()
+                .and_then(|l| serde_json::from_str(l).ok());
+            changed = true;
+        }
+        if changed {
+            self.publish(&inner);
+        }
+        moved
     }
 }

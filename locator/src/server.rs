@@ -111,6 +111,8 @@ pub struct AppState {
     /// Admin page sessions, answer counters by region, event-stream shutdown.
     pub admin: crate::admin::AdminState,
     pub started: Instant,
+    /// Set when the database is shared by several locators (Postgres).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl AppState {
@@ -121,11 +123,20 @@ impl AppState {
             geo: Arc::new(geo),
             admin: crate::admin::AdminState::new(regions.clone()),
             registry: Arc::new(Registry::new(regions)),
+            cluster: crate::cluster::Cluster::for_store(&store),
             store,
             join_key: JoinKey::from_edge_token(&secrets.edge_token),
             secrets,
             metrics: Metrics::default(),
             started: Instant::now(),
+        }
+    }
+
+    /// Counts a session just assigned to `edge` (here, and on the other locators).
+    pub fn note_assignment(&self, edge: &crate::snapshot::EdgeView) {
+        edge.note_assignment();
+        if let Some(cluster) = &self.cluster {
+            cluster.note_assignment(&edge.id);
         }
     }
 
@@ -267,6 +278,24 @@ pub async fn run(
     tasks.spawn(geoip_reload_loop(state.clone()));
     #[cfg(unix)]
     tasks.spawn(sighup_loop(state.clone()));
+    if let Some(cluster) = state.cluster.clone() {
+        // Know the edges other locators hold before answering the first client.
+        let first = crate::cluster::sync(&state, &cluster, None);
+        match tokio::time::timeout(Duration::from_secs(5), first).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot read the edges other locators hold yet")
+            }
+            Err(_) => tracing::warn!("reading the edges other locators hold timed out"),
+        }
+        tracing::info!(locator = %cluster.id, "sharing the database with other locators");
+        tasks.spawn(crate::cluster::publish_loop(state.clone(), cluster.clone()));
+        tasks.spawn(crate::cluster::assignments_loop(
+            state.clone(),
+            cluster.clone(),
+        ));
+        tasks.spawn(crate::cluster::follow_loop(state.clone(), cluster));
+    }
     let app = crate::api::router(state.clone());
     // Admin event streams never end by themselves: close them when shutdown starts, or
     // the graceful shutdown would wait for them forever.

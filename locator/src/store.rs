@@ -26,10 +26,10 @@
 //!
 //! Nothing a locator must agree on with the others is kept only in its memory: rooms,
 //! suspensions, spool progress and the audit trail are rows, and every write that races
-//! with another locator is decided by the database (see [`postgres`] for each case). What
-//! comes with the replica work: change notifications (`NOTIFY` in the transaction of a
-//! suspension or a room move, so other locators refresh without polling) and edges
-//! re-announcing their sessions to whichever locator they reconnect to.
+//! with another locator is decided by the database (see [`postgres`] for each case). The
+//! state of each edge (liveness, load) is published by the locator holding its link in
+//! `edge_live`, with a `NOTIFY` in the same transaction, and followed by the others
+//! through a [`ChangeFeed`] (see `crate::cluster`).
 //!
 //! # Sessions
 //!
@@ -807,6 +807,161 @@ impl Store {
     /// How many metrics samples there are (of one edge, or all).
     pub async fn count_metrics(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
         dispatch!(&self.inner.backend, db => db.count_metrics(edge_id).await)
+    }
+
+    /// Whether several locators may share this database (Postgres): then each publishes
+    /// the state of the edges it holds ([`Store::claim_edge`], [`Store::publish_edges`])
+    /// and follows the others' through a [`ChangeFeed`]. SQLite: one locator, none of it.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.inner.backend, Backend::Postgres(_))
+    }
+
+    fn shared(&self, op: &'static str) -> Result<&postgres::PostgresBackend, StoreError> {
+        match &self.inner.backend {
+            Backend::Postgres(db) => Ok(db),
+            Backend::Sqlite(_) => Err(StoreError::invalid(
+                op,
+                "only a Postgres database is shared by several locators",
+            )),
+        }
+    }
+
+    /// Records that locator `holder` now holds the edge's link: returns the claim's rev
+    /// (newer claims have larger revs; the newest wins). The others are notified.
+    pub async fn claim_edge(
+        &self,
+        edge_id: &str,
+        holder: &str,
+        draining: bool,
+    ) -> Result<i64, StoreError> {
+        self.shared("claim_edge")?
+            .claim_edge(edge_id, holder, draining)
+            .await
+    }
+
+    /// Writes the state of edges `holder` holds (rows whose newest claim is not
+    /// `holder`'s are left alone) and notifies the others. Returns the ids written.
+    pub async fn publish_edges(
+        &self,
+        holder: &str,
+        edges: &[PublishedEdge],
+    ) -> Result<Vec<String>, StoreError> {
+        if edges.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.shared("publish_edges")?
+            .publish_edges(holder, edges)
+            .await
+    }
+
+    /// The published state of the edges named (all of them for `None`).
+    pub async fn live_edges(&self, ids: Option<&[String]>) -> Result<Vec<LiveEdge>, StoreError> {
+        self.shared("live_edges")?.live_edges(ids).await
+    }
+
+    /// Sends a change notification to every locator on the database.
+    pub async fn notify(&self, channel: Channel, payload: &str) -> Result<(), StoreError> {
+        self.shared("notify")?.notify(channel, payload).await
+    }
+
+    /// Starts following the change notifications of every locator on the database.
+    pub async fn change_feed(&self) -> Result<ChangeFeed, StoreError> {
+        self.shared("change_feed")?.change_feed().await
+    }
+}
+
+/// The notification channels between locators sharing a database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Channel {
+    /// `<holder> <edge id>,…`: edges whose published state changed.
+    Edges,
+    /// `<locator> <edge id>=<n>,…`: sessions a locator just assigned to edges.
+    Assignments,
+    /// JSON: an admin action for every locator (and the holder of the edge's link).
+    Admin,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Edges, Channel::Assignments, Channel::Admin];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Channel::Edges => "locus_edges",
+            Channel::Assignments => "locus_assignments",
+            Channel::Admin => "locus_admin",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.name() == name)
+    }
+}
+
+/// Liveness of an edge as published by the locator holding its link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishedLiveness {
+    Connected,
+    LinkLost,
+    /// With the reason's kebab-case name (e.g. `grace-expired`).
+    Failed(&'static str),
+}
+
+/// What a locator publishes about an edge it holds.
+#[derive(Debug, Clone)]
+pub struct PublishedEdge {
+    pub edge_id: String,
+    pub claim_rev: i64,
+    pub liveness: PublishedLiveness,
+    pub draining: bool,
+    /// The last load report, as the protocol's JSON.
+    pub load: Option<String>,
+    pub report_seq: i64,
+}
+
+/// An edge's published state, with its registration.
+#[derive(Debug, Clone)]
+pub struct LiveEdge {
+    pub edge: EdgeRecord,
+    pub holder: String,
+    pub claim_rev: i64,
+    pub rev: i64,
+    /// `connected`, `link-lost` or `failed`.
+    pub liveness: String,
+    pub fail_reason: Option<String>,
+    pub draining: bool,
+    pub load: Option<String>,
+    pub report_seq: i64,
+    /// How long ago it was written, by the database's clock (no skew between locators).
+    pub age_ms: i64,
+}
+
+/// The change notifications of the locators sharing a database
+/// ([`Store::change_feed`]).
+pub struct ChangeFeed {
+    listener: sqlx::postgres::PgListener,
+}
+
+impl std::fmt::Debug for ChangeFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeFeed").finish_non_exhaustive()
+    }
+}
+
+impl ChangeFeed {
+    /// The next notification. `Ok(None)`: the connection was lost and is being
+    /// re-established: notifications sent meanwhile are lost, so re-read what matters.
+    pub async fn next(&mut self) -> Result<Option<(Channel, String)>, StoreError> {
+        loop {
+            match self.listener.try_recv().await {
+                Ok(Some(n)) => {
+                    if let Some(channel) = Channel::from_name(n.channel()) {
+                        return Ok(Some((channel, n.payload().to_string())));
+                    }
+                }
+                Ok(None) => return Ok(None),
+                Err(source) => return Err(StoreError::db("change_feed")(source)),
+            }
+        }
     }
 }
 

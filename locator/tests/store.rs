@@ -16,10 +16,8 @@
 //! migrations under concurrent starts, outages, killed connections, credentials).
 
 use std::collections::HashSet;
-use std::io::Write as _;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use locus_locator::store::{
     AuditFilter, AuditSource, EdgeRecord, NewSession, SessionState, Store, StoreError, StoreInfo,
@@ -28,6 +26,10 @@ use locus_locator::store::{
 use locus_protocol::{LoadReport, SpoolBody, SpoolEntry};
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
+
+#[path = "support/postgres.rs"]
+mod postgres_support;
+use postgres_support::{Scratch, ddl, password_of, postgres_server, with_database};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -151,154 +153,6 @@ async fn run(kind: Kind, test: &str, body: impl AsyncFnOnce(&TestDb) -> TestResu
         return Ok(());
     };
     body(&db).await
-}
-
-/// The Postgres server the tests use.
-fn postgres_server_url() -> String {
-    std::env::var("LOCUS_TEST_POSTGRES")
-        .ok()
-        .filter(|url| !url.trim().is_empty())
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
-}
-
-/// The server's URL when it answers; otherwise fails under CI, or says SKIPPED.
-async fn postgres_server(test: &str) -> Option<String> {
-    let url = postgres_server_url();
-    let why = match tokio::time::timeout(Duration::from_secs(10), PgConnection::connect(&url)).await
-    {
-        Ok(Ok(conn)) => {
-            let _ = conn.close().await;
-            return Some(url);
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "no answer within 10 s".to_string(),
-    };
-    let shown = without_password(&url);
-    let in_ci = std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"));
-    assert!(
-        !in_ci,
-        "postgres::{test}: the Postgres server {shown} cannot be reached ({why}) and CI is set: \
-         CI must not pass by skipping the Postgres half of the storage tests (./scripts/test \
-         starts or installs a server; or set LOCUS_TEST_POSTGRES)"
-    );
-    // Straight to the terminal: the test harness captures println!/eprintln!.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED postgres::{test}: Postgres server {shown} unreachable ({why}); run \
-         ./scripts/test or set LOCUS_TEST_POSTGRES"
-    );
-    None
-}
-
-/// A database of one test; dropped (with `WITH (FORCE)`, closing leftover connections)
-/// when the value is dropped, also when the test panicked.
-struct Scratch {
-    server: String,
-    name: String,
-}
-
-/// Databases of earlier runs that did not get dropped (a killed test run) are dropped by
-/// the first test of a later run, after an hour.
-static STALE_DROPPED: AtomicBool = AtomicBool::new(false);
-const STALE_AFTER_SECS: u64 = 3600;
-
-impl Scratch {
-    async fn create(server: &str) -> Result<Scratch, Box<dyn std::error::Error>> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
-        let name = format!("locus_test_{now}_{:08x}", rand::random::<u32>());
-        let mut admin = PgConnection::connect(server).await?;
-        if !STALE_DROPPED.swap(true, Ordering::SeqCst) {
-            let names: Vec<String> = sqlx::query_scalar(
-                "SELECT datname FROM pg_database WHERE datname LIKE 'locus\\_test\\_%'",
-            )
-            .fetch_all(&mut admin)
-            .await?;
-            for stale in names {
-                let created = stale.split('_').nth(2).and_then(|t| t.parse::<u64>().ok());
-                if created.is_some_and(|t| t + STALE_AFTER_SECS < now) {
-                    let _ = ddl(format!("DROP DATABASE IF EXISTS \"{stale}\" WITH (FORCE)"))
-                        .execute(&mut admin)
-                        .await;
-                }
-            }
-        }
-        ddl(format!("CREATE DATABASE \"{name}\""))
-            .execute(&mut admin)
-            .await?;
-        let _ = admin.close().await;
-        Ok(Scratch {
-            server: server.to_string(),
-            name,
-        })
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let server = self.server.clone();
-        let name = self.name.clone();
-        // Drop may run inside the test's runtime: do the async work on a thread of its own.
-        let dropped = std::thread::spawn(move || -> Result<(), String> {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            runtime.block_on(async {
-                let mut admin = PgConnection::connect(&server)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                ddl(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = admin.close().await;
-                Ok(())
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Ok(()))) {
-            eprintln!(
-                "could not drop the test database {}: {dropped:?}",
-                self.name
-            );
-        }
-    }
-}
-
-/// A statement naming a database (names are generated here, never from input).
-fn ddl(sql: String) -> sqlx::RawSql {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-}
-
-/// `url` with its database (path) replaced by `database`, query kept.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let (scheme, rest) = base.split_once("://").unwrap_or(("postgres", base));
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let mut out = format!("{scheme}://{authority}/{database}");
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
-
-/// `url` with the password (if any) replaced by `***`, for messages.
-fn without_password(url: &str) -> String {
-    match password_of(url) {
-        Some(password) if !password.is_empty() => url.replacen(password, "***", 1),
-        _ => url.to_string(),
-    }
-}
-
-fn password_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let userinfo = authority.rsplit_once('@')?.0;
-    userinfo.split_once(':').map(|(_, password)| password)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 //! small edge client speaking the shared protocol over a real websocket.
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -24,13 +26,18 @@ pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 /// Three regions on three continents; loopback is a trusted proxy.
 pub fn regions_yaml(db: &Path, grace: &str) -> String {
+    regions_yaml_with(db, grace, "1s")
+}
+
+/// [`regions_yaml`] with another report interval.
+pub fn regions_yaml_with(db: &Path, grace: &str, report_interval: &str) -> String {
     format!(
         r#"
 geoip: {{ database: "{}" }}
 trusted_proxies: [127.0.0.0/8]
 default_region: us-east
 edges:
-  report_interval: 1s
+  report_interval: {report_interval}
   missed_reports: 3
   grace_period: {grace}
   probe_timeout: 1s
@@ -100,14 +107,25 @@ impl TestLocator {
     }
 
     pub async fn start_with(dir: &Path, grace: &str, listen: &str) -> TestLocator {
+        let database = dir.join("locator.sqlite");
+        let url = database.to_str().expect("utf-8").to_string();
+        TestLocator::start_on(dir, &url, grace, "1s", listen).await
+    }
+
+    /// A locator on the database `url` (a SQLite path or a Postgres URL).
+    pub async fn start_on(
+        dir: &Path,
+        url: &str,
+        grace: &str,
+        report_interval: &str,
+        listen: &str,
+    ) -> TestLocator {
         let db = write_geoip(dir);
-        let yaml = regions_yaml(&db, grace);
+        let yaml = regions_yaml_with(&db, grace, report_interval);
         let config = Config::parse(&yaml, &dir.join("regions.yaml")).expect("test config");
         let geo = GeoResolver::open(&config).expect("geoip");
-        let database = dir.join("locator.sqlite");
-        let store = Store::open(database.to_str().expect("utf-8"))
-            .await
-            .expect("store");
+        let database = PathBuf::from(url);
+        let store = Store::open(url).await.expect("store");
         let secrets = Secrets {
             edge_token: EDGE_TOKEN.into(),
             admin_token: Some(ADMIN_TOKEN.into()),
