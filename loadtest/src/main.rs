@@ -48,7 +48,8 @@ enum Command {
 #[derive(Debug, Args)]
 struct RunArgs {
     /// steady, burst, edge-crash, edge-hang, region-outage, locator-restart,
-    /// rolling-drain, or mixed (all of them, one phase each).
+    /// rolling-drain, or mixed (all of them, one phase each); several separated by
+    /// commas run one after the other.
     #[arg(long, default_value = "steady")]
     scenario: String,
     /// Locator URL(s) of a running topology (comma-separated); without it a local
@@ -274,7 +275,9 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("loadtest: cannot create {}: {e}", args.out.display());
         return ExitCode::FAILURE;
     }
-    let base = args.out.join(format!("report-{}", report.scenario));
+    let base = args
+        .out
+        .join(format!("report-{}", report.scenario.replace(',', "+")));
     let json = base.with_extension("json");
     let html = base.with_extension("html");
     let written = serde_json::to_vec_pretty(&report)

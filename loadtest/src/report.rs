@@ -86,7 +86,7 @@ pub struct Balance {
 }
 
 /// A region's balance is judged only with at least this many burst sessions per edge.
-pub const BALANCE_MIN_MEAN: f64 = 10.0;
+pub const BALANCE_MIN_MEAN: f64 = 20.0;
 
 /// What the audit log says about the entries the clients caused.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -205,6 +205,9 @@ pub struct Inputs {
     pub audit: Option<AuditRows>,
     pub balance_limit: f64,
     pub burst_ran: bool,
+    /// `(id, region)` of the edges running during the burst (empty: the edges its
+    /// answers named).
+    pub burst_edges: Vec<(String, String)>,
     /// How long after a fault is healed a disruption still counts as caused by it.
     pub disruption_slack_ms: u64,
     pub notes: Vec<String>,
@@ -251,6 +254,7 @@ pub fn build(inputs: Inputs) -> Report {
         audit,
         balance_limit,
         burst_ran,
+        burst_edges,
         disruption_slack_ms,
         notes,
     } = inputs;
@@ -414,7 +418,7 @@ pub fn build(inputs: Inputs) -> Report {
     // Balance of the burst, per region.
     let balance = burst_ran.then(|| {
         let mut per_region: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-        for (id, region) in &target.edges {
+        for (id, region) in &burst_edges {
             per_region
                 .entry(region.clone())
                 .or_default()

@@ -175,10 +175,16 @@ pub async fn run(options: RunOptions) -> Result<(Report, Option<PathBuf>), Strin
         faults: Vec::new(),
         phases: Vec::new(),
         notes: Vec::new(),
+        burst_edges: Vec::new(),
         current: current.clone(),
     };
     let outcome = runner.run(&steps).await;
-    let (faults, phases, mut notes) = (runner.faults, runner.phases, runner.notes);
+    let (faults, phases, mut notes, burst_edges) = (
+        runner.faults,
+        runner.phases,
+        runner.notes,
+        runner.burst_edges,
+    );
     if let Ok(mut c) = current.lock() {
         *c = "finishing";
     }
@@ -256,6 +262,7 @@ pub async fn run(options: RunOptions) -> Result<(Report, Option<PathBuf>), Strin
         audit,
         balance_limit: options.balance_limit,
         burst_ran: steps.contains(&scenario::Step::Burst),
+        burst_edges,
         disruption_slack_ms: (options.clients.read_timeout + Duration::from_secs(5)).as_millis()
             as u64,
         notes,

@@ -66,8 +66,16 @@ pub const SCENARIOS: &[&str] = &[
     "mixed",
 ];
 
-/// The phases of a scenario.
+/// The phases of a scenario, or of several separated by commas (`steady,edge-crash`).
 pub fn phases(name: &str) -> Option<Vec<Step>> {
+    let mut all = Vec::new();
+    for part in name.split(',') {
+        all.extend(phases_of(part.trim())?);
+    }
+    (!all.is_empty()).then_some(all)
+}
+
+fn phases_of(name: &str) -> Option<Vec<Step>> {
     Some(match name {
         "steady" => vec![Step::Steady],
         "burst" => vec![Step::Burst],
@@ -137,6 +145,8 @@ pub struct Runner<'a> {
     pub faults: Vec<Fault>,
     pub phases: Vec<PhaseRun>,
     pub notes: Vec<String>,
+    /// `(id, region)` of the edges running when the burst started.
+    pub burst_edges: Vec<(String, String)>,
     /// The phase running now (for the progress line).
     pub current: Arc<std::sync::Mutex<&'static str>>,
 }
@@ -212,6 +222,13 @@ impl Runner<'_> {
             Step::Steady => self.sleep_until(end).await,
             Step::Burst => {
                 tokio::time::sleep(d / 5).await;
+                if let Some(topology) = self.topology.as_deref() {
+                    self.burst_edges = topology
+                        .edge_urls()
+                        .into_iter()
+                        .map(|(id, region, _)| (id, region))
+                        .collect();
+                }
                 client::burst(
                     self.clients.clone(),
                     self.options.burst,
