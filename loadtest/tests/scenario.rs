@@ -90,7 +90,7 @@ fn steady_then_edge_crash_keeps_every_invariant() {
             "2-3",
         ])
         .args(["--rejoin-share", "0.3", "--rejoin-bound-ms", "8000"])
-        .args(["--read-timeout-ms", "3000", "--max-requests", "5000"])
+        .args(["--read-timeout-ms", "5000", "--max-requests", "5000"])
         .args(["--edge-linger-ms", "500", "--addresses", "500"])
         .output()
         .expect("run the loadtest binary");
