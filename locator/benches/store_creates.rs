@@ -15,7 +15,9 @@
 //!   That is what the database does for N independent writers with its own commit
 //!   grouping; the store's group commit puts up to 256 creations in one transaction over
 //!   a pool of 10 connections. pgbench runs once per round, interleaved with the store's
-//!   measurements; every figure is the median of its rounds. When the server is unreachable, or `pgbench` is not
+//!   measurements; every figure is the median of its rounds. **Two replicas**: two
+//!   stores (two pools, two group-commit writers) on the one database, each with half the
+//!   callers, as two locators behind a load balancer write. When the server is unreachable, or `pgbench` is not
 //!   installed (`postgresql-client`), the Postgres part says so and is left out.
 //!
 //! Every commit is synced to disk in both backends (`synchronous = FULL`;
@@ -215,14 +217,23 @@ async fn postgres_points(url: &str, name: &str, rounds: usize) -> BenchResult<()
         ),
     }
     println!(
-        "{:>12} {:>11} {:>8} {:>14} {:>10} {:>10} {:>10}",
-        "concurrency", "pgbench/s", "clients", "1 tx/create/s", "group/s", "group÷pgb", "group÷1tx"
+        "{:>12} {:>11} {:>8} {:>14} {:>10} {:>10} {:>10} {:>13} {:>10}",
+        "concurrency",
+        "pgbench/s",
+        "clients",
+        "1 tx/create/s",
+        "group/s",
+        "group÷pgb",
+        "group÷1tx",
+        "2 replicas/s",
+        "2rep÷pgb"
     );
     for concurrency in CONCURRENCY {
         let creates = creates_at(concurrency);
         let clients = concurrency.min(PGBENCH_MAX_CLIENTS);
         // Interleaved rounds, median of each: the machine's load drifts during a run.
-        let (mut baseline, mut single, mut grouped) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut baseline, mut single, mut grouped, mut two) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
             if let Some(path) = &pgbench {
                 truncate(&mut db).await?;
@@ -232,16 +243,22 @@ async fn postgres_points(url: &str, name: &str, rounds: usize) -> BenchResult<()
             single.push(measure_postgres(url, 1, concurrency, creates).await?);
             truncate(&mut db).await?;
             grouped.push(measure_postgres(url, GROUP, concurrency, creates).await?);
+            truncate(&mut db).await?;
+            two.push(measure_two_replicas(url, concurrency, creates).await?);
         }
         let baseline = (!baseline.is_empty()).then(|| median(&mut baseline));
-        let (single, grouped) = (median(&mut single), median(&mut grouped));
-        let (baseline_text, ratio_text) = match baseline {
-            Some(tps) => (format!("{tps:.0}"), format!("{:.2}x", grouped / tps)),
-            None => ("-".to_string(), "-".to_string()),
+        let (single, grouped, two) = (median(&mut single), median(&mut grouped), median(&mut two));
+        let (baseline_text, ratio_text, two_ratio_text) = match baseline {
+            Some(tps) => (
+                format!("{tps:.0}"),
+                format!("{:.2}x", grouped / tps),
+                format!("{:.2}x", two / tps),
+            ),
+            None => ("-".to_string(), "-".to_string(), "-".to_string()),
         };
         println!(
             "{concurrency:>12} {baseline_text:>11} {clients:>8} {single:>14.0} {grouped:>10.0} \
-             {ratio_text:>10} {:>9.1}x",
+             {ratio_text:>10} {:>9.1}x {two:>13.0} {two_ratio_text:>10}",
             grouped / single
         );
         let _ = std::io::stdout().flush();
@@ -260,6 +277,29 @@ async fn measure_postgres(
     let rate = measure(&store, concurrency, creates).await?;
     store.close().await;
     Ok(rate)
+}
+
+/// Two locators' stores on one database (two pools, two group-commit writers), each with
+/// half the callers: what two replicas behind a load balancer write.
+async fn measure_two_replicas(url: &str, concurrency: usize, creates: usize) -> BenchResult<f64> {
+    let (a, b) = (
+        Store::open_with(url, options(GROUP)).await?,
+        Store::open_with(url, options(GROUP)).await?,
+    );
+    run_creates(&a, "warm-a", 4, 64).await?;
+    run_creates(&b, "warm-b", 4, 64).await?;
+    let half = concurrency.div_ceil(2);
+    let started = Instant::now();
+    let (ra, rb) = tokio::join!(
+        run_creates(&a, "run-a", half, creates / 2),
+        run_creates(&b, "run-b", half, creates - creates / 2)
+    );
+    ra?;
+    rb?;
+    let elapsed = started.elapsed().max(Duration::from_micros(1));
+    a.close().await;
+    b.close().await;
+    Ok(creates as f64 / elapsed.as_secs_f64())
 }
 
 async fn truncate(db: &mut PgConnection) -> BenchResult<()> {

@@ -1144,37 +1144,33 @@ async fn postgres_connections_killed_under_load_are_replaced() -> TestResult {
     Ok(())
 }
 
-/// A real stop and start of the local Postgres cluster (`pg_ctlcluster`, Debian). Ignored:
-/// it takes the server away from everything else using it. Run it on a machine of your
-/// own: `cargo test -p locus-locator --test store -- --ignored server_restart`.
+/// A real stop and start of a Postgres server (one of this test's own: the shared one
+/// serves the other tests meanwhile).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "stops and starts the local Postgres cluster"]
 async fn postgres_a_server_restart_is_survived() -> TestResult {
     const TEST: &str = "postgres_a_server_restart_is_survived";
-    let Some(db) = TestDb::new(Kind::Postgres, TEST).await? else {
+    let Some(server) = postgres_support::PrivatePostgres::start(TEST) else {
         return Ok(());
     };
-    let version = std::fs::read_dir("/etc/postgresql")?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .max()
-        .ok_or("no cluster in /etc/postgresql")?;
     let pg_ctl = |action: &'static str| {
-        let version = version.clone();
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new("pg_ctlcluster")
-                .args(["--skip-systemctl-redirect", &version, "main", action])
-                .status()
-        })
+        tokio::task::block_in_place(|| match action {
+            "stop" => server.stop(),
+            _ => server.restart(),
+        });
+        Ok::<_, Box<dyn std::error::Error>>(())
     };
-    let store = db
-        .open_with(StoreOptions {
+    let url = server.url();
+    let store = Store::open_with(
+        &url,
+        StoreOptions {
             acquire_timeout: Duration::from_secs(1),
             ..StoreOptions::default()
-        })
-        .await?;
+        },
+    )
+    .await?;
     store.create_session(ad_hoc("before", "e1", 1)).await?;
 
-    assert!(pg_ctl("stop").await??.success());
+    pg_ctl("stop")?;
     let down = async {
         assert!(
             store.ping().await.is_err(),
@@ -1187,7 +1183,7 @@ async fn postgres_a_server_restart_is_survived() -> TestResult {
         assert!(store.get_session("before").await.is_err());
     };
     let checked = tokio::time::timeout(Duration::from_secs(30), down).await;
-    assert!(pg_ctl("start").await??.success());
+    pg_ctl("start")?;
     checked?;
 
     // Back: the same store, without reopening.
