@@ -35,6 +35,11 @@ use locus_locator::store::{NewSession, Store, StoreOptions};
 use sqlx::Connection as _;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
+// The tests' Postgres helpers (URL handling, statements naming a database).
+#[path = "../tests/support/postgres.rs"]
+mod postgres_support;
+use postgres_support::{ddl, with_database, without_password};
+
 type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// Creations measured per (mode, concurrency) point.
@@ -357,40 +362,6 @@ fn which(program: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(program))
             .find(|path| path.is_file())
     })
-}
-
-/// A statement naming a database (names are generated here, never from input).
-fn ddl(sql: String) -> sqlx::RawSql {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-}
-
-/// `url` with its database (path) replaced by `database`, query kept.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let (scheme, rest) = base.split_once("://").unwrap_or(("postgres", base));
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let mut out = format!("{scheme}://{authority}/{database}");
-    if let Some(query) = query {
-        out.push('?');
-        out.push_str(query);
-    }
-    out
-}
-
-/// `url` with the password (if any) replaced by `***`, for messages.
-fn without_password(url: &str) -> String {
-    let password = url.split_once("://").and_then(|(_, rest)| {
-        let authority = rest.split(['/', '?', '#']).next()?;
-        let userinfo = authority.rsplit_once('@')?.0;
-        userinfo.split_once(':').map(|(_, password)| password)
-    });
-    match password {
-        Some(password) if !password.is_empty() => url.replacen(password, "***", 1),
-        _ => url.to_string(),
-    }
 }
 
 // ---------------------------------------------------------------------------------------
