@@ -64,7 +64,7 @@ use crate::api::bearer_matches;
 use crate::problem::Problem;
 use crate::server::{AppState, now_ms};
 use crate::store::{AuditFilter, AuditRecord, MAX_AUDIT_PAGE};
-use session::{Sessions, Signed};
+use session::Signed;
 use status::{RegionStatus, Summary};
 use traffic::Traffic;
 
@@ -84,7 +84,6 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// ends event streams on shutdown.
 #[derive(Debug)]
 pub struct AdminState {
-    pub sessions: Sessions,
     pub traffic: Traffic,
     closing: watch::Sender<bool>,
 }
@@ -92,7 +91,6 @@ pub struct AdminState {
 impl AdminState {
     pub fn new(regions: Vec<String>) -> AdminState {
         AdminState {
-            sessions: Sessions::default(),
             traffic: Traffic::new(regions),
             closing: watch::channel(false).0,
         }
@@ -142,7 +140,7 @@ fn admin_disabled() -> Problem {
 
 /// The one admin check: a bearer token equal to `LOCATOR_ADMIN_TOKEN` (constant-time
 /// compare), or a live page session (plus [`CSRF_HEADER`] for [`Access::Write`]).
-pub fn require_admin(
+pub async fn require_admin(
     state: &AppState,
     headers: &HeaderMap,
     access: Access,
@@ -164,9 +162,18 @@ pub fn require_admin(
             ))
         };
     }
-    let Some(signed) =
-        session::cookie_value(headers).and_then(|id| state.admin.sessions.get(id, Instant::now()))
-    else {
+    let signed = match session::cookie_value(headers) {
+        Some(id) => session::get(&state.store, id, now_ms()).await.map_err(|e| {
+            tracing::error!(error = %e, "cannot check an admin page session");
+            Problem::unavailable(
+                "database-unavailable",
+                "the sign-in cannot be checked now (database unavailable); retry, or use the bearer token",
+                2,
+            )
+        })?,
+        None => None,
+    };
+    let Some(signed) = signed else {
         return Err(Problem::unauthorized(
             "send the admin token as `Authorization: Bearer <LOCATOR_ADMIN_TOKEN>`, or sign in at /admin",
         ));
@@ -328,9 +335,23 @@ async fn page(State(state): State<AppRef>, headers: HeaderMap) -> Response {
             "",
         );
     }
-    match session::cookie_value(&headers)
-        .and_then(|id| state.admin.sessions.get(id, Instant::now()))
-    {
+    let signed = match session::cookie_value(&headers) {
+        Some(id) => match session::get(&state.store, id, now_ms()).await {
+            Ok(signed) => signed,
+            Err(error) => {
+                tracing::error!(%error, "cannot check an admin page session");
+                return login_page(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(
+                        "The locator cannot reach its database to check your sign-in; retry shortly.",
+                    ),
+                    "",
+                );
+            }
+        },
+        None => None,
+    };
+    match signed {
         Some(signed) => html_response(
             StatusCode::OK,
             PAGE.replace("{{ADMIN_NAME}}", &html_escape(&signed.name)),
@@ -480,7 +501,19 @@ async fn login(
             "",
         );
     };
-    let id = state.admin.sessions.create(&name, Instant::now());
+    let id = match session::create(&state.store, &name, now_ms()).await {
+        Ok(id) => id,
+        Err(error) => {
+            tracing::error!(%error, "cannot record an admin sign-in");
+            return login_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(
+                    "The locator cannot reach its database to record your sign-in; retry shortly.",
+                ),
+                &name,
+            );
+        }
+    };
     tracing::info!(client = %peer.ip(), actor = %name, "admin signed in");
     let secure = came_over_https(&state, peer, &headers);
     let mut response = Redirect::to("/admin").into_response();
@@ -508,10 +541,12 @@ async fn logout(
         .into_response();
     }
     if let Some(id) = session::cookie_value(&headers) {
-        if let Some(signed) = state.admin.sessions.get(id, Instant::now()) {
+        if let Ok(Some(signed)) = session::get(&state.store, id, now_ms()).await {
             tracing::info!(actor = %signed.name, "admin signed out");
         }
-        state.admin.sessions.remove(id);
+        if let Err(error) = session::remove(&state.store, id).await {
+            tracing::error!(%error, "an admin sign-out could not be recorded: the session stays valid until it expires");
+        }
     }
     let secure = came_over_https(&state, peer, &headers);
     let mut response = Redirect::to("/admin").into_response();
@@ -625,7 +660,7 @@ fn no_store<T: IntoResponse>(body: T) -> Response {
 }
 
 async fn status_json(State(state): State<AppRef>, headers: HeaderMap) -> Result<Response, Problem> {
-    require_admin(&state, &headers, Access::Read)?;
+    require_admin(&state, &headers, Access::Read).await?;
     Ok(no_store(Json(build_status(&state))))
 }
 
@@ -674,8 +709,10 @@ async fn next_event(mut s: EventLoop) -> Option<(Result<Event, Infallible>, Even
     if *s.closing.borrow() {
         return None;
     }
+    // Signed out (here or on another locator) or expired: the stream ends. A database
+    // that does not answer ends nothing: the session was valid when the stream began.
     if let Some(id) = &s.session
-        && !s.state.admin.sessions.is_live(id, Instant::now())
+        && let Ok(None) = session::get(&s.state.store, id, now_ms()).await
     {
         return None;
     }
@@ -686,7 +723,7 @@ async fn next_event(mut s: EventLoop) -> Option<(Result<Event, Infallible>, Even
 }
 
 async fn events(State(state): State<AppRef>, headers: HeaderMap) -> Result<Response, Problem> {
-    let admin = require_admin(&state, &headers, Access::Read)?;
+    let admin = require_admin(&state, &headers, Access::Read).await?;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let start = EventLoop {
@@ -755,7 +792,7 @@ async fn audit(
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
-    require_admin(&state, &headers, Access::Read)?;
+    require_admin(&state, &headers, Access::Read).await?;
     let Query(query) = query.map_err(|e| {
         Problem::bad_request(
             "bad-audit-query",

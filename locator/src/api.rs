@@ -717,7 +717,7 @@ async fn explain(
     headers: HeaderMap,
     Query(query): Query<ExplainQuery>,
 ) -> Result<Json<ExplainAnswer>, Problem> {
-    require_admin(&state, &headers, Access::Read)?;
+    require_admin(&state, &headers, Access::Read).await?;
     let raw = query.ip.unwrap_or_default();
     let ip: IpAddr = raw.trim().parse().map_err(|_| {
         Problem::bad_request(
@@ -818,7 +818,7 @@ async fn admin_edge_action(
     Path((edge_id, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<AdminActionAnswer>, Problem> {
-    let admin = require_admin(&state, &headers, Access::Write)?;
+    let admin = require_admin(&state, &headers, Access::Write).await?;
     let request: AdminActionBody = if body.iter().all(u8::is_ascii_whitespace) {
         AdminActionBody::default()
     } else {

@@ -809,6 +809,37 @@ impl Store {
         dispatch!(&self.inner.backend, db => db.count_metrics(edge_id).await)
     }
 
+    /// Signs an admin in: stores the page session by the SHA-256 of its cookie value
+    /// (never the value), in the same transaction ending expired sessions and, beyond
+    /// `max_sessions`, the oldest ones.
+    pub async fn create_admin_session(
+        &self,
+        token_sha256: &str,
+        name: &str,
+        now_ms: i64,
+        expires_at_ms: i64,
+        max_sessions: u32,
+    ) -> Result<(), StoreError> {
+        dispatch!(&self.inner.backend, db => {
+            db.create_admin_session(token_sha256, name, now_ms, expires_at_ms, max_sessions)
+                .await
+        })
+    }
+
+    /// The name of the admin whose live session has this cookie hash.
+    pub async fn admin_session(
+        &self,
+        token_sha256: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        dispatch!(&self.inner.backend, db => db.admin_session(token_sha256, now_ms).await)
+    }
+
+    /// Signs out: the session ends on every locator.
+    pub async fn delete_admin_session(&self, token_sha256: &str) -> Result<(), StoreError> {
+        dispatch!(&self.inner.backend, db => db.delete_admin_session(token_sha256).await)
+    }
+
     /// Whether several locators may share this database (Postgres): then each publishes
     /// the state of the edges it holds ([`Store::claim_edge`], [`Store::publish_edges`])
     /// and follows the others' through a [`ChangeFeed`]. SQLite: one locator, none of it.

@@ -15,15 +15,6 @@ use locus_protocol::{EdgeMessage, LocatorMessage, SpoolBody, SpoolEntry};
 use serde_json::{Value, json};
 use support::*;
 
-/// A client that neither follows redirects nor times out on its own (event streams are
-/// long); every wait below has its own deadline.
-fn raw_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client")
-}
-
 async fn json_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     let body = response.json().await.unwrap_or(Value::Null);
@@ -100,50 +91,6 @@ async fn audit(loc: &TestLocator, query: &str) -> (u16, Value) {
             .expect("audit"),
     )
     .await
-}
-
-/// `application/x-www-form-urlencoded`, as a browser sends a form.
-fn post_form(url: impl reqwest::IntoUrl, pairs: &[(&str, &str)]) -> reqwest::RequestBuilder {
-    fn encode(text: &str) -> String {
-        text.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                    char::from(b).to_string()
-                }
-                b' ' => "+".to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    }
-    let body = pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
-        .collect::<Vec<_>>()
-        .join("&");
-    raw_client()
-        .post(url)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-}
-
-/// Signs in through the form; returns the `Set-Cookie` header and the cookie pair.
-async fn sign_in(loc: &TestLocator, name: &str, extra: &[(&str, &str)]) -> (String, String) {
-    let mut request = post_form(
-        loc.url("/admin/login"),
-        &[("token", ADMIN_TOKEN), ("name", name)],
-    );
-    for (k, v) in extra {
-        request = request.header(*k, *v);
-    }
-    let response = request.send().await.expect("login");
-    assert_eq!(response.status().as_u16(), 303);
-    assert_eq!(response.headers()["location"], "/admin");
-    let set = response.headers()["set-cookie"]
-        .to_str()
-        .expect("ascii")
-        .to_string();
-    let pair = set.split(';').next().expect("pair").to_string();
-    (set, pair)
 }
 
 #[tokio::test]

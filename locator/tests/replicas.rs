@@ -125,6 +125,29 @@ async fn a_session_created_on_one_locator_is_joined_on_another_and_admin_actions
     assert_eq!(again["session_id"], room["session_id"]);
     assert_eq!(again["created"], false);
 
+    // Signed in on the admin page through A, the same cookie works on B; signing out on
+    // B ends it on A too.
+    let (_, cookie) = sign_in(&a, "Ada", &[]).await;
+    let page_status = |addr: SocketAddr, cookie: String| async move {
+        raw_client()
+            .get(format!("http://{addr}/v1/admin/status"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .expect("status")
+            .status()
+            .as_u16()
+    };
+    assert_eq!(page_status(b.addr, cookie.clone()).await, 200);
+    let out = raw_client()
+        .post(b.url("/admin/logout"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("logout");
+    assert_eq!(out.status().as_u16(), 303);
+    assert_eq!(page_status(a.addr, cookie.clone()).await, 401);
+
     // Suspended through B (which does not hold us-1): A stops sending new sessions there.
     let (status, answer) = admin_action(b.addr, "us-1", "suspend").await;
     assert_eq!(status, 200, "{answer}");

@@ -1,17 +1,18 @@
 //! Signed-in admin page sessions: an opaque random id in an `HttpOnly; SameSite=Strict`
-//! cookie, mapped in memory to who signed in and until when. The admin token itself is
-//! never put in the cookie (nor in a URL, nor in a log line).
+//! cookie; the database keeps the id's SHA-256 with who signed in and until when. The
+//! admin token itself is never put in the cookie (nor in a URL, nor in a log line), and
+//! the cookie's value is never stored (reading the table does not let anyone sign in).
 //!
-//! Sessions live in this locator's memory: a restart, or a request answered by another
-//! replica behind a load balancer, asks the person to sign in again (use sticky sessions
-//! for the admin page when running several locators).
+//! In the database rather than in memory: a sign-in holds across a restart of the
+//! locator and, with several locators on one Postgres database, on whichever of them a
+//! load balancer picks; signing out ends it on all of them.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, header};
-use tokio::time::Instant;
+use sha2::{Digest, Sha256};
+
+use crate::store::{Store, StoreError};
 
 /// Name of the session cookie.
 pub const COOKIE: &str = "locus_admin";
@@ -20,17 +21,10 @@ pub const COOKIE: &str = "locus_admin";
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 /// Most sessions kept; signing in beyond this ends the oldest.
-pub const MAX_SESSIONS: usize = 256;
+pub const MAX_SESSIONS: u32 = 256;
 
 /// Longest name kept for the audit log.
 pub const MAX_NAME_CHARS: usize = 64;
-
-#[derive(Debug, Clone)]
-struct Entry {
-    name: String,
-    created: Instant,
-    expires: Instant,
-}
 
 /// Who a session belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,71 +34,41 @@ pub struct Signed {
     pub name: String,
 }
 
-/// Sessions of the admin page.
-#[derive(Debug, Default)]
-pub struct Sessions {
-    inner: Mutex<HashMap<String, Entry>>,
+/// What the database keeps of a cookie value: its SHA-256, in hex.
+fn token_hash(id: &str) -> String {
+    Sha256::digest(id.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
-impl Sessions {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
+/// Starts a session for `name`; returns its id (256 random bits, URL-safe).
+pub async fn create(store: &Store, name: &str, now_ms: i64) -> Result<String, StoreError> {
+    use base64::Engine;
+    use rand::Rng;
+    let bytes: [u8; 32] = rand::rng().random();
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let expires = now_ms.saturating_add(SESSION_TTL.as_millis() as i64);
+    store
+        .create_admin_session(&token_hash(&id), name, now_ms, expires, MAX_SESSIONS)
+        .await?;
+    Ok(id)
+}
 
-    /// Starts a session for `name`; returns its id (256 random bits, URL-safe).
-    pub fn create(&self, name: &str, now: Instant) -> String {
-        use base64::Engine;
-        use rand::Rng;
-        let bytes: [u8; 32] = rand::rng().random();
-        let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-        let mut sessions = self.lock();
-        sessions.retain(|_, e| e.expires > now);
-        while sessions.len() >= MAX_SESSIONS {
-            let oldest = sessions
-                .iter()
-                .min_by_key(|(_, e)| e.created)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => sessions.remove(&k),
-                None => break,
-            };
-        }
-        sessions.insert(
-            id.clone(),
-            Entry {
-                name: name.to_string(),
-                created: now,
-                expires: now + SESSION_TTL,
-            },
-        );
-        id
-    }
+/// The live session with this id.
+pub async fn get(store: &Store, id: &str, now_ms: i64) -> Result<Option<Signed>, StoreError> {
+    Ok(store
+        .admin_session(&token_hash(id), now_ms)
+        .await?
+        .map(|name| Signed {
+            id: id.to_string(),
+            name,
+        }))
+}
 
-    /// The live session with this id.
-    pub fn get(&self, id: &str, now: Instant) -> Option<Signed> {
-        let mut sessions = self.lock();
-        match sessions.get(id) {
-            Some(e) if e.expires > now => Some(Signed {
-                id: id.to_string(),
-                name: e.name.clone(),
-            }),
-            Some(_) => {
-                sessions.remove(id);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Ends a session (sign out). Unknown ids are ignored.
-    pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
-    }
-
-    /// Whether a session is still valid (for long-lived streams).
-    pub fn is_live(&self, id: &str, now: Instant) -> bool {
-        self.get(id, now).is_some()
-    }
+/// Ends a session (sign out), on every locator. Unknown ids are ignored.
+pub async fn remove(store: &Store, id: &str) -> Result<(), StoreError> {
+    store.delete_admin_session(&token_hash(id)).await
 }
 
 /// The value of the session cookie, if the request carries one.
@@ -154,38 +118,56 @@ pub fn clean_name(raw: &str) -> Option<String> {
 mod tests {
     use super::*;
     use axum::http::HeaderValue;
-    use tokio::time::advance;
 
-    #[tokio::test(start_paused = true)]
-    async fn sessions_expire_and_sign_out() {
-        let sessions = Sessions::default();
-        let id = sessions.create("alice", Instant::now());
-        assert!(id.len() >= 43, "256 bits");
-        assert_eq!(
-            sessions.get(&id, Instant::now()).map(|s| s.name),
-            Some("alice".into())
-        );
-        assert!(sessions.get("forged", Instant::now()).is_none());
-        advance(SESSION_TTL).await;
-        assert!(sessions.get(&id, Instant::now()).is_none(), "expired");
-        let id = sessions.create("bob", Instant::now());
-        sessions.remove(&id);
-        assert!(!sessions.is_live(&id, Instant::now()));
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("locator.db");
+        let store = Store::open(path.to_str().expect("utf-8"))
+            .await
+            .expect("store");
+        (dir, store)
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
+    async fn sessions_expire_and_sign_out() {
+        let (_dir, store) = store().await;
+        let now = 1_700_000_000_000;
+        let id = create(&store, "alice", now).await.expect("create");
+        assert!(id.len() >= 43, "256 bits");
+        assert_eq!(
+            get(&store, &id, now).await.expect("get").map(|s| s.name),
+            Some("alice".into())
+        );
+        assert!(get(&store, "forged", now).await.expect("get").is_none());
+        let ttl = SESSION_TTL.as_millis() as i64;
+        assert!(
+            get(&store, &id, now + ttl).await.expect("get").is_none(),
+            "expired"
+        );
+        let id = create(&store, "bob", now).await.expect("create");
+        remove(&store, &id).await.expect("remove");
+        assert!(get(&store, &id, now).await.expect("get").is_none());
+        // What the database holds is not the cookie's value.
+        assert_ne!(token_hash(&id), id);
+        assert_eq!(token_hash(&id).len(), 64);
+    }
+
+    #[tokio::test]
     async fn the_number_of_sessions_is_bounded() {
-        let sessions = Sessions::default();
-        let first = sessions.create("first", Instant::now());
+        let (_dir, store) = store().await;
+        let now = 1_700_000_000_000;
+        let first = create(&store, "first", now).await.expect("create");
+        let mut last = String::new();
         for i in 0..MAX_SESSIONS {
-            advance(Duration::from_millis(1)).await;
-            sessions.create(&format!("n{i}"), Instant::now());
+            last = create(&store, &format!("n{i}"), now + 1 + i64::from(i))
+                .await
+                .expect("create");
         }
         assert!(
-            sessions.get(&first, Instant::now()).is_none(),
+            get(&store, &first, now).await.expect("get").is_none(),
             "oldest ended"
         );
-        assert_eq!(sessions.lock().len(), MAX_SESSIONS);
+        assert!(get(&store, &last, now).await.expect("get").is_some());
     }
 
     #[test]

@@ -610,6 +610,67 @@ impl SqliteBackend {
             .map_err(StoreError::db(op))
     }
 
+    pub(super) async fn create_admin_session(
+        &self,
+        token_sha256: &str,
+        name: &str,
+        now_ms: i64,
+        expires_at_ms: i64,
+        max_sessions: u32,
+    ) -> Result<(), StoreError> {
+        let op = "create_admin_session";
+        let mut tx = self.writer.begin().await.map_err(StoreError::db(op))?;
+        sqlx::query("DELETE FROM admin_sessions WHERE expires_at_ms <= ?1")
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::db(op))?;
+        sqlx::query(
+            "INSERT INTO admin_sessions (token_sha256, name, created_at_ms, expires_at_ms) \
+             VALUES (?1, ?2, ?3, ?4)",
+        )
+        .bind(token_sha256)
+        .bind(name)
+        .bind(now_ms)
+        .bind(expires_at_ms)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db(op))?;
+        sqlx::query(
+            "DELETE FROM admin_sessions WHERE token_sha256 IN (SELECT token_sha256 FROM \
+             admin_sessions ORDER BY created_at_ms DESC, token_sha256 LIMIT -1 OFFSET ?1)",
+        )
+        .bind(i64::from(max_sessions))
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::db(op))?;
+        tx.commit().await.map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn admin_session(
+        &self,
+        token_sha256: &str,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT name FROM admin_sessions WHERE token_sha256 = ?1 AND expires_at_ms > ?2",
+        )
+        .bind(token_sha256)
+        .bind(now_ms)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(StoreError::db("admin_session"))
+    }
+
+    pub(super) async fn delete_admin_session(&self, token_sha256: &str) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM admin_sessions WHERE token_sha256 = ?1")
+            .bind(token_sha256)
+            .execute(&self.writer)
+            .await
+            .map_err(StoreError::db("delete_admin_session"))?;
+        Ok(())
+    }
+
     pub(super) async fn count_metrics(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
         let count: i64 = match edge_id {
             Some(edge_id) => {
