@@ -286,53 +286,6 @@ async fn click(client: &Client, selector: &str) {
         .unwrap_or_else(|e| panic!("click {selector}: {e}"));
 }
 
-/// A real `edge` process (the workspace's binary), killed when dropped.
-struct EdgeProcess(std::process::Child);
-
-impl Drop for EdgeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the real edge binary against the test locator. `cargo test --workspace` (the
-/// README's test command) builds every binary before running any test.
-fn spawn_edge(locator: std::net::SocketAddr, id: &str, region: &str, spool: &Path) -> EdgeProcess {
-    let binary = std::env::var_os("LOCUS_EDGE_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("debug").join("edge"));
-    assert!(
-        binary.exists(),
-        "{} is missing: build it with `cargo build -p locus-edge` (the workspace test command does)",
-        binary.display()
-    );
-    // A free port for the edge's public URL.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let child = std::process::Command::new(binary)
-        .args(["--locator", &format!("http://{locator}")])
-        .args(["--region", region, "--id", id, "--capacity", "100"])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--public-url", &format!("http://127.0.0.1:{port}")])
-        .arg("--spool-dir")
-        .arg(spool)
-        .env("LOCATOR_EDGE_TOKEN", EDGE_TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("start the edge binary");
-    EdgeProcess(child)
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
 async fn save_screenshot(client: &Client, name: &str) -> PathBuf {
     let png = client.screenshot().await.expect("screenshot");
     assert!(png.starts_with(b"\x89PNG"), "a PNG");
@@ -354,7 +307,7 @@ async fn an_operator_watches_regions_and_acts_on_edges_in_a_real_browser() {
     // is a real edge process (killed below); the others are protocol clients with fixed
     // loads, so the page shows a varied fleet.
     let us_east_2 = spawn_edge(
-        loc.addr,
+        &[loc.addr],
         "us-east-2",
         "us-east",
         &dir.path().join("spool-us-east-2"),

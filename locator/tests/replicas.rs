@@ -325,10 +325,10 @@ fn free_addr() -> SocketAddr {
         .expect("a free port")
 }
 
-async fn spawn_locator(dir: &Path, url: &str) -> LocatorProcess {
+async fn spawn_locator(dir: &Path, url: &str, report_interval: &str) -> LocatorProcess {
     let db = write_geoip(dir);
     let config = dir.join("regions.yaml");
-    std::fs::write(&config, regions_yaml_with(&db, "30s", "30s")).expect("write config");
+    std::fs::write(&config, regions_yaml_with(&db, "30s", report_interval)).expect("write config");
     let addr = free_addr();
     let log = std::fs::File::create(dir.join("locator.log")).expect("log");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_locator"))
@@ -397,8 +397,8 @@ async fn a_killed_locator_loses_no_session_and_no_acknowledged_audit_entry() {
         tempfile::tempdir().expect("dir"),
         tempfile::tempdir().expect("dir"),
     ];
-    let a = spawn_locator(dirs[0].path(), &url).await;
-    let b = spawn_locator(dirs[1].path(), &url).await;
+    let a = spawn_locator(dirs[0].path(), &url, "30s").await;
+    let b = spawn_locator(dirs[1].path(), &url, "30s").await;
 
     let mut edge = TestEdge::connect(a.addr, register("us-1", "us-east", 100)).await;
     edge.report(0).await;
@@ -553,4 +553,148 @@ async fn locators_recover_from_a_database_restart_under_load_without_a_restart()
     a.stop().await;
     b.stop().await;
     drop(server);
+}
+
+/// Polls `check` until it holds (for the state of other processes), at most 30 s.
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn edge_status(edge: &EdgeProcess) -> Value {
+    match http().get(format!("{}/v1/status", edge.url)).send().await {
+        Ok(response) => response.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// A client's websocket on the edge an answer names.
+async fn join_edge(answer: &Value) -> Ws {
+    let url = format!(
+        "{}?token={}",
+        answer["ws_url"].as_str().expect("ws_url"),
+        answer["join_token"].as_str().expect("join_token")
+    );
+    tokio_tungstenite::connect_async(url)
+        .await
+        .unwrap_or_else(|e| panic!("join {answer}: {e}"))
+        .0
+}
+
+/// The real edge binary, given two locators: when the first is killed it moves to the
+/// second; clients keep their sessions, and every entry of its spool (audit and metrics)
+/// is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_edge_moves_to_its_next_locator_when_its_own_dies_and_loses_nothing() {
+    let Some((_db, url)) = scratch("replicas_real_edge_moves").await else {
+        return;
+    };
+    let dirs = [
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    ];
+    let a = spawn_locator(dirs[0].path(), &url, "1s").await;
+    let b = spawn_locator(dirs[1].path(), &url, "1s").await;
+    let edge = spawn_edge(
+        &[a.addr, b.addr],
+        "us-real",
+        "us-east",
+        &dirs[2].path().join("spool"),
+    );
+    let linked_to = |addr: SocketAddr| {
+        let edge = &edge;
+        async move {
+            edge_status(edge).await["locator"]
+                .as_str()
+                .is_some_and(|l| l.contains(&addr.to_string()))
+        }
+    };
+    eventually("the edge links to its first locator", || linked_to(a.addr)).await;
+    eventually("the other locator routes to it", || async {
+        create(b.addr, "8.8.8.8", serde_json::json!({"key": "probe"}))
+            .await
+            .0
+            == 201
+    })
+    .await;
+
+    // Sessions made through both locators, each with a client holding its websocket.
+    let mut clients = Vec::new();
+    let mut sessions = Vec::new();
+    for i in 0..6 {
+        let (locator, body) = if i % 2 == 0 {
+            (a.addr, serde_json::json!({}))
+        } else {
+            (b.addr, serde_json::json!({"key": format!("room-{i}")}))
+        };
+        let (status, answer) = create(locator, "8.8.8.8", body).await;
+        assert_eq!(status, 201, "{answer}");
+        assert_eq!(edge_of(&answer), "us-real");
+        clients.push(join_edge(&answer).await);
+        sessions.push(answer["session_id"].as_str().expect("id").to_string());
+    }
+    eventually("the spool relayed", || async {
+        let status = edge_status(&edge).await;
+        status["spool"]["len"] == 0 && status["spool"]["last_seq"].as_u64() > Some(0)
+    })
+    .await;
+
+    // SIGKILL the edge's locator: it moves to the other, sessions go on.
+    drop(a);
+    eventually("the edge links to its next locator", || linked_to(b.addr)).await;
+    for id in &sessions {
+        let (status, answer) = get_session(b.addr, id).await;
+        assert_eq!(status, 200, "session {id} after its locator died: {answer}");
+        assert_eq!(edge_of(&answer), "us-real");
+        clients.push(join_edge(&answer).await);
+    }
+    drop(clients);
+    eventually("every client gone and the spool relayed", || async {
+        let status = edge_status(&edge).await;
+        status["connections"] == 0 && status["spool"]["len"] == 0
+    })
+    .await;
+    let last_seq = edge_status(&edge).await["spool"]["last_seq"]
+        .as_u64()
+        .expect("last_seq");
+
+    // Every entry up to the last relayed one is stored, once (audit rows and metrics
+    // samples share the edge's sequence).
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("connect");
+    let seqs: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq FROM audit WHERE edge_id = 'us-real' AND source = 'edge' \
+         UNION ALL SELECT seq FROM metrics WHERE edge_id = 'us-real'",
+    )
+    .fetch_all(&mut db)
+    .await
+    .expect("seqs");
+    let distinct: HashSet<u64> = seqs.iter().map(|&s| s as u64).collect();
+    assert_eq!(distinct.len(), seqs.len(), "no entry stored twice");
+    let missing: Vec<u64> = (1..=last_seq).filter(|s| !distinct.contains(s)).collect();
+    assert!(missing.is_empty(), "entries lost: {missing:?}");
+    let joins: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit WHERE edge_id = 'us-real' AND kind = 'participant_joined'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .expect("joins");
+    assert_eq!(
+        joins, 12,
+        "one participant_joined per client, before and after the move"
+    );
+    drop(edge);
+    drop(b);
 }

@@ -368,3 +368,65 @@ pub async fn sign_in(loc: &TestLocator, name: &str, extra: &[(&str, &str)]) -> (
     let pair = set.split(';').next().expect("pair").to_string();
     (set, pair)
 }
+
+/// A real `edge` process (the workspace's binary), killed when dropped.
+pub struct EdgeProcess {
+    pub child: std::process::Child,
+    /// Its public URL (`/healthz`, `/v1/status`).
+    pub url: String,
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the real edge binary against the test locators (tried in this order). `cargo
+/// test --workspace` (the README's test command) builds every binary before running any
+/// test. Returns the process and its public URL.
+pub fn spawn_edge(locators: &[SocketAddr], id: &str, region: &str, spool: &Path) -> EdgeProcess {
+    let binary = std::env::var_os("LOCUS_EDGE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("debug").join("edge"));
+    assert!(
+        binary.exists(),
+        "{} is missing: build it with `cargo build -p locus-edge` (the workspace test command does)",
+        binary.display()
+    );
+    // A free port for the edge's public URL.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let child = std::process::Command::new(binary)
+        .args([
+            "--locator",
+            &locators
+                .iter()
+                .map(|a| format!("http://{a}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        ])
+        .args(["--region", region, "--id", id, "--capacity", "100"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--public-url", &format!("http://127.0.0.1:{port}")])
+        .arg("--spool-dir")
+        .arg(spool)
+        .env("LOCATOR_EDGE_TOKEN", EDGE_TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("start the edge binary");
+    EdgeProcess {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    }
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
