@@ -505,6 +505,7 @@ impl Clients {
                 Http::Ok(answer) => match self.connect(&answer).await {
                     Ok(peer) => {
                         outcome.recovered = true;
+                        outcome.recovered_ms = Some(self.recorder.now_ms());
                         self.leave(peer).await;
                         return;
                     }

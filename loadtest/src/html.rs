@@ -422,11 +422,11 @@ th{{background:#f4f4f4}} td:first-child,th:first-child{{text-align:left}}
     }
     h.push_str("</table>");
     if !report.faults.is_empty() {
-        h.push_str("<h2>Faults</h2><table><tr><th>fault</th><th>at s</th><th>healed s</th><th>avoided after ms</th><th>bound ms</th><th>answers to dead edges</th><th style=\"text-align:left\">action</th></tr>");
+        h.push_str("<h2>Faults</h2><table><tr><th>fault</th><th>at s</th><th>healed s</th><th>avoided after ms</th><th>bound ms</th><th>answers to dead edges</th><th>rooms disrupted</th><th>slowest room back ms</th><th style=\"text-align:left\">action</th></tr>");
         for f in &report.faults {
             let _ = write!(
                 h,
-                r#"<tr><td>{}</td><td>{:.1}</td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{}</td><td style="text-align:left">{}</td></tr>"#,
+                r#"<tr><td>{}</td><td>{:.1}</td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style="text-align:left">{}</td></tr>"#,
                 esc(f.fault.kind),
                 f.fault.at_ms as f64 / 1000.0,
                 f.fault
@@ -437,6 +437,9 @@ th{{background:#f4f4f4}} td:first-child,th:first-child{{text-align:left}}
                     .map_or_else(|| "never".into(), |m| m.to_string()),
                 f.fault.bound_ms,
                 f.answers_to_dead_edges,
+                f.rooms_disrupted,
+                f.max_room_recovery_ms
+                    .map_or_else(|| "-".into(), |m| m.to_string()),
                 esc(&f.fault.action)
             );
         }

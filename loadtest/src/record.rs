@@ -58,8 +58,9 @@ pub struct SessionOutcome {
     /// Why the session was disrupted (connection closed or silent), and when.
     pub disrupted: Option<String>,
     pub disrupted_ms: Option<u64>,
-    /// A participant got back into the session after the disruption.
+    /// A participant got back into the session after the disruption, and when.
     pub recovered: bool,
+    pub recovered_ms: Option<u64>,
     /// The locator answered 410 (an ad-hoc session on a failed or drained edge ended).
     pub ended_by_edge: bool,
     /// Disrupted and neither recovered nor ended within the re-join bound.

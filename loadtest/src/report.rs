@@ -57,6 +57,10 @@ pub struct FaultResult {
     pub avoided_after_ms: Option<u64>,
     /// Answers that named a dead edge after the fault.
     pub answers_to_dead_edges: u64,
+    /// Rooms disrupted during the fault, and the longest time from a room's disruption
+    /// to a participant back in it (through the locator, possibly on another edge).
+    pub rooms_disrupted: u64,
+    pub max_room_recovery_ms: Option<u64>,
     pub ok: bool,
 }
 
@@ -367,7 +371,7 @@ pub fn build(inputs: Inputs) -> Report {
     let end_ms = duration_ms;
     let mut fault_results = Vec::new();
     for fault in &faults {
-        let until = fault.healed_ms.unwrap_or(end_ms);
+        let until = fault.healing_ms.unwrap_or(end_ms);
         let (avoided_after_ms, dead_answers) = if fault.edges.is_empty() {
             let first = ok_answers
                 .iter()
@@ -407,11 +411,46 @@ pub fn build(inputs: Inputs) -> Report {
                 ),
             },
         );
+        // Rooms this fault disrupted must come back within the same bound.
+        let window_end = fault
+            .healing_ms
+            .unwrap_or(end_ms)
+            .max(fault.at_ms + fault.bound_ms)
+            + disruption_slack_ms;
+        let rooms: Vec<_> = records
+            .sessions
+            .iter()
+            .filter(|s| s.keyed)
+            .filter(|s| {
+                s.disrupted_ms
+                    .is_some_and(|t| t + 1_000 >= fault.at_ms && t <= window_end)
+            })
+            .collect();
+        let max_room_recovery_ms = rooms
+            .iter()
+            .filter_map(|s| Some(s.recovered_ms?.saturating_sub(s.disrupted_ms?)))
+            .max();
+        let rooms_ok = max_room_recovery_ms.is_none_or(|ms| ms <= fault.bound_ms);
+        if !rooms.is_empty() {
+            check(
+                &format!("{}: disrupted rooms back within the bound", fault.kind),
+                rooms_ok,
+                format!(
+                    "{}: {} rooms disrupted, the slowest back after {} ms (bound {} ms)",
+                    fault.action,
+                    rooms.len(),
+                    max_room_recovery_ms.map_or_else(|| "-".into(), |m| m.to_string()),
+                    fault.bound_ms
+                ),
+            );
+        }
         fault_results.push(FaultResult {
             fault: fault.clone(),
             avoided_after_ms,
             answers_to_dead_edges: dead_answers,
-            ok,
+            rooms_disrupted: rooms.len() as u64,
+            max_room_recovery_ms,
+            ok: ok && rooms_ok,
         });
     }
 
@@ -774,19 +813,22 @@ pub fn terminal(report: &Report) -> String {
     if !report.faults.is_empty() {
         let _ = writeln!(
             w,
-            "\n{:<16} {:>7} {:>12} {:>9} {:>6}  action",
-            "fault", "at s", "avoided ms", "bound ms", "dead"
+            "\n{:<16} {:>7} {:>12} {:>9} {:>6} {:>6} {:>12}  action",
+            "fault", "at s", "avoided ms", "bound ms", "dead", "rooms", "room back ms"
         );
         for f in &report.faults {
             let _ = writeln!(
                 w,
-                "{:<16} {:>7.1} {:>12} {:>9} {:>6}  {}",
+                "{:<16} {:>7.1} {:>12} {:>9} {:>6} {:>6} {:>12}  {}",
                 f.fault.kind,
                 f.fault.at_ms as f64 / 1000.0,
                 f.avoided_after_ms
                     .map_or_else(|| "never".to_string(), |m| m.to_string()),
                 f.fault.bound_ms,
                 f.answers_to_dead_edges,
+                f.rooms_disrupted,
+                f.max_room_recovery_ms
+                    .map_or_else(|| "-".to_string(), |m| m.to_string()),
                 f.fault.action
             );
         }

@@ -106,6 +106,9 @@ pub struct Fault {
     pub action: String,
     /// When the fault was injected and healed (ms since the start of the run).
     pub at_ms: u64,
+    /// When healing started (restart, SIGCONT): answers after it may name the edges
+    /// again. `None` when the fault is not healed within its phase.
+    pub healing_ms: Option<u64>,
     pub healed_ms: Option<u64>,
     /// Edges taken out (none for a locator restart).
     pub edges: Vec<String>,
@@ -284,6 +287,7 @@ impl Runner<'_> {
                     kind: step.name(),
                     action,
                     at_ms,
+                    healing_ms: None,
                     healed_ms: None,
                     edges: victims.clone(),
                     bound_ms,
@@ -292,6 +296,7 @@ impl Runner<'_> {
                 let heal_at = (start + d * 7 / 10)
                     .max(Instant::now() + Duration::from_millis(bound_ms + 1_000));
                 self.sleep_until(heal_at).await;
+                self.faults[index].healing_ms = Some(self.now_ms());
                 let topology = self.topology.as_deref_mut().ok_or("no topology")?;
                 for id in &victims {
                     if step == Step::EdgeHang {
@@ -318,6 +323,7 @@ impl Runner<'_> {
                         "SIGTERM locator replica 0 of {replicas}, then start it again (same port, same database)"
                     ),
                     at_ms,
+                    healing_ms: Some(at_ms),
                     healed_ms: Some(self.now_ms()),
                     edges: Vec::new(),
                     bound_ms,
@@ -349,6 +355,7 @@ impl Runner<'_> {
                             "SIGTERM {old} ({region}) after starting its replacement {replacement}"
                         ),
                         at_ms,
+                        healing_ms: None,
                         healed_ms: None,
                         edges: vec![old.clone()],
                         bound_ms,
@@ -361,7 +368,9 @@ impl Runner<'_> {
                             "{old} did not exit within {deadline:?} of SIGTERM: killed"
                         ));
                     }
-                    self.faults[index].healed_ms = Some(self.now_ms());
+                    let now = self.now_ms();
+                    self.faults[index].healing_ms = Some(now);
+                    self.faults[index].healed_ms = Some(now);
                 }
                 self.sleep_until(end.max(Instant::now() + Duration::from_secs(2)))
                     .await;
