@@ -192,7 +192,7 @@ fn bar_chart(title: &str, bars: &[(String, String, u64)]) -> String {
     let row = 18.0;
     let top = 28.0;
     let height = top + row * bars.len() as f64 + 12.0;
-    let label_w = 170.0;
+    let label_w = 210.0;
     let pw = W - label_w - RIGHT - 50.0;
     let max = bars.iter().map(|b| b.2).max().unwrap_or(0).max(1) as f64;
     let regions: Vec<&str> = {

@@ -412,11 +412,7 @@ pub fn build(inputs: Inputs) -> Report {
             },
         );
         // Rooms this fault disrupted must come back within the same bound.
-        let window_end = fault
-            .healing_ms
-            .unwrap_or(end_ms)
-            .max(fault.at_ms + fault.bound_ms)
-            + disruption_slack_ms;
+        let window_end = fault.healing_ms.unwrap_or(end_ms) + disruption_slack_ms;
         let rooms: Vec<_> = records
             .sessions
             .iter()
