@@ -314,10 +314,7 @@ fn choose(
         preferred,
         &mut rand::rng(),
     );
-    state
-        .metrics
-        .selection_seconds
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.selection_seconds.observe(started.elapsed());
     let chosen = chosen.ok_or_else(|| {
         Problem::unavailable(
             "no-edge-available",

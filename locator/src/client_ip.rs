@@ -5,7 +5,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderName, header};
 use ipnet::IpNet;
 
 /// A forwarded-for header from a trusted proxy that cannot be used.
@@ -34,51 +34,13 @@ fn parse_hop(raw: &str) -> Option<IpAddr> {
     inner.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
 }
 
-/// The `for=` values of every `Forwarded` header, in order.
-fn forwarded_hops(headers: &HeaderMap) -> Option<Vec<String>> {
-    let values: Vec<&str> = headers
-        .get_all("forwarded")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if values.is_empty() {
-        return None;
-    }
-    let mut hops = Vec::new();
-    for value in values {
-        for element in value.split(',') {
-            for pair in element.split(';') {
-                if let Some((name, v)) = pair.split_once('=')
-                    && name.trim().eq_ignore_ascii_case("for")
-                {
-                    hops.push(v.trim().to_string());
-                }
-            }
-        }
-    }
-    Some(hops)
-}
-
-fn x_forwarded_for_hops(headers: &HeaderMap) -> Option<Vec<String>> {
-    let values: Vec<&str> = headers
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    if values.is_empty() {
-        return None;
-    }
-    Some(
-        values
-            .iter()
-            .flat_map(|v| v.split(','))
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect(),
-    )
-}
+/// `X-Forwarded-For` (not among `http`'s standard header names).
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The client address for a request from `peer` with these headers.
+///
+/// Walks the hops right to left straight from the header values: no allocation on this
+/// path, which every locate and session request takes.
 pub fn client_ip(
     peer: IpAddr,
     headers: &HeaderMap,
@@ -88,26 +50,45 @@ pub fn client_ip(
     if !trusted(peer, trusted_proxies) {
         return Ok(peer);
     }
-    let (header, hops) = match forwarded_hops(headers) {
-        Some(hops) => ("Forwarded", hops),
-        None => match x_forwarded_for_hops(headers) {
-            Some(hops) => ("X-Forwarded-For", hops),
-            None => return Ok(peer),
-        },
+    // `Forwarded` when present (its `for=` values), else `X-Forwarded-For`.
+    let forwarded = headers.get_all(header::FORWARDED);
+    let (header, values, use_forwarded) = if forwarded.iter().next().is_some() {
+        ("Forwarded", forwarded, true)
+    } else {
+        ("X-Forwarded-For", headers.get_all(X_FORWARDED_FOR), false)
     };
     // Right to left: each trusted proxy vouches for the hop before it; the first hop no
-    // trusted proxy added is the client.
+    // trusted proxy added is the client. `step` takes one hop: `Ok(true)` when it is the
+    // client.
     let mut client = peer;
-    for raw in hops.iter().rev() {
-        let Some(ip) = parse_hop(raw) else {
-            return Err(ForwardedError {
-                header,
-                value: raw.chars().take(64).collect(),
-            });
-        };
+    let mut step = |raw: &str| -> Result<bool, ForwardedError> {
+        let ip = parse_hop(raw).ok_or_else(|| ForwardedError {
+            header,
+            value: raw.chars().take(64).collect(),
+        })?;
         client = ip;
-        if !trusted(ip, trusted_proxies) {
-            break;
+        Ok(!trusted(ip, trusted_proxies))
+    };
+    for value in values.iter().rev() {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for element in value.rsplit(',') {
+            if use_forwarded {
+                for pair in element.rsplit(';') {
+                    if let Some((name, v)) = pair.split_once('=')
+                        && name.trim().eq_ignore_ascii_case("for")
+                        && step(v.trim())?
+                    {
+                        return Ok(client);
+                    }
+                }
+            } else {
+                let hop = element.trim();
+                if !hop.is_empty() && step(hop)? {
+                    return Ok(client);
+                }
+            }
         }
     }
     Ok(client)
