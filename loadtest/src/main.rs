@@ -263,7 +263,14 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let (report, kept) = match runtime.block_on(locus_loadtest::run::run(options)) {
+    // Ctrl-C drops the run, and with it the topology, whose drop stops every child.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = locus_loadtest::run::run(options) => outcome,
+            _ = tokio::signal::ctrl_c() => Err("interrupted: the topology was stopped".to_string()),
+        }
+    });
+    let (report, kept) = match outcome {
         Ok(done) => done,
         Err(message) => {
             eprintln!("loadtest: {message}");
