@@ -337,12 +337,24 @@ struct Survey {
 }
 
 impl Survey {
-    fn new(snapshot: &RegistrySnapshot, regions: usize) -> Survey {
+    /// Reads every edge (`only`: `None`), or only the edges of one region: the others
+    /// are left out (failed, in no region) and their regions' tallies stay empty. The
+    /// common answer needs nothing but the client's region, and reading an edge (its
+    /// score, its live assignment count) is most of what selection costs.
+    fn new(snapshot: &RegistrySnapshot, regions: usize, only: Option<usize>) -> Survey {
         let mut tally = vec![Tally::default(); regions];
         let seen = snapshot
             .edges
             .iter()
             .map(|edge| {
+                if only.is_some_and(|r| r != edge.region) {
+                    return Seen {
+                        region: usize::MAX,
+                        state: EdgeState::Failed,
+                        score: f64::INFINITY,
+                        pending: 0,
+                    };
+                }
                 let pending = edge.pending_assignments();
                 let s = Seen {
                     region: edge.region,
@@ -593,7 +605,18 @@ pub fn select_edge(
             detail: detail.0,
         })
     };
-    let survey = Survey::new(snapshot, plan.len());
+    // The common case first: the client's region has an edge with headroom. Only its
+    // edges are read; the answer is the one the full survey gives (same edges, same
+    // order, same draws).
+    let local = Survey::new(snapshot, plan.len(), Some(preferred_region));
+    if local.tally[preferred_region].with_headroom > 0 {
+        let mut detail = Detail::new();
+        detail.s("in ").s(pref_id).s(": ");
+        let (edge, how) = local.two_choices(preferred_region, rng);
+        detail.picked(name(edge), local.seen[edge].score, how);
+        return answer(edge, SelectReason::InRegion, detail);
+    }
+    let survey = Survey::new(snapshot, plan.len(), None);
     let pref = survey.tally[preferred_region];
     let has_headroom = |r: usize| survey.tally[r].with_headroom > 0;
     // Picks in `region` and appends how to `detail`.
@@ -604,6 +627,7 @@ pub fn select_edge(
     };
     let mut detail = Detail::new();
 
+    // Live assignment counts may have moved between the two surveys.
     if has_headroom(preferred_region) {
         detail.s("in ").s(pref_id).s(": ");
         let edge = pick_in(preferred_region, rng, &mut detail);
