@@ -78,8 +78,10 @@ struct RunArgs {
     /// Only these regions get edges (comma-separated ids; default: every region).
     #[arg(long, value_delimiter = ',')]
     regions: Option<Vec<String>>,
-    /// `--capacity` of each edge.
-    #[arg(long, default_value_t = 1000)]
+    /// `--capacity` of each edge. Small, so that sessions are the bottleneck of the
+    /// locator's load score: with 1,000, one session is 0.1% and the event-loop lag of 16
+    /// edges sharing the machine's cores decides where a burst goes.
+    #[arg(long, default_value_t = 100)]
     capacity: u32,
     /// `--linger` of each edge (ms).
     #[arg(long, default_value_t = 2000)]
