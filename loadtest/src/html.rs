@@ -168,7 +168,7 @@ fn line_chart(
     }
     // Legend.
     let mut lx = LEFT;
-    for s in series {
+    for s in series.iter().filter(|s| !s.name.is_empty()) {
         let _ = write!(
             svg,
             r#"<line x1="{lx}" x2="{x2}" y1="30" y2="30" stroke="{c}" stroke-width="3"{d}/><text x="{tx}" y="34" class="tick">{name}</text>"#,
@@ -373,6 +373,47 @@ th{{background:#f4f4f4}} td:first-child,th:first-child{{text-align:left}}
         &markers,
         &bands,
     ));
+    if !t.sessions_by_edge.is_empty() {
+        h.push_str("<h2>Sessions per edge over time</h2>");
+        let mut regions: Vec<&str> = t.edge_regions.values().map(String::as_str).collect();
+        regions.sort_unstable();
+        regions.dedup();
+        let values: Vec<(String, &str, Vec<f64>)> = t
+            .sessions_by_edge
+            .iter()
+            .map(|(edge, v)| {
+                let region = t.edge_regions.get(edge).map_or("", String::as_str);
+                (edge.clone(), region, v.iter().map(|&x| x as f64).collect())
+            })
+            .collect();
+        let mut named: Vec<&str> = Vec::new();
+        let series: Vec<Series<'_>> = values
+            .iter()
+            .map(|(_, region, v)| {
+                let i = regions.iter().position(|r| r == region).unwrap_or(0);
+                // One legend entry per region (its first edge).
+                let name = if named.contains(region) {
+                    ""
+                } else {
+                    named.push(region);
+                    region
+                };
+                Series {
+                    name,
+                    color: PALETTE[i % PALETTE.len()],
+                    values: v,
+                    dashed: false,
+                }
+            })
+            .collect();
+        h.push_str(&line_chart(
+            "sessions each edge reports to the locator (one line per edge, coloured by region)",
+            "sessions",
+            &series,
+            &markers,
+            &bands,
+        ));
+    }
     h.push_str("<h2>New sessions per edge</h2>");
     let mut bars: Vec<(String, String, u64)> = report
         .sessions_per_edge

@@ -167,6 +167,10 @@ pub struct Timeline {
     pub errors: Vec<u64>,
     pub fallback: Vec<u64>,
     pub by_region: BTreeMap<String, Vec<u64>>,
+    /// Sessions each edge reported to the locator (live ones, lingering included), per
+    /// second; the edge's region.
+    pub sessions_by_edge: BTreeMap<String, Vec<u64>>,
+    pub edge_regions: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -212,6 +216,8 @@ pub struct Inputs {
     /// `(id, region)` of the edges running during the burst (empty: the edges its
     /// answers named).
     pub burst_edges: Vec<(String, String)>,
+    /// Sessions each edge reported, once a second (see [`crate::run::EdgeSamples`]).
+    pub edge_sessions: crate::run::EdgeSamples,
     /// How long after a fault is healed a disruption still counts as caused by it.
     pub disruption_slack_ms: u64,
     pub notes: Vec<String>,
@@ -259,6 +265,7 @@ pub fn build(inputs: Inputs) -> Report {
         balance_limit,
         burst_ran,
         burst_edges,
+        edge_sessions,
         disruption_slack_ms,
         notes,
     } = inputs;
@@ -608,7 +615,18 @@ pub fn build(inputs: Inputs) -> Report {
         );
     }
 
-    let timeline = timeline(&records, duration_ms);
+    let mut timeline = timeline(&records, duration_ms);
+    let seconds = timeline.answers.len();
+    for (second, row) in &edge_sessions {
+        let s = (*second as usize).min(seconds - 1);
+        for (edge, region, sessions) in row {
+            timeline.edge_regions.insert(edge.clone(), region.clone());
+            timeline
+                .sessions_by_edge
+                .entry(edge.clone())
+                .or_insert_with(|| vec![0; seconds])[s] = *sessions;
+        }
+    }
     let ok = invariants.iter().all(|i| i.ok);
     Report {
         scenario,
@@ -732,6 +750,8 @@ fn timeline(records: &Records, duration_ms: u64) -> Timeline {
         errors: vec![0; seconds],
         fallback: vec![0; seconds],
         by_region: BTreeMap::new(),
+        sessions_by_edge: BTreeMap::new(),
+        edge_regions: BTreeMap::new(),
     };
     let mut latencies: Vec<Vec<u64>> = vec![Vec::new(); seconds];
     for a in &records.answers {

@@ -163,6 +163,15 @@ pub async fn run(options: RunOptions) -> Result<(Report, Option<PathBuf>), Strin
                 .run_client(i, options.seed.wrapping_mul(31).wrapping_add(i as u64)),
         );
     }
+    let samples: Arc<std::sync::Mutex<EdgeSamples>> = Arc::default();
+    let sampler = admin_token.clone().map(|token| {
+        tokio::spawn(sample_edges(
+            locators.clone(),
+            token,
+            recorder.clone(),
+            samples.clone(),
+        ))
+    });
     let current = Arc::new(std::sync::Mutex::new("start"));
     let progress = std::io::stderr()
         .is_terminal()
@@ -200,6 +209,10 @@ pub async fn run(options: RunOptions) -> Result<(Report, Option<PathBuf>), Strin
         tasks.abort_all();
     }
     let duration_ms = recorder.now_ms();
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
+    let edge_sessions = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
     if let Err(message) = outcome {
         if let Some(p) = progress {
             p.abort();
@@ -263,6 +276,7 @@ pub async fn run(options: RunOptions) -> Result<(Report, Option<PathBuf>), Strin
         balance_limit: options.balance_limit,
         burst_ran: steps.contains(&scenario::Step::Burst),
         burst_edges,
+        edge_sessions,
         disruption_slack_ms: (options.clients.read_timeout + Duration::from_secs(5)).as_millis()
             as u64,
         notes,
@@ -414,5 +428,62 @@ async fn progress_line(recorder: Arc<Recorder>, current: Arc<std::sync::Mutex<&'
         let mut err = std::io::stderr().lock();
         let _ = err.write_all(line.as_bytes());
         let _ = err.flush();
+    }
+}
+
+/// Sessions each edge reported, sampled once a second from the locator's admin status:
+/// `(second of the run, [(edge, region, sessions)])`.
+pub type EdgeSamples = Vec<(u64, Vec<(String, String, u64)>)>;
+
+async fn sample_edges(
+    locators: Vec<String>,
+    token: String,
+    recorder: Arc<Recorder>,
+    samples: Arc<std::sync::Mutex<EdgeSamples>>,
+) {
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(Duration::from_millis(900))
+        .build()
+    else {
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let second = recorder.now_ms() / 1000;
+        for base in &locators {
+            let Ok(response) = http
+                .get(format!("{base}/v1/admin/status"))
+                .bearer_auth(&token)
+                .send()
+                .await
+            else {
+                continue;
+            };
+            let Ok(value) = response.json::<serde_json::Value>().await else {
+                continue;
+            };
+            let mut row = Vec::new();
+            for region in value["regions"].as_array().into_iter().flatten() {
+                let region_id = region["id"].as_str().unwrap_or_default();
+                for edge in region["edges"].as_array().into_iter().flatten() {
+                    if edge["state"] == "failed" || edge["retired"] == true {
+                        continue;
+                    }
+                    if let Some(id) = edge["id"].as_str() {
+                        row.push((
+                            id.to_string(),
+                            region_id.to_string(),
+                            edge["load"]["sessions"].as_u64().unwrap_or(0),
+                        ));
+                    }
+                }
+            }
+            if let Ok(mut samples) = samples.lock() {
+                samples.push((second, row));
+            }
+            break;
+        }
     }
 }

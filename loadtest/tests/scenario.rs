@@ -148,7 +148,7 @@ fn steady_then_edge_crash_keeps_every_invariant() {
 
     let html = std::fs::read_to_string(out.join("report-steady+edge-crash.html")).expect("HTML");
     assert!(html.starts_with("<!doctype html>"));
-    assert_eq!(html.matches("<svg").count(), 3, "three charts");
+    assert_eq!(html.matches("<svg").count(), 4, "four charts");
     assert!(!html.contains("<script"), "no script");
     assert!(!html.contains(" src="), "no external resource");
     let _ = std::fs::remove_dir_all(&dir);
