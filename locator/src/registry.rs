@@ -343,6 +343,11 @@ impl Registry {
         }
     }
 
+    /// The rev of the edge's newest claim known here (0 when unknown).
+    pub fn claim_rev(&self, edge_id: &str) -> i64 {
+        self.lock().edges.get(edge_id).map_or(0, |e| e.claim_rev)
+    }
+
     /// Whether this locator holds the edge's link (its newest claim).
     pub fn holds(&self, edge_id: &str) -> bool {
         self.lock().edges.get(edge_id).is_some_and(|e| e.held_here)

@@ -191,6 +191,20 @@ pub async fn apply_effect(state: &Arc<AppState>, edge_id: &str, effect: Effect) 
 /// An edge became unavailable: its ad-hoc sessions end; its rooms move on their next
 /// join.
 async fn edge_failed(state: &Arc<AppState>, edge_id: &str, why: crate::edge_state::FailReason) {
+    if state.cluster.is_some() {
+        // Several locators may notice one failure: one of them handles it.
+        let claim_rev = state.registry.claim_rev(edge_id);
+        match state.store.claim_edge_failure(edge_id, claim_rev).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(edge = %edge_id, reason = why.describe(), "edge failed (handled by another locator)");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(edge = %edge_id, %error, "cannot tell whether another locator handles this failure; handling it");
+            }
+        }
+    }
     tracing::warn!(edge = %edge_id, reason = why.describe(), "edge failed");
     match state
         .store

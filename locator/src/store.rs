@@ -885,6 +885,19 @@ impl Store {
             .await
     }
 
+    /// Takes on handling the failure of claim `claim_rev` of an edge: true for exactly
+    /// one caller across all locators (it ends the edge's ad-hoc sessions and records the
+    /// failure); false when another did, or the edge was claimed again since.
+    pub async fn claim_edge_failure(
+        &self,
+        edge_id: &str,
+        claim_rev: i64,
+    ) -> Result<bool, StoreError> {
+        self.shared("claim_edge_failure")?
+            .claim_edge_failure(edge_id, claim_rev)
+            .await
+    }
+
     /// The published state of the edges named (all of them for `None`).
     pub async fn live_edges(&self, ids: Option<&[String]>) -> Result<Vec<LiveEdge>, StoreError> {
         self.shared("live_edges")?.live_edges(ids).await

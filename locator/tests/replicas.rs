@@ -698,3 +698,55 @@ async fn a_real_edge_moves_to_its_next_locator_when_its_own_dies_and_loses_nothi
     drop(edge);
     drop(b);
 }
+
+/// The locator holding an edge dies with the edge: every other locator notices (the
+/// holder's publishing stops, then the edge's `/healthz` does not answer), and exactly
+/// one of them handles the failure: the edge's ad-hoc sessions end, one `edge_failed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_noticed_by_several_locators_is_handled_once() {
+    let Some((_db, url)) = scratch("replicas_failure_handled_once").await else {
+        return;
+    };
+    let dirs = [
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    ];
+    let start = |i: usize| TestLocator::start_on(dirs[i].path(), &url, "30s", "1s", "127.0.0.1:0");
+    let (a, b, c) = (start(0).await, start(1).await, start(2).await);
+    // Its public URL does not answer: a probe finds it dead at once.
+    let mut edge = TestEdge::connect(a.addr, register("us-1", "us-east", 100)).await;
+    edge.report(0).await;
+    wait_all(&b, &["us-1"], "active").await;
+    wait_all(&c, &["us-1"], "active").await;
+    let mut sessions = Vec::new();
+    for _ in 0..3 {
+        let (status, answer) = create(b.addr, "8.8.8.8", serde_json::json!({})).await;
+        assert_eq!(status, 201, "{answer}");
+        sessions.push(answer["session_id"].as_str().expect("id").to_string());
+    }
+    // The holder stops (its publishing with it); the edge says nothing more.
+    a.stop().await;
+    wait_all(&b, &["us-1"], "failed").await;
+    wait_all(&c, &["us-1"], "failed").await;
+    for id in &sessions {
+        let (status, answer) = get_session(c.addr, id).await;
+        assert_eq!(
+            status, 410,
+            "an ad-hoc session of a failed edge ends: {answer}"
+        );
+    }
+    let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("connect");
+    let failures: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit WHERE edge_id = 'us-1' AND kind = 'edge_failed'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .expect("count");
+    assert_eq!(failures, 1, "one locator handled the failure");
+    drop(edge);
+    b.stop().await;
+    c.stop().await;
+}

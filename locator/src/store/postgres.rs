@@ -1272,6 +1272,28 @@ impl PostgresBackend {
         Ok(written)
     }
 
+    pub(super) async fn claim_edge_failure(
+        &self,
+        edge_id: &str,
+        claim_rev: i64,
+    ) -> Result<bool, StoreError> {
+        let op = "claim_edge_failure";
+        // A retry after an unacknowledged commit answers false: the failure is then not
+        // handled by anyone; the next locator to notice the failure (or a join of one of
+        // its sessions) handles it.
+        let claimed = retry_once!(op, |_retry| sqlx::query(
+            "UPDATE edge_live SET failure_handled_claim = claim_rev \
+             WHERE edge_id = $1 AND claim_rev = $2 \
+             AND failure_handled_claim IS DISTINCT FROM claim_rev",
+        )
+        .bind(edge_id)
+        .bind(claim_rev)
+        .execute(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        Ok(claimed.rows_affected() == 1)
+    }
+
     pub(super) async fn live_edges(
         &self,
         ids: Option<&[String]>,
