@@ -16,6 +16,9 @@
 //! - **Silence.** A mirror goes link-lost by itself when its holder stops publishing for
 //!   the usual `report_interval × missed_reports` (the holder died with the edge, or lost
 //!   the database), then is probed and failed like an edge whose link is lost here.
+//!   Several locators may then find the same failure: the first to mark the failed claim
+//!   handled in the database ([`Store::claim_edge_failure`](crate::store::Store::claim_edge_failure))
+//!   ends the edge's ad-hoc sessions and records it; the others only follow.
 //! - **Assignments.** Each session a locator assigns is counted against the edge at once
 //!   on that locator, and sent to the others (`NOTIFY locus_assignments`, coalesced while
 //!   the previous notification is in flight, so a burst costs a handful of
