@@ -328,11 +328,26 @@ async fn read_audit(
         }
     };
     let mut unacknowledged = std::collections::BTreeMap::new();
-    if let Some(topology) = topology {
+    // The edges to wait for: the topology's, or those the locator lists as serving.
+    let (edges, report_interval) = match topology {
+        Some(topology) => (
+            topology
+                .edge_urls()
+                .into_iter()
+                .map(|(id, _, url)| (id, url))
+                .collect(),
+            topology.config.edges.report_interval,
+        ),
+        None => (
+            listed_edges(&http, locators, token).await,
+            Duration::from_secs(2),
+        ),
+    };
+    {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             unacknowledged.clear();
-            for (id, _, url) in topology.edge_urls() {
+            for (id, url) in &edges {
                 let len = match http.get(format!("{url}/v1/status")).send().await {
                     Ok(r) => r
                         .json::<serde_json::Value>()
@@ -344,7 +359,7 @@ async fn read_audit(
                 };
                 // Metrics samples keep arriving: a few entries in flight are normal.
                 if len > 2 {
-                    unacknowledged.insert(id, len);
+                    unacknowledged.insert(id.clone(), len);
                 }
             }
             if unacknowledged.is_empty() || std::time::Instant::now() > deadline {
@@ -353,7 +368,7 @@ async fn read_audit(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // The last entries of a spool may be a relay away: let one report interval pass.
-        tokio::time::sleep(topology.config.edges.report_interval).await;
+        tokio::time::sleep(report_interval).await;
     }
     let mut rows = Vec::new();
     let mut before: Option<i64> = None;
@@ -486,4 +501,39 @@ async fn sample_edges(
             break;
         }
     }
+}
+
+/// `(id, url)` of the edges a locator lists as serving (not failed, not retired).
+async fn listed_edges(
+    http: &reqwest::Client,
+    locators: &[String],
+    token: &str,
+) -> Vec<(String, String)> {
+    for base in locators {
+        let Ok(response) = http
+            .get(format!("{base}/v1/admin/status"))
+            .bearer_auth(token)
+            .send()
+            .await
+        else {
+            continue;
+        };
+        let Ok(value) = response.json::<serde_json::Value>().await else {
+            continue;
+        };
+        return value["regions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["edges"].as_array().into_iter().flatten())
+            .filter(|e| e["state"] != "failed" && e["retired"] != true)
+            .filter_map(|e| {
+                Some((
+                    e["id"].as_str()?.to_string(),
+                    e["url"].as_str()?.trim_end_matches('/').to_string(),
+                ))
+            })
+            .collect();
+    }
+    Vec::new()
 }
