@@ -1,8 +1,9 @@
 //! Prometheus metrics of the locator (`GET /metrics`).
 //!
 //! The counters on the request path are resolved once and kept as handles: a
-//! [`Counter`] clone shares its atomic with the family's series, so counting a request
-//! is one atomic increment, with no label allocation, hashing or family lock. A handle
+//! [`ShardedCounter`] clone shares its cells with the family's series, so counting a
+//! request is one atomic increment on the calling thread's own cache line, with no label
+//! allocation, hashing, family lock or contention between worker threads. A handle
 //! is resolved the first time its series is used, so `/metrics` lists the same series
 //! (only those that have counted something) as if every request went through
 //! `Family::get_or_create`.
@@ -102,9 +103,9 @@ impl RouteLabel {
 /// `locator_http_requests_total{route, status}` with kept handles.
 #[derive(Debug, Default)]
 pub struct RequestCounters {
-    family: Family<RequestLabels, Counter>,
+    family: Family<RequestLabels, ShardedCounter>,
     /// `ROUTES.len() * STATUSES.len()` handles, route-major.
-    kept: [[OnceLock<Counter>; STATUSES.len()]; ROUTES.len()],
+    kept: [[OnceLock<ShardedCounter>; STATUSES.len()]; ROUTES.len()],
 }
 
 impl RequestCounters {
@@ -153,7 +154,7 @@ fn rule_slot(rule: Rule) -> usize {
 /// with each loaded config, resolved on first use).
 #[derive(Debug)]
 pub struct AnswerCounters {
-    kept: Vec<[OnceLock<Counter>; 5]>,
+    kept: Vec<[OnceLock<ShardedCounter>; 5]>,
 }
 
 impl AnswerCounters {
@@ -186,10 +187,10 @@ impl AnswerCounters {
 pub struct Metrics {
     registry: Registry,
     pub requests: RequestCounters,
-    pub locate_answers: Family<AnswerLabels, Counter>,
-    pub fallbacks: Family<ReasonLabels, Counter>,
+    pub locate_answers: Family<AnswerLabels, ShardedCounter>,
+    pub fallbacks: Family<ReasonLabels, ShardedCounter>,
     /// Handles of `fallbacks`, in the order of [`SelectReason::ALL`].
-    fallbacks_kept: [OnceLock<Counter>; SelectReason::ALL.len()],
+    fallbacks_kept: [OnceLock<ShardedCounter>; SelectReason::ALL.len()],
     pub edges: Family<StateLabels, Gauge>,
     pub selection_seconds: ShardedHistogram,
     pub spool_entries: Counter,
@@ -199,8 +200,8 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("locator");
         let requests = RequestCounters::default();
-        let locate_answers = Family::<AnswerLabels, Counter>::default();
-        let fallbacks = Family::<ReasonLabels, Counter>::default();
+        let locate_answers = Family::<AnswerLabels, ShardedCounter>::default();
+        let fallbacks = Family::<ReasonLabels, ShardedCounter>::default();
         let edges = Family::<StateLabels, Gauge>::default();
         let selection_seconds = ShardedHistogram::default();
         let spool_entries = Counter::default();
@@ -298,7 +299,7 @@ const BOUNDS: [f64; 12] = [
 ];
 
 /// Shards of a [`ShardedHistogram`]: more than the worker threads of a small machine.
-const SHARDS: usize = 8;
+pub const SHARDS: usize = 8;
 
 /// One shard, on cache lines of its own.
 #[derive(Debug, Default)]
@@ -326,9 +327,55 @@ thread_local! {
     static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
 }
 
+/// The shard of the calling thread.
+pub fn shard() -> usize {
+    SHARD.with(|s| *s)
+}
+
+/// One counter cell on cache lines of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Cell(AtomicU64);
+
+/// A counter for the request path: each thread adds to its own shard, so the worker
+/// threads do not fight over one cache line on every request (a prometheus-client
+/// `Counter` is one shared atomic). Clones share the shards.
+#[derive(Debug, Clone, Default)]
+pub struct ShardedCounter {
+    cells: Arc<[Cell; SHARDS]>,
+}
+
+impl ShardedCounter {
+    pub fn inc(&self) {
+        self.inc_by(1);
+    }
+
+    pub fn inc_by(&self, n: u64) {
+        self.cells[shard()].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.cells.iter().map(|c| c.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl TypedMetric for ShardedCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ShardedCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
 impl ShardedHistogram {
     pub fn observe(&self, elapsed: Duration) {
-        let shard = &self.shards[SHARD.with(|s| *s)];
+        let shard = &self.shards[shard()];
         let seconds = elapsed.as_secs_f64();
         let bucket = BOUNDS
             .iter()
@@ -373,6 +420,31 @@ impl EncodeMetric for ShardedHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sharded_counter_sums_every_thread_and_encodes_as_a_counter() {
+        let counter = ShardedCounter::default();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        counter.inc();
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("thread");
+        }
+        assert_eq!(counter.get(), 4000);
+        let mut registry = Registry::default();
+        registry.register("answers", "answers", counter.clone());
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
+        assert!(text.contains("# TYPE answers counter"), "{text}");
+        assert!(text.contains("answers_total 4000"), "{text}");
+    }
 
     #[test]
     fn the_sharded_histogram_sums_every_thread() {

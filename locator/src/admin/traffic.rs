@@ -31,24 +31,49 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 /// Counters for one region list (`regions.len()²` cells, row = client region).
 #[derive(Debug)]
+/// The counts, one block per thread shard (see [`crate::metrics::shard`]): worker
+/// threads counting answers do not share cache lines.
 struct Matrix {
     regions: Vec<String>,
+    /// `SHARDS` blocks of `stride` counters; cell `client * n + served` of each.
     counts: Vec<AtomicU64>,
+    stride: usize,
 }
+
+/// Counters per 128-byte cache line pair.
+const LINE: usize = 16;
 
 impl Matrix {
     fn new(regions: Vec<String>) -> Matrix {
         let n = regions.len();
+        let stride = (n * n).div_ceil(LINE) * LINE;
         Matrix {
             regions,
-            counts: (0..n * n).map(|_| AtomicU64::new(0)).collect(),
+            counts: (0..stride * crate::metrics::SHARDS)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            stride,
+        }
+    }
+
+    fn add(&self, cell: usize) {
+        let at = crate::metrics::shard() * self.stride + cell;
+        if let Some(count) = self.counts.get(at) {
+            count.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn read(&self) -> Vec<u64> {
-        self.counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
+        let n = self.regions.len();
+        (0..n * n)
+            .map(|cell| {
+                self.counts
+                    .iter()
+                    .skip(cell)
+                    .step_by(self.stride.max(1))
+                    .map(|c| c.load(Ordering::Relaxed))
+                    .sum()
+            })
             .collect()
     }
 }
@@ -102,7 +127,7 @@ impl Window {
 impl Traffic {
     pub fn new(regions: Vec<String>) -> Traffic {
         let matrix = Matrix::new(regions);
-        let zeros = vec![0; matrix.counts.len()];
+        let zeros = vec![0; matrix.regions.len() * matrix.regions.len()];
         Traffic {
             matrix: ArcSwap::from_pointee(matrix),
             samples: Mutex::new(VecDeque::from([Sample {
@@ -119,7 +144,7 @@ impl Traffic {
         let matrix = self.matrix.load();
         let n = matrix.regions.len();
         if client < n && served < n {
-            matrix.counts[client * n + served].fetch_add(1, Ordering::Relaxed);
+            matrix.add(client * n + served);
         }
     }
 
@@ -136,7 +161,7 @@ impl Traffic {
             samples.clear();
             samples.push_back(Sample {
                 at: now,
-                counts: vec![0; matrix.counts.len()],
+                counts: vec![0; matrix.regions.len() * matrix.regions.len()],
             });
         }
         let current = matrix.read();
