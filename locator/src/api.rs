@@ -539,13 +539,26 @@ async fn join_existing(
     preferred: Option<usize>,
 ) -> Result<SessionAnswer, Problem> {
     let home = snapshot.edge(&record.edge_id);
+    let mut move_why = "unavailable";
     if let Some(edge) = home.filter(|e| e.status.serves_existing_sessions()) {
-        let reason = format!(
-            "session lives on edge {} ({})",
-            edge.id,
-            edge.status.state()
-        );
-        return Ok(session_answer(state, &record, edge, false, false, reason));
+        // A draining edge admits joins only of the sessions it still runs: a room it no
+        // longer runs (everyone left) moves now rather than at the drain deadline.
+        let left_behind = record.room_key.is_some()
+            && edge.status.state() == crate::edge_state::EdgeState::Draining
+            && !state
+                .store
+                .session_running_on_edge(&record.id, &record.edge_id)
+                .await
+                .map_err(|e| Problem::internal("read the session's state on its edge", &e))?;
+        if !left_behind {
+            let reason = format!(
+                "session lives on edge {} ({})",
+                edge.id,
+                edge.status.state()
+            );
+            return Ok(session_answer(state, &record, edge, false, false, reason));
+        }
+        move_why = "draining";
     }
     let timing = state.routing.load().config.edges.clone();
     if home.is_none() && state.started.elapsed() < timing.grace_period {
@@ -587,7 +600,7 @@ async fn join_existing(
         .map_err(|e| Problem::internal("move the room", &e))?;
     if moved {
         state.note_assignment(target);
-        tracing::info!(session = %record.id, from = %record.edge_id, to = %target.id, "room moved off an unavailable edge");
+        tracing::info!(session = %record.id, from = %record.edge_id, to = %target.id, why = move_why, "room moved off its edge");
     }
     let current = state
         .store
@@ -599,7 +612,7 @@ async fn join_existing(
         .edge(&current.edge_id)
         .ok_or_else(|| Problem::unavailable("edge-reconnecting", "retry shortly", 1))?;
     let reason = format!(
-        "room moved from unavailable edge {} to {}: {}",
+        "room moved from {move_why} edge {} to {}: {}",
         record.edge_id, edge.id, chosen.detail
     );
     Ok(session_answer(

@@ -670,6 +670,18 @@ impl Store {
         dispatch!(&self.inner.backend, db => db.open_sessions_on_edge(edge_id).await)
     }
 
+    /// Whether the edge's own record says the session is running there: its latest
+    /// `session_started` / `session_ended` audit entry for the session is a start. A
+    /// draining edge admits joins only of the sessions it still runs, so a room it no
+    /// longer runs must move (see `api::join_existing`).
+    pub async fn session_running_on_edge(
+        &self,
+        session_id: &str,
+        edge_id: &str,
+    ) -> Result<bool, StoreError> {
+        dispatch!(&self.inner.backend, db => db.session_running_on_edge(session_id, edge_id).await)
+    }
+
     /// Inserts or updates an edge's registration (region, URL, capacity, version,
     /// last seen). The suspension columns and `first_seen_ms` of an existing edge are
     /// kept. Returns the stored edge, with its suspension.

@@ -228,6 +228,90 @@ async fn a_keyed_room_on_a_failed_edge_moves_on_the_next_join() {
     loc.stop().await;
 }
 
+/// A draining edge admits joins only of the sessions it still runs: a room it still runs
+/// stays there (its participants are there), a room everyone left moves on the next join
+/// instead of sending clients to an edge that refuses them until its drain deadline.
+#[tokio::test]
+async fn a_room_its_draining_edge_no_longer_runs_moves_on_the_next_join() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let loc = TestLocator::start(dir.path()).await;
+    let mut eu = TestEdge::connect(loc.addr, register("eu-1", "eu-west", 100)).await;
+    let mut de = TestEdge::connect(loc.addr, register("de-1", "eu-central", 100)).await;
+    eu.report(0).await;
+    de.report(0).await;
+    let (_, live) = create(&loc, json!({"key": "live"}), "81.2.69.142").await;
+    let (_, left) = create(&loc, json!({"key": "left"}), "81.2.69.142").await;
+    assert_eq!(live["edge"]["id"], "eu-1");
+    assert_eq!(left["edge"]["id"], "eu-1");
+    let id = |v: &Value| v["session_id"].as_str().expect("id").to_string();
+    // What the edge spooled: both rooms started, everyone left "left" and it ended.
+    let entry = |seq: u64, body: SpoolBody| SpoolEntry {
+        seq,
+        at_unix_ms: 1_700_000_000_000 + seq as i64,
+        body,
+    };
+    let entries = vec![
+        entry(
+            1,
+            SpoolBody::SessionStarted {
+                session_id: id(&live),
+            },
+        ),
+        entry(
+            2,
+            SpoolBody::SessionStarted {
+                session_id: id(&left),
+            },
+        ),
+        entry(
+            3,
+            SpoolBody::SessionEnded {
+                session_id: id(&left),
+            },
+        ),
+    ];
+    send(&mut eu.ws, &EdgeMessage::Spool { entries }).await;
+    assert!(matches!(
+        next_message(&mut eu.ws).await,
+        Some(LocatorMessage::Ack { seq: 3 })
+    ));
+    send(
+        &mut eu.ws,
+        &EdgeMessage::Draining {
+            deadline_unix_ms: u64::MAX / 2,
+        },
+    )
+    .await;
+    wait_for(&loc.state, "eu-1 draining", |s| {
+        edge_state(s, "eu-1") == Some("draining")
+    })
+    .await;
+
+    let (status, joined) = create(&loc, json!({"key": "live"}), "81.2.69.142").await;
+    assert_eq!(status, 200, "{joined}");
+    assert_eq!(
+        joined["edge"]["id"], "eu-1",
+        "its participants are still there"
+    );
+    let (status, moved) = create(&loc, json!({"key": "left"}), "81.2.69.142").await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["session_id"], left["session_id"], "same room");
+    assert_eq!(
+        moved["edge"]["id"], "de-1",
+        "moved off the draining edge: {moved}"
+    );
+    assert!(
+        moved["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("draining")),
+        "{moved}"
+    );
+    let (status, again) = get_session(&loc, &id(&left)).await;
+    assert_eq!(status, 200);
+    assert_eq!(again["edge"]["id"], "de-1");
+    loc.stop().await;
+}
+
 #[tokio::test]
 async fn suspended_edges_are_skipped_but_used_when_they_are_the_last_ones() {
     let dir = tempfile::tempdir().expect("tempdir");

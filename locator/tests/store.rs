@@ -70,6 +70,7 @@ on_both_backends!(
     a_failed_edge_ends_ad_hoc_sessions_and_rooms_move_by_compare_and_set,
     audit_pages_and_filters,
     several_stores_on_one_database_agree,
+    whether_a_session_runs_on_an_edge_follows_its_reports,
 );
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -507,6 +508,42 @@ async fn spool_batches_are_stored_once(db: &TestDb) -> TestResult {
     ));
     assert_eq!(store.acked_seq("e1").await?, 8);
     assert_eq!(store.count_audit(Some("e1")).await?, 5);
+    Ok(())
+}
+
+async fn whether_a_session_runs_on_an_edge_follows_its_reports(db: &TestDb) -> TestResult {
+    let store = db.open().await?;
+    let started = |id: &str| SpoolBody::SessionStarted {
+        session_id: id.into(),
+    };
+    let ended = |id: &str| SpoolBody::SessionEnded {
+        session_id: id.into(),
+    };
+    assert!(
+        !store.session_running_on_edge("r1", "e1").await?,
+        "nothing reported"
+    );
+    store
+        .store_spool(
+            "e1",
+            &[entry(1, started("r1")), entry(2, joined("r1", "p"))],
+        )
+        .await?;
+    assert!(store.session_running_on_edge("r1", "e1").await?);
+    assert!(
+        !store.session_running_on_edge("r1", "e2").await?,
+        "another edge"
+    );
+    store.store_spool("e1", &[entry(3, ended("r1"))]).await?;
+    assert!(
+        !store.session_running_on_edge("r1", "e1").await?,
+        "ended there"
+    );
+    store.store_spool("e1", &[entry(4, started("r1"))]).await?;
+    assert!(
+        store.session_running_on_edge("r1", "e1").await?,
+        "started again"
+    );
     Ok(())
 }
 

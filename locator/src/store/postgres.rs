@@ -1106,6 +1106,27 @@ fn metric_from_row(row: &PgRow) -> Result<MetricRecord, sqlx::Error> {
     })
 }
 
+/// What edges report about their sessions.
+impl PostgresBackend {
+    pub(super) async fn session_running_on_edge(
+        &self,
+        session_id: &str,
+        edge_id: &str,
+    ) -> Result<bool, StoreError> {
+        let op = "session_running_on_edge";
+        let kind: Option<String> = retry_once!(op, |_retry| sqlx::query_scalar(
+            "SELECT kind FROM audit WHERE session_id = $1 AND edge_id = $2 AND source = 'edge' \
+             AND kind IN ('session_started', 'session_ended') ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(session_id)
+        .bind(edge_id)
+        .fetch_optional(&self.pool)
+        .await)
+        .map_err(StoreError::db(op))?;
+        Ok(kind.as_deref() == Some("session_started"))
+    }
+}
+
 /// Admin page sessions.
 impl PostgresBackend {
     pub(super) async fn create_admin_session(

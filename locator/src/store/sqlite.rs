@@ -610,6 +610,23 @@ impl SqliteBackend {
             .map_err(StoreError::db(op))
     }
 
+    pub(super) async fn session_running_on_edge(
+        &self,
+        session_id: &str,
+        edge_id: &str,
+    ) -> Result<bool, StoreError> {
+        let kind: Option<String> = sqlx::query_scalar(
+            "SELECT kind FROM audit WHERE session_id = ?1 AND edge_id = ?2 AND source = 'edge' \
+             AND kind IN ('session_started', 'session_ended') ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(session_id)
+        .bind(edge_id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(StoreError::db("session_running_on_edge"))?;
+        Ok(kind.as_deref() == Some("session_started"))
+    }
+
     pub(super) async fn create_admin_session(
         &self,
         token_sha256: &str,
