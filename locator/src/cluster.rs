@@ -191,13 +191,15 @@ pub async fn publish_loop(state: Arc<AppState>, cluster: Arc<Cluster>) {
     let mut changes = state.registry.subscribe();
     let mut failing = false;
     loop {
-        if changes.changed().await.is_err() {
+        // After a failure, try again without waiting for another change.
+        if !failing && changes.changed().await.is_err() {
             return;
         }
         tokio::time::sleep(PUBLISH_COALESCE).await;
         changes.borrow_and_update();
         let edges = state.registry.take_changed();
         if edges.is_empty() {
+            failing = false;
             continue;
         }
         match state.store.publish_edges(&cluster.id, &edges).await {
