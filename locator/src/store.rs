@@ -40,6 +40,7 @@
 //! and never ends: when its edge fails it is reassigned ([`Store::reassign_session`]).
 
 mod postgres;
+mod rows;
 mod sqlite;
 
 use std::path::PathBuf;

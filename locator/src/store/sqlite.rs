@@ -26,14 +26,14 @@ use std::time::Duration;
 
 use locus_protocol::{SpoolBody, SpoolEntry};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Sqlite};
 
+use super::rows::{audit_from_row, edge_from_row, metric_from_row, session_from_row};
 use super::{
     AuditFilter, AuditRecord, AuditSource, CreateReply, EdgeRecord, MetricRecord, NewSession,
-    SessionRecord, SessionState, StoreError, StoreOptions, hint, seq_i64, seq_u64,
+    SessionRecord, StoreError, StoreOptions, hint, seq_i64, seq_u64,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -712,76 +712,6 @@ fn conflict(id: &str) -> StoreError {
         what: "session id",
         id: id.to_string(),
     }
-}
-
-fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, sqlx::Error> {
-    let state: String = row.try_get("state")?;
-    Ok(SessionRecord {
-        id: row.try_get("id")?,
-        room_key: row.try_get("room_key")?,
-        region: row.try_get("region")?,
-        edge_id: row.try_get("edge_id")?,
-        state: SessionState::from_db(&state)
-            .ok_or_else(|| sqlx::Error::decode(format!("unknown session state {state:?}")))?,
-        created_at_ms: row.try_get("created_at_ms")?,
-        updated_at_ms: row.try_get("updated_at_ms")?,
-        ended_at_ms: row.try_get("ended_at_ms")?,
-        end_reason: row.try_get("end_reason")?,
-    })
-}
-
-fn edge_from_row(row: &SqliteRow) -> Result<EdgeRecord, sqlx::Error> {
-    let capacity: i64 = row.try_get("capacity")?;
-    let suspended: i64 = row.try_get("suspended")?;
-    Ok(EdgeRecord {
-        id: row.try_get("id")?,
-        region: row.try_get("region")?,
-        public_url: row.try_get("public_url")?,
-        capacity: u32::try_from(capacity)
-            .map_err(|_| sqlx::Error::decode(format!("edge capacity {capacity} out of range")))?,
-        version: row.try_get("version")?,
-        suspended: suspended != 0,
-        suspended_by: row.try_get("suspended_by")?,
-        suspended_at_ms: row.try_get("suspended_at_ms")?,
-        first_seen_ms: row.try_get("first_seen_ms")?,
-        last_seen_ms: row.try_get("last_seen_ms")?,
-    })
-}
-
-fn audit_from_row(row: &SqliteRow) -> Result<AuditRecord, sqlx::Error> {
-    let source: String = row.try_get("source")?;
-    let seq: Option<i64> = row.try_get("seq")?;
-    Ok(AuditRecord {
-        id: row.try_get("id")?,
-        source: AuditSource::from_db(&source)
-            .ok_or_else(|| sqlx::Error::decode(format!("unknown audit source {source:?}")))?,
-        edge_id: row.try_get("edge_id")?,
-        seq: seq.map(seq_u64),
-        at_ms: row.try_get("at_ms")?,
-        kind: row.try_get("kind")?,
-        session_id: row.try_get("session_id")?,
-        participant: row.try_get("participant")?,
-        actor: row.try_get("actor")?,
-        detail: row.try_get("detail")?,
-    })
-}
-
-fn metric_from_row(row: &SqliteRow) -> Result<MetricRecord, sqlx::Error> {
-    let count = |column: &str| -> Result<u32, sqlx::Error> {
-        let value: i64 = row.try_get(column)?;
-        u32::try_from(value)
-            .map_err(|_| sqlx::Error::decode(format!("metrics {column} {value} out of range")))
-    };
-    let seq: i64 = row.try_get("seq")?;
-    Ok(MetricRecord {
-        edge_id: row.try_get("edge_id")?,
-        seq: seq_u64(seq),
-        at_ms: row.try_get("at_ms")?,
-        cpu: row.try_get("cpu")?,
-        lag_ms: row.try_get("lag_ms")?,
-        connections: count("connections")?,
-        sessions: count("sessions")?,
-    })
 }
 
 /// What to tell an operator when the database cannot be opened.
