@@ -605,18 +605,15 @@ pub fn select_edge(
             detail: detail.0,
         })
     };
-    // The common case first: the client's region has an edge with headroom. Only its
-    // edges are read; the answer is the one the full survey gives (same edges, same
-    // order, same draws).
+    // The common case reads only the client's region: when it has an edge with headroom,
+    // the answer below needs nothing else (same edges, same order, same draws as with
+    // every edge read). Otherwise every edge is read.
     let local = Survey::new(snapshot, plan.len(), Some(preferred_region));
-    if local.tally[preferred_region].with_headroom > 0 {
-        let mut detail = Detail::new();
-        detail.s("in ").s(pref_id).s(": ");
-        let (edge, how) = local.two_choices(preferred_region, rng);
-        detail.picked(name(edge), local.seen[edge].score, how);
-        return answer(edge, SelectReason::InRegion, detail);
-    }
-    let survey = Survey::new(snapshot, plan.len(), None);
+    let survey = if local.tally[preferred_region].with_headroom > 0 {
+        local
+    } else {
+        Survey::new(snapshot, plan.len(), None)
+    };
     let pref = survey.tally[preferred_region];
     let has_headroom = |r: usize| survey.tally[r].with_headroom > 0;
     // Picks in `region` and appends how to `detail`.
@@ -627,7 +624,6 @@ pub fn select_edge(
     };
     let mut detail = Detail::new();
 
-    // Live assignment counts may have moved between the two surveys.
     if has_headroom(preferred_region) {
         detail.s("in ").s(pref_id).s(": ");
         let edge = pick_in(preferred_region, rng, &mut detail);
