@@ -893,47 +893,39 @@ async fn admin_edge_action(
             let snapshot = state.registry.snapshot();
             let already = snapshot.edge(&edge_id).is_some_and(|e| e.status.draining);
             if !already {
-                let sent = if state.registry.holds(&edge_id) {
+                // The locator holding the edge's link tells it; with several locators
+                // the others learn it from the broadcast (and the holder, when it is
+                // another one, tells the edge).
+                let held_here = state.registry.holds(&edge_id);
+                let reachable = if held_here {
                     state.registry.send(
                         &edge_id,
                         locus_protocol::LocatorMessage::Drain { deadline_unix_ms },
                     )
                 } else {
-                    // Held by another locator: that one tells the edge.
-                    let connected = snapshot.edge(&edge_id).is_some_and(|e| {
-                        e.status.liveness == crate::edge_state::Liveness::Connected
-                    });
-                    match &state.cluster {
-                        Some(cluster) if connected => cluster
-                            .broadcast_admin(
-                                &state.store,
-                                &edge_id,
-                                "drain",
-                                Some(deadline_unix_ms),
-                            )
-                            .await
-                            .is_ok(),
-                        _ => false,
-                    }
+                    state.cluster.is_some()
+                        && snapshot.edge(&edge_id).is_some_and(|e| {
+                            e.status.liveness == crate::edge_state::Liveness::Connected
+                        })
                 };
-                if !sent {
+                let broadcast = match &state.cluster {
+                    Some(cluster) if reachable => cluster
+                        .broadcast_admin(&state.store, &edge_id, "drain", Some(deadline_unix_ms))
+                        .await
+                        .is_ok(),
+                    _ => false,
+                };
+                if !reachable || !(held_here || broadcast) {
                     return Err(Problem::unavailable(
                         "edge-not-connected",
                         format!(
-                            "edge {edge_id} is not connected to this locator: it cannot be told to drain now"
+                            "edge {edge_id} is not connected to a locator now: it cannot be told to drain"
                         ),
                         2,
                     ));
                 }
                 // No new sessions from now on, and a repeated request changes nothing.
                 state.registry.set_draining(&edge_id);
-                if let Some(cluster) = &state.cluster
-                    && state.registry.holds(&edge_id)
-                {
-                    let _ = cluster
-                        .broadcast_admin(&state.store, &edge_id, "drain", Some(deadline_unix_ms))
-                        .await;
-                }
                 state
                     .store
                     .record_admin_action(
