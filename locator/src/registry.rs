@@ -20,7 +20,7 @@ use locus_protocol::{LoadReport, LocatorMessage, Register};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::edge_state::{EdgeStatus, Effect, FailReason, Liveness, PublishedStatus};
+use crate::edge_state::{EdgeStatus, Effect, Liveness, PublishedStatus};
 use crate::snapshot::{EdgeView, RegistrySnapshot};
 use crate::store::{LiveEdge, PublishedEdge, PublishedLiveness};
 
@@ -369,10 +369,10 @@ impl Registry {
                     liveness: match e.status.liveness {
                         Liveness::Connected => PublishedLiveness::Connected,
                         Liveness::LinkLost { .. } => PublishedLiveness::LinkLost,
-                        Liveness::Failed { why } => PublishedLiveness::Failed(why.as_str()),
+                        Liveness::Failed { why } => PublishedLiveness::Failed(why),
                     },
                     draining: e.status.draining,
-                    load: e.load.and_then(|l| serde_json::to_string(&l).ok()),
+                    load: e.load,
                     report_seq: e.reports,
                 }
             })
@@ -414,16 +414,10 @@ impl Registry {
             if row.holder == me {
                 continue;
             }
-            let liveness = match row.liveness.as_str() {
-                "connected" => Liveness::Connected,
-                "link-lost" => Liveness::LinkLost { since: now },
-                _ => Liveness::Failed {
-                    why: row
-                        .fail_reason
-                        .as_deref()
-                        .and_then(FailReason::from_name)
-                        .unwrap_or(FailReason::GraceExpired),
-                },
+            let liveness = match row.liveness {
+                PublishedLiveness::Connected => Liveness::Connected,
+                PublishedLiveness::LinkLost => Liveness::LinkLost { since: now },
+                PublishedLiveness::Failed(why) => Liveness::Failed { why },
             };
             let published = PublishedStatus {
                 liveness,
@@ -473,10 +467,7 @@ impl Registry {
                 entry.reports = row.report_seq;
                 entry.assigned_since_report.store(0, Ordering::Relaxed);
             }
-            entry.load = row
-                .load
-                .as_deref()
-                .and_then(|l| serde_json::from_str(l).ok());
+            entry.load = row.load;
             changed = true;
         }
         if changed {

@@ -959,8 +959,7 @@ impl Channel {
 pub enum PublishedLiveness {
     Connected,
     LinkLost,
-    /// With the reason's kebab-case name (e.g. `grace-expired`).
-    Failed(&'static str),
+    Failed(crate::edge_state::FailReason),
 }
 
 /// What a locator publishes about an edge it holds.
@@ -970,8 +969,8 @@ pub struct PublishedEdge {
     pub claim_rev: i64,
     pub liveness: PublishedLiveness,
     pub draining: bool,
-    /// The last load report, as the protocol's JSON.
-    pub load: Option<String>,
+    /// The last load report.
+    pub load: Option<locus_protocol::LoadReport>,
     pub report_seq: i64,
 }
 
@@ -982,11 +981,9 @@ pub struct LiveEdge {
     pub holder: String,
     pub claim_rev: i64,
     pub rev: i64,
-    /// `connected`, `link-lost` or `failed`.
-    pub liveness: String,
-    pub fail_reason: Option<String>,
+    pub liveness: PublishedLiveness,
     pub draining: bool,
-    pub load: Option<String>,
+    pub load: Option<locus_protocol::LoadReport>,
     pub report_seq: i64,
     /// How long ago it was written, by the database's clock (no skew between locators).
     pub age_ms: i64,

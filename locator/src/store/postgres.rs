@@ -1059,6 +1059,22 @@ impl PostgresBackend {
     }
 }
 
+/// `edge_live.liveness` and `fail_reason` as written by `publish_edges`. A value this
+/// locator does not know (written by a newer one) reads as failed: never routed to.
+fn published_liveness(liveness: String, fail_reason: Option<String>) -> super::PublishedLiveness {
+    use crate::edge_state::FailReason;
+    match liveness.as_str() {
+        "connected" => super::PublishedLiveness::Connected,
+        "link-lost" => super::PublishedLiveness::LinkLost,
+        _ => super::PublishedLiveness::Failed(
+            fail_reason
+                .as_deref()
+                .and_then(FailReason::from_name)
+                .unwrap_or(FailReason::GraceExpired),
+        ),
+    }
+}
+
 /// Admin page sessions.
 impl PostgresBackend {
     pub(super) async fn create_admin_session(
@@ -1175,7 +1191,7 @@ impl PostgresBackend {
             let mut liveness = Vec::with_capacity(chunk.len());
             let mut reasons: Vec<Option<&str>> = Vec::with_capacity(chunk.len());
             let mut draining = Vec::with_capacity(chunk.len());
-            let mut loads: Vec<Option<&str>> = Vec::with_capacity(chunk.len());
+            let mut loads: Vec<Option<String>> = Vec::with_capacity(chunk.len());
             let mut report_seqs = Vec::with_capacity(chunk.len());
             for edge in chunk {
                 ids.push(edge.edge_id.as_str());
@@ -1183,12 +1199,13 @@ impl PostgresBackend {
                 let (state, reason) = match edge.liveness {
                     super::PublishedLiveness::Connected => ("connected", None),
                     super::PublishedLiveness::LinkLost => ("link-lost", None),
-                    super::PublishedLiveness::Failed(why) => ("failed", Some(why)),
+                    super::PublishedLiveness::Failed(why) => ("failed", Some(why.as_str())),
                 };
                 liveness.push(state);
                 reasons.push(reason);
                 draining.push(edge.draining);
-                loads.push(edge.load.as_deref());
+                // JSON text: only locators read it back.
+                loads.push(edge.load.and_then(|l| serde_json::to_string(&l).ok()));
                 report_seqs.push(edge.report_seq);
             }
             // Only rows whose newest claim is this holder's: a locator whose claim was
@@ -1272,10 +1289,15 @@ impl PostgresBackend {
                     holder: row.try_get("holder")?,
                     claim_rev: row.try_get("claim_rev")?,
                     rev: row.try_get("rev")?,
-                    liveness: row.try_get("liveness")?,
-                    fail_reason: row.try_get("fail_reason")?,
+                    liveness: published_liveness(
+                        row.try_get("liveness")?,
+                        row.try_get("fail_reason")?,
+                    ),
                     draining: row.try_get("draining")?,
-                    load: row.try_get("load")?,
+                    // An unreadable report counts as none: the next report replaces it.
+                    load: row
+                        .try_get::<Option<String>, _>("load")?
+                        .and_then(|l| serde_json::from_str(&l).ok()),
                     report_seq: row.try_get("report_seq")?,
                     age_ms: row.try_get("age_ms")?,
                 })
