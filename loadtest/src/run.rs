@@ -283,7 +283,8 @@ pub async fn run(options: RunOptions) -> Result<(Report, Option<PathBuf>), Strin
     });
     let keep_dir = if let Some(mut t) = topology {
         t.shutdown();
-        if options.keep || !report.ok {
+        // A folder the operator named is theirs: never removed.
+        if options.keep || !report.ok || options.work_dir.is_some() {
             Some(work_dir)
         } else {
             let _ = std::fs::remove_dir_all(&work_dir);

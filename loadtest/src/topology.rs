@@ -400,10 +400,9 @@ impl Topology {
                 let _ = signal(&child, "CONT");
                 edge.stopped = false;
             }
-            child
-                .kill()
-                .map_err(|e| format!("cannot kill edge {id}: {e}"))?;
+            let killed = child.kill();
             let _ = child.wait();
+            killed.map_err(|e| format!("cannot kill edge {id}: {e}"))?;
         }
         Ok(())
     }
@@ -500,7 +499,12 @@ impl Topology {
         let Some(mut child) = self.locators.get_mut(i).and_then(|l| l.child.take()) else {
             return Ok(());
         };
-        signal(&child, "TERM")?;
+        if let Err(error) = signal(&child, "TERM") {
+            // It left the topology: it must not outlive it.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(error);
+        }
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(_)) = child.try_wait() {
