@@ -13,6 +13,7 @@
 //! must come back (possibly on another edge); an ad-hoc session may come back or end
 //! (410), and anything else is a lost session.
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -106,7 +107,21 @@ struct Peer {
 
 enum Frame {
     Presence(Vec<String>),
-    Data,
+    /// A participant's message, as received.
+    Data(String),
+}
+
+/// The sender index of a message `session|sender|round` when it belongs to `session` and
+/// `round` and names one of the `n` participants.
+fn due_from(text: &str, session: &str, round: u32, n: u64) -> Option<usize> {
+    let mut parts = text.split('|');
+    let (sid, from, r) = (parts.next()?, parts.next()?, parts.next()?);
+    let from: usize = from.parse().ok()?;
+    (parts.next().is_none()
+        && sid == session
+        && r.parse::<u32>().ok()? == round
+        && (from as u64) < n)
+        .then_some(from)
 }
 
 /// State shared by every client task.
@@ -460,13 +475,18 @@ impl Clients {
                 outcome.sent += 1;
                 outcome.expected += n - 1;
             }
-            for peer in peers.iter_mut() {
+            for (me, peer) in peers.iter_mut().enumerate() {
                 let deadline = Instant::now() + timeout;
-                let mut got = 0;
-                while got < n - 1 {
-                    if let Frame::Data = read_frame(&mut peer.ws, deadline, None).await? {
-                        got += 1;
-                        outcome.delivered += 1;
+                let mut heard = HashSet::new();
+                while (heard.len() as u64) < n - 1 {
+                    if let Frame::Data(text) = read_frame(&mut peer.ws, deadline, None).await? {
+                        // Due: this session, this round, another participant, once each.
+                        match due_from(&text, &outcome.session_id, round, n) {
+                            Some(from) if from != me && heard.insert(from) => {
+                                outcome.delivered += 1;
+                            }
+                            _ => outcome.misdelivered += 1,
+                        }
                     }
                 }
             }
@@ -560,7 +580,7 @@ async fn read_frame(
             Message::Text(text) => {
                 let text = text.as_str();
                 if !text.starts_with("{\"locus\"") {
-                    return Ok(Frame::Data);
+                    return Ok(Frame::Data(text.to_string()));
                 }
                 let value: serde_json::Value =
                     serde_json::from_str(text).map_err(|_| Disruption::new("ws-bad-frame"))?;
@@ -581,7 +601,8 @@ async fn read_frame(
                     _ => continue,
                 }
             }
-            Message::Binary(_) => return Ok(Frame::Data),
+            // Participants send text: a binary frame is never due.
+            Message::Binary(_) => return Ok(Frame::Data(String::new())),
             Message::Close(frame) => {
                 let code = frame.map(|f| u16::from(f.code)).unwrap_or(1005);
                 return Err(Disruption::new(format!("ws-close-{code}")));
@@ -610,4 +631,19 @@ pub async fn burst(clients: Arc<Clients>, count: usize, concurrency: usize, seed
         });
     }
     while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::due_from;
+
+    #[test]
+    fn only_frames_of_this_session_and_round_are_due() {
+        assert_eq!(due_from("s1|2|0", "s1", 0, 3), Some(2));
+        assert_eq!(due_from("s2|2|0", "s1", 0, 3), None, "another session");
+        assert_eq!(due_from("s1|2|1", "s1", 0, 3), None, "another round");
+        assert_eq!(due_from("s1|3|0", "s1", 0, 3), None, "no such participant");
+        assert_eq!(due_from("s1|1|0|x", "s1", 0, 3), None, "not our format");
+        assert_eq!(due_from("", "s1", 0, 3), None);
+    }
 }

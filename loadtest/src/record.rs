@@ -71,6 +71,9 @@ pub struct SessionOutcome {
     pub sent: u64,
     pub expected: u64,
     pub delivered: u64,
+    /// Frames a participant received that were not due to it: another session's or
+    /// round's, its own, or a repeat.
+    pub misdelivered: u64,
 }
 
 /// Everything recorded during a run.

@@ -128,6 +128,7 @@ fn steady_then_edge_crash_keeps_every_invariant() {
         messages["undisrupted_expected"],
         messages["undisrupted_delivered"]
     );
+    assert_eq!(messages["misdelivered"], 0, "{messages}");
     let audit = &report["audit"];
     assert_eq!(audit["checked"], true, "{audit}");
     assert!(audit["expected_joined"].as_u64().expect("joined") > 0);
