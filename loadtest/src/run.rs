@@ -16,7 +16,7 @@ use crate::client::{ClientOptions, Clients};
 use crate::record::Recorder;
 use crate::report::{self, AuditRows, Report, Target};
 use crate::scenario::{self, PhaseOptions, Runner};
-use crate::topology::{Topology, TopologyOptions};
+use crate::topology::{Topology, TopologyOptions, admin_status, status_edges};
 
 /// Everything a run needs.
 #[derive(Debug, Clone)]
@@ -144,7 +144,6 @@ pub async fn run(options: RunOptions) -> Result<(Report, Option<PathBuf>), Strin
         Some(t) => Some(t.admin_token.clone()),
         None => options.admin_token.clone(),
     };
-    let edges_at_start = topology.as_ref().map(|t| t.all_edges()).unwrap_or_default();
 
     let start = std::time::Instant::now();
     let recorder = Arc::new(Recorder::new(start));
@@ -241,11 +240,10 @@ pub async fn run(options: RunOptions) -> Result<(Report, Option<PathBuf>), Strin
         p.abort();
         eprint!("\r\x1b[2K");
     }
-    let edges = if let Some(t) = &topology {
-        t.all_edges()
-    } else {
-        edges_at_start
-    };
+    let edges = topology
+        .as_ref()
+        .map(Topology::all_edges)
+        .unwrap_or_default();
     let requests = recorder.requests.load(Ordering::Relaxed);
     let records = recorder.take();
     let report = report::build(report::Inputs {
@@ -469,33 +467,19 @@ async fn sample_edges(
         tick.tick().await;
         let second = recorder.now_ms() / 1000;
         for base in &locators {
-            let Ok(response) = http
-                .get(format!("{base}/v1/admin/status"))
-                .bearer_auth(&token)
-                .send()
-                .await
-            else {
+            let Some(status) = admin_status(&http, base, &token).await else {
                 continue;
             };
-            let Ok(value) = response.json::<serde_json::Value>().await else {
-                continue;
-            };
-            let mut row = Vec::new();
-            for region in value["regions"].as_array().into_iter().flatten() {
-                let region_id = region["id"].as_str().unwrap_or_default();
-                for edge in region["edges"].as_array().into_iter().flatten() {
-                    if edge["state"] == "failed" || edge["retired"] == true {
-                        continue;
-                    }
-                    if let Some(id) = edge["id"].as_str() {
-                        row.push((
-                            id.to_string(),
-                            region_id.to_string(),
-                            edge["load"]["sessions"].as_u64().unwrap_or(0),
-                        ));
-                    }
-                }
-            }
+            let row: Vec<_> = status_edges(&status)
+                .filter(|(_, e)| e["state"] != "failed" && e["retired"] != true)
+                .filter_map(|(region, e)| {
+                    Some((
+                        e["id"].as_str()?.to_string(),
+                        region.to_string(),
+                        e["load"]["sessions"].as_u64().unwrap_or(0),
+                    ))
+                })
+                .collect();
             if let Ok(mut samples) = samples.lock() {
                 samples.push((second, row));
             }
@@ -511,24 +495,12 @@ async fn listed_edges(
     token: &str,
 ) -> Vec<(String, String)> {
     for base in locators {
-        let Ok(response) = http
-            .get(format!("{base}/v1/admin/status"))
-            .bearer_auth(token)
-            .send()
-            .await
-        else {
+        let Some(status) = admin_status(http, base, token).await else {
             continue;
         };
-        let Ok(value) = response.json::<serde_json::Value>().await else {
-            continue;
-        };
-        return value["regions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|r| r["edges"].as_array().into_iter().flatten())
-            .filter(|e| e["state"] != "failed" && e["retired"] != true)
-            .filter_map(|e| {
+        return status_edges(&status)
+            .filter(|(_, e)| e["state"] != "failed" && e["retired"] != true)
+            .filter_map(|(_, e)| {
                 Some((
                     e["id"].as_str()?.to_string(),
                     e["url"].as_str()?.trim_end_matches('/').to_string(),

@@ -5,7 +5,7 @@
 //! Dropping the topology resumes stopped processes and kills every child.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -39,7 +39,6 @@ pub struct TopologyOptions {
 pub struct LocatorProcess {
     pub port: u16,
     child: Option<Child>,
-    starts: u32,
 }
 
 /// One edge process.
@@ -51,13 +50,6 @@ pub struct EdgeProcess {
     spool_dir: PathBuf,
     child: Option<Child>,
     stopped: bool,
-    starts: u32,
-}
-
-impl EdgeProcess {
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
 }
 
 /// The running processes.
@@ -144,11 +136,7 @@ impl Topology {
         };
         for _ in 0..topology.options.replicas.max(1) {
             let port = free_port().map_err(|e| format!("no free port: {e}"))?;
-            topology.locators.push(LocatorProcess {
-                port,
-                child: None,
-                starts: 0,
-            });
+            topology.locators.push(LocatorProcess { port, child: None });
         }
         for i in 0..topology.locators.len() {
             topology.spawn_locator(i)?;
@@ -169,7 +157,6 @@ impl Topology {
                     port,
                     child: None,
                     stopped: false,
-                    starts: 0,
                 });
             }
         }
@@ -193,10 +180,6 @@ impl Topology {
     /// The edges' `--drain-deadline`.
     pub fn drain_deadline(&self) -> Duration {
         self.options.edge_drain_deadline
-    }
-
-    pub fn work_dir(&self) -> &Path {
-        &self.options.work_dir
     }
 
     fn log_file(&self, name: &str) -> Result<std::fs::File, String> {
@@ -242,7 +225,6 @@ impl Topology {
             .spawn()
             .map_err(|e| format!("cannot start the locator: {e}"))?;
         self.locators[i].child = Some(child);
-        self.locators[i].starts += 1;
         Ok(())
     }
 
@@ -279,7 +261,6 @@ impl Topology {
         let edge = &mut self.edges[i];
         edge.child = Some(child);
         edge.stopped = false;
-        edge.starts += 1;
         Ok(())
     }
 
@@ -319,62 +300,21 @@ impl Topology {
         }
     }
 
-    /// Edge states as the (first reachable) locator's admin status gives them.
-    pub async fn edge_states(&self) -> Option<Vec<(String, String)>> {
-        for url in self.locator_urls() {
-            let Ok(response) = self
-                .http
-                .get(format!("{url}/v1/admin/status"))
-                .bearer_auth(&self.admin_token)
-                .send()
-                .await
-            else {
-                continue;
-            };
-            let Ok(value) = response.json::<serde_json::Value>().await else {
-                continue;
-            };
-            let mut out = Vec::new();
-            for region in value["regions"].as_array().into_iter().flatten() {
-                for edge in region["edges"].as_array().into_iter().flatten() {
-                    if let (Some(id), Some(state)) = (edge["id"].as_str(), edge["state"].as_str()) {
-                        out.push((id.to_string(), state.to_string()));
-                    }
-                }
-            }
-            return Some(out);
-        }
-        None
-    }
-
     /// Polls until every edge of `ids` is `active` on every locator replica.
     pub async fn wait_edges_active(&self, ids: &[String], within: Duration) -> Result<(), String> {
         let deadline = Instant::now() + within;
         loop {
             let mut all = true;
             for url in self.locator_urls() {
-                let ok = match self
-                    .http
-                    .get(format!("{url}/v1/admin/status"))
-                    .bearer_auth(&self.admin_token)
-                    .send()
-                    .await
-                {
-                    Ok(r) => match r.json::<serde_json::Value>().await {
-                        Ok(value) => {
-                            let active: Vec<&str> = value["regions"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .flat_map(|r| r["edges"].as_array().into_iter().flatten())
-                                .filter(|e| e["state"] == "active")
-                                .filter_map(|e| e["id"].as_str())
-                                .collect();
-                            ids.iter().all(|id| active.contains(&id.as_str()))
-                        }
-                        Err(_) => false,
-                    },
-                    Err(_) => false,
+                let ok = match admin_status(&self.http, &url, &self.admin_token).await {
+                    Some(status) => {
+                        let active: Vec<&str> = status_edges(&status)
+                            .filter(|(_, e)| e["state"] == "active")
+                            .filter_map(|(_, e)| e["id"].as_str())
+                            .collect();
+                        ids.iter().all(|id| active.contains(&id.as_str()))
+                    }
+                    None => false,
                 };
                 all &= ok;
             }
@@ -485,7 +425,6 @@ impl Topology {
             port,
             child: None,
             stopped: false,
-            starts: 0,
         });
         let i = self.edges.len() - 1;
         self.spawn_edge(i)?;
@@ -581,4 +520,38 @@ impl Drop for Topology {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// The admin status (`GET /v1/admin/status`) of the locator at `base`, when it answers.
+pub async fn admin_status(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+) -> Option<serde_json::Value> {
+    http.get(format!("{base}/v1/admin/status"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// Every edge of an admin status, with its region's id.
+pub fn status_edges(
+    status: &serde_json::Value,
+) -> impl Iterator<Item = (&str, &serde_json::Value)> {
+    status["regions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|region| {
+            let id = region["id"].as_str().unwrap_or_default();
+            region["edges"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(move |edge| (id, edge))
+        })
 }
