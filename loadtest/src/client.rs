@@ -61,6 +61,9 @@ pub struct SessionAnswer {
     pub region: String,
     pub fallback: bool,
     pub reason: String,
+    /// Absent from locators older than this loadtest (then the text is classified).
+    #[serde(default)]
+    pub reason_code: Option<String>,
     pub edge: EdgeRef,
     pub ws_url: String,
     pub join_token: String,
@@ -272,7 +275,11 @@ impl Clients {
             answer.region = Some(parsed.region.clone());
             answer.edge = Some(parsed.edge.id.clone());
             answer.fallback = parsed.fallback;
-            answer.reason = Some(reason_class(&parsed.reason, parsed.fallback));
+            answer.reason = Some(reason_class(
+                parsed.reason_code.as_deref(),
+                &parsed.reason,
+                parsed.fallback,
+            ));
             answer.created = parsed.created;
             self.recorder.answer(answer);
             return Http::Ok(parsed);

@@ -178,9 +178,20 @@ impl Recorder {
     }
 }
 
-/// The kind of a session answer's reason text (the session API gives text only).
-pub fn reason_class(reason: &str, fallback: bool) -> &'static str {
-    if reason.starts_with("room moved from unavailable edge") {
+/// The kind of a session answer's reason: its `reason_code`, or for a locator that sends
+/// none, its text classified.
+pub fn reason_class(code: Option<&str>, reason: &str, fallback: bool) -> &'static str {
+    match code {
+        Some("in-region") => return "in-region",
+        Some("region-unavailable") => return "region-unavailable",
+        Some("region-saturated") => return "region-saturated",
+        Some("all-saturated") => return "all-saturated",
+        Some("only-suspended" | "only-draining") => return "only-suspended-or-draining",
+        Some("existing-session") => return "existing-session",
+        Some("room-moved") => return "room-moved",
+        _ => {}
+    }
+    if reason.starts_with("room moved from ") {
         "room-moved"
     } else if reason.starts_with("session lives on edge") {
         "existing-session"

@@ -233,6 +233,9 @@ pub struct SessionAnswer {
     pub region: String,
     pub fallback: bool,
     pub reason: String,
+    /// `reason` as a stable code: a selection's (`in-region`, `region-unavailable`…),
+    /// `existing-session` (joined where it lives) or `room-moved`.
+    pub reason_code: &'static str,
     pub edge: EdgeRef,
     /// The websocket to open, with `?token=<join_token>`.
     pub ws_url: String,
@@ -447,6 +450,7 @@ fn session_answer(
     created: bool,
     fallback: bool,
     reason: String,
+    reason_code: &'static str,
 ) -> SessionAnswer {
     let routing = state.routing.load();
     let expires = now_unix() + JOIN_TOKEN_TTL.as_secs();
@@ -468,6 +472,7 @@ fn session_answer(
             .unwrap_or_default(),
         fallback,
         reason,
+        reason_code,
         edge: edge_ref(state, edge),
         ws_url: locus_protocol::session_ws_url(&edge.public_url, &record.id),
         join_token,
@@ -521,7 +526,15 @@ async fn create_session(
     tracing::debug!(session = %record.id, client = %placement.ip, created, "session");
     if created {
         state.note_assignment(edge);
-        let answer = session_answer(&state, &record, edge, true, chosen.fallback, chosen.detail);
+        let answer = session_answer(
+            &state,
+            &record,
+            edge,
+            true,
+            chosen.fallback,
+            chosen.detail,
+            chosen.reason.as_str(),
+        );
         return Ok((StatusCode::CREATED, Json(answer)).into_response());
     }
     // An existing room: join it where it lives, unless its edge is gone.
@@ -556,7 +569,15 @@ async fn join_existing(
                 edge.id,
                 edge.status.state()
             );
-            return Ok(session_answer(state, &record, edge, false, false, reason));
+            return Ok(session_answer(
+                state,
+                &record,
+                edge,
+                false,
+                false,
+                reason,
+                "existing-session",
+            ));
         }
         move_why = "draining";
     }
@@ -622,6 +643,7 @@ async fn join_existing(
         false,
         chosen.fallback,
         reason,
+        "room-moved",
     ))
 }
 
