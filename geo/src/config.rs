@@ -33,6 +33,8 @@ pub struct Config {
     /// Index into [`Config::regions`] of the region for clients nothing else places.
     pub default_region: usize,
     pub edges: EdgeTiming,
+    /// The `turn:` section: how the locator checks the TURN/STUN servers of every pool.
+    pub turn: TurnChecks,
     pub regions: Vec<Region>,
 }
 
@@ -104,6 +106,32 @@ pub struct LatLon {
     pub lon: f64,
 }
 
+/// The top-level `turn:` section: the locator's checks of every pool's servers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TurnChecks {
+    /// How often each server is checked (each check is moved by up to ±10% at random, so
+    /// several locators and servers do not fall into step).
+    pub check_interval: Duration,
+    /// How long one check may take before it counts as failed (`timeout`). Shorter than
+    /// `check_interval`.
+    pub check_timeout: Duration,
+    /// Failed checks in a row after which a server is `down` (left out of answers).
+    pub down_after: u32,
+    /// Successful checks in a row after which a `down` server is `up` again.
+    pub up_after: u32,
+}
+
+impl Default for TurnChecks {
+    fn default() -> Self {
+        TurnChecks {
+            check_interval: Duration::from_secs(10),
+            check_timeout: Duration::from_secs(3),
+            down_after: 3,
+            up_after: 2,
+        }
+    }
+}
+
 /// One region of `regions.yaml`.
 #[derive(Debug, Clone)]
 pub struct Region {
@@ -124,7 +152,8 @@ pub struct Region {
 /// A region's TURN/STUN servers and how to mint credentials for them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnPool {
-    /// Name of the environment variable holding the coturn `static-auth-secret`.
+    /// Name of the environment variable holding the coturn `static-auth-secret`, or
+    /// several separated by commas during a rotation (the first mints credentials).
     pub secret_env: Option<String>,
     /// Lifetime of the credentials handed out.
     pub ttl: Duration,
@@ -318,7 +347,22 @@ struct RawConfig {
     #[serde(default)]
     edges: Option<RawEdges>,
     #[serde(default)]
+    turn: Option<RawTurnChecks>,
+    #[serde(default)]
     regions: Vec<RawRegion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTurnChecks {
+    #[serde(default)]
+    check_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    check_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    down_after: Option<Spanned<u32>>,
+    #[serde(default)]
+    up_after: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -486,6 +530,63 @@ fn country_hint(code: &str) -> &'static str {
     }
 }
 
+/// The `turn:` section, with defaults for what it leaves out.
+fn turn_checks(issues: &mut Issues, raw: Option<&RawTurnChecks>) -> TurnChecks {
+    let defaults = TurnChecks::default();
+    let Some(t) = raw else { return defaults };
+    let mut count = |value: &Option<Spanned<u32>>, field: &str, default: u32| match value {
+        Some(n) if n.value == 0 => {
+            issues.at(n, field, "must be at least 1");
+            default
+        }
+        Some(n) => n.value,
+        None => default,
+    };
+    let down_after = count(&t.down_after, "turn.down_after", defaults.down_after);
+    let up_after = count(&t.up_after, "turn.up_after", defaults.up_after);
+    let check_interval = duration_field(
+        issues,
+        &t.check_interval,
+        "turn.check_interval",
+        defaults.check_interval,
+    );
+    let check_timeout = duration_field(
+        issues,
+        &t.check_timeout,
+        "turn.check_timeout",
+        defaults.check_timeout,
+    );
+    if let Some(timeout) = &t.check_timeout
+        && check_timeout >= check_interval
+    {
+        issues.at(
+            timeout,
+            "turn.check_timeout",
+            format!(
+                "must be shorter than turn.check_interval ({}s): a check must end before the next one starts",
+                check_interval.as_secs_f64()
+            ),
+        );
+    } else if t.check_timeout.is_none() && check_timeout >= check_interval {
+        if let Some(interval) = &t.check_interval {
+            issues.at(
+                interval,
+                "turn.check_interval",
+                format!(
+                    "must be longer than turn.check_timeout ({}s by default): set a shorter check_timeout too",
+                    check_timeout.as_secs_f64()
+                ),
+            );
+        }
+    }
+    TurnChecks {
+        check_interval,
+        check_timeout,
+        down_after,
+        up_after,
+    }
+}
+
 fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     let mut issues = Issues(Vec::new());
     let base_dir = path.parent().unwrap_or(Path::new("."));
@@ -560,6 +661,8 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             }
         }
     };
+
+    let turn_checks = turn_checks(&mut issues, raw.turn.as_ref());
 
     if raw.regions.is_empty() {
         issues.nowhere(
@@ -880,6 +983,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         trusted_proxies,
         default_region,
         edges,
+        turn: turn_checks,
         regions,
     })
 }
@@ -988,6 +1092,53 @@ regions:
         );
         expect("regions[0].turn.secret_env", "names no secret variable", 5);
         expect("regions[1].id", "duplicate region id", 13);
+    }
+
+    #[test]
+    fn the_turn_check_section_has_defaults_and_is_validated() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.turn, TurnChecks::default());
+        assert_eq!(c.turn.check_interval, Duration::from_secs(10));
+
+        let text = format!(
+            "turn:\n  check_interval: 500ms\n  check_timeout: 200ms\n  down_after: 2\n  up_after: 1\n{GOOD}"
+        );
+        let c = parse(&text).expect("valid");
+        assert_eq!(
+            c.turn,
+            TurnChecks {
+                check_interval: Duration::from_millis(500),
+                check_timeout: Duration::from_millis(200),
+                down_after: 2,
+                up_after: 1,
+            }
+        );
+
+        let text =
+            format!("turn:\n  check_interval: 2s\n  check_timeout: 2s\n  down_after: 0\n{GOOD}");
+        let found = issues(&text);
+        let fields: Vec<(&str, Option<u64>)> =
+            found.iter().map(|i| (i.field.as_str(), i.line)).collect();
+        assert!(fields.contains(&("turn.down_after", Some(4))), "{found:#?}");
+        assert!(
+            fields.contains(&("turn.check_timeout", Some(3))),
+            "{found:#?}"
+        );
+        let timeout = found
+            .iter()
+            .find(|i| i.field == "turn.check_timeout")
+            .expect("timeout issue");
+        assert!(timeout.message.contains("shorter than turn.check_interval"));
+
+        // The default timeout (3s) against a short interval is named on the interval.
+        let found = issues(&format!("turn:\n  check_interval: 1s\n{GOOD}"));
+        assert_eq!(found[0].field, "turn.check_interval");
+
+        let err = parse(&format!("turn:\n  check_every: 1s\n{GOOD}")).expect_err("unknown key");
+        assert!(
+            err.to_string().contains("unknown field `check_every`"),
+            "{err}"
+        );
     }
 
     #[test]

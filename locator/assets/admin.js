@@ -354,11 +354,33 @@
       traffic: q('.f-traffic'),
       fallback: q('.f-fallback'),
       turn: q('.f-turn'),
-      tbody: q('tbody'),
+      turnServers: q('.turn-servers'),
+      turnBody: q('.servers tbody'),
+      tbody: q('.edges tbody'),
       table: q('.edges'),
       noEdges: q('.no-edges'),
       rows: new Map(),
     };
+  }
+
+  const SERVER_LABEL = { up: '✓ up', down: '✕ down', unchecked: '… not checked yet' };
+
+  // One row per TURN/STUN server: rebuilt each update (a handful of rows, no controls).
+  function renderServers(c, servers) {
+    c.turnServers.hidden = servers.length === 0;
+    const rows = servers.map((s) => {
+      const tr = el('tr', `server state-${s.state}`);
+      tr.append(el('td', 'server-url', s.url));
+      tr.append(el('td', null, s.not_checked ? `not checked: ${s.not_checked}` : SERVER_LABEL[s.state] || s.state));
+      tr.append(el('td', 'num', s.rtt_ms === null || s.rtt_ms === undefined ? '—' : fmtLag(s.rtt_ms)));
+      tr.append(el('td', 'num', s.last_check_ms ? `${fmtAge(Date.now() - s.last_check_ms)} ago` : '—'));
+      const error = s.last_error ? `${s.last_error.kind}: ${s.last_error.message}` : '';
+      const td = el('td', s.state === 'down' ? 'warn-text' : 'muted', error || '—');
+      if (s.last_error && s.state !== 'down') td.title = 'an earlier failure; the server answers again';
+      tr.append(td);
+      return tr;
+    });
+    c.turnBody.replaceChildren(...rows);
   }
 
   function renderCards(data, before) {
@@ -429,19 +451,23 @@
     c.turn.classList.remove('warn-text');
     if (!pool) {
       c.turn.textContent = '—';
+      c.turnServers.hidden = true;
     } else {
       const stun = pool.stun.length ? ` · ${plural(pool.stun.length, 'STUN server', 'STUN servers')}` : '';
-      if (!pool.problem) {
-        const first = pool.turn.length ? hostOf(pool.turn[0]) : '';
-        c.turn.textContent = `${plural(pool.turn.length, 'relay', 'relays')}: ${first}${pool.turn.length > 1 ? ` +${pool.turn.length - 1}` : ''}${stun}`;
-      } else if (pool.relay_from && pool.relay_from !== r.id) {
-        c.turn.textContent = `${pool.problem}; relays of ${pool.relay_from} used${stun}`;
+      const turnRows = pool.servers.filter((s) => /^turns?:/.test(s.url));
+      const upCount = turnRows.filter((s) => s.state !== 'down').length;
+      const rotation = pool.secrets > 1 ? ` · ${pool.secrets} secrets (rotation)` : '';
+      if (!pool.fallback) {
+        c.turn.textContent = `${upCount} of ${plural(pool.turn.length, 'relay', 'relays')} up${stun}${rotation}`;
+      } else if (pool.fallback.region) {
+        c.turn.textContent = `Borrowing relays of ${pool.fallback.region}: ${pool.problem}${stun}`;
         c.turn.classList.add('warn-text');
       } else {
-        c.turn.textContent = `${pool.problem}; no relay${stun}`;
+        c.turn.textContent = `${pool.problem}${stun}`;
         c.turn.classList.add('warn-text');
       }
-      c.turn.title = [...pool.turn, ...pool.stun].join('\n');
+      c.turn.title = pool.fallback ? pool.fallback.reason : [...pool.turn, ...pool.stun].join('\n');
+      renderServers(c, pool.servers);
     }
 
     c.table.hidden = r.edges.length === 0;

@@ -30,7 +30,7 @@ use crate::selection::{self, Selection};
 use crate::server::{AppState, JOIN_TOKEN_TTL, Routing, now_ms, now_unix};
 use crate::snapshot::{EdgeView, RegistrySnapshot};
 use crate::store::{NewSession, SessionRecord, SessionState};
-use crate::turn::{IceServer, IceServers};
+use crate::turn::{IceServer, IceServers, TurnFallback};
 
 type AppRef = Arc<AppState>;
 
@@ -169,6 +169,8 @@ pub struct LocateAnswer<'a> {
     pub reason_code: &'static str,
     pub edge: LocatedEdge<'a>,
     pub ice_servers: IceServers<'a>,
+    /// Set when `ice_servers` carry another region's relays, or none (STUN only).
+    pub turn_fallback: Option<TurnFallback>,
 }
 
 impl LocateAnswer<'_> {
@@ -196,6 +198,8 @@ impl LocateAnswer<'_> {
         json_string(out, self.edge.url)?;
         out.extend_from_slice(b"},\"ice_servers\":");
         serde_json::to_writer(&mut *out, &self.ice_servers)?;
+        out.extend_from_slice(b",\"turn_fallback\":");
+        serde_json::to_writer(&mut *out, &self.turn_fallback)?;
         out.push(b'}');
         Ok(())
     }
@@ -242,6 +246,8 @@ pub struct SessionAnswer {
     pub join_token: String,
     pub join_token_expires_at: u64,
     pub ice_servers: Vec<IceServer>,
+    /// Set when `ice_servers` carry another region's relays, or none (STUN only).
+    pub turn_fallback: Option<TurnFallback>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -388,11 +394,16 @@ fn locate_answer(
             region: region_id(edge.region),
             url: &edge.public_url,
         },
+        turn_fallback: None,
         // The client id only names the client in TURN credentials: made only when the
         // region has a relay.
         ice_servers: routing
             .turn
             .ice_servers_for(edge.region, now_unix(), new_id),
+    };
+    let answer = LocateAnswer {
+        turn_fallback: answer.ice_servers.fallback().cloned(),
+        ..answer
     };
     Ok(json_response(|out| answer.write_json(out)))
 }
@@ -453,6 +464,9 @@ fn session_answer(
     reason_code: &'static str,
 ) -> SessionAnswer {
     let routing = state.routing.load();
+    let ice = routing
+        .turn
+        .ice_servers_for(edge.region, now_unix(), || record.id.clone());
     let expires = now_unix() + JOIN_TOKEN_TTL.as_secs();
     let join_token = state.join_key.sign(&JoinClaims {
         sid: record.id.clone(),
@@ -477,9 +491,8 @@ fn session_answer(
         ws_url: locus_protocol::session_ws_url(&edge.public_url, &record.id),
         join_token,
         join_token_expires_at: expires,
-        ice_servers: routing
-            .turn
-            .ice_servers(edge.region, &record.id, now_unix()),
+        ice_servers: ice.to_vec(),
+        turn_fallback: ice.fallback().cloned(),
     }
 }
 
@@ -733,6 +746,8 @@ struct ExplainAnswer {
     preferred_region: String,
     candidates: Vec<CandidateView>,
     answer: Option<ExplainChoice>,
+    /// Why the answer's ICE servers carry another region's relays (or none), if they do.
+    turn_fallback: Option<TurnFallback>,
 }
 
 #[derive(Debug, Serialize)]
@@ -805,6 +820,16 @@ async fn explain(
         reason_code: s.reason.as_str(),
         reason: s.detail,
     });
+    // The relays of the serving region (the preferred one when no edge is available).
+    let serving = answer
+        .as_ref()
+        .and_then(|a| config.region_index(&a.region))
+        .unwrap_or(preferred);
+    let turn_fallback = routing
+        .turn
+        .ice_servers_for(serving, 0, String::new)
+        .fallback()
+        .cloned();
     let database = state.geo.database_info().map(|info| DatabaseView {
         path: info.path.display().to_string(),
         database_type: info.database_type,
@@ -821,6 +846,7 @@ async fn explain(
         database,
         preferred_region: config.regions[preferred].id.clone(),
         candidates,
+        turn_fallback,
         answer,
     }))
 }
@@ -1111,6 +1137,11 @@ regions:
                             ice_servers: pools.ice_servers_for(region, 1_700_000_000, || {
                                 "client/+id".to_string()
                             }),
+                            turn_fallback: None,
+                        };
+                        let answer = LocateAnswer {
+                            turn_fallback: answer.ice_servers.fallback().cloned(),
+                            ..answer
                         };
                         let mut written = Vec::new();
                         answer.write_json(&mut written).expect("write");

@@ -11,7 +11,8 @@
 //! - [`admin`]: the admin page (embedded assets, sign-in, live status over server-sent
 //!   events) and its JSON API (status, audit log), with the one admin auth check.
 //! - [`api`]: the HTTP routes; [`problem`] their errors; [`client_ip`] the client address
-//!   behind trusted proxies; [`turn`] ICE servers and TURN credentials.
+//!   behind trusted proxies; [`turn`] ICE servers and TURN credentials, chosen by the
+//!   checks of [`turn_health`] (STUN Binding / TURN Allocate against every pool's servers).
 //! - [`store`]: sessions, rooms, edges, audit and metrics in SQLite or Postgres.
 //! - [`cluster`]: several locators on one Postgres database (edge state published by
 //!   the locator holding each edge, assignments and admin actions sent to all).
@@ -37,3 +38,4 @@ pub mod server;
 pub mod snapshot;
 pub mod store;
 pub mod turn;
+pub mod turn_health;

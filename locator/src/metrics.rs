@@ -17,6 +17,7 @@ use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -41,6 +42,12 @@ pub struct AnswerLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TurnServerLabels {
+    pub region: String,
+    pub server: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -194,6 +201,10 @@ pub struct Metrics {
     pub edges: Family<StateLabels, Gauge>,
     pub selection_seconds: ShardedHistogram,
     pub spool_entries: Counter,
+    /// 1 while a TURN/STUN server is handed out (up or not checked yet), 0 when down.
+    pub turn_server_up: Family<TurnServerLabels, Gauge>,
+    /// Duration of each server check (whole check: connect, allocate, release).
+    pub turn_check_seconds: Family<TurnServerLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -221,6 +232,20 @@ impl Default for Metrics {
             fallbacks.clone(),
         );
         registry.register("edges", "Known edges by state", edges.clone());
+        let turn_server_up = Family::<TurnServerLabels, Gauge>::default();
+        registry.register(
+            "turn_server_up",
+            "1 while a TURN/STUN server of a region's pool is handed out (up or not checked yet), 0 when down",
+            turn_server_up.clone(),
+        );
+        let turn_check_seconds = Family::<TurnServerLabels, Histogram>::new_with_constructor(
+            turn_check_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "turn_check_seconds",
+            "Duration of TURN/STUN server checks (a failed one lasts up to turn.check_timeout)",
+            turn_check_seconds.clone(),
+        );
         registry.register(
             "selection_seconds",
             "Time to choose an edge",
@@ -240,11 +265,45 @@ impl Default for Metrics {
             edges,
             selection_seconds,
             spool_entries,
+            turn_server_up,
+            turn_check_seconds,
         }
     }
 }
 
+/// Buckets of `locator_turn_check_seconds`: 1 ms × 2ⁿ up to ~16 s (a check on loopback
+/// takes well under a millisecond; one across an ocean ~100 ms; a timeout seconds).
+fn turn_check_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 15,
+    ))
+}
+
 impl Metrics {
+    /// One TURN/STUN server check: its duration, and whether the server is handed out.
+    pub fn turn_checked(&self, region: &str, server: &str, up: bool, elapsed: Duration) {
+        let labels = TurnServerLabels {
+            region: region.to_string(),
+            server: server.to_string(),
+        };
+        self.turn_server_up
+            .get_or_create(&labels)
+            .set(i64::from(up));
+        self.turn_check_seconds
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A server left the configuration: its series go.
+    pub fn turn_removed(&self, region: &str, server: &str) {
+        let labels = TurnServerLabels {
+            region: region.to_string(),
+            server: server.to_string(),
+        };
+        self.turn_server_up.remove(&labels);
+        self.turn_check_seconds.remove(&labels);
+    }
+
     /// Counts one answer served outside the client's region.
     pub fn fallback(&self, reason: SelectReason) {
         let slot = SelectReason::ALL

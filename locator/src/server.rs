@@ -113,6 +113,8 @@ pub struct AppState {
     pub started: Instant,
     /// Set when the database is shared by several locators (Postgres).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// The last checks of every TURN/STUN server (kept across config reloads).
+    pub turn_health: Arc<crate::turn_health::TurnHealth>,
 }
 
 impl AppState {
@@ -129,6 +131,7 @@ impl AppState {
             secrets,
             metrics: Metrics::default(),
             started: Instant::now(),
+            turn_health: Arc::default(),
         }
     }
 
@@ -145,7 +148,10 @@ impl AppState {
         self.geo.set_rules(&config);
         self.registry
             .set_regions(config.regions.iter().map(|r| r.id.clone()).collect());
-        self.routing.store(Arc::new(Routing::new(config)));
+        let routing = Routing::new(config);
+        // Servers already checked keep their state in the new pools.
+        self.turn_health.apply(&routing.turn);
+        self.routing.store(Arc::new(routing));
     }
 }
 
@@ -290,6 +296,7 @@ pub async fn run(
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(tick_loop(state.clone()));
     tasks.spawn(geoip_reload_loop(state.clone()));
+    tasks.spawn(crate::turn_health::check_loop(state.clone()));
     #[cfg(unix)]
     tasks.spawn(sighup_loop(state.clone()));
     if let Some(cluster) = state.cluster.clone() {
