@@ -567,17 +567,18 @@ fn turn_checks(issues: &mut Issues, raw: Option<&RawTurnChecks>) -> TurnChecks {
                 check_interval.as_secs_f64()
             ),
         );
-    } else if t.check_timeout.is_none() && check_timeout >= check_interval {
-        if let Some(interval) = &t.check_interval {
-            issues.at(
-                interval,
-                "turn.check_interval",
-                format!(
-                    "must be longer than turn.check_timeout ({}s by default): set a shorter check_timeout too",
-                    check_timeout.as_secs_f64()
-                ),
-            );
-        }
+    } else if t.check_timeout.is_none()
+        && check_timeout >= check_interval
+        && let Some(interval) = &t.check_interval
+    {
+        issues.at(
+            interval,
+            "turn.check_interval",
+            format!(
+                "must be longer than turn.check_timeout ({}s by default): set a shorter check_timeout too",
+                check_timeout.as_secs_f64()
+            ),
+        );
     }
     TurnChecks {
         check_interval,
