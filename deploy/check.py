@@ -321,7 +321,22 @@ def check_dockerfile(bin_dir):
     copied = re.findall(r"^COPY --from=build /src/target/release/(\S+) ", text, re.M)
     if sorted(copied) != ["edge", "locator"]:
         fail("deploy/Dockerfile", f"copies {copied}, expected the locator and edge binaries")
+    # ... and be built by it: a bin target of a package it names (binaries left in
+    # target/ by other builds do not count).
+    meta = run(["cargo", "metadata", "--no-deps", "--locked", "--format-version", "1"], cwd=ROOT)
+    if meta.returncode != 0:
+        raise SystemExit(f"cargo metadata failed: {meta.stderr}")
+    packages = {command[i + 1] for i, word in enumerate(command[:-1]) if word == "-p"}
+    built = {
+        t["name"]
+        for p in json.loads(meta.stdout)["packages"]
+        if p["name"] in packages
+        for t in p["targets"]
+        if "bin" in t["kind"]
+    }
     for name in copied:
+        if name not in built:
+            fail("deploy/Dockerfile", f"copies target/release/{name}, which `{' '.join(command)}` does not build")
         binary = Path(bin_dir) / name
         if not binary.exists():
             fail("deploy/Dockerfile", f"copies target/release/{name}, which its cargo command does not build")

@@ -159,10 +159,7 @@ async fn status(State(state): State<Arc<EdgeState>>) -> Response {
 /// hand: six gauges do not need a metrics library.
 async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {
     let status = state.status();
-    let labels = format!(
-        "edge=\"{}\",region=\"{}\"",
-        status.edge_id, status.region
-    );
+    let labels = format!("edge=\"{}\",region=\"{}\"", status.edge_id, status.region);
     let gauges: [(&str, &str, u64); 6] = [
         (
             "edge_spool_entries",
@@ -174,11 +171,7 @@ async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {
             "Most entries the spool keeps (--spool-max-entries)",
             status.spool.max_entries,
         ),
-        (
-            "edge_sessions",
-            "Sessions hosted",
-            status.sessions as u64,
-        ),
+        ("edge_sessions", "Sessions hosted", status.sessions as u64),
         (
             "edge_connections",
             "Open client websockets",
