@@ -141,6 +141,8 @@ struct RegionIce {
     stun: Vec<String>,
     /// The region whose relays are handed out and their URLs that are up, fastest first.
     relay: Option<(usize, Vec<String>)>,
+    /// Why its own relays are not handed out (when they are not).
+    problem: Option<String>,
     fallback: Option<TurnFallback>,
 }
 
@@ -415,6 +417,7 @@ impl TurnPools {
                     .into_iter()
                     .flatten()
                     .find_map(|&c| relays[c].as_ref().map(|urls| (c, urls.clone())));
+                let mut problem = None;
                 let fallback = match &relay {
                     Some((c, _)) if *c == r => None,
                     other => {
@@ -426,6 +429,7 @@ impl TurnPools {
                                 down_summary(&pool.turn, |url| lookup(pool, url)),
                             ),
                         };
+                        problem = Some(own.clone());
                         let region = other.as_ref().map(|(c, _)| self.pools[*c].id.clone());
                         let reason = match &region {
                             Some(from) => {
@@ -447,6 +451,7 @@ impl TurnPools {
                 RegionIce {
                     stun: up(pool, &pool.stun),
                     relay,
+                    problem,
                     fallback,
                 }
             })
@@ -497,12 +502,7 @@ impl TurnPools {
                         .and_then(|i| i.relay.as_ref())
                         .and_then(|(c, _)| self.pools.get(*c))
                         .map(|p| p.id.clone()),
-                    problem: fallback.as_ref().map(|f| {
-                        f.reason
-                            .strip_prefix(&format!("{}: ", region.id))
-                            .unwrap_or(&f.reason)
-                            .to_string()
-                    }),
+                    problem: ice.and_then(|i| i.problem.clone()),
                     fallback,
                     secrets: pool.map_or(0, |p| p.secrets),
                     servers: selection.servers.get(i).cloned().unwrap_or_default(),
