@@ -69,6 +69,7 @@ test("edge SIGKILL: both clients reach connected on another edge by themselves, 
 
   await topo.signalEdge(first, "SIGKILL");
   await waitState(alice, "reconnecting", 5000, "alice");
+  await waitState(bob, "reconnecting", 5000, "bob");
   // Sent while the link is down: queued, flushed in order once connected.
   alice.send("queued-1");
   alice.send("queued-2");
@@ -99,7 +100,9 @@ test("edge SIGTERM (drain): clients follow the moved room", async (t) => {
   const first = alice.edge.id;
 
   await topo.signalEdge(first, "SIGTERM");
+  const bobMoved = waitState(bob, "moved", 15000, "bob");
   const moved = await waitState(alice, "moved", 15000, "alice");
+  await bobMoved;
   assert.equal(moved.code, "moved");
   assert.equal(moved.closeCode, 4000);
   assert.equal(moved.edge.id, first, "moved from the draining edge");
@@ -155,6 +158,7 @@ test("locators: the first killed, the second answers joins and re-joins (two rep
   await topo.waitActive(["us-east-1", "us-east-2"], 20000);
   await topo.signalEdge(alice.edge.id, "SIGKILL");
   await waitState(alice, "reconnecting", 5000, "alice");
+  await waitState(bob, "reconnecting", 5000, "bob");
   await together(alice, bob, 20000);
   await waitFor("carol back", 20000, () => carol.state === "connected" && carol.participants.length === 3);
   await exchange(alice, bob, logB, "via-second-locator");
@@ -165,4 +169,35 @@ test("join rejects an unknown session with its problem code", async (t) => {
   const topo = await Topology.start({ edges: ["us-east-1"] });
   t.after(() => topo.stop());
   await assert.rejects(client(topo.locatorUrls).join({ sessionId: "no-such-session" }), (e) => e.status === 404 && e.code === "session-not-found");
+});
+
+test("sends while no edge can take the room are queued up to the bound, drops reported, the rest flushed in order", async (t) => {
+  const topo = await Topology.start({ edges: ["us-east-1"] });
+  t.after(() => topo.stop());
+  // Alice's waits between re-join attempts pass only once the test opens the gate, so
+  // bob is surely back in the room when she flushes (the edge relays to those present).
+  let open;
+  const gate = new Promise((r) => { open = r; });
+  const alice = await client(topo.locatorUrls, { sendQueue: 3, sleep: () => gate }).join({ key: "room-queue", region: "us-east" });
+  const bob = await client(topo.locatorUrls).join({ key: "room-queue", region: "us-east" });
+  const logA = record(alice);
+  const logB = record(bob);
+  await together(alice, bob);
+  await topo.signalEdge("us-east-1", "SIGKILL");
+  await waitState(alice, "reconnecting", 5000, "alice");
+  const accepted = ["m1", "m2", "m3", "m4", "m5"].map((m) => alice.send(m));
+  assert.deepEqual(accepted, [true, true, true, false, false], "three fit, two are refused");
+  assert.deepEqual(logA.dropped.map((d) => [d.data, d.reason]), [["m4", "queue-full"], ["m5", "queue-full"]]);
+  assert.equal(alice.queued, 3);
+  await topo.startEdge("us-east-2");
+  await waitState(bob, "reconnecting", 5000, "bob");
+  await waitState(bob, "connected", 20000, "bob");
+  assert.equal(alice.state, "reconnecting");
+  open();
+  await together(alice, bob, 20000);
+  assert.equal(alice.queued, 0);
+  await waitFor(`bob gets the flushed queue (got ${JSON.stringify(logB.messages)}, alice ${JSON.stringify(logA.states.map((s) => [s.state, s.detail.reason]))})`, 5000, () => logB.messages.length >= 3);
+  assert.deepEqual(logB.messages.map((m) => m.data), ["m1", "m2", "m3"], "flushed in order, drops never sent");
+  alice.leave();
+  bob.leave();
 });
