@@ -71,3 +71,57 @@ async fn asset(Path(name): Path<String>) -> Response {
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{HeaderMap, Request};
+    use tower_service::Service;
+
+    use super::*;
+
+    async fn get(path: &str) -> (StatusCode, HeaderMap, String) {
+        let mut router = routes::<()>();
+        let response = router
+            .call(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn the_page_loads_its_script_and_the_library_from_the_locator_only() {
+        let (status, headers, body) = get("/try").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("/try/assets/try.js"));
+        let csp = headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .expect("ascii");
+        assert!(csp.contains("script-src 'self'") && csp.contains("connect-src 'self' ws: wss:"));
+
+        let (status, headers, body) = get("/try/assets/try.js").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .expect("ascii")
+                .starts_with("text/javascript")
+        );
+        assert!(body.contains("from \"./locus-client.js\""));
+
+        let (status, _, body) = get("/try/assets/locus-client.js").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("export class LocusClient"));
+
+        let (status, _, _) = get("/try/assets/../../etc/passwd").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _, body) = get("/try/assets/nope.js").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("no-such-asset"));
+    }
+}

@@ -711,7 +711,7 @@ export class Session {
           return;
         }
         if (outcome.ok) {
-          this.#connected("rejoined", `re-joined on edge ${answer.edge.id} (${answer.reason})`);
+          this.#connected("rejoined", `re-joined on edge ${answer.edge.id}`);
           return;
         }
         if (outcome.final) {

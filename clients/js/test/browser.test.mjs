@@ -48,7 +48,7 @@ class Driver {
             browserName: "chrome",
             "goog:chromeOptions": {
               binary: chromium,
-              args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,860"],
+              args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1060"],
             },
           },
         },
