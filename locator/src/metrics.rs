@@ -48,6 +48,16 @@ pub struct StateLabels {
     pub state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionStateLabels {
+    pub region: String,
+    pub state: &'static str,
+}
+
+/// The region states of the admin page, as `locator_region_state` labels (see
+/// [`crate::admin::status`]).
+pub const REGION_STATES: [&str; 4] = ["healthy", "degraded", "down", "fallback"];
+
 /// The `route` label of requests no route matched (the 404 fallback).
 pub const UNMATCHED: &str = "unmatched";
 
@@ -194,6 +204,10 @@ pub struct Metrics {
     pub edges: Family<StateLabels, Gauge>,
     pub selection_seconds: ShardedHistogram,
     pub spool_entries: Counter,
+    /// 1 for each region's current state, 0 for its other states (set at each scrape).
+    pub region_state: Family<RegionStateLabels, Gauge>,
+    /// 1 when `/readyz` would answer ready (set at each scrape).
+    pub ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -205,6 +219,8 @@ impl Default for Metrics {
         let edges = Family::<StateLabels, Gauge>::default();
         let selection_seconds = ShardedHistogram::default();
         let spool_entries = Counter::default();
+        let region_state = Family::<RegionStateLabels, Gauge>::default();
+        let ready = Gauge::default();
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -231,6 +247,16 @@ impl Default for Metrics {
             "Audit entries and metrics samples relayed by edges and stored",
             spool_entries.clone(),
         );
+        registry.register(
+            "region_state",
+            "1 for the state each region shows on the admin page (healthy, degraded, down, fallback), 0 for the others",
+            region_state.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 when /readyz answers ready (database reachable, GeoIP loaded), else 0",
+            ready.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -240,6 +266,8 @@ impl Default for Metrics {
             edges,
             selection_seconds,
             spool_entries,
+            region_state,
+            ready,
         }
     }
 }
@@ -258,6 +286,24 @@ impl Metrics {
                 })
             })
             .inc();
+    }
+
+    /// Sets the per-scrape gauges: readiness and the state of every region of the loaded
+    /// config (`(region id, state)`), one series per state so an alert can match
+    /// `state="down"` and a region removed from the config disappears.
+    pub fn set_health(&self, ready: bool, regions: &[(String, &'static str)]) {
+        self.ready.set(i64::from(ready));
+        self.region_state.clear();
+        for (region, current) in regions {
+            for state in REGION_STATES {
+                self.region_state
+                    .get_or_create(&RegionStateLabels {
+                        region: region.clone(),
+                        state,
+                    })
+                    .set(i64::from(state == *current));
+            }
+        }
     }
 
     /// The text exposition, with edge gauges refreshed from `snapshot`.
