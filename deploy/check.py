@@ -280,6 +280,15 @@ def check_prometheus():
             out = run(["promtool", *args])
             if out.returncode != 0:
                 fail(f"promtool {' '.join(args[:2])} {Path(args[2]).name}", out.stdout + out.stderr)
+        # Every runbook link of an alert leads to a heading of docs/operations.md.
+        runbook = (ROOT / "docs" / "operations.md").read_text()
+        slugs = {
+            re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", runbook, re.M)
+        }
+        for anchor in sorted(set(re.findall(r"docs/operations\.md#([a-z0-9-]+)", (prom / "locus-alerts.yml").read_text()))):
+            if anchor not in slugs:
+                fail("deploy/prometheus/locus-alerts.yml", f"links docs/operations.md#{anchor}, which is no heading there")
         # The dashboard's queries must parse too: check them as recording rules.
         dashboard = json.loads((DEPLOY / "grafana" / "locus-dashboard.json").read_text())
         exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]

@@ -248,6 +248,10 @@ impl EdgeStatus {
     /// `LinkLost` (it serves its clients; only the link is cut); a silent one fails now.
     pub fn on_probe(&mut self, healthy: bool) -> Effect {
         match (self.liveness, healthy) {
+            // A draining edge whose link closed and whose process is gone finished its
+            // drain and exited on purpose (an upgrade): retired, not failed. One whose
+            // link was cut while its process still answers stays link-lost.
+            (Liveness::LinkLost { .. }, false) if self.draining => self.on_drained(),
             (Liveness::LinkLost { .. }, false) => {
                 self.liveness = Liveness::Failed {
                     why: FailReason::HealthProbeFailed,
@@ -490,6 +494,33 @@ mod tests {
             drained.state(),
             EdgeState::Failed,
             "a drained edge stays gone"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_edge_that_exits_is_drained_and_one_still_answering_is_link_lost() {
+        let mut gone = EdgeStatus::registered(Instant::now(), false, false);
+        assert_eq!(gone.on_draining(), Effect::None);
+        assert_eq!(gone.on_link_closed(Instant::now()), Effect::ProbeHealth);
+        assert_eq!(gone.on_probe(false), Effect::Failed(FailReason::Drained));
+        assert_eq!(
+            gone.liveness,
+            Liveness::Failed {
+                why: FailReason::Drained
+            }
+        );
+
+        let mut cut = EdgeStatus::registered(Instant::now(), false, true);
+        assert_eq!(cut.on_link_closed(Instant::now()), Effect::ProbeHealth);
+        assert_eq!(cut.on_probe(true), Effect::None);
+        assert_eq!(cut.state(), EdgeState::LinkLost);
+
+        let mut crashed = EdgeStatus::registered(Instant::now(), false, false);
+        crashed.on_link_closed(Instant::now());
+        assert_eq!(
+            crashed.on_probe(false),
+            Effect::Failed(FailReason::HealthProbeFailed),
+            "an edge that was not draining failed"
         );
     }
 

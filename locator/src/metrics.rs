@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::edge_state::EdgeState;
+use crate::edge_state::{EdgeState, FailReason, Liveness};
 use crate::selection::SelectReason;
 use crate::snapshot::RegistrySnapshot;
 
@@ -236,7 +236,11 @@ impl Default for Metrics {
             "Answers served outside the client's region, by reason",
             fallbacks.clone(),
         );
-        registry.register("edges", "Known edges by state", edges.clone());
+        registry.register(
+            "edges",
+            "Known edges by state (retired: drained and exited on purpose)",
+            edges.clone(),
+        );
         registry.register(
             "selection_seconds",
             "Time to choose an edge",
@@ -308,11 +312,22 @@ impl Metrics {
 
     /// The text exposition, with edge gauges refreshed from `snapshot`.
     pub fn render(&self, snapshot: &RegistrySnapshot) -> String {
+        // An edge that drained and exited on purpose is `retired`, not `failed`: an
+        // upgrade must not look like (or alert as) a failure.
+        let retired = |e: &&crate::snapshot::EdgeView| {
+            e.status.liveness
+                == Liveness::Failed {
+                    why: FailReason::Drained,
+                }
+        };
+        self.edges
+            .get_or_create(&StateLabels { state: "retired" })
+            .set(snapshot.edges.iter().filter(retired).count() as i64);
         for state in EdgeState::ALL {
             let n = snapshot
                 .edges
                 .iter()
-                .filter(|e| e.status.state() == state)
+                .filter(|e| e.status.state() == state && !retired(e))
                 .count();
             self.edges
                 .get_or_create(&StateLabels {

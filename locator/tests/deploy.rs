@@ -4,7 +4,9 @@
 //! `/metrics` are scraped; every `locator_*` and `edge_*` series named by the alert rules
 //! (deploy/prometheus/locus-alerts.yml), their unit tests and the Grafana dashboard
 //! (deploy/grafana/locus-dashboard.json) must be among the scraped samples. A renamed or
-//! removed metric fails here instead of leaving an alert that can never fire.
+//! removed metric fails here instead of leaving an alert that can never fire. Then the
+//! edge is stopped as an upgrade stops it (SIGTERM), and must count as retired, not
+//! failed.
 //!
 //! The other deploy checks (systemd-analyze, kubernetes-validate, promtool) run in
 //! scripts/check-deploy.
@@ -215,5 +217,35 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_exported() {
     assert!(
         edge_metrics.contains("edge_locator_connected{edge=\"eu-west-1\",region=\"eu-west\"} 1"),
         "{edge_metrics}"
+    );
+
+    // The runbook's upgrade step: an idle edge stopped with SIGTERM (`systemctl stop`, a
+    // pod deletion) drains at once and exits. It must count as retired, not failed, or
+    // LocusEdgeFailed would fire on every upgrade.
+    let mut edge = edge;
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &edge.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while edge.child.try_wait().expect("try_wait").is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edge did not exit after its drain"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually("the locator counts the drained edge as retired", || async {
+        get_text(&format!("{base}/metrics"))
+            .await
+            .1
+            .contains("locator_edges{state=\"retired\"} 1")
+    })
+    .await;
+    let (_, after) = get_text(&format!("{base}/metrics")).await;
+    assert!(
+        after.contains("locator_edges{state=\"failed\"} 0"),
+        "{after}"
     );
 }
