@@ -163,6 +163,11 @@ pub async fn supervise(state: Arc<EdgeState>) {
         let mut spool = state.spool.subscribe();
         let _ = tokio::time::timeout(SPOOL_FLUSH_WAIT, spool.wait_for(|s| s.len == 0)).await;
     }
+    // An edge with nothing left to do gets here within microseconds of the signal: make
+    // sure the locator got `Draining`, so it sees a drained edge leave, not a failure.
+    if state.link.is_connected() && !state.link.flushed(SPOOL_FLUSH_WAIT).await {
+        tracing::warn!("the locator may not have received the drain announcement");
+    }
     let left = state.spool.len();
     if left > 0 {
         tracing::warn!(

@@ -70,6 +70,10 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub struct LinkHandle {
     outbox: mpsc::Sender<EdgeMessage>,
     connected: watch::Sender<Option<String>>,
+    /// Messages queued in the outbox so far, and of those, written to a locator: the
+    /// drain waits for its `Draining` to be written before the process exits.
+    queued: std::sync::atomic::AtomicU64,
+    written: watch::Sender<u64>,
 }
 
 impl LinkHandle {
@@ -80,6 +84,8 @@ impl LinkHandle {
             LinkHandle {
                 outbox,
                 connected: watch::channel(None).0,
+                queued: std::sync::atomic::AtomicU64::new(0),
+                written: watch::channel(0).0,
             },
             rx,
         )
@@ -88,7 +94,26 @@ impl LinkHandle {
     /// Queues a message for the locator: sent now, or after the next `Welcome`. False
     /// when the outbox is full.
     pub fn send(&self, message: EdgeMessage) -> bool {
-        self.outbox.try_send(message).is_ok()
+        // Counted before the message can be taken, so `written` never passes `queued`.
+        self.queued
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let sent = self.outbox.try_send(message).is_ok();
+        if !sent {
+            self.queued
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        sent
+    }
+
+    /// Waits (at most `within`) until every message queued so far has been written to
+    /// a locator (or lost with a link that broke while writing it). False when the time
+    /// ran out (no link, or a slow one).
+    pub async fn flushed(&self, within: Duration) -> bool {
+        let target = self.queued.load(std::sync::atomic::Ordering::SeqCst);
+        let mut written = self.written.subscribe();
+        tokio::time::timeout(within, written.wait_for(|n| *n >= target))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// True between `Welcome` and the end of that connection.
@@ -458,7 +483,10 @@ async fn serve(
             }
             message = outbox.recv() => {
                 let Some(message) = message else { return Ok(()) };
-                send(ws, &message).await?;
+                let result = send(ws, &message).await;
+                // Counted even when the write failed: that message went with the link.
+                state.link.written.send_modify(|n| *n += 1);
+                result?;
             }
             _ = heartbeat.tick() => {
                 if last_heard.elapsed() > silent_limit {

@@ -7,7 +7,8 @@
 //! Routes: `GET /v1/sessions/{id}/ws` (the session websocket, see [`crate::hub`]),
 //! `GET /healthz` (200 while the process runs: the locator probes it to tell a dead edge
 //! from a cut link), `GET /readyz` (503 while draining), `GET /v1/status` (JSON: link,
-//! sessions, connections, spool).
+//! sessions, connections, spool), `GET /metrics` (the same figures for Prometheus: the
+//! spool backlog is only visible here, since it grows while the locator is unreachable).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -131,6 +132,7 @@ pub fn router(state: Arc<EdgeState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
+        .route("/metrics", get(metrics))
         .with_state(state)
         .merge(sessions)
         .fallback(not_found)
@@ -150,6 +152,56 @@ async fn readyz(State(state): State<Arc<EdgeState>>) -> Response {
 
 async fn status(State(state): State<Arc<EdgeState>>) -> Response {
     axum::Json(state.status()).into_response()
+}
+
+/// `GET /metrics`: a few gauges in the Prometheus text format, labelled with the edge
+/// and its region (both validated to characters that need no escaping). Written by
+/// hand: six gauges do not need a metrics library.
+async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {
+    let status = state.status();
+    let labels = format!("edge=\"{}\",region=\"{}\"", status.edge_id, status.region);
+    let gauges: [(&str, &str, u64); 6] = [
+        (
+            "edge_spool_entries",
+            "Entries in the durable spool not yet acknowledged by a locator",
+            status.spool.len,
+        ),
+        (
+            "edge_spool_max_entries",
+            "Most entries the spool keeps (--spool-max-entries)",
+            status.spool.max_entries,
+        ),
+        ("edge_sessions", "Sessions hosted", status.sessions as u64),
+        (
+            "edge_connections",
+            "Open client websockets",
+            u64::from(status.connections),
+        ),
+        (
+            "edge_draining",
+            "1 while the edge drains",
+            u64::from(status.draining),
+        ),
+        (
+            "edge_locator_connected",
+            "1 while the link to a locator is up",
+            u64::from(status.locator.is_some()),
+        ),
+    ];
+    let mut text = String::new();
+    for (name, help, value) in gauges {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}\n"
+        ));
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn not_found() -> Problem {

@@ -998,7 +998,8 @@ struct Readiness {
     edges_connected: usize,
 }
 
-async fn readyz(State(state): State<AppRef>) -> Response {
+/// What `/readyz` answers; `/metrics` exports its `ready` as `locator_ready`.
+async fn readiness(state: &AppState) -> Readiness {
     let database = match state.store.ping().await {
         Ok(()) => {
             let info = state.store.describe();
@@ -1016,7 +1017,7 @@ async fn readyz(State(state): State<AppRef>) -> Response {
     };
     let snapshot = state.registry.snapshot();
     let ready = database.is_ok() && geoip.is_ok();
-    let body = Readiness {
+    Readiness {
         ready,
         database: database.unwrap_or_else(|e| format!("unreachable: {e}")),
         geoip: geoip.unwrap_or_else(|e| e),
@@ -1030,8 +1031,12 @@ async fn readyz(State(state): State<AppRef>) -> Response {
             .iter()
             .filter(|e| e.status.serves_existing_sessions())
             .count(),
-    };
-    let status = if ready {
+    }
+}
+
+async fn readyz(State(state): State<AppRef>) -> Response {
+    let body = readiness(&state).await;
+    let status = if body.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -1040,6 +1045,13 @@ async fn readyz(State(state): State<AppRef>) -> Response {
 }
 
 async fn metrics(State(state): State<AppRef>) -> Response {
+    let ready = readiness(&state).await.ready;
+    let regions: Vec<(String, &'static str)> = crate::admin::build_status(&state)
+        .regions
+        .into_iter()
+        .map(|r| (r.id, r.state.as_str()))
+        .collect();
+    state.metrics.set_health(ready, &regions);
     let text = state.metrics.render(&state.registry.snapshot());
     (
         [(

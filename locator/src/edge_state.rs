@@ -366,6 +366,11 @@ impl EdgeStatus {
         if !fails {
             return Effect::None;
         }
+        // A draining edge whose process is gone finished its drain and exited on purpose
+        // (an upgrade): retired, not failed.
+        if self.draining {
+            return self.on_drained();
+        }
         self.liveness = Liveness::Failed {
             why: FailReason::HealthProbeFailed,
         };
@@ -813,6 +818,33 @@ mod tests {
             drained.state(),
             EdgeState::Failed,
             "a drained edge stays gone"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_edge_that_exits_is_drained_and_one_still_answering_is_link_lost() {
+        let mut gone = EdgeStatus::registered(Instant::now(), false, false);
+        assert_eq!(gone.on_draining(), Effect::None);
+        assert_eq!(gone.on_link_closed(Instant::now()), Effect::ProbeHealth);
+        assert_eq!(gone.on_probe(Probe::Dead), Effect::Failed(FailReason::Drained));
+        assert_eq!(
+            gone.liveness,
+            Liveness::Failed {
+                why: FailReason::Drained
+            }
+        );
+
+        let mut cut = EdgeStatus::registered(Instant::now(), false, true);
+        assert_eq!(cut.on_link_closed(Instant::now()), Effect::ProbeHealth);
+        assert_eq!(cut.on_probe(Probe::Healthy), Effect::None);
+        assert_eq!(cut.state(), EdgeState::LinkLost);
+
+        let mut crashed = EdgeStatus::registered(Instant::now(), false, false);
+        crashed.on_link_closed(Instant::now());
+        assert_eq!(
+            crashed.on_probe(Probe::Dead),
+            Effect::Failed(FailReason::HealthProbeFailed),
+            "an edge that was not draining failed"
         );
     }
 

@@ -22,7 +22,7 @@ use prometheus_client::registry::Registry;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::edge_state::EdgeState;
+use crate::edge_state::{EdgeState, FailReason, Liveness};
 use crate::selection::SelectReason;
 use crate::snapshot::RegistrySnapshot;
 
@@ -47,6 +47,16 @@ pub struct ReasonLabels {
 pub struct StateLabels {
     pub state: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegionStateLabels {
+    pub region: String,
+    pub state: &'static str,
+}
+
+/// The region states of the admin page, as `locator_region_state` labels (see
+/// [`crate::admin::status`]).
+pub const REGION_STATES: [&str; 4] = ["healthy", "degraded", "down", "fallback"];
 
 /// The `route` label of requests no route matched (the 404 fallback).
 pub const UNMATCHED: &str = "unmatched";
@@ -194,6 +204,10 @@ pub struct Metrics {
     pub edges: Family<StateLabels, Gauge>,
     pub selection_seconds: ShardedHistogram,
     pub spool_entries: Counter,
+    /// 1 for each region's current state, 0 for its other states (set at each scrape).
+    pub region_state: Family<RegionStateLabels, Gauge>,
+    /// 1 when `/readyz` would answer ready (set at each scrape).
+    pub ready: Gauge,
 }
 
 impl Default for Metrics {
@@ -205,6 +219,8 @@ impl Default for Metrics {
         let edges = Family::<StateLabels, Gauge>::default();
         let selection_seconds = ShardedHistogram::default();
         let spool_entries = Counter::default();
+        let region_state = Family::<RegionStateLabels, Gauge>::default();
+        let ready = Gauge::default();
         registry.register(
             "http_requests",
             "HTTP requests by route and status",
@@ -220,7 +236,11 @@ impl Default for Metrics {
             "Answers served outside the client's region, by reason",
             fallbacks.clone(),
         );
-        registry.register("edges", "Known edges by state", edges.clone());
+        registry.register(
+            "edges",
+            "Known edges by state (retired: drained and exited on purpose)",
+            edges.clone(),
+        );
         registry.register(
             "selection_seconds",
             "Time to choose an edge",
@@ -231,6 +251,16 @@ impl Default for Metrics {
             "Audit entries and metrics samples relayed by edges and stored",
             spool_entries.clone(),
         );
+        registry.register(
+            "region_state",
+            "1 for the state each region shows on the admin page (healthy, degraded, down, fallback), 0 for the others",
+            region_state.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 when /readyz answers ready (database reachable, GeoIP loaded), else 0",
+            ready.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -240,6 +270,8 @@ impl Default for Metrics {
             edges,
             selection_seconds,
             spool_entries,
+            region_state,
+            ready,
         }
     }
 }
@@ -260,13 +292,42 @@ impl Metrics {
             .inc();
     }
 
+    /// Sets the per-scrape gauges: readiness and the state of every region of the loaded
+    /// config (`(region id, state)`), one series per state so an alert can match
+    /// `state="down"` and a region removed from the config disappears.
+    pub fn set_health(&self, ready: bool, regions: &[(String, &'static str)]) {
+        self.ready.set(i64::from(ready));
+        self.region_state.clear();
+        for (region, current) in regions {
+            for state in REGION_STATES {
+                self.region_state
+                    .get_or_create(&RegionStateLabels {
+                        region: region.clone(),
+                        state,
+                    })
+                    .set(i64::from(state == *current));
+            }
+        }
+    }
+
     /// The text exposition, with edge gauges refreshed from `snapshot`.
     pub fn render(&self, snapshot: &RegistrySnapshot) -> String {
+        // An edge that drained and exited on purpose is `retired`, not `failed`: an
+        // upgrade must not look like (or alert as) a failure.
+        let retired = |e: &&crate::snapshot::EdgeView| {
+            e.status.liveness
+                == Liveness::Failed {
+                    why: FailReason::Drained,
+                }
+        };
+        self.edges
+            .get_or_create(&StateLabels { state: "retired" })
+            .set(snapshot.edges.iter().filter(retired).count() as i64);
         for state in EdgeState::ALL {
             let n = snapshot
                 .edges
                 .iter()
-                .filter(|e| e.status.state() == state)
+                .filter(|e| e.status.state() == state && !retired(e))
                 .count();
             self.edges
                 .get_or_create(&StateLabels {

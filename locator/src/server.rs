@@ -205,7 +205,12 @@ async fn edge_failed(state: &Arc<AppState>, edge_id: &str, why: crate::edge_stat
             }
         }
     }
-    tracing::warn!(edge = %edge_id, reason = why.describe(), "edge failed");
+    if why == crate::edge_state::FailReason::Drained {
+        // An upgrade or a scale-down, not a failure: no warning.
+        tracing::info!(edge = %edge_id, "edge drained and left (retired)");
+    } else {
+        tracing::warn!(edge = %edge_id, reason = why.describe(), "edge failed");
+    }
     match state
         .store
         .end_ad_hoc_sessions_on_edge(edge_id, "edge failed", now_ms())
