@@ -826,7 +826,10 @@ mod tests {
         let mut gone = EdgeStatus::registered(Instant::now(), false, false);
         assert_eq!(gone.on_draining(), Effect::None);
         assert_eq!(gone.on_link_closed(Instant::now()), Effect::ProbeHealth);
-        assert_eq!(gone.on_probe(Probe::Dead), Effect::Failed(FailReason::Drained));
+        assert_eq!(
+            gone.on_probe(Probe::Dead),
+            Effect::Failed(FailReason::Drained)
+        );
         assert_eq!(
             gone.liveness,
             Liveness::Failed {
