@@ -12,6 +12,7 @@
 //!   events) and its JSON API (status, audit log), with the one admin auth check.
 //! - [`api`]: the HTTP routes; [`problem`] their errors; [`client_ip`] the client address
 //!   behind trusted proxies; [`turn`] ICE servers and TURN credentials.
+//! - [`try_page`]: the "try it" page (`/try`), built on the client library of `clients/js`.
 //! - [`store`]: sessions, rooms, edges, audit and metrics in SQLite or Postgres.
 //! - [`cluster`]: several locators on one Postgres database (edge state published by
 //!   the locator holding each edge, assignments and admin actions sent to all).
@@ -36,4 +37,5 @@ pub mod selection;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod try_page;
 pub mod turn;
