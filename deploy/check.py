@@ -251,6 +251,11 @@ def check_kubernetes(validator, bin_dir, locator_flags, edge_flags):
         grace = sts["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
         if grace <= drain:
             fail(where, f"terminationGracePeriodSeconds {grace} must exceed --drain-deadline {drain}s")
+        if "--rtc-ports" in values:
+            low, high = (int(p) for p in values["--rtc-ports"].split("-"))
+            peers = int(values.get("--max-rtc-peers", "500"))
+            if high - low + 1 < peers:
+                fail(where, f"--rtc-ports {low}-{high} has fewer ports than --max-rtc-peers {peers} (one port per peer)")
         spool = values.get("--spool-dir", "")
         mounts = [m["mountPath"] for m in edge.get("volumeMounts", [])]
         claims = [c["metadata"]["name"] for c in sts["spec"].get("volumeClaimTemplates", [])]

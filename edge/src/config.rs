@@ -5,10 +5,13 @@
 //! from the environment (never from a flag) into an [`EdgeToken`] whose `Debug` output
 //! hides it, so it cannot end up in a log line by accident.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+
+use crate::media::MediaConfig;
 
 /// Shortest edge token accepted (the same rule as the locator's).
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -61,6 +64,58 @@ pub struct Cli {
     /// How long a draining edge keeps its sessions before it moves them and exits.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub drain_deadline: Duration,
+    /// Address the WebRTC peers' UDP sockets bind (0.0.0.0: every interface but
+    /// loopback; give 127.0.0.1 to serve loopback clients).
+    #[arg(long, default_value = "0.0.0.0")]
+    pub rtc_listen: IpAddr,
+    /// Public address advertised in the edge's ICE candidates when --rtc-listen is behind
+    /// a 1:1 NAT.
+    #[arg(long)]
+    pub rtc_public_ip: Option<IpAddr>,
+    /// UDP port range of WebRTC peers, LOW-HIGH (one port per peer: open it in the
+    /// firewall); ephemeral ports when not given.
+    #[arg(long, value_parser = parse_port_range)]
+    pub rtc_ports: Option<PortRange>,
+    /// WebRTC peers this edge serves at once (0: no WebRTC); more are refused with an
+    /// rtc error frame.
+    #[arg(long, default_value_t = 500)]
+    pub max_rtc_peers: usize,
+    /// Bytes a participant's data channel may hold unsent before it is disconnected as
+    /// too slow.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub rtc_send_buffer: usize,
+    /// Renegotiations per second and peer, each way (edge offers are coalesced, client
+    /// offers above it get an error frame).
+    #[arg(long, default_value_t = 2)]
+    pub rtc_renegotiations_per_second: u32,
+}
+
+/// An inclusive UDP port range (`--rtc-ports 40000-40999`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub low: u16,
+    pub high: u16,
+}
+
+/// Parses `LOW-HIGH`.
+pub fn parse_port_range(text: &str) -> Result<PortRange, String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("\"{text}\": write the range as LOW-HIGH, e.g. 40000-40999"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("\"{p}\" is not a port (1-65535)"))
+    };
+    let (low, high) = (port(low)?, port(high)?);
+    if low > high {
+        return Err(format!(
+            "{low}-{high}: the first port must not exceed the second"
+        ));
+    }
+    Ok(PortRange { low, high })
 }
 
 /// Validated settings of an edge.
@@ -79,6 +134,7 @@ pub struct Settings {
     pub send_queue: usize,
     pub linger: Duration,
     pub drain_deadline: Duration,
+    pub media: MediaConfig,
 }
 
 impl Default for Settings {
@@ -98,6 +154,7 @@ impl Default for Settings {
             send_queue: 256,
             linger: Duration::from_secs(10),
             drain_deadline: Duration::from_secs(60),
+            media: MediaConfig::default(),
         }
     }
 }
@@ -123,6 +180,14 @@ impl Cli {
             send_queue: self.send_queue,
             linger: self.linger,
             drain_deadline: self.drain_deadline,
+            media: MediaConfig {
+                listen: self.rtc_listen,
+                public_ip: self.rtc_public_ip,
+                ports: self.rtc_ports.map(|r| (r.low, r.high)),
+                max_peers: self.max_rtc_peers,
+                send_buffer: self.rtc_send_buffer,
+                renegotiations_per_second: self.rtc_renegotiations_per_second,
+            },
         };
         settings.validate()?;
         Ok(settings)
@@ -185,6 +250,17 @@ impl Settings {
         }
         if self.drain_deadline.is_zero() {
             return Err("--drain-deadline must be more than 0s".into());
+        }
+        if !(16 * 1024..=1024 * 1024 * 1024).contains(&self.media.send_buffer) {
+            return Err("--rtc-send-buffer must be between 16384 and 1073741824 bytes".into());
+        }
+        if !(1..=100).contains(&self.media.renegotiations_per_second) {
+            return Err("--rtc-renegotiations-per-second must be between 1 and 100".into());
+        }
+        if self.media.public_ip.is_some_and(|ip| ip.is_unspecified()) {
+            return Err(
+                "--rtc-public-ip must be an address clients can reach, not 0.0.0.0 or ::".into(),
+            );
         }
         Ok(())
     }
@@ -297,14 +373,14 @@ mod tests {
 
     #[test]
     fn several_locators_by_repetition_and_commas() {
-        let cli = cli(&[
+        let parsed = cli(&[
             "--locator",
             "http://a:1,http://b:2",
             "--locator",
             "http://c:3",
         ])
         .expect("parses");
-        let settings = cli.settings().expect("valid");
+        let settings = parsed.settings().expect("valid");
         assert_eq!(
             settings.locators,
             ["http://a:1", "http://b:2", "http://c:3"]
@@ -313,6 +389,14 @@ mod tests {
         assert_eq!(settings.linger, Duration::from_secs(10));
         assert_eq!(settings.drain_deadline, Duration::from_secs(60));
         assert_eq!(settings.send_queue, 256);
+        assert_eq!(settings.media.max_peers, 500);
+        assert_eq!(settings.media.ports, None);
+        let ranged =
+            cli(&["--locator", "http://a:1", "--rtc-ports", "40000-40010"]).expect("parses");
+        assert_eq!(
+            ranged.settings().expect("valid").media.ports,
+            Some((40000, 40010))
+        );
     }
 
     #[test]
@@ -333,6 +417,16 @@ mod tests {
             "--send-queue",
         );
         assert!(cli(&["--locator", "http://a:1", "--linger", "10"]).is_err());
+        assert!(cli(&["--locator", "http://a:1", "--rtc-ports", "5000"]).is_err());
+        assert!(cli(&["--locator", "http://a:1", "--rtc-ports", "6000-5000"]).is_err());
+        bad(
+            &["--locator", "http://a:1", "--rtc-public-ip", "0.0.0.0"],
+            "--rtc-public-ip",
+        );
+        bad(
+            &["--locator", "http://a:1", "--rtc-send-buffer", "10"],
+            "--rtc-send-buffer",
+        );
     }
 
     #[test]

@@ -19,7 +19,8 @@
 //! Presence: on every join and leave each participant, the joiner included, gets
 //! `{"locus":"presence","session":…,"participants":[…],"you":…}`. Client text frames
 //! starting with `{"locus"` are refused (that prefix is reserved for the edge's own
-//! messages) so a participant cannot forge presence or moves.
+//! messages) so a participant cannot forge presence or moves; the one exception is the
+//! WebRTC signalling below.
 //!
 //! Membership changes of a session are serialised by an async mutex, held while the
 //! audit entry is committed to the spool, so `session_started`, `participant_joined`,
@@ -27,6 +28,14 @@
 //! relay path does not take that mutex: it reads an immutable snapshot of the peers.
 //! An empty session lingers (`--linger`) before it ends, so a client that reconnects at
 //! once finds its session.
+//!
+//! WebRTC: reserved frames `{"locus":"rtc",…}` are handed to the participant's peer in
+//! [`crate::media`] (started by its first offer, ended when it leaves); everything else
+//! starting with `{"locus"` is still refused. Session messages (relayed frames) go to a
+//! participant on its `locus` data channel while that is open, else on its websocket,
+//! from the same bounded queue, so each arrives once and in order per sender; a data
+//! channel whose send buffer (`--rtc-send-buffer`) is full disconnects its participant
+//! like a full websocket queue does.
 //!
 //! Memory per idle connection is kept small (about 6 KiB, measured by
 //! `benches/sessions.rs`): a 2 KiB websocket read buffer and a 4 KiB write target
@@ -51,6 +60,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::media::{
+    self, DataMessage, DataOut, DataSendError, Media, NotRtc, Outlet, RtcPeer, Signal,
+};
 use crate::problem::Problem;
 use crate::spool::Spool;
 
@@ -71,6 +83,8 @@ pub const CLOSE_UNAVAILABLE: u16 = 4503;
 
 /// Reason given to a consumer disconnected for falling behind.
 pub const SLOW_CONSUMER: &str = "too slow: send queue full";
+/// Reason given to a participant whose data channel does not drain.
+pub const SLOW_DATA_CHANNEL: &str = "too slow: data channel send buffer full";
 /// Reason given to a new session refused while draining.
 pub const DRAINING: &str = "edge draining; ask the locator for another edge";
 /// Reason given when the edge shuts down and the session does not move.
@@ -160,7 +174,10 @@ impl Refusal {
 /// One outgoing item of a participant's queue.
 #[derive(Debug)]
 enum Out {
+    /// An edge frame (presence, rtc, moved): always on the websocket.
     Frame(Message),
+    /// A session message: on the data channel when one is open.
+    Relay(Message),
     /// Close the connection (after what was queued before).
     Close(u16, String),
 }
@@ -181,6 +198,8 @@ struct Mailbox {
     kicked: Notify,
     /// The participant is gone: pushes are dropped.
     closed: AtomicBool,
+    /// The participant's open `locus` data channel, if any.
+    data: Mutex<Option<Arc<DataOut>>>,
 }
 
 /// A queue emptied with more than this many slots allocated gives its memory back.
@@ -195,7 +214,16 @@ impl Mailbox {
             kick: OnceLock::new(),
             kicked: Notify::new(),
             closed: AtomicBool::new(false),
+            data: Mutex::new(None),
         }
+    }
+
+    fn data_channel(&self) -> Option<Arc<DataOut>> {
+        self.data.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_data_channel(&self, channel: Option<Arc<DataOut>>) {
+        *self.data.lock().unwrap_or_else(|p| p.into_inner()) = channel;
     }
 
     fn queue(&self) -> MutexGuard<'_, VecDeque<Out>> {
@@ -331,6 +359,7 @@ pub struct Hub {
     config: HubConfig,
     join_key: JoinKey,
     spool: Spool,
+    media: Arc<Media>,
     sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
     session_count: watch::Sender<usize>,
     connections: watch::Sender<u32>,
@@ -350,11 +379,12 @@ impl Drop for ConnectionGuard {
 }
 
 impl Hub {
-    pub fn new(config: HubConfig, join_key: JoinKey, spool: Spool) -> Arc<Hub> {
+    pub fn new(config: HubConfig, join_key: JoinKey, spool: Spool, media: Arc<Media>) -> Arc<Hub> {
         Arc::new(Hub {
             config,
             join_key,
             spool,
+            media,
             sessions: Mutex::new(HashMap::new()),
             session_count: watch::channel(0).0,
             connections: watch::channel(0).0,
@@ -624,11 +654,33 @@ impl Hub {
         }
     }
 
-    /// Pushes a client message to every other participant.
-    fn relay(&self, session: &Session, from: u64, message: Message) {
-        let peers = session.peers().clone();
-        for peer in peers.iter().filter(|p| p.conn != from) {
-            peer.mailbox.push(Out::Frame(message.clone()));
+    /// Hands an rtc frame to the participant's peer (started by its first offer); what
+    /// cannot be taken is answered with an error frame.
+    fn signal(&self, session: &Arc<Session>, me: &Peer, rtc: &mut Option<RtcPeer>, signal: Signal) {
+        if rtc.as_ref().is_some_and(RtcPeer::is_closed) {
+            *rtc = None;
+        }
+        let result = match rtc {
+            Some(peer) => peer.deliver(signal),
+            None if matches!(signal, Signal::Offer(_)) => {
+                let outlet = Arc::new(HubOutlet {
+                    session: session.clone(),
+                    conn: me.conn,
+                    mailbox: me.mailbox.clone(),
+                });
+                self.media
+                    .open(&session.id, &me.pid, outlet)
+                    .and_then(|peer| rtc.insert(peer).deliver(signal))
+            }
+            None => Err(
+                "out of order: this participant has no WebRTC peer connection; send an offer first"
+                    .into(),
+            ),
+        };
+        if let Err(detail) = result {
+            me.mailbox.push(Out::Frame(Message::Text(Utf8Bytes::from(
+                media::error_frame(&detail),
+            ))));
         }
     }
 
@@ -670,6 +722,45 @@ impl Hub {
     fn connection_guard(self: &Arc<Self>) -> ConnectionGuard {
         self.connections.send_modify(|n| *n += 1);
         ConnectionGuard(self.clone())
+    }
+}
+
+/// Pushes a session message to every other participant.
+fn relay(session: &Session, from: u64, message: Message) {
+    let peers = session.peers().clone();
+    for peer in peers.iter().filter(|p| p.conn != from) {
+        peer.mailbox.push(Out::Relay(message.clone()));
+    }
+}
+
+/// What the media plane may do to a participant: queue edge frames, relay its
+/// data-channel messages, switch its delivery to the data channel, disconnect it.
+struct HubOutlet {
+    session: Arc<Session>,
+    conn: u64,
+    mailbox: Arc<Mailbox>,
+}
+
+impl Outlet for HubOutlet {
+    fn send_frame(&self, text: String) {
+        self.mailbox
+            .push(Out::Frame(Message::Text(Utf8Bytes::from(text))));
+    }
+
+    fn set_data_channel(&self, channel: Option<Arc<DataOut>>) {
+        self.mailbox.set_data_channel(channel);
+    }
+
+    fn relay(&self, message: DataMessage) {
+        let message = match message {
+            DataMessage::Text(text) => Message::Text(Utf8Bytes::from(text)),
+            DataMessage::Binary(bytes) => Message::Binary(bytes),
+        };
+        relay(&self.session, self.conn, message);
+    }
+
+    fn kick(&self, code: u16, reason: &str) {
+        self.mailbox.kick(code, reason);
     }
 }
 
@@ -771,11 +862,7 @@ async fn participant(hub: Arc<Hub>, mut socket: WebSocket, session_id: String, p
     let _guard = hub.connection_guard();
     let conn = hub.next_conn.fetch_add(1, Ordering::Relaxed);
     let mailbox = Arc::new(Mailbox::new(hub.config.send_queue));
-    let peer = Peer {
-        pid: pid.as_str().into(),
-        conn,
-        mailbox: mailbox.clone(),
-    };
+    let peer = peer_of(&pid, conn, &mailbox);
     let session = match Box::pin(hub.join(&session_id, peer)).await {
         Ok(session) => session,
         Err(refusal) => {
@@ -789,7 +876,7 @@ async fn participant(hub: Arc<Hub>, mut socket: WebSocket, session_id: String, p
             return;
         }
     };
-    let end = pump(&hub, &session, conn, &mut socket, &mailbox).await;
+    let end = pump(&hub, &session, &peer_of(&pid, conn, &mailbox), &mut socket).await;
     mailbox.close();
     // Leave first (others see the new presence at once), then take the time to close.
     Box::pin(hub.leave(&session, conn)).await;
@@ -807,15 +894,26 @@ async fn participant(hub: Arc<Hub>, mut socket: WebSocket, session_id: String, p
     }
 }
 
+fn peer_of(pid: &str, conn: u64, mailbox: &Arc<Mailbox>) -> Peer {
+    Peer {
+        pid: pid.into(),
+        conn,
+        mailbox: mailbox.clone(),
+    }
+}
+
 /// Moves frames between the socket and the queue until the connection ends. Returns the
 /// close to send, if any (`None`: the client left or the socket failed).
 async fn pump(
     hub: &Hub,
-    session: &Session,
-    conn: u64,
+    session: &Arc<Session>,
+    me: &Peer,
     socket: &mut WebSocket,
-    mailbox: &Mailbox,
 ) -> Option<(u16, String)> {
+    let conn = me.conn;
+    let mailbox = &*me.mailbox;
+    // The participant's WebRTC peer, from its first offer; dropping it ends the peer.
+    let mut rtc: Option<RtcPeer> = None;
     let max = hub.config.max_message_bytes;
     let mut ping = tokio::time::interval_at(Instant::now() + PING_INTERVAL, PING_INTERVAL);
     let mut last_heard = Instant::now();
@@ -837,14 +935,21 @@ async fn pump(
                     Some(Err(error)) => return read_error_close(error, max),
                     Some(Ok(Message::Text(text))) => {
                         if text.as_str().starts_with(RESERVED_PREFIX) {
-                            return Some((
-                                CLOSE_POLICY,
-                                "text messages starting with {\"locus\" are reserved for the edge".into(),
-                            ));
+                            match media::parse_signal(text.as_str()) {
+                                Ok(signal) => hub.signal(session, me, &mut rtc, signal),
+                                Err(Err(detail)) => mailbox.push(Out::Frame(Message::Text(
+                                    Utf8Bytes::from(media::error_frame(&detail)),
+                                ))),
+                                Err(Ok(NotRtc)) => return Some((
+                                    CLOSE_POLICY,
+                                    "text messages starting with {\"locus\" are reserved for the edge (except {\"locus\":\"rtc\",…} signalling)".into(),
+                                )),
+                            }
+                            continue;
                         }
-                        hub.relay(session, conn, Message::Text(text));
+                        relay(session, conn, Message::Text(text));
                     }
-                    Some(Ok(message @ Message::Binary(_))) => hub.relay(session, conn, message),
+                    Some(Ok(message @ Message::Binary(_))) => relay(session, conn, message),
                     Some(Ok(_)) => {}
                 }
             }
@@ -875,6 +980,21 @@ async fn write_out(
         while let Some(out) = next.take() {
             match out {
                 Out::Frame(message) => socket.feed(message).await.map_err(|_| ())?,
+                Out::Relay(message) => match (mailbox.data_channel(), data_message(&message)) {
+                    (Some(channel), Some(data)) => match channel.send(&data).await {
+                        Ok(()) => {}
+                        Err(DataSendError::Full) => {
+                            mailbox.kick(CLOSE_POLICY, SLOW_DATA_CHANNEL);
+                            return Err(());
+                        }
+                        // The channel closed meanwhile: the websocket takes it.
+                        Err(DataSendError::Closed) => {
+                            mailbox.set_data_channel(None);
+                            socket.feed(message).await.map_err(|_| ())?;
+                        }
+                    },
+                    _ => socket.feed(message).await.map_err(|_| ())?,
+                },
                 Out::Close(code, reason) => return Ok(Some((code, reason))),
             }
             written += 1;
@@ -889,6 +1009,15 @@ async fn write_out(
         biased;
         () = mailbox.kicked.notified() => Err(()),
         result = write => result,
+    }
+}
+
+/// A session message as the data channel carries it.
+fn data_message(message: &Message) -> Option<DataMessage> {
+    match message {
+        Message::Text(text) => Some(DataMessage::Text(text.as_str().to_string())),
+        Message::Binary(bytes) => Some(DataMessage::Binary(bytes.clone())),
+        _ => None,
     }
 }
 

@@ -11,6 +11,9 @@
 //!   shutdown)`, which takes a bound listener so tests bind `127.0.0.1:0`.
 //! - [`hub`]: sessions: join-token checks, participants with bounded send queues,
 //!   relay in order per sender, presence, linger, slow-consumer eviction.
+//! - [`media`]: the media plane: one WebRTC peer per participant that asks (signalled
+//!   with `{"locus":"rtc",…}` frames on its websocket), RTP forwarded between a
+//!   session's peers (SFU), the `locus` data channel, ports and peer bounds.
 //! - [`spool`]: the durable local spool (SQLite) of audit entries and metrics samples,
 //!   with group commit, idempotency keys (edge id + sequence) and a size bound.
 //! - [`link`]: the locator link (tokio-tungstenite client): register, reports, spool
@@ -34,6 +37,7 @@ pub mod drain;
 pub mod hub;
 pub mod link;
 pub mod load;
+pub mod media;
 pub mod problem;
 pub mod server;
 pub mod spool;

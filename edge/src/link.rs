@@ -12,7 +12,8 @@
 //!    what the locator has, in order, in batches of at most [`MAX_SPOOL_BATCH`], one
 //!    batch in flight at a time; on `Ack { seq }` delete through `seq` and send the next
 //!    batch; pass `Drain` and `RoomsMoved` to the drain; send what the drain asks
-//!    (`Draining`, `DrainDeadline`).
+//!    (`Draining`, `DrainDeadline`); ping the locator every `heartbeat_interval_ms` of
+//!    the welcome (the heartbeat its failure detector judges this edge by).
 //!
 //! On any failure the edge reconnects with jittered exponential back-off (full jitter,
 //! [`BACKOFF_BASE`] doubling to [`BACKOFF_CAP`]; back to the base after a link that held
@@ -384,23 +385,35 @@ async fn connect_and_serve(
             report_interval_ms,
             acked_seq,
             suspended,
+            heartbeat_interval_ms,
         })) => {
             if protocol != PROTOCOL_VERSION {
                 return LinkError::Version(protocol);
             }
-            (report_interval_ms, acked_seq, suspended)
+            (
+                report_interval_ms,
+                acked_seq,
+                suspended,
+                heartbeat_interval_ms,
+            )
         }
         Ok(Ok(other)) => {
             return LinkError::Malformed(format!("expected welcome, got {other:?}"));
         }
     };
-    let (report_interval_ms, acked_seq, suspended) = welcome;
+    let (report_interval_ms, acked_seq, suspended, heartbeat_interval_ms) = welcome;
     let outcome = match state.spool.on_welcome(acked_seq).await {
         Ok(outcome) => outcome,
         Err(e) => return e.into(),
     };
     let interval = Duration::from_millis(report_interval_ms.clamp(100, 3_600_000));
     state.load.set_interval(interval);
+    // The heartbeat: as often as the locator asks (its failure detector counts on it),
+    // else once a report interval.
+    let heartbeat = match heartbeat_interval_ms {
+        0 => interval,
+        ms => Duration::from_millis(ms.clamp(20, 3_600_000)).min(interval),
+    };
     *established = true;
     state.link.connected.send_replace(Some(url.to_string()));
     tracing::info!(
@@ -409,6 +422,7 @@ async fn connect_and_serve(
         deleted = outcome.deleted,
         pending = state.spool.len(),
         report_interval_ms,
+        heartbeat_ms = heartbeat.as_millis() as u64,
         "registered with the locator"
     );
     if suspended {
@@ -416,7 +430,7 @@ async fn connect_and_serve(
             "this edge is SUSPENDED by an admin: it gets no new sessions unless no other edge is available; its sessions go on"
         );
     }
-    match serve(state, &mut ws, outbox, acked_seq, interval).await {
+    match serve(state, &mut ws, outbox, acked_seq, interval, heartbeat).await {
         Ok(()) => LinkError::Closed,
         Err(e) => e,
     }
@@ -428,6 +442,7 @@ async fn serve(
     outbox: &mut mpsc::Receiver<EdgeMessage>,
     acked_seq: u64,
     interval: Duration,
+    heartbeat_every: Duration,
 ) -> Result<(), LinkError> {
     let mut reports = state.load.subscribe();
     reports.mark_changed();
@@ -435,7 +450,9 @@ async fn serve(
     let mut sent_through = acked_seq;
     let mut in_flight: Option<u64> = None;
     let silent_limit = interval * 3 + Duration::from_secs(5);
-    let mut heartbeat = tokio::time::interval(interval);
+    // Ping the locator every heartbeat: the locator judges this edge's liveness by these
+    // (a stopped process stops pinging); their pongs tell this edge the locator is there.
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     loop {

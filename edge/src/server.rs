@@ -30,6 +30,7 @@ use crate::drain::Drain;
 use crate::hub::{Hub, HubConfig};
 use crate::link::LinkHandle;
 use crate::load::LoadMeter;
+use crate::media::Media;
 use crate::problem::Problem;
 use crate::spool::{Spool, SpoolError, SpoolOptions};
 
@@ -39,6 +40,7 @@ pub struct EdgeState {
     pub settings: Settings,
     pub token: EdgeToken,
     pub hub: Arc<Hub>,
+    pub media: Arc<Media>,
     pub spool: Spool,
     pub load: Arc<LoadMeter>,
     pub drain: Drain,
@@ -57,6 +59,7 @@ impl EdgeState {
             },
         )
         .await?;
+        let media = Media::new(settings.media.clone());
         let hub = Hub::new(
             HubConfig {
                 edge_id: settings.edge_id.clone(),
@@ -67,6 +70,7 @@ impl EdgeState {
             },
             JoinKey::from_edge_token(token.expose()),
             spool.clone(),
+            media.clone(),
         );
         let (link, outbox) = LinkHandle::new();
         Ok(Arc::new(EdgeState {
@@ -74,6 +78,7 @@ impl EdgeState {
             settings,
             token,
             hub,
+            media,
             spool,
             load: Arc::new(LoadMeter::new()),
             link,
@@ -94,6 +99,29 @@ pub struct Status {
     pub sessions: usize,
     pub connections: u32,
     pub spool: SpoolView,
+    pub rtc: RtcView,
+    pub process: ProcessView,
+}
+
+/// The media plane in `/v1/status`.
+#[derive(Debug, Serialize)]
+pub struct RtcView {
+    /// WebRTC peers alive now, and the most this edge serves (`--max-rtc-peers`).
+    pub peers: usize,
+    pub max_peers: usize,
+    /// Sessions with at least one WebRTC peer.
+    pub rooms: usize,
+    #[serde(flatten)]
+    pub counters: crate::media::MediaSnapshot,
+}
+
+/// Resources of the process, to see leaks from outside (tests count them).
+#[derive(Debug, Serialize)]
+pub struct ProcessView {
+    /// Tokio tasks alive.
+    pub tasks: usize,
+    /// Open file descriptors (`/proc/self/fd`); `null` where that is not readable.
+    pub fds: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -118,6 +146,17 @@ impl EdgeState {
                 len: spool.len,
                 last_seq: spool.last_seq,
                 max_entries: self.spool.max_entries(),
+            },
+            rtc: RtcView {
+                peers: self.media.peer_count(),
+                max_peers: self.media.config().max_peers,
+                rooms: self.media.room_count(),
+                counters: self.media.snapshot(),
+            },
+            process: ProcessView {
+                tasks: tokio::runtime::Handle::try_current()
+                    .map_or(0, |h| h.metrics().num_alive_tasks()),
+                fds: std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count()),
             },
         }
     }

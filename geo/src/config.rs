@@ -85,6 +85,15 @@ pub struct EdgeTiming {
     pub probe_timeout: Duration,
     /// How long a draining edge may keep its sessions before its rooms are moved.
     pub drain_deadline: Duration,
+    /// How often the locator pings each edge it holds over the link; the pong (or any
+    /// frame) tells it the edge is alive.
+    pub heartbeat_interval: Duration,
+    /// Silence on the link after which an edge becomes `suspect` (no new sessions; its
+    /// sessions, rooms and joins untouched) when its heartbeats have been regular.
+    pub suspect_after: Duration,
+    /// Ceiling of the adaptive suspect timeout: an edge whose heartbeats arrive with
+    /// jitter gets more time, never more than this.
+    pub suspect_after_max: Duration,
 }
 
 impl Default for EdgeTiming {
@@ -95,6 +104,9 @@ impl Default for EdgeTiming {
             grace_period: Duration::from_secs(30),
             probe_timeout: Duration::from_secs(2),
             drain_deadline: Duration::from_secs(300),
+            heartbeat_interval: Duration::from_millis(250),
+            suspect_after: Duration::from_secs(1),
+            suspect_after_max: Duration::from_millis(1_500),
         }
     }
 }
@@ -389,6 +401,12 @@ struct RawEdges {
     probe_timeout: Option<Spanned<String>>,
     #[serde(default)]
     drain_deadline: Option<Spanned<String>>,
+    #[serde(default)]
+    heartbeat_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    suspect_after: Option<Spanned<String>>,
+    #[serde(default)]
+    suspect_after_max: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -455,6 +473,47 @@ impl Issues {
             field: field.into(),
             message: message.into(),
         });
+    }
+}
+
+/// The failure detector's timeouts must nest: several heartbeats fit in the suspect
+/// timeout (one late pong is not a suspicion), and suspicion comes before the link is
+/// declared lost (`report_interval × missed_reports`), or it would never be seen.
+fn check_liveness_timing(issues: &mut Issues, raw: &RawEdges, t: &EdgeTiming) {
+    let mut problem = |value: &Option<Spanned<String>>, field: &str, message: String| match value {
+        Some(v) => issues.at(v, field, message),
+        None => issues.nowhere(field, message),
+    };
+    if t.suspect_after < t.heartbeat_interval * 2 {
+        problem(
+            &raw.suspect_after,
+            "edges.suspect_after",
+            format!(
+                "{:?} is less than twice edges.heartbeat_interval ({:?}): one late heartbeat would make an edge suspect; raise it or ping more often",
+                t.suspect_after, t.heartbeat_interval
+            ),
+        );
+    }
+    if t.suspect_after_max < t.suspect_after {
+        problem(
+            &raw.suspect_after_max,
+            "edges.suspect_after_max",
+            format!(
+                "{:?} is less than edges.suspect_after ({:?}): the ceiling of the adaptive timeout must be at least its floor",
+                t.suspect_after_max, t.suspect_after
+            ),
+        );
+    }
+    let lost_after = t.report_interval.saturating_mul(t.missed_reports);
+    if t.suspect_after_max >= lost_after {
+        problem(
+            &raw.suspect_after_max,
+            "edges.suspect_after_max",
+            format!(
+                "{:?} is not shorter than edges.report_interval × edges.missed_reports ({lost_after:?}): an edge must become suspect before its link counts as lost",
+                t.suspect_after_max
+            ),
+        );
     }
 }
 
@@ -633,7 +692,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                 Some(m) => m.value,
                 None => defaults.missed_reports,
             };
-            EdgeTiming {
+            let timing = EdgeTiming {
                 report_interval: duration_field(
                     &mut issues,
                     &e.report_interval,
@@ -659,7 +718,27 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                     "edges.drain_deadline",
                     defaults.drain_deadline,
                 ),
-            }
+                heartbeat_interval: duration_field(
+                    &mut issues,
+                    &e.heartbeat_interval,
+                    "edges.heartbeat_interval",
+                    defaults.heartbeat_interval,
+                ),
+                suspect_after: duration_field(
+                    &mut issues,
+                    &e.suspect_after,
+                    "edges.suspect_after",
+                    defaults.suspect_after,
+                ),
+                suspect_after_max: duration_field(
+                    &mut issues,
+                    &e.suspect_after_max,
+                    "edges.suspect_after_max",
+                    defaults.suspect_after_max,
+                ),
+            };
+            check_liveness_timing(&mut issues, e, &timing);
+            timing
         }
     };
 
@@ -1042,6 +1121,42 @@ regions:
         assert!(c.is_trusted_proxy("127.0.0.9".parse().expect("ip")));
         assert!(c.is_trusted_proxy("::ffff:127.0.0.1".parse().expect("ip")));
         assert!(!c.is_trusted_proxy("10.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn failure_detector_timeouts_must_nest() {
+        let with = |edges: &str| GOOD.replace("regions:\n", &format!("edges:\n{edges}regions:\n"));
+        let c = parse(&with(
+            "  heartbeat_interval: 200ms\n  suspect_after: 800ms\n",
+        ))
+        .expect("valid");
+        assert_eq!(c.edges.heartbeat_interval, Duration::from_millis(200));
+        assert_eq!(c.edges.suspect_after_max, Duration::from_millis(1_500));
+        let found = issues(&with(
+            "  heartbeat_interval: 600ms\n  suspect_after: 1s\n  suspect_after_max: 7s\n",
+        ));
+        let field = |name: &str| {
+            found
+                .iter()
+                .find(|i| i.field == name && i.line.is_some())
+                .unwrap_or_else(|| panic!("no issue for {name} in {found:#?}"))
+        };
+        assert!(
+            field("edges.suspect_after")
+                .message
+                .contains("twice edges.heartbeat_interval")
+        );
+        assert!(
+            field("edges.suspect_after_max")
+                .message
+                .contains("report_interval × edges.missed_reports")
+        );
+        let found = issues(&with("  suspect_after: 1200ms\n  suspect_after_max: 1s\n"));
+        assert!(
+            found.iter().any(|i| i.field == "edges.suspect_after_max"
+                && i.message.contains("at least its floor")),
+            "{found:#?}"
+        );
     }
 
     #[test]

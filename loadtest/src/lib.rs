@@ -5,6 +5,8 @@
 //!   simulated traffic has a realistic country mix (or from the built-in demo networks).
 //! - [`topology`]: the local topology of real `locator` and `edge` processes, and the
 //!   signals that inject faults (only into processes it started).
+//! - [`proxy`]: the TCP proxy each edge's locator link goes through, which cuts
+//!   (blackhole), slows down, resets and heals that link.
 //! - [`client`]: simulated users: sessions created or joined through the locator with
 //!   `X-Forwarded-For`, websockets to the edges, message rounds, re-joins.
 //! - [`record`]: what the clients saw, recorded as they go.
@@ -17,6 +19,7 @@
 pub mod addresses;
 pub mod client;
 pub mod html;
+pub mod proxy;
 pub mod record;
 pub mod report;
 pub mod run;

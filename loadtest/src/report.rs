@@ -57,11 +57,32 @@ pub struct FaultResult {
     pub avoided_after_ms: Option<u64>,
     /// Answers that named a dead edge after the fault.
     pub answers_to_dead_edges: u64,
+    /// Sessions hosted by the fault's edges that were disrupted in its window.
+    pub sessions_disrupted: u64,
+    /// Of those, disruptions of a fault that must not fail anything over (all of them
+    /// then), plus the edge marked failed by a locator in the window.
+    pub false_disruptions: u64,
+    /// `edge_failed` entries of the fault's edges in its window (audit log).
+    pub marked_failed: u64,
+    /// Joins (not creates) answered with one of the fault's edges in its window: a
+    /// suspect or link-lost edge still takes joins of its sessions.
+    pub joins_to_edge: u64,
     /// Rooms disrupted during the fault, and the longest time from a room's disruption
     /// to a participant back in it (through the locator, possibly on another edge).
     pub rooms_disrupted: u64,
     pub max_room_recovery_ms: Option<u64>,
     pub ok: bool,
+}
+
+/// Detection times of the faults of one kind (`edge-hang`: one per hang).
+#[derive(Debug, Clone, Serialize)]
+pub struct Detection {
+    pub faults: u64,
+    /// `avoided_after_ms` of each, in order.
+    pub avoided_after_ms: Vec<Option<u64>>,
+    pub p50_ms: Option<u64>,
+    pub max_ms: Option<u64>,
+    pub bound_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -119,6 +140,8 @@ pub struct Audit {
 pub struct AuditRows {
     /// `(kind, session, participant)` of edge rows.
     pub rows: Vec<(String, String, String)>,
+    /// `(edge, Unix ms)` of the locators' `edge_failed` rows.
+    pub edge_failures: Vec<(String, u64)>,
     pub unacknowledged: BTreeMap<String, u64>,
     pub note: Option<String>,
 }
@@ -186,6 +209,8 @@ pub struct Report {
     pub latency_ms: BTreeMap<String, Percentiles>,
     pub errors: Vec<ErrorCount>,
     pub faults: Vec<FaultResult>,
+    /// Detection time by fault kind, over the faults a kind has.
+    pub detection: BTreeMap<String, Detection>,
     pub fallback: Fallback,
     /// Successful answers by serving region.
     pub regions: BTreeMap<String, u64>,
@@ -405,9 +430,18 @@ pub fn build(inputs: Inputs) -> Report {
             };
             (after.map(|t| t.saturating_sub(fault.at_ms)), dead_count)
         };
-        let ok = avoided_after_ms.is_some_and(|ms| ms <= fault.bound_ms);
+        let avoided_ok = avoided_after_ms.is_some_and(|ms| ms <= fault.bound_ms);
+        let ok = avoided_ok || !fault.must_avoid;
         check(
-            &format!("{} avoided within its bound", fault.kind),
+            &format!(
+                "{} avoided within its bound{}",
+                fault.kind,
+                if fault.must_avoid {
+                    ""
+                } else {
+                    " (reported, not required)"
+                }
+            ),
             ok,
             match avoided_after_ms {
                 Some(ms) => format!(
@@ -420,7 +454,7 @@ pub fn build(inputs: Inputs) -> Report {
                 ),
             },
         );
-        // Rooms this fault disrupted must come back within the same bound.
+        // Rooms this fault disrupted must come back within its recovery bound.
         let window_end = fault.healing_ms.unwrap_or(end_ms) + disruption_slack_ms;
         let rooms: Vec<_> = records
             .sessions
@@ -439,7 +473,7 @@ pub fn build(inputs: Inputs) -> Report {
         let rooms_ok = rooms.iter().all(|s| {
             s.recovered_ms
                 .zip(s.disrupted_ms)
-                .is_some_and(|(r, d)| r.saturating_sub(d) <= fault.bound_ms)
+                .is_some_and(|(r, d)| r.saturating_sub(d) <= fault.recover_bound_ms)
         });
         if !rooms.is_empty() {
             check(
@@ -450,18 +484,100 @@ pub fn build(inputs: Inputs) -> Report {
                     fault.action,
                     rooms.len(),
                     max_room_recovery_ms.map_or_else(|| "-".into(), |m| m.to_string()),
-                    fault.bound_ms
+                    fault.recover_bound_ms
                 ),
             );
         }
+        // Sessions of the fault's edges disrupted in its window, and failures marked.
+        let in_window = |t: u64| t + 1_000 >= fault.at_ms && t <= window_end;
+        let sessions_disrupted = records
+            .sessions
+            .iter()
+            .filter(|s| fault.edges.contains(&s.edge))
+            .filter(|s| s.disrupted_ms.is_some_and(in_window))
+            .count() as u64;
+        let marked_failed = audit
+            .as_ref()
+            .map(|rows| {
+                rows.edge_failures
+                    .iter()
+                    .filter(|(edge, at)| {
+                        fault.edges.contains(edge) && in_window(at.saturating_sub(started_unix_ms))
+                    })
+                    .count() as u64
+            })
+            .unwrap_or(0);
+        let false_disruptions = if fault.failover_expected {
+            0
+        } else {
+            sessions_disrupted + marked_failed
+        };
+        let joins_to_edge = ok_answers
+            .iter()
+            .filter(|a| a.t_ms >= fault.at_ms && a.t_ms < until && !a.created && a.op != "burst")
+            .filter(|a| a.edge.as_ref().is_some_and(|e| fault.edges.contains(e)))
+            .count() as u64;
         fault_results.push(FaultResult {
             fault: fault.clone(),
             avoided_after_ms,
             answers_to_dead_edges: dead_answers,
             rooms_disrupted: rooms.len() as u64,
             max_room_recovery_ms,
-            ok: ok && rooms_ok,
+            sessions_disrupted,
+            false_disruptions,
+            marked_failed,
+            joins_to_edge,
+            ok: ok && rooms_ok && false_disruptions == 0,
         });
+    }
+    let no_failover: Vec<&FaultResult> = fault_results
+        .iter()
+        .filter(|f| !f.fault.failover_expected)
+        .collect();
+    if !no_failover.is_empty() {
+        let false_total: u64 = no_failover.iter().map(|f| f.false_disruptions).sum();
+        let marked: u64 = no_failover.iter().map(|f| f.marked_failed).sum();
+        check(
+            "no false failover",
+            false_total == 0,
+            format!(
+                "{} faults that must fail nothing over (stalls, slow or cut links, short hangs): {} sessions of their edges disrupted, {} edge_failed entries{}",
+                no_failover.len(),
+                false_total - marked,
+                marked,
+                if audit.as_ref().is_some_and(|a| a.note.is_none()) {
+                    ""
+                } else {
+                    " (audit log not read: failures not checked)"
+                }
+            ),
+        );
+    }
+    let mut detection: BTreeMap<String, Detection> = BTreeMap::new();
+    for f in &fault_results {
+        if f.fault.edges.is_empty() {
+            continue;
+        }
+        let d = detection
+            .entry(f.fault.kind.to_string())
+            .or_insert_with(|| Detection {
+                faults: 0,
+                avoided_after_ms: Vec::new(),
+                p50_ms: None,
+                max_ms: None,
+                bound_ms: f.fault.bound_ms,
+            });
+        d.faults += 1;
+        d.avoided_after_ms.push(f.avoided_after_ms);
+    }
+    for d in detection.values_mut() {
+        let mut seen: Vec<u64> = d.avoided_after_ms.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        d.max_ms = seen.last().copied();
+        // The median of the faults (an undetected one counts as the slowest).
+        if seen.len() == d.avoided_after_ms.len() && !seen.is_empty() {
+            d.p50_ms = Some(seen[(seen.len() - 1) / 2]);
+        }
     }
 
     // Balance of the burst, per region.
@@ -528,8 +644,10 @@ pub fn build(inputs: Inputs) -> Report {
     }
 
     // Sessions.
+    // Only a fault allowed to fail sessions over explains a disruption: during a stall or
+    // a cut link nothing may be disrupted.
     let explained = |t: u64| {
-        faults.iter().any(|f| {
+        faults.iter().filter(|f| f.failover_expected).any(|f| {
             t + 1_000 >= f.at_ms
                 && t <= f.healed_ms.unwrap_or(end_ms).max(f.at_ms + f.bound_ms)
                     + disruption_slack_ms
@@ -665,6 +783,7 @@ pub fn build(inputs: Inputs) -> Report {
         latency_ms,
         errors,
         faults: fault_results,
+        detection,
         fallback,
         regions,
         sessions_per_edge,
@@ -694,9 +813,11 @@ fn audit_figures(records: &Records, faults: &[Fault], rows: Option<AuditRows>) -
             ..Audit::default()
         };
     }
-    // Edges that were killed, hung or drained: a leave they saw may not have been spooled.
+    // Edges that were killed, hung past failure or drained: a leave they saw may not have
+    // been spooled. An edge whose link was cut, slowed or stalled must store every entry.
     let faulted: BTreeSet<&str> = faults
         .iter()
+        .filter(|f| f.failover_expected)
         .flat_map(|f| f.edges.iter().map(String::as_str))
         .collect();
     let mut stored: HashMap<(&str, &str, &str), u64> = HashMap::new();
@@ -848,23 +969,50 @@ pub fn terminal(report: &Report) -> String {
     if !report.faults.is_empty() {
         let _ = writeln!(
             w,
-            "\n{:<16} {:>7} {:>12} {:>9} {:>6} {:>6} {:>12}  action",
-            "fault", "at s", "avoided ms", "bound ms", "dead", "rooms", "room back ms"
+            "\n{:<16} {:>7} {:>12} {:>9} {:>6} {:>6} {:>12} {:>9} {:>6} {:>6}  action",
+            "fault",
+            "at s",
+            "avoided ms",
+            "bound ms",
+            "dead",
+            "rooms",
+            "room back ms",
+            "disrupted",
+            "false",
+            "joins"
         );
         for f in &report.faults {
             let _ = writeln!(
                 w,
-                "{:<16} {:>7.1} {:>12} {:>9} {:>6} {:>6} {:>12}  {}",
+                "{:<16} {:>7.1} {:>12} {:>9} {:>6} {:>6} {:>12} {:>9} {:>6} {:>6}  {}",
                 f.fault.kind,
                 f.fault.at_ms as f64 / 1000.0,
                 f.avoided_after_ms
                     .map_or_else(|| "never".to_string(), |m| m.to_string()),
-                f.fault.bound_ms,
+                if f.fault.must_avoid {
+                    f.fault.bound_ms.to_string()
+                } else {
+                    "-".to_string()
+                },
                 f.answers_to_dead_edges,
                 f.rooms_disrupted,
                 f.max_room_recovery_ms
                     .map_or_else(|| "-".to_string(), |m| m.to_string()),
+                f.sessions_disrupted,
+                f.false_disruptions,
+                f.joins_to_edge,
                 f.fault.action
+            );
+        }
+        for (kind, d) in &report.detection {
+            let ms = |m: Option<u64>| m.map_or_else(|| "-".to_string(), |m| m.to_string());
+            let _ = writeln!(
+                w,
+                "detection {kind}: {} faults, p50 {} ms, max {} ms (bound {} ms)",
+                d.faults,
+                ms(d.p50_ms),
+                ms(d.max_ms),
+                d.bound_ms
             );
         }
     }

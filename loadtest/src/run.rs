@@ -370,6 +370,7 @@ async fn read_audit(
         tokio::time::sleep(report_interval).await;
     }
     let mut rows = Vec::new();
+    let mut edge_failures = Vec::new();
     let mut before: Option<i64> = None;
     let mut errors = Vec::new();
     'pages: for _ in 0..10_000 {
@@ -400,6 +401,12 @@ async fn read_audit(
             };
         };
         for entry in page["entries"].as_array().into_iter().flatten() {
+            if entry["kind"] == "edge_failed" {
+                edge_failures.push((
+                    entry["edge_id"].as_str().unwrap_or_default().to_string(),
+                    entry["at_ms"].as_u64().unwrap_or_default(),
+                ));
+            }
             if entry["source"] != "edge" {
                 continue;
             }
@@ -419,6 +426,7 @@ async fn read_audit(
     }
     AuditRows {
         rows,
+        edge_failures,
         unacknowledged,
         note: None,
     }

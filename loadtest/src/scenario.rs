@@ -7,7 +7,11 @@
 //! | `steady` | load only |
 //! | `burst` | a burst of session creates on top of the load (balance) |
 //! | `edge-crash` | SIGKILL the busiest edge of a region that has another; restart it later (same id and spool) |
-//! | `edge-hang` | SIGSTOP that edge; SIGCONT later |
+//! | `edge-hang` | five hangs (SIGSTOP, then SIGCONT) of the busiest edge of a region that has another, each with its detection time: four short ones (shorter than the silence that loses a link) and a last one long enough to fail the edge |
+//! | `edge-stall` | SIGSTOP an edge for 1 s, then SIGCONT: no failover allowed |
+//! | `slow-link` | +300 ms each way on an edge's locator link, longer than the suspect timeouts: no failover allowed |
+//! | `link-partition` | blackhole an edge's locator link (packets held, connection open) for longer than `report_interval × missed_reports`, then heal: new sessions elsewhere, its sessions untouched, its spool stored once |
+//! | `link-flap` | cut and restore an edge's locator link three times, each cut longer than the suspect timeout: no failover allowed |
 //! | `region-outage` | SIGKILL every edge of the busiest region; restart them later |
 //! | `locator-restart` | SIGTERM locator replica 0, then start it again on the same port and database |
 //! | `rolling-drain` | for each edge of a region: start a replacement, SIGTERM the old one, wait until it exits |
@@ -22,6 +26,15 @@ use tokio::time::Instant;
 use crate::client::{self, Clients};
 use crate::topology::Topology;
 
+/// Hangs in one `edge-hang` phase.
+pub const HANGS: usize = 5;
+/// How long `edge-stall` stops the edge.
+pub const STALL: Duration = Duration::from_secs(1);
+/// The latency `slow-link` adds, each way.
+pub const SLOW_LINK: Duration = Duration::from_millis(300);
+/// Cuts in one `link-flap` phase.
+pub const FLAPS: usize = 3;
+
 /// One phase of a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -30,6 +43,10 @@ pub enum Step {
     Burst,
     EdgeCrash,
     EdgeHang,
+    EdgeStall,
+    SlowLink,
+    LinkPartition,
+    LinkFlap,
     RegionOutage,
     LocatorRestart,
     RollingDrain,
@@ -42,6 +59,10 @@ impl Step {
             Step::Burst => "burst",
             Step::EdgeCrash => "edge-crash",
             Step::EdgeHang => "edge-hang",
+            Step::EdgeStall => "edge-stall",
+            Step::SlowLink => "slow-link",
+            Step::LinkPartition => "link-partition",
+            Step::LinkFlap => "link-flap",
             Step::RegionOutage => "region-outage",
             Step::LocatorRestart => "locator-restart",
             Step::RollingDrain => "rolling-drain",
@@ -60,6 +81,10 @@ pub const SCENARIOS: &[&str] = &[
     "burst",
     "edge-crash",
     "edge-hang",
+    "edge-stall",
+    "slow-link",
+    "link-partition",
+    "link-flap",
     "region-outage",
     "locator-restart",
     "rolling-drain",
@@ -81,6 +106,10 @@ fn phases_of(name: &str) -> Option<Vec<Step>> {
         "burst" => vec![Step::Burst],
         "edge-crash" => vec![Step::EdgeCrash],
         "edge-hang" => vec![Step::EdgeHang],
+        "edge-stall" => vec![Step::EdgeStall],
+        "slow-link" => vec![Step::SlowLink],
+        "link-partition" => vec![Step::LinkPartition],
+        "link-flap" => vec![Step::LinkFlap],
         "region-outage" => vec![Step::RegionOutage],
         "locator-restart" => vec![Step::LocatorRestart],
         "rolling-drain" => vec![Step::RollingDrain],
@@ -89,6 +118,10 @@ fn phases_of(name: &str) -> Option<Vec<Step>> {
             Step::Burst,
             Step::EdgeCrash,
             Step::EdgeHang,
+            Step::EdgeStall,
+            Step::SlowLink,
+            Step::LinkPartition,
+            Step::LinkFlap,
             Step::RegionOutage,
             Step::LocatorRestart,
             Step::RollingDrain,
@@ -100,7 +133,8 @@ fn phases_of(name: &str) -> Option<Vec<Step>> {
 /// One injected fault.
 #[derive(Debug, Clone, Serialize)]
 pub struct Fault {
-    /// `edge-crash`, `edge-hang`, `region-outage`, `locator-restart`, `edge-drain`.
+    /// `edge-crash`, `edge-hang`, `edge-stall`, `slow-link`, `link-partition`,
+    /// `link-flap`, `region-outage`, `locator-restart`, `edge-drain`.
     pub kind: &'static str,
     /// What was done, for people.
     pub action: String,
@@ -118,6 +152,15 @@ pub struct Fault {
     /// Only answers creating new sessions count (a draining edge still takes joins of
     /// its sessions, by design).
     pub new_sessions_only: bool,
+    /// Whether answers must avoid the edges within `bound_ms` (a stall of a second or a
+    /// slow link may be avoided for a moment, and that is reported, not required).
+    pub must_avoid: bool,
+    /// Whether the fault may end or move sessions (a crash, a hang past the failure
+    /// deadline). When false, any session of the edges disrupted in the fault's window,
+    /// or an `edge_failed` of them, is a false failover.
+    pub failover_expected: bool,
+    /// Rooms disrupted by the fault must be back within this bound.
+    pub recover_bound_ms: u64,
 }
 
 /// One phase as it ran.
@@ -213,6 +256,214 @@ impl Runner<'_> {
         best.map(|(_, region, edges)| (region, edges))
     }
 
+    /// The busiest running edge of the busiest region that has another running edge
+    /// (new sessions have somewhere else to go), with its region.
+    fn victim(&self) -> Option<(String, String)> {
+        let (region, edges) = self.busiest(2)?;
+        Some((region, edges.into_iter().next()?))
+    }
+
+    /// Records a fault injected now; returns its index.
+    fn begin(&mut self, fault: Fault) -> usize {
+        self.faults.push(fault);
+        self.faults.len() - 1
+    }
+
+    fn topology(&mut self) -> Result<&mut Topology, String> {
+        self.topology
+            .as_deref_mut()
+            .ok_or_else(|| "no topology".into())
+    }
+
+    /// Waits until `id` is active on every locator again (after a heal).
+    async fn back_active(&mut self, id: &str) -> Result<(), String> {
+        let topology = self.topology.as_deref().ok_or("no topology")?;
+        topology
+            .wait_edges_active(&[id.to_string()], Duration::from_secs(30))
+            .await
+    }
+
+    /// `edge-hang`: five hangs, each of the busiest edge then, each its own fault with
+    /// its detection time. Four are shorter than the silence that loses a link (the
+    /// edge must be avoided fast, and nothing may fail); the last outlasts it and the
+    /// probe, so the edge fails and its rooms move, as a real hang would.
+    async fn hangs(
+        &mut self,
+        end: Instant,
+        timing: &locus_geo::config::EdgeTiming,
+    ) -> Result<(), String> {
+        tokio::time::sleep(self.options.duration / 5).await;
+        let lost_after = timing.report_interval * timing.missed_reports;
+        let detect = self.bound(timing.suspect_after_max + Duration::from_millis(500));
+        for n in 1..=HANGS {
+            let Some((region, id)) = self.victim() else {
+                self.notes
+                    .push("edge-hang: no region with two running edges; skipped".into());
+                break;
+            };
+            let long = n == HANGS;
+            // A short hang outlasts the suspect timeout well, and ends a second before
+            // the silence that loses a link: it must fail nothing.
+            let hold = if long {
+                lost_after + timing.probe_timeout + Duration::from_secs(3)
+            } else {
+                (timing.suspect_after_max + Duration::from_millis(1_500))
+                    .min(lost_after.saturating_sub(Duration::from_secs(1)))
+            };
+            let recover = timing.report_interval * (timing.missed_reports + 1)
+                + timing.probe_timeout
+                + Duration::from_secs(5);
+            let at_ms = self.now_ms();
+            self.topology()?.stop_edge(&id)?;
+            let index = self.begin(Fault {
+                kind: "edge-hang",
+                action: format!(
+                    "hang {n}/{HANGS}: SIGSTOP {id} ({region}) for {} ms{}",
+                    hold.as_millis(),
+                    if long {
+                        ", past the failure deadline"
+                    } else {
+                        ""
+                    }
+                ),
+                at_ms,
+                healing_ms: None,
+                healed_ms: None,
+                edges: vec![id.clone()],
+                bound_ms: detect,
+                // A suspect edge still takes joins of its sessions, by design: the goal is
+                // that it gets no new ones.
+                new_sessions_only: true,
+                must_avoid: true,
+                failover_expected: long,
+                recover_bound_ms: recover.as_millis() as u64,
+            });
+            tokio::time::sleep(hold).await;
+            self.faults[index].healing_ms = Some(self.now_ms());
+            self.topology()?.continue_edge(&id)?;
+            if !long {
+                self.back_active(&id).await?;
+            }
+            self.faults[index].healed_ms = Some(self.now_ms());
+            // Let the edge take sessions again before the next hang picks the busiest.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        self.sleep_until(end.max(Instant::now() + Duration::from_secs(2)))
+            .await;
+        Ok(())
+    }
+
+    /// `edge-stall`, `slow-link`, `link-partition`, `link-flap`: faults that must not
+    /// fail the edge over.
+    async fn link_or_stall(
+        &mut self,
+        step: Step,
+        end: Instant,
+        timing: &locus_geo::config::EdgeTiming,
+    ) -> Result<(), String> {
+        tokio::time::sleep(self.options.duration / 5).await;
+        let Some((region, id)) = self.victim() else {
+            self.notes.push(format!(
+                "{}: no region with two running edges; skipped",
+                step.name()
+            ));
+            self.sleep_until(end).await;
+            return Ok(());
+        };
+        let lost_after = timing.report_interval * timing.missed_reports;
+        let detect = self.bound(timing.suspect_after_max + Duration::from_millis(500));
+        let fault = |action: String, at_ms: u64, must_avoid: bool| Fault {
+            kind: step.name(),
+            action,
+            at_ms,
+            healing_ms: None,
+            healed_ms: None,
+            edges: vec![id.clone()],
+            bound_ms: detect,
+            // The edge's sessions stay there by design: joins of them may name it.
+            new_sessions_only: true,
+            must_avoid,
+            failover_expected: false,
+            recover_bound_ms: detect,
+        };
+        match step {
+            Step::EdgeStall => {
+                let at_ms = self.now_ms();
+                self.topology()?.stop_edge(&id)?;
+                let index = self.begin(fault(
+                    format!("SIGSTOP {id} ({region}) for 1 s, then SIGCONT"),
+                    at_ms,
+                    false,
+                ));
+                tokio::time::sleep(STALL).await;
+                self.faults[index].healing_ms = Some(self.now_ms());
+                self.topology()?.continue_edge(&id)?;
+                self.faults[index].healed_ms = Some(self.now_ms());
+            }
+            Step::SlowLink => {
+                let at_ms = self.now_ms();
+                self.topology()?.delay_link(&id, SLOW_LINK)?;
+                let hold = lost_after + Duration::from_secs(2);
+                let index = self.begin(fault(
+                    format!(
+                        "+{} ms each way on the locator link of {id} ({region}) for {} ms",
+                        SLOW_LINK.as_millis(),
+                        hold.as_millis()
+                    ),
+                    at_ms,
+                    false,
+                ));
+                tokio::time::sleep(hold).await;
+                self.faults[index].healing_ms = Some(self.now_ms());
+                self.topology()?.heal_link(&id)?;
+                self.faults[index].healed_ms = Some(self.now_ms());
+            }
+            Step::LinkPartition => {
+                let at_ms = self.now_ms();
+                self.topology()?.blackhole_link(&id)?;
+                let hold = lost_after + Duration::from_secs(2);
+                let index = self.begin(fault(
+                    format!(
+                        "blackhole the locator link of {id} ({region}) for {} ms (packets held, connection open), then heal",
+                        hold.as_millis()
+                    ),
+                    at_ms,
+                    true,
+                ));
+                tokio::time::sleep(hold).await;
+                self.faults[index].healing_ms = Some(self.now_ms());
+                self.topology()?.heal_link(&id)?;
+                self.back_active(&id).await?;
+                self.faults[index].healed_ms = Some(self.now_ms());
+            }
+            Step::LinkFlap => {
+                let cut = timing.suspect_after_max + Duration::from_millis(700);
+                for n in 1..=FLAPS {
+                    let at_ms = self.now_ms();
+                    self.topology()?.blackhole_link(&id)?;
+                    let index = self.begin(fault(
+                        format!(
+                            "cut {n}/{FLAPS}: blackhole the locator link of {id} ({region}) for {} ms, then heal",
+                            cut.as_millis()
+                        ),
+                        at_ms,
+                        true,
+                    ));
+                    tokio::time::sleep(cut).await;
+                    self.faults[index].healing_ms = Some(self.now_ms());
+                    self.topology()?.heal_link(&id)?;
+                    self.faults[index].healed_ms = Some(self.now_ms());
+                    tokio::time::sleep(cut).await;
+                }
+                self.back_active(&id).await?;
+            }
+            _ => {}
+        }
+        self.sleep_until(end.max(Instant::now() + Duration::from_secs(2)))
+            .await;
+        Ok(())
+    }
+
     async fn step(&mut self, step: Step, start: Instant) -> Result<(), String> {
         let d = self.options.duration;
         let end = start + d;
@@ -241,7 +492,11 @@ impl Runner<'_> {
                 .await;
                 self.sleep_until(end).await;
             }
-            Step::EdgeCrash | Step::EdgeHang | Step::RegionOutage => {
+            Step::EdgeHang => self.hangs(end, &timing).await?,
+            Step::EdgeStall | Step::SlowLink | Step::LinkPartition | Step::LinkFlap => {
+                self.link_or_stall(step, end, &timing).await?
+            }
+            Step::EdgeCrash | Step::RegionOutage => {
                 tokio::time::sleep(d / 5).await;
                 let outage = step == Step::RegionOutage;
                 let Some((region, edges)) = self.busiest(if outage { 1 } else { 2 }) else {
@@ -257,26 +512,15 @@ impl Runner<'_> {
                 } else {
                     edges.into_iter().take(1).collect()
                 };
-                let computed = match step {
-                    Step::EdgeHang => {
-                        timing.report_interval * (timing.missed_reports + 1)
-                            + timing.probe_timeout
-                            + Duration::from_secs(5)
-                    }
-                    _ => timing.probe_timeout + timing.report_interval + Duration::from_secs(5),
-                };
+                let computed =
+                    timing.probe_timeout + timing.report_interval + Duration::from_secs(5);
                 let bound_ms = self.bound(computed);
                 let at_ms = self.now_ms();
                 let topology = self.topology.as_deref_mut().ok_or("no topology")?;
                 for id in &victims {
-                    if step == Step::EdgeHang {
-                        topology.stop_edge(id)?;
-                    } else {
-                        topology.kill_edge(id)?;
-                    }
+                    topology.kill_edge(id)?;
                 }
                 let action = match step {
-                    Step::EdgeHang => format!("SIGSTOP {} ({region})", victims.join(", ")),
                     Step::RegionOutage => {
                         format!("SIGKILL every edge of {region}: {}", victims.join(", "))
                     }
@@ -292,6 +536,9 @@ impl Runner<'_> {
                     edges: victims.clone(),
                     bound_ms,
                     new_sessions_only: false,
+                    must_avoid: true,
+                    failover_expected: true,
+                    recover_bound_ms: bound_ms,
                 });
                 let heal_at = (start + d * 7 / 10)
                     .max(Instant::now() + Duration::from_millis(bound_ms + 1_000));
@@ -299,11 +546,7 @@ impl Runner<'_> {
                 self.faults[index].healing_ms = Some(self.now_ms());
                 let topology = self.topology.as_deref_mut().ok_or("no topology")?;
                 for id in &victims {
-                    if step == Step::EdgeHang {
-                        topology.continue_edge(id)?;
-                    } else {
-                        topology.restart_edge(id).await?;
-                    }
+                    topology.restart_edge(id).await?;
                 }
                 self.faults[index].healed_ms = Some(self.now_ms());
                 self.sleep_until(end.max(Instant::now() + Duration::from_secs(2)))
@@ -328,6 +571,9 @@ impl Runner<'_> {
                     edges: Vec::new(),
                     bound_ms,
                     new_sessions_only: false,
+                    must_avoid: true,
+                    failover_expected: true,
+                    recover_bound_ms: bound_ms,
                 });
                 self.sleep_until(end.max(Instant::now() + Duration::from_secs(2)))
                     .await;
@@ -360,6 +606,9 @@ impl Runner<'_> {
                         edges: vec![old.clone()],
                         bound_ms,
                         new_sessions_only: true,
+                        must_avoid: true,
+                        failover_expected: true,
+                        recover_bound_ms: bound_ms,
                     });
                     let topology = self.topology.as_deref_mut().ok_or("no topology")?;
                     let exited = topology.wait_edge_exit(&old, deadline).await?;

@@ -1,7 +1,10 @@
 //! A local topology of real processes: one locator (or several replicas on one Postgres
 //! database) and N edges per region, started from the built `locator` and `edge`
-//! binaries, on loopback ports. Faults are signals sent to those processes by pid
+//! binaries, on loopback ports. Process faults are signals sent to those processes by pid
 //! (`kill -KILL/-STOP/-CONT/-TERM`): only processes this module started are ever touched.
+//! Link faults go through the [`LinkProxy`] every edge's locator link passes (one per
+//! edge and locator): blackhole, delay, reset, heal. The locator probes the edge's
+//! `/healthz` directly, as it would across a cut link that clients still reach.
 //! Dropping the topology resumes stopped processes and kills every child.
 
 use std::net::TcpListener;
@@ -10,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use locus_geo::config::Config;
+
+use crate::proxy::LinkProxy;
 
 /// How to start the topology.
 #[derive(Debug, Clone)]
@@ -50,6 +55,8 @@ pub struct EdgeProcess {
     spool_dir: PathBuf,
     child: Option<Child>,
     stopped: bool,
+    /// The edge's link to each locator replica, in the replicas' order.
+    links: Vec<LinkProxy>,
 }
 
 /// The running processes.
@@ -150,6 +157,7 @@ impl Topology {
             for n in 1..=topology.options.edges_per_region {
                 let port = free_port().map_err(|e| format!("no free port: {e}"))?;
                 let id = format!("{region}-{n}");
+                let links = topology.link_proxies()?;
                 topology.edges.push(EdgeProcess {
                     spool_dir: topology.options.work_dir.join(format!("spool-{id}")),
                     id,
@@ -157,6 +165,7 @@ impl Topology {
                     port,
                     child: None,
                     stopped: false,
+                    links,
                 });
             }
         }
@@ -228,9 +237,26 @@ impl Topology {
         Ok(())
     }
 
+    /// A proxy in front of each locator replica, for one edge's link.
+    fn link_proxies(&self) -> Result<Vec<LinkProxy>, String> {
+        self.locators
+            .iter()
+            .map(|l| {
+                LinkProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], l.port)))
+                    .map_err(|e| format!("cannot start a link proxy: {e}"))
+            })
+            .collect()
+    }
+
     fn spawn_edge(&mut self, i: usize) -> Result<(), String> {
-        let locators = self.locator_urls().join(",");
         let edge = &self.edges[i];
+        // The edge reaches its locators only through its link proxies.
+        let locators = edge
+            .links
+            .iter()
+            .map(|p| format!("http://{}", p.addr()))
+            .collect::<Vec<_>>()
+            .join(",");
         let log = self.log_file(&format!("edge-{}", edge.id))?;
         let child = Command::new(self.options.bin_dir.join("edge"))
             .args(["--locator", &locators])
@@ -371,6 +397,35 @@ impl Topology {
         Ok(())
     }
 
+    /// The link proxies of an edge.
+    fn links(&self, id: &str) -> Result<&[LinkProxy], String> {
+        Ok(&self.edges[self.edge_index(id)?].links)
+    }
+
+    /// Cuts the edge's locator links: nothing passes, the connections stay open.
+    pub fn blackhole_link(&self, id: &str) -> Result<(), String> {
+        self.links(id)?.iter().for_each(LinkProxy::blackhole);
+        Ok(())
+    }
+
+    /// Adds `delay` each way on the edge's locator links.
+    pub fn delay_link(&self, id: &str, delay: Duration) -> Result<(), String> {
+        self.links(id)?.iter().for_each(|p| p.delay(delay));
+        Ok(())
+    }
+
+    /// Resets the edge's open locator links (TCP RST).
+    pub fn reset_link(&self, id: &str) -> Result<(), String> {
+        self.links(id)?.iter().for_each(LinkProxy::reset);
+        Ok(())
+    }
+
+    /// Restores the edge's locator links: what a blackhole held is delivered.
+    pub fn heal_link(&self, id: &str) -> Result<(), String> {
+        self.links(id)?.iter().for_each(LinkProxy::heal);
+        Ok(())
+    }
+
     /// SIGTERM: the edge drains and exits by itself.
     pub fn terminate_edge(&mut self, id: &str) -> Result<(), String> {
         let i = self.edge_index(id)?;
@@ -418,6 +473,7 @@ impl Topology {
         self.replacements += 1;
         let id = format!("{region}-r{}", self.replacements);
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let links = self.link_proxies()?;
         self.edges.push(EdgeProcess {
             spool_dir: self.options.work_dir.join(format!("spool-{id}")),
             id: id.clone(),
@@ -425,6 +481,7 @@ impl Topology {
             port,
             child: None,
             stopped: false,
+            links,
         });
         let i = self.edges.len() - 1;
         self.spawn_edge(i)?;

@@ -1,6 +1,8 @@
 //! The `loadtest` binary end to end against a small real topology: a locator and two edge
 //! processes in each of two regions (the built `locator` and `edge` binaries, SQLite),
-//! fast edge timing, a short `steady,edge-crash` run with tiny counts. Asserts the JSON
+//! fast edge timing, a short `steady,edge-crash` run with tiny counts, and a short run of
+//! the failure detector's faults (`edge-hang,edge-stall,link-partition`: five hangs, a
+//! 1 s stall, a cut locator link through the load test's proxy). Asserts the JSON
 //! report's invariants and figures, and that the HTML report has its charts.
 //!
 //! `cargo test --workspace` (the README's test command) builds every binary before any
@@ -16,10 +18,13 @@ trusted_proxies: [127.0.0.0/8, "::1"]
 default_region: us-east
 edges:
   report_interval: 500ms
-  missed_reports: 2
+  missed_reports: 8
   grace_period: 5s
   probe_timeout: 500ms
   drain_deadline: 5s
+  heartbeat_interval: 150ms
+  suspect_after: 600ms
+  suspect_after_max: 1s
 regions:
   - id: us-east
     name: US East
@@ -60,10 +65,11 @@ fn bin_dir() -> PathBuf {
     dir
 }
 
-#[test]
-fn steady_then_edge_crash_keeps_every_invariant() {
+/// Runs `loadtest --scenario <scenario>` with tiny counts in a fresh folder named
+/// `name`; returns the folder, the JSON report and the terminal output.
+fn run_loadtest(name: &str, scenario: &str) -> (PathBuf, serde_json::Value, String) {
     let bins = bin_dir();
-    let dir = std::env::temp_dir().join(format!("locus-loadtest-test-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("locus-loadtest-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     let config = dir.join("regions.yaml");
@@ -71,7 +77,7 @@ fn steady_then_edge_crash_keeps_every_invariant() {
     let out = dir.join("out");
 
     let output = Command::new(env!("CARGO_BIN_EXE_loadtest"))
-        .args(["--scenario", "steady,edge-crash"])
+        .args(["--scenario", scenario])
         .arg("--config")
         .arg(&config)
         .arg("--bin-dir")
@@ -102,9 +108,17 @@ fn steady_then_edge_crash_keeps_every_invariant() {
         output.status
     );
 
-    let json = std::fs::read(out.join("report-steady+edge-crash.json")).expect("JSON report");
+    let file = format!("report-{}.json", scenario.replace(',', "+"));
+    let json = std::fs::read(out.join(file)).expect("JSON report");
     let report: serde_json::Value = serde_json::from_slice(&json).expect("JSON");
     assert_eq!(report["ok"], true, "{stdout}");
+    (dir, report, stdout.into_owned())
+}
+
+#[test]
+fn steady_then_edge_crash_keeps_every_invariant() {
+    let (dir, report, _) = run_loadtest("crash", "steady,edge-crash");
+    let out = dir.join("out");
     for invariant in report["invariants"].as_array().expect("invariants") {
         assert_eq!(invariant["ok"], true, "{invariant}");
     }
@@ -152,5 +166,70 @@ fn steady_then_edge_crash_keeps_every_invariant() {
     assert_eq!(html.matches("<svg").count(), 4, "four charts");
     assert!(!html.contains("<script"), "no script");
     assert!(!html.contains(" src="), "no external resource");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The failure detector against real faults: each hang avoided within its bound (the
+/// suspect timeout, not the long silence), a 1 s stall and a cut link that fail nothing
+/// over, the cut link's spool stored once after it heals.
+#[test]
+fn hangs_are_avoided_fast_and_stalls_and_cut_links_fail_nothing_over() {
+    let (dir, report, stdout) = run_loadtest("detect", "edge-hang,edge-stall,link-partition");
+    for invariant in report["invariants"].as_array().expect("invariants") {
+        assert_eq!(invariant["ok"], true, "{invariant}\n{stdout}");
+    }
+    let names: Vec<&str> = report["invariants"]
+        .as_array()
+        .expect("invariants")
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert!(names.contains(&"no false failover"), "{names:?}");
+    let faults = report["faults"].as_array().expect("faults");
+    let of = |kind: &str| -> Vec<&serde_json::Value> {
+        faults.iter().filter(|f| f["kind"] == kind).collect()
+    };
+    let hangs = of("edge-hang");
+    assert_eq!(hangs.len(), 5, "{stdout}");
+    for hang in &hangs {
+        let avoided = hang["avoided_after_ms"]
+            .as_u64()
+            .expect("each hang detected");
+        assert!(
+            avoided <= hang["bound_ms"].as_u64().expect("bound"),
+            "{hang}"
+        );
+    }
+    let detection = &report["detection"]["edge-hang"];
+    assert_eq!(detection["faults"], 5, "{detection}");
+    assert!(
+        detection["max_ms"].as_u64().expect("max")
+            <= detection["bound_ms"].as_u64().expect("bound")
+    );
+    // The four short hangs, the stall and the cut link fail nothing over.
+    for fault in hangs[..4]
+        .iter()
+        .chain(of("edge-stall").iter())
+        .chain(of("link-partition").iter())
+    {
+        assert_eq!(fault["failover_expected"], false, "{fault}");
+        assert_eq!(fault["false_disruptions"], 0, "{fault}");
+        assert_eq!(fault["marked_failed"], 0, "{fault}");
+    }
+    let partition = of("link-partition");
+    assert_eq!(partition.len(), 1, "{stdout}");
+    assert!(
+        partition[0]["avoided_after_ms"]
+            .as_u64()
+            .expect("cut link avoided")
+            <= partition[0]["bound_ms"].as_u64().expect("bound")
+    );
+    // The spools (the cut edge's included) were stored once each.
+    let audit = &report["audit"];
+    assert_eq!(audit["checked"], true, "{audit}");
+    assert_eq!(audit["lost_joined"], 0, "{audit}");
+    assert_eq!(audit["duplicated_joined"], 0, "{audit}");
+    assert_eq!(audit["lost_left"], 0, "{audit}");
+    assert_eq!(audit["duplicated_left"], 0, "{audit}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,8 +10,8 @@
   const REGION_LABEL = { healthy: 'Healthy', degraded: 'Degraded', down: 'Down', fallback: 'Served by fallback' };
   const REGION_ICON = { healthy: '✓', degraded: '!', down: '✕', fallback: '↪' };
   const REGION_ORDER = ['healthy', 'degraded', 'down', 'fallback'];
-  const EDGE_LABEL = { active: 'active', suspended: 'suspended', draining: 'draining', 'link-lost': 'link lost', failed: 'failed' };
-  const EDGE_ORDER = ['active', 'suspended', 'draining', 'link-lost', 'failed'];
+  const EDGE_LABEL = { active: 'active', suspended: 'suspended', draining: 'draining', suspect: 'suspect', 'link-lost': 'link lost', failed: 'failed' };
+  const EDGE_ORDER = ['active', 'suspended', 'draining', 'suspect', 'link-lost', 'failed'];
   const FAILED_SHORT = { 'health-probe-failed': 'process gone', 'grace-expired': 'grace period over', drained: 'drained' };
   // No event for this long (the server sends one at least every second): the stream is dead.
   const STALE_MS = 4500;

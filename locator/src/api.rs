@@ -50,6 +50,7 @@ pub fn router(state: AppRef) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(crate::admin::routes())
+        .merge(crate::try_page::routes())
         .fallback(not_found)
         .layer(CountRequests(state.clone()))
         .with_state(state)

@@ -228,6 +228,13 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket) {
             .as_millis() as u64,
         acked_seq,
         suspended,
+        heartbeat_interval_ms: state
+            .routing
+            .load()
+            .config
+            .edges
+            .heartbeat_interval
+            .as_millis() as u64,
     };
     if send(&mut socket, &welcome).await.is_err() {
         let effect = state
@@ -253,9 +260,16 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket) {
             incoming = socket.recv() => match incoming {
                 None | Some(Err(_)) => break Ok(()),
                 Some(Ok(Message::Close(_))) => break Ok(()),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                // The edge's heartbeat (the websocket answers it with a pong by itself).
+                Some(Ok(Message::Ping(_))) => {
+                    state.registry.heard(&edge_id, conn_id, true, Instant::now());
+                }
+                Some(Ok(Message::Pong(_))) => {
+                    state.registry.heard(&edge_id, conn_id, false, Instant::now());
+                }
                 Some(Ok(Message::Binary(_))) => break Err(Refusal("binary frames are not part of the protocol".into())),
                 Some(Ok(Message::Text(text))) => {
+                    state.registry.heard(&edge_id, conn_id, false, Instant::now());
                     let message = match serde_json::from_str::<EdgeMessage>(&text) {
                         Ok(m) => m,
                         Err(e) => break Err(Refusal(format!("malformed message: {e}"))),

@@ -13,6 +13,7 @@
 //! - [`api`]: the HTTP routes; [`problem`] their errors; [`client_ip`] the client address
 //!   behind trusted proxies; [`turn`] ICE servers and TURN credentials, chosen by the
 //!   checks of [`turn_health`] (STUN Binding / TURN Allocate against every pool's servers).
+//! - [`try_page`]: the "try it" page (`/try`), built on the client library of `clients/js`.
 //! - [`store`]: sessions, rooms, edges, audit and metrics in SQLite or Postgres.
 //! - [`cluster`]: several locators on one Postgres database (edge state published by
 //!   the locator holding each edge, assignments and admin actions sent to all).
@@ -37,5 +38,6 @@ pub mod selection;
 pub mod server;
 pub mod snapshot;
 pub mod store;
+pub mod try_page;
 pub mod turn;
 pub mod turn_health;

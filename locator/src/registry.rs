@@ -20,7 +20,7 @@ use locus_protocol::{LoadReport, LocatorMessage, Register};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use crate::edge_state::{EdgeStatus, Effect, Liveness, PublishedStatus};
+use crate::edge_state::{EdgeStatus, Effect, Liveness, Probe, PublishedStatus};
 use crate::snapshot::{EdgeView, RegistrySnapshot};
 use crate::store::{LiveEdge, PublishedEdge, PublishedLiveness};
 
@@ -238,6 +238,30 @@ impl Registry {
         .is_some()
     }
 
+    /// A heartbeat (`heartbeat: true`, the edge's websocket ping) or another frame
+    /// arrived over link `conn_id`. Cheap on the common path: the snapshot is rebuilt (and
+    /// the change published to other locators) only when the edge's state changes, e.g.
+    /// a suspect edge answering again.
+    pub fn heard(&self, edge_id: &str, conn_id: u64, heartbeat: bool, now: Instant) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.edges.get_mut(edge_id) else {
+            return;
+        };
+        if entry.link.as_ref().map(|l| l.conn_id) != Some(conn_id) {
+            return;
+        }
+        let before = entry.status.state();
+        if heartbeat {
+            entry.status.on_heartbeat(now);
+        } else {
+            entry.status.on_heard(now);
+        }
+        if entry.status.state() != before {
+            entry.touch();
+            self.publish(&inner);
+        }
+    }
+
     /// The edge announced it is draining.
     pub fn draining(&self, edge_id: &str, conn_id: u64) -> bool {
         self.with_current_link(edge_id, conn_id, |entry| {
@@ -278,13 +302,13 @@ impl Registry {
         effects
     }
 
-    /// Result of a `/healthz` probe of a link-lost edge.
-    pub fn probe_result(&self, edge_id: &str, healthy: bool) -> Effect {
+    /// Result of a `/healthz` probe of a suspect or link-lost edge.
+    pub fn probe_result(&self, edge_id: &str, probe: Probe) -> Effect {
         let mut inner = self.lock();
         let Some(entry) = inner.edges.get_mut(edge_id) else {
             return Effect::None;
         };
-        let effect = entry.status.on_probe(healthy);
+        let effect = entry.status.on_probe(probe);
         entry.touch();
         self.publish(&inner);
         effect
@@ -368,6 +392,7 @@ impl Registry {
                     claim_rev: e.claim_rev,
                     liveness: match e.status.liveness {
                         Liveness::Connected => PublishedLiveness::Connected,
+                        Liveness::Suspect { .. } => PublishedLiveness::Suspect,
                         Liveness::LinkLost { .. } => PublishedLiveness::LinkLost,
                         Liveness::Failed { why } => PublishedLiveness::Failed(why),
                     },
@@ -416,6 +441,7 @@ impl Registry {
             }
             let liveness = match row.liveness {
                 PublishedLiveness::Connected => Liveness::Connected,
+                PublishedLiveness::Suspect => Liveness::Suspect { since: now },
                 PublishedLiveness::LinkLost => Liveness::LinkLost { since: now },
                 PublishedLiveness::Failed(why) => Liveness::Failed { why },
             };

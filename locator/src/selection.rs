@@ -263,6 +263,9 @@ pub fn candidates(
                 EdgeState::Draining => {
                     Some("draining: new sessions only when nothing else is left")
                 }
+                EdgeState::Suspect => {
+                    Some("suspect: heartbeats late; only joins of its existing sessions")
+                }
                 EdgeState::LinkLost => Some("link lost: only joins of its existing sessions"),
                 EdgeState::Failed => Some("failed: no sessions at all"),
             };
@@ -315,6 +318,7 @@ struct Tally {
     headroom: f64,
     suspended: u32,
     draining: u32,
+    suspect: u32,
     link_lost: u32,
     failed: u32,
 }
@@ -325,6 +329,7 @@ impl Tally {
             EdgeState::Active => self.active,
             EdgeState::Suspended => self.suspended,
             EdgeState::Draining => self.draining,
+            EdgeState::Suspect => self.suspect,
             EdgeState::LinkLost => self.link_lost,
             EdgeState::Failed => self.failed,
         }
@@ -374,6 +379,7 @@ impl Survey {
                         }
                         EdgeState::Suspended => t.suspended += 1,
                         EdgeState::Draining => t.draining += 1,
+                        EdgeState::Suspect => t.suspect += 1,
                         EdgeState::LinkLost => t.link_lost += 1,
                         EdgeState::Failed => t.failed += 1,
                     }
@@ -543,6 +549,7 @@ impl Detail {
             (t.active, "active"),
             (t.failed, "failed"),
             (t.link_lost, "link-lost"),
+            (t.suspect, "suspect"),
             (t.draining, "draining"),
             (t.suspended, "suspended"),
         ] {

@@ -180,12 +180,12 @@ pub async fn apply_effect(state: &Arc<AppState>, edge_id: &str, effect: Effect) 
             let edge_id = edge_id.to_string();
             tokio::spawn(async move {
                 let timeout = state.routing.load().config.edges.probe_timeout;
-                let healthy = match state.registry.public_url(&edge_id) {
+                let probe = match state.registry.public_url(&edge_id) {
                     Some(url) => crate::probe::healthz(&url, timeout).await,
-                    None => false,
+                    None => crate::edge_state::Probe::Dead,
                 };
-                tracing::info!(edge = %edge_id, healthy, "probed the /healthz of an edge whose link is lost");
-                if let Effect::Failed(why) = state.registry.probe_result(&edge_id, healthy) {
+                tracing::info!(edge = %edge_id, ?probe, "probed the /healthz of a suspect or link-lost edge");
+                if let Effect::Failed(why) = state.registry.probe_result(&edge_id, probe) {
                     edge_failed(&state, &edge_id, why).await;
                 }
             });
@@ -241,9 +241,13 @@ async fn edge_failed(state: &Arc<AppState>, edge_id: &str, why: crate::edge_stat
         .await;
 }
 
+/// How often the registry's clocks tick: the granularity of the failure detector
+/// (suspicion comes at most this late after its timeout).
+pub const TICK: Duration = Duration::from_millis(100);
+
 /// Ticks the registry's clocks.
 async fn tick_loop(state: Arc<AppState>) {
-    let mut interval = tokio::time::interval(Duration::from_millis(500));
+    let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         interval.tick().await;

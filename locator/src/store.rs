@@ -958,6 +958,7 @@ impl Channel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PublishedLiveness {
     Connected,
+    Suspect,
     LinkLost,
     Failed(crate::edge_state::FailReason),
 }

@@ -56,10 +56,23 @@ fn status(state: EdgeState) -> EdgeStatus {
             s.on_link_closed(now);
             s
         }
+        EdgeState::Suspect => {
+            let mut s = EdgeStatus::registered(now, false, false);
+            s.on_published(
+                &locus_locator::edge_state::PublishedStatus {
+                    liveness: locus_locator::edge_state::Liveness::Suspect { since: now },
+                    suspended: false,
+                    draining: false,
+                    age: std::time::Duration::ZERO,
+                },
+                now,
+            );
+            s
+        }
         EdgeState::Failed => {
             let mut s = EdgeStatus::registered(now, false, false);
             s.on_link_closed(now);
-            s.on_probe(false);
+            s.on_probe(locus_locator::edge_state::Probe::Dead);
             s
         }
     }
@@ -615,6 +628,7 @@ fn state_strategy() -> impl Strategy<Value = EdgeState> {
         3 => Just(EdgeState::Active),
         1 => Just(EdgeState::Suspended),
         1 => Just(EdgeState::Draining),
+        1 => Just(EdgeState::Suspect),
         1 => Just(EdgeState::LinkLost),
         1 => Just(EdgeState::Failed),
     ]
@@ -726,7 +740,7 @@ proptest! {
         let chosen = &snap.edges[sel.edge];
         let state = state_of(sel.edge);
         prop_assert!(
-            !matches!(state, EdgeState::Failed | EdgeState::LinkLost),
+            !matches!(state, EdgeState::Failed | EdgeState::LinkLost | EdgeState::Suspect),
             "a {} edge for a new session: {}", state, sel.detail
         );
         if any_active {

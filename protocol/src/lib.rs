@@ -162,6 +162,11 @@ pub enum LocatorMessage {
         acked_seq: u64,
         /// Admin suspension (shown by the edge in its logs; it still serves its sessions).
         suspended: bool,
+        /// How often the edge pings the locator over the link (its heartbeat; the
+        /// locator makes an edge whose heartbeats stop `suspect` within about a second).
+        /// 0, or absent (an older locator): once a report interval.
+        #[serde(default)]
+        heartbeat_interval_ms: u64,
     },
     /// Every spool entry up to `seq` is committed to the locator's database.
     Ack { seq: u64 },

@@ -35,7 +35,7 @@ pub const REGIONS: &str = r#"
 default_region: eu-west
 edges:
   report_interval: 200ms
-  missed_reports: 5
+  missed_reports: 10
   grace_period: 30s
   probe_timeout: 1s
   drain_deadline: 1m

@@ -261,7 +261,10 @@ pub fn regions(
             for row in counted {
                 n += 1;
                 taking += u32::from(row.takes_new_sessions);
-                serving += u32::from(matches!(row.state, EdgeState::Active | EdgeState::LinkLost));
+                serving += u32::from(matches!(
+                    row.state,
+                    EdgeState::Active | EdgeState::Suspect | EdgeState::LinkLost
+                ));
             }
             let own_state = if n > 0 && taking == n {
                 RegionState::Healthy
@@ -414,7 +417,7 @@ regions:
             }
             EdgeState::Failed => {
                 status.on_link_closed(now);
-                status.on_probe(false);
+                status.on_probe(crate::edge_state::Probe::Dead);
             }
             _ => {}
         }

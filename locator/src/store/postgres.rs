@@ -1065,6 +1065,7 @@ fn published_liveness(liveness: String, fail_reason: Option<String>) -> super::P
     use crate::edge_state::FailReason;
     match liveness.as_str() {
         "connected" => super::PublishedLiveness::Connected,
+        "suspect" => super::PublishedLiveness::Suspect,
         "link-lost" => super::PublishedLiveness::LinkLost,
         _ => super::PublishedLiveness::Failed(
             fail_reason
@@ -1198,6 +1199,7 @@ impl PostgresBackend {
                 claims.push(edge.claim_rev);
                 let (state, reason) = match edge.liveness {
                     super::PublishedLiveness::Connected => ("connected", None),
+                    super::PublishedLiveness::Suspect => ("suspect", None),
                     super::PublishedLiveness::LinkLost => ("link-lost", None),
                     super::PublishedLiveness::Failed(why) => ("failed", Some(why.as_str())),
                 };

@@ -1,0 +1,526 @@
+//! The media plane through a real `edge` process: two Rust WebRTC peers (the `webrtc`
+//! crate as a client) and a websocket-only participant in one session; signalling errors;
+//! the peer bound; 200 join/leave cycles that leave no peer, task or descriptor behind.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCIceGatheringState, RTCSessionDescription,
+};
+
+/// `{"locus":"rtc","type":…,"sdp":…}` with `locus` first, as reserved frames begin.
+fn rtc_frame(kind: &str, sdp: &str) -> String {
+    format!(
+        r#"{{"locus":"rtc","type":"{kind}","sdp":{}}}"#,
+        Value::String(sdp.to_string())
+    )
+}
+
+/// A running `edge` process on loopback; killed when dropped.
+struct EdgeProcess {
+    addr: SocketAddr,
+    child: Child,
+    log: PathBuf,
+}
+
+impl EdgeProcess {
+    async fn spawn(dir: &Path, extra: &[&str]) -> EdgeProcess {
+        let port = free_port().await;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let log = dir.join("edge.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_edge"))
+            .args(["--id", "edge-rtc", "--region", "eu-west"])
+            .args(["--listen", &addr.to_string()])
+            .args(["--public-url", &format!("http://{addr}")])
+            // No locator answers there: sessions do not need one.
+            .args(["--locator", "http://127.0.0.1:9"])
+            .arg("--spool-dir")
+            .arg(dir.join("spool"))
+            .args(["--rtc-listen", "127.0.0.1"])
+            .args(extra)
+            .env("LOCATOR_EDGE_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn the edge binary");
+        let edge = EdgeProcess { addr, child, log };
+        eventually("the edge process to listen", || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        edge
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn status(&self) -> Value {
+        let (code, body) = http(self.addr, "GET", "/v1/status", None).await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    async fn join(&self, session: &str, pid: &str) -> Client {
+        let token = mint("edge-rtc", session, pid, 300);
+        connect(&format!(
+            "ws://{}/v1/sessions/{session}/ws?token={token}",
+            self.addr
+        ))
+        .await
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Events of a client peer connection.
+struct ClientHandler {
+    gathered: watch::Sender<bool>,
+    /// RTP packets received on any remote track, with the time of each.
+    received: Arc<Mutex<Vec<Instant>>>,
+    tracks: Arc<AtomicU64>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for ClientHandler {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        self.gathered
+            .send_replace(state == RTCIceGatheringState::Complete);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        self.tracks.fetch_add(1, Ordering::Relaxed);
+        let received = self.received.clone();
+        tokio::spawn(async move {
+            while let Some(event) = track.poll().await {
+                match event {
+                    TrackRemoteEvent::OnRtpPacket(_) => {
+                        received.lock().expect("lock").push(Instant::now());
+                    }
+                    TrackRemoteEvent::OnEnded => break,
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+/// A WebRTC participant: a session websocket for signalling, a peer connection, a
+/// `locus` data channel.
+struct Peer {
+    pc: Arc<dyn PeerConnection>,
+    channel: Arc<dyn DataChannel>,
+    /// Text messages from the data channel, in order.
+    messages: mpsc::UnboundedReceiver<String>,
+    /// Frames for the websocket.
+    outgoing: mpsc::UnboundedSender<Message>,
+    /// rtc error frames the edge sent.
+    errors: Arc<Mutex<Vec<String>>>,
+    received: Arc<Mutex<Vec<Instant>>>,
+    tracks: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn wait_gathered(gathered: &mut watch::Receiver<bool>) {
+    within("ICE gathering", gathered.wait_for(|g| *g))
+        .await
+        .expect("gathering state");
+}
+
+impl Peer {
+    /// Joins, opens the peer (with an Opus track when `audio`), offers without trickle and
+    /// waits until the data channel is open.
+    async fn join(
+        edge: &EdgeProcess,
+        session: &str,
+        pid: &str,
+        audio: Option<u32>,
+    ) -> (Peer, Option<Arc<TrackLocalStaticRTP>>) {
+        let ws = edge.join(session, pid).await;
+        let (gathered_tx, mut gathered) = watch::channel(false);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let tracks = Arc::new(AtomicU64::new(0));
+        let mut engine = MediaEngine::default();
+        engine.register_default_codecs().expect("codecs");
+        let pc: Arc<dyn PeerConnection> = Arc::new(
+            PeerConnectionBuilder::new()
+                .with_media_engine(engine)
+                .with_handler(Arc::new(ClientHandler {
+                    gathered: gathered_tx,
+                    received: received.clone(),
+                    tracks: tracks.clone(),
+                }))
+                .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
+                .build()
+                .await
+                .expect("client peer"),
+        );
+        let channel = pc
+            .create_data_channel("locus", None)
+            .await
+            .expect("data channel");
+        let track = match audio {
+            Some(ssrc) => {
+                let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+                    format!("{pid}-stream"),
+                    format!("{pid}-audio"),
+                    format!("{pid}-audio"),
+                    RtpCodecKind::Audio,
+                    vec![RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(ssrc),
+                            ..Default::default()
+                        },
+                        codec: RTCRtpCodec {
+                            mime_type: "audio/opus".into(),
+                            clock_rate: 48000,
+                            channels: 2,
+                            sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+                            rtcp_feedback: vec![],
+                        },
+                        ..Default::default()
+                    }],
+                )));
+                pc.add_track(track.clone() as Arc<dyn TrackLocal>)
+                    .await
+                    .expect("add track");
+                Some(track)
+            }
+            None => None,
+        };
+        let (messages_tx, messages) = mpsc::unbounded_channel();
+        let (open_tx, mut open) = watch::channel(false);
+        {
+            let channel = channel.clone();
+            tokio::spawn(async move {
+                while let Some(event) = channel.poll().await {
+                    match event {
+                        DataChannelEvent::OnOpen => {
+                            open_tx.send_replace(true);
+                        }
+                        DataChannelEvent::OnMessage(message) => {
+                            let text = String::from_utf8(message.data.to_vec()).expect("utf-8");
+                            let _ = messages_tx.send(text);
+                        }
+                        DataChannelEvent::OnClose => break,
+                        _ => {}
+                    }
+                }
+            });
+        }
+        let offer = pc.create_offer(None).await.expect("offer");
+        pc.set_local_description(offer).await.expect("local offer");
+        wait_gathered(&mut gathered).await;
+        let sdp = pc.local_description().await.expect("local description").sdp;
+        let (outgoing, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        outgoing
+            .send(Message::text(rtc_frame("offer", &sdp)))
+            .expect("queue offer");
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let task = {
+            let pc = pc.clone();
+            let errors = errors.clone();
+            let outgoing = outgoing.clone();
+            let (mut sink, mut stream) = ws.split();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        frame = out_rx.recv() => match frame {
+                            Some(frame) => if sink.send(frame).await.is_err() { break },
+                            None => break,
+                        },
+                        frame = stream.next() => {
+                            let Some(Ok(Message::Text(text))) = frame else {
+                                if matches!(frame, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) { break }
+                                continue;
+                            };
+                            if !text.starts_with("{\"locus\":\"rtc\"") {
+                                continue;
+                            }
+                            let v: Value = serde_json::from_str(&text).expect("rtc JSON");
+                            match v["type"].as_str() {
+                                Some("answer") => {
+                                    let answer = RTCSessionDescription::answer(v["sdp"].as_str().expect("sdp").into()).expect("answer SDP");
+                                    pc.set_remote_description(answer).await.expect("apply the edge's answer");
+                                }
+                                Some("offer") => {
+                                    let offer = RTCSessionDescription::offer(v["sdp"].as_str().expect("sdp").into()).expect("offer SDP");
+                                    pc.set_remote_description(offer).await.expect("apply the edge's offer");
+                                    let answer = pc.create_answer(None).await.expect("answer");
+                                    pc.set_local_description(answer).await.expect("local answer");
+                                    let sdp = pc.local_description().await.expect("local").sdp;
+                                    let _ = outgoing.send(Message::text(rtc_frame("answer", &sdp)));
+                                }
+                                Some("error") => errors.lock().expect("lock").push(v["detail"].as_str().unwrap_or_default().to_string()),
+                                other => panic!("unexpected rtc frame {other:?}: {text}"),
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        within("the data channel to open", open.wait_for(|o| *o))
+            .await
+            .expect("open state");
+        (
+            Peer {
+                pc,
+                channel,
+                messages,
+                outgoing,
+                errors,
+                received,
+                tracks,
+                task,
+            },
+            track,
+        )
+    }
+
+    async fn next_message(&mut self) -> String {
+        within("a data-channel message", self.messages.recv())
+            .await
+            .expect("data channel open")
+    }
+
+    async fn leave(self) {
+        let _ = self.pc.close().await;
+        let _ = self.outgoing.send(Message::Close(None));
+        let _ = within("the signalling task to end", self.task).await;
+    }
+}
+
+/// Writes synthetic Opus packets (20 ms, 50 per second) until dropped.
+fn opus_source(track: Arc<TrackLocalStaticRTP>, ssrc: u32) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        let mut seq: u16 = 0;
+        let mut ts: u32 = 0;
+        loop {
+            tick.tick().await;
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: 111,
+                    sequence_number: seq,
+                    timestamp: ts,
+                    ssrc,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from(vec![0xf8; 80]),
+            };
+            // Before the leg is negotiated writes fail: keep the clock going anyway.
+            let _ = track.write_rtp(packet).await;
+            seq = seq.wrapping_add(1);
+            ts = ts.wrapping_add(960);
+        }
+    })
+}
+
+/// Reads websocket text messages that are not edge frames.
+async fn next_session_message(client: &mut Client) -> String {
+    loop {
+        match next_frame(client).await {
+            Message::Text(text) if text.starts_with("{\"locus\"") => {}
+            Message::Text(text) => return text.to_string(),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_webrtc_peers_and_a_websocket_participant_share_a_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let edge = EdgeProcess::spawn(dir.path(), &["--send-queue", "4096"]).await;
+    let mut carol = edge.join("s-rtc", "carol").await;
+    let (mut alice, alice_track) = Peer::join(&edge, "s-rtc", "alice", Some(0xA11CE)).await;
+    let (mut bob, _) = Peer::join(&edge, "s-rtc", "bob", None).await;
+    assert_eq!(edge.status().await["rtc"]["peers"], 2, "{}", edge.log());
+
+    // 1,000 data-channel messages each way, in order; carol (websocket only) sees both.
+    const N: usize = 1000;
+    let (a, b) = (alice.channel.clone(), bob.channel.clone());
+    let senders = tokio::spawn(async move {
+        for i in 0..N {
+            a.send_text(&format!("alice-{i}"))
+                .await
+                .expect("alice sends");
+            b.send_text(&format!("bob-{i}")).await.expect("bob sends");
+        }
+    });
+    for i in 0..N {
+        assert_eq!(bob.next_message().await, format!("alice-{i}"));
+        assert_eq!(alice.next_message().await, format!("bob-{i}"));
+    }
+    let (mut from_alice, mut from_bob) = (0, 0);
+    while from_alice + from_bob < 2 * N {
+        let text = next_session_message(&mut carol).await;
+        if let Some(i) = text.strip_prefix("alice-") {
+            assert_eq!(i, from_alice.to_string(), "alice's messages in order");
+            from_alice += 1;
+        } else if let Some(i) = text.strip_prefix("bob-") {
+            assert_eq!(i, from_bob.to_string(), "bob's messages in order");
+            from_bob += 1;
+        } else {
+            panic!("unexpected message {text}");
+        }
+    }
+    senders.await.expect("senders");
+
+    // What the websocket-only participant sends reaches the others on their channels.
+    carol
+        .send(Message::text("carol-0"))
+        .await
+        .expect("carol sends");
+    assert_eq!(alice.next_message().await, "carol-0");
+    assert_eq!(bob.next_message().await, "carol-0");
+
+    // Alice's Opus track reaches bob through the edge (renegotiated by the edge).
+    let source = opus_source(alice_track.expect("alice has a track"), 0xA11CE);
+    eventually("bob to receive alice's audio", || async {
+        bob.received.lock().expect("lock").len() >= 10
+    })
+    .await;
+    let start = bob.received.lock().expect("lock").len();
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = bob.received.lock().expect("lock").len() - start;
+    let rate = got as f64 / t0.elapsed().as_secs_f64();
+    assert!(rate >= 45.0, "bob received {rate:.1} packets/s from alice");
+    assert_eq!(bob.tracks.load(Ordering::Relaxed), 1);
+    assert!(
+        alice.received.lock().expect("lock").is_empty(),
+        "alice gets no echo of her own track"
+    );
+    source.abort();
+    assert!(alice.errors.lock().expect("lock").is_empty());
+    assert!(bob.errors.lock().expect("lock").is_empty());
+    let status = edge.status().await;
+    assert!(status["rtc"]["packets_in"].as_u64() > Some(50), "{status}");
+    assert!(status["rtc"]["packets_out"].as_u64() > Some(50), "{status}");
+
+    alice.leave().await;
+    bob.leave().await;
+    eventually("the edge to let the peers go", || async {
+        edge.status().await["rtc"]["peers"] == 0
+    })
+    .await;
+}
+
+/// The next rtc frame (presence skipped).
+async fn next_rtc(client: &mut Client) -> Value {
+    loop {
+        match next_frame(client).await {
+            Message::Text(text) if text.starts_with("{\"locus\":\"rtc\"") => {
+                return serde_json::from_str(&text).expect("rtc JSON");
+            }
+            Message::Text(text) if text.starts_with("{\"locus\":\"presence\"") => {}
+            other => panic!("expected an rtc frame, got {other:?}"),
+        }
+    }
+}
+
+async fn expect_error(client: &mut Client, needle: &str) {
+    let frame = next_rtc(client).await;
+    assert_eq!(frame["type"], "error", "{frame}");
+    let detail = frame["detail"].as_str().expect("detail");
+    assert!(detail.contains(needle), "{detail:?} should say {needle:?}");
+}
+
+#[tokio::test]
+async fn bad_and_out_of_order_frames_get_an_error_and_the_session_goes_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let edge = Edge::start(
+        "edge-1",
+        vec!["http://127.0.0.1:9".into()],
+        dir.path(),
+        |s| {
+            s.media.listen = "127.0.0.1".parse().expect("ip");
+            s.media.max_peers = 1;
+        },
+    )
+    .await;
+    let mut alice = edge.join("s-bad", "alice").await;
+    let mut bob = edge.join("s-bad", "bob").await;
+    presence(&mut alice, &["alice", "bob"]).await;
+    presence(&mut bob, &["alice", "bob"]).await;
+
+    // Reserved frames begin with {"locus": write them as text, key order matters.
+    let send = |text: &str| Message::text(text.to_string());
+    alice
+        .send(send(r#"{"locus":"rtc","type":"answer","sdp":"v=0"}"#))
+        .await
+        .expect("send");
+    expect_error(&mut alice, "send an offer first").await;
+    alice
+        .send(send(r#"{"locus":"rtc","type":"candidate","candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0","sdpMLineIndex":0}}"#))
+        .await
+        .expect("send");
+    expect_error(&mut alice, "send an offer first").await;
+    alice
+        .send(send(r#"{"locus":"rtc","type":"offer"}"#))
+        .await
+        .expect("send");
+    expect_error(&mut alice, "bad rtc frame").await;
+    alice
+        .send(send(r#"{"locus":"rtc","type":"offer","sdp":"not sdp"}"#))
+        .await
+        .expect("send");
+    expect_error(&mut alice, "does not parse").await;
+    // Alice's peer exists (it took the edge's only slot): an answer now is out of order.
+    assert_eq!(edge.state.media.peer_count(), 1);
+    alice
+        .send(send(r#"{"locus":"rtc","type":"answer","sdp":"v=0"}"#))
+        .await
+        .expect("send");
+    expect_error(&mut alice, "no offer outstanding").await;
+    // The edge is full for bob.
+    bob.send(send(r#"{"locus":"rtc","type":"offer","sdp":"v=0"}"#))
+        .await
+        .expect("send");
+    expect_error(&mut bob, "--max-rtc-peers").await;
+
+    // The session goes on.
+    alice.send(Message::text("still here")).await.expect("send");
+    assert_eq!(next_data(&mut bob).await, Message::text("still here"));
+    // Other reserved frames are still refused.
+    alice
+        .send(send(r#"{"locus":"presence"}"#))
+        .await
+        .expect("send");
+    let (code, reason) = closed(&mut alice).await;
+    assert_eq!(code, 1008, "{reason}");
+    eventually("alice's peer to end with her connection", || async {
+        edge.state.media.peer_count() == 0
+    })
+    .await;
+}
