@@ -169,6 +169,15 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_exported() {
         assert_eq!(response.status(), 200, "locate for {ip}");
     }
 
+    // The TURN pools' first checks (of servers that do not exist) end within
+    // turn.check_timeout; their series appear then.
+    eventually("the TURN servers' first checks", || async {
+        get_text(&format!("{base}/metrics"))
+            .await
+            .1
+            .contains("locator_turn_server_up{")
+    })
+    .await;
     let (status, locator_metrics) = get_text(&format!("{base}/metrics")).await;
     assert_eq!(status, 200, "{locator_metrics}");
     let (status, edge_metrics) = get_text(&format!("{}/metrics", edge.url)).await;
