@@ -52,16 +52,26 @@ pub struct ErrorCount {
 pub struct FaultResult {
     #[serde(flatten)]
     pub fault: Fault,
-    /// From the fault to the first answer after which no answer names a dead edge (a
-    /// locator restart: to the first successful answer).
+    /// From the fault to when new sessions avoided its edges: for the failure detector's
+    /// faults (watched on the locators), the later of every locator showing the edge out
+    /// of new sessions and the last answer naming it; for the others, the first answer
+    /// after which no answer names a dead edge (a locator restart: to the first
+    /// successful answer). `None`: not avoided before the fault was healed.
     pub avoided_after_ms: Option<u64>,
+    /// From the fault to when every locator showed the edge out of new sessions (watched
+    /// faults only; `None` otherwise, or when that did not happen before the heal).
+    pub detected_after_ms: Option<u64>,
     /// Answers that named a dead edge after the fault.
     pub answers_to_dead_edges: u64,
     /// Sessions hosted by the fault's edges that were disrupted in its window.
     pub sessions_disrupted: u64,
-    /// Of those, disruptions of a fault that must not fail anything over (all of them
-    /// then), plus the edge marked failed by a locator in the window.
+    /// Disruptions that should not have happened: sessions of a fault that requires
+    /// them to survive (a stall, a slow or cut link), plus the edge marked failed by a
+    /// locator during a fault that must not fail it over (those two only when no
+    /// overlapping fault of the same edge explains them).
     pub false_disruptions: u64,
+    /// Of those, the edge marked failed.
+    pub false_failures: u64,
     /// `edge_failed` entries of the fault's edges in its window (audit log).
     pub marked_failed: u64,
     /// Joins (not creates) answered with one of the fault's edges in its window: a
@@ -78,8 +88,10 @@ pub struct FaultResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct Detection {
     pub faults: u64,
-    /// `avoided_after_ms` of each, in order.
+    /// `avoided_after_ms` of each, in order (p50 and max are of these).
     pub avoided_after_ms: Vec<Option<u64>>,
+    /// `detected_after_ms` of each, in order (empty when the locators were not watched).
+    pub detected_after_ms: Vec<Option<u64>>,
     pub p50_ms: Option<u64>,
     pub max_ms: Option<u64>,
     pub bound_ms: u64,
@@ -424,12 +436,30 @@ pub fn build(inputs: Inputs) -> Report {
                 a.edge.as_ref().is_some_and(|e| fault.edges.contains(e))
             };
             let dead_count = window.iter().filter(|a| dead(a)).count() as u64;
-            let after = match window.iter().rposition(dead) {
-                Some(last) => window.get(last + 1).map(|a| a.t_ms),
-                None => window.first().map(|a| a.t_ms),
+            let last_dead = window.iter().rposition(dead);
+            let after = match &fault.watch {
+                // The locators were watched: avoided from when every one of them stopped
+                // offering the edge, or after the last answer that still named it if that
+                // came later. Never earlier than the locators noticed, however few new
+                // sessions happened to go its way.
+                Some(watch) => watch.detected_ms.filter(|&t| t < until).map(|detected| {
+                    last_dead
+                        .map(|last| window[last].t_ms + window[last].latency_us / 1000)
+                        .map_or(detected, |t| t.max(detected))
+                }),
+                None => match last_dead {
+                    Some(last) => window.get(last + 1).map(|a| a.t_ms),
+                    None => window.first().map(|a| a.t_ms),
+                },
             };
             (after.map(|t| t.saturating_sub(fault.at_ms)), dead_count)
         };
+        let detected_after_ms = fault
+            .watch
+            .as_ref()
+            .and_then(|w| w.detected_ms)
+            .filter(|&t| t < until)
+            .map(|t| t.saturating_sub(fault.at_ms));
         let avoided_ok = avoided_after_ms.is_some_and(|ms| ms <= fault.bound_ms);
         let ok = avoided_ok || !fault.must_avoid;
         check(
@@ -490,28 +520,59 @@ pub fn build(inputs: Inputs) -> Report {
         }
         // Sessions of the fault's edges disrupted in its window, and failures marked.
         let in_window = |t: u64| t + 1_000 >= fault.at_ms && t <= window_end;
-        let sessions_disrupted = records
+        // What another fault of the same edge explains (windows overlap: a short hang's
+        // slack covers the long hang after it, which fails the edge by design).
+        let explained_by = |edge: &str, t: u64, by: &dyn Fn(&Fault) -> bool| {
+            faults.iter().any(|other| {
+                !std::ptr::eq(other, fault)
+                    && by(other)
+                    && other.edges.iter().any(|e| e == edge)
+                    && t + 1_000 >= other.at_ms
+                    && t <= other.healing_ms.unwrap_or(end_ms) + disruption_slack_ms
+            })
+        };
+        let disrupted: Vec<_> = records
             .sessions
             .iter()
             .filter(|s| fault.edges.contains(&s.edge))
             .filter(|s| s.disrupted_ms.is_some_and(in_window))
-            .count() as u64;
-        let marked_failed = audit
+            .collect();
+        let sessions_disrupted = disrupted.len() as u64;
+        let failures: Vec<(&String, u64)> = audit
             .as_ref()
             .map(|rows| {
                 rows.edge_failures
                     .iter()
-                    .filter(|(edge, at)| {
-                        fault.edges.contains(edge) && in_window(at.saturating_sub(started_unix_ms))
-                    })
-                    .count() as u64
+                    .map(|(edge, at)| (edge, at.saturating_sub(started_unix_ms)))
+                    .filter(|(edge, at)| fault.edges.contains(edge) && in_window(*at))
+                    .collect()
             })
-            .unwrap_or(0);
-        let false_disruptions = if fault.failover_expected {
+            .unwrap_or_default();
+        let marked_failed = failures.len() as u64;
+        // A disruption is false when the fault requires its sessions to survive and no
+        // overlapping fault of the edge that may disrupt explains it; a failure marked is
+        // false when the fault must not fail the edge over and no overlapping one that may
+        // explains it.
+        let false_sessions = if fault.sessions_must_survive {
+            disrupted
+                .iter()
+                .filter(|s| {
+                    let t = s.disrupted_ms.unwrap_or_default();
+                    !explained_by(&s.edge, t, &|f| !f.sessions_must_survive)
+                })
+                .count() as u64
+        } else {
+            0
+        };
+        let false_failures = if fault.failover_expected {
             0
         } else {
-            sessions_disrupted + marked_failed
+            failures
+                .iter()
+                .filter(|(edge, t)| !explained_by(edge, *t, &|f| f.failover_expected))
+                .count() as u64
         };
+        let false_disruptions = false_sessions + false_failures;
         let joins_to_edge = ok_answers
             .iter()
             .filter(|a| a.t_ms >= fault.at_ms && a.t_ms < until && !a.created && a.op != "burst")
@@ -520,11 +581,13 @@ pub fn build(inputs: Inputs) -> Report {
         fault_results.push(FaultResult {
             fault: fault.clone(),
             avoided_after_ms,
+            detected_after_ms,
             answers_to_dead_edges: dead_answers,
             rooms_disrupted: rooms.len() as u64,
             max_room_recovery_ms,
             sessions_disrupted,
             false_disruptions,
+            false_failures,
             marked_failed,
             joins_to_edge,
             ok: ok && rooms_ok && false_disruptions == 0,
@@ -536,12 +599,16 @@ pub fn build(inputs: Inputs) -> Report {
         .collect();
     if !no_failover.is_empty() {
         let false_total: u64 = no_failover.iter().map(|f| f.false_disruptions).sum();
-        let marked: u64 = no_failover.iter().map(|f| f.marked_failed).sum();
+        let marked: u64 = no_failover.iter().map(|f| f.false_failures).sum();
+        let survive = no_failover
+            .iter()
+            .filter(|f| f.fault.sessions_must_survive)
+            .count();
         check(
             "no false failover",
             false_total == 0,
             format!(
-                "{} faults that must fail nothing over (stalls, slow or cut links, short hangs): {} sessions of their edges disrupted, {} edge_failed entries{}",
+                "{} faults that must fail nothing over (stalls, slow or cut links, short hangs), {survive} of them keeping every session: {} of those sessions disrupted, {} edge_failed entries of their own{}",
                 no_failover.len(),
                 false_total - marked,
                 marked,
@@ -563,12 +630,16 @@ pub fn build(inputs: Inputs) -> Report {
             .or_insert_with(|| Detection {
                 faults: 0,
                 avoided_after_ms: Vec::new(),
+                detected_after_ms: Vec::new(),
                 p50_ms: None,
                 max_ms: None,
                 bound_ms: f.fault.bound_ms,
             });
         d.faults += 1;
         d.avoided_after_ms.push(f.avoided_after_ms);
+        if f.fault.watch.is_some() {
+            d.detected_after_ms.push(f.detected_after_ms);
+        }
     }
     for d in detection.values_mut() {
         let mut seen: Vec<u64> = d.avoided_after_ms.iter().flatten().copied().collect();
@@ -644,10 +715,10 @@ pub fn build(inputs: Inputs) -> Report {
     }
 
     // Sessions.
-    // Only a fault allowed to fail sessions over explains a disruption: during a stall or
-    // a cut link nothing may be disrupted.
+    // Only a fault allowed to disrupt sessions explains a disruption: during a stall or a
+    // cut link nothing may be disrupted.
     let explained = |t: u64| {
-        faults.iter().filter(|f| f.failover_expected).any(|f| {
+        faults.iter().filter(|f| !f.sessions_must_survive).any(|f| {
             t + 1_000 >= f.at_ms
                 && t <= f.healed_ms.unwrap_or(end_ms).max(f.at_ms + f.bound_ms)
                     + disruption_slack_ms
@@ -969,10 +1040,12 @@ pub fn terminal(report: &Report) -> String {
     if !report.faults.is_empty() {
         let _ = writeln!(
             w,
-            "\n{:<16} {:>7} {:>12} {:>9} {:>6} {:>6} {:>12} {:>9} {:>6} {:>6}  action",
+            "\n{:<16} {:>7} {:>9} {:>10} {:>7} {:>9} {:>6} {:>6} {:>12} {:>9} {:>6} {:>6}  action",
             "fault",
             "at s",
+            "detect ms",
             "avoided ms",
+            "out ms",
             "bound ms",
             "dead",
             "rooms",
@@ -984,11 +1057,21 @@ pub fn terminal(report: &Report) -> String {
         for f in &report.faults {
             let _ = writeln!(
                 w,
-                "{:<16} {:>7.1} {:>12} {:>9} {:>6} {:>6} {:>12} {:>9} {:>6} {:>6}  {}",
+                "{:<16} {:>7.1} {:>9} {:>10} {:>7} {:>9} {:>6} {:>6} {:>12} {:>9} {:>6} {:>6}  {}",
                 f.fault.kind,
                 f.fault.at_ms as f64 / 1000.0,
+                match &f.fault.watch {
+                    Some(_) => f
+                        .detected_after_ms
+                        .map_or_else(|| "never".to_string(), |m| m.to_string()),
+                    None => "-".to_string(),
+                },
                 f.avoided_after_ms
                     .map_or_else(|| "never".to_string(), |m| m.to_string()),
+                f.fault
+                    .watch
+                    .as_ref()
+                    .map_or_else(|| "-".to_string(), |w| w.out_ms.to_string()),
                 if f.fault.must_avoid {
                     f.fault.bound_ms.to_string()
                 } else {

@@ -24,7 +24,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::client::{self, Clients};
-use crate::topology::Topology;
+use crate::topology::{EdgeWatch, StateWatch, Topology};
 
 /// Hangs in one `edge-hang` phase.
 pub const HANGS: usize = 5;
@@ -159,8 +159,16 @@ pub struct Fault {
     /// deadline). When false, any session of the edges disrupted in the fault's window,
     /// or an `edge_failed` of them, is a false failover.
     pub failover_expected: bool,
+    /// Whether every session of the edges must go on undisrupted (a stall of a second, a
+    /// slow or cut link). A hang of seconds disrupts the clients that reach the stopped
+    /// process whatever the locator does (a join's websocket times out), so a short hang
+    /// may disrupt sessions but must not fail the edge over.
+    pub sessions_must_survive: bool,
     /// Rooms disrupted by the fault must be back within this bound.
     pub recover_bound_ms: u64,
+    /// The locators' view of the edge from the fault until it was healed and active
+    /// again (faults of the failure detector; `None` for the others).
+    pub watch: Option<StateWatch>,
 }
 
 /// One phase as it ran.
@@ -275,6 +283,19 @@ impl Runner<'_> {
             .ok_or_else(|| "no topology".into())
     }
 
+    /// Starts following edge `id` on every locator, for the fault just begun.
+    fn watch(&self, id: &str) -> Option<EdgeWatch> {
+        let topology = self.topology.as_deref()?;
+        Some(topology.watch_edge(id, self.clients.recorder().clone()))
+    }
+
+    /// Stores what the locators showed of fault `index`'s edge.
+    async fn watched(&mut self, index: usize, watch: Option<EdgeWatch>) {
+        if let Some(watch) = watch {
+            self.faults[index].watch = Some(watch.finish().await);
+        }
+    }
+
     /// Waits until `id` is active on every locator again (after a heal).
     async fn back_active(&mut self, id: &str) -> Result<(), String> {
         let topology = self.topology.as_deref().ok_or("no topology")?;
@@ -336,8 +357,11 @@ impl Runner<'_> {
                 new_sessions_only: true,
                 must_avoid: true,
                 failover_expected: long,
+                sessions_must_survive: false,
                 recover_bound_ms: recover.as_millis() as u64,
+                watch: None,
             });
+            let watch = self.watch(&id);
             tokio::time::sleep(hold).await;
             self.faults[index].healing_ms = Some(self.now_ms());
             self.topology()?.continue_edge(&id)?;
@@ -347,6 +371,7 @@ impl Runner<'_> {
             self.faults[index].healed_ms = Some(self.now_ms());
             // Let the edge take sessions again before the next hang picks the busiest.
             tokio::time::sleep(Duration::from_secs(1)).await;
+            self.watched(index, watch).await;
         }
         self.sleep_until(end.max(Instant::now() + Duration::from_secs(2)))
             .await;
@@ -384,7 +409,9 @@ impl Runner<'_> {
             new_sessions_only: true,
             must_avoid,
             failover_expected: false,
+            sessions_must_survive: true,
             recover_bound_ms: detect,
+            watch: None,
         };
         match step {
             Step::EdgeStall => {
@@ -395,10 +422,15 @@ impl Runner<'_> {
                     at_ms,
                     false,
                 ));
+                let watch = self.watch(&id);
                 tokio::time::sleep(STALL).await;
                 self.faults[index].healing_ms = Some(self.now_ms());
                 self.topology()?.continue_edge(&id)?;
                 self.faults[index].healed_ms = Some(self.now_ms());
+                self.back_active(&id).await?;
+                // A suspicion may still come just after the heal: watch a little longer.
+                tokio::time::sleep(timing.suspect_after_max).await;
+                self.watched(index, watch).await;
             }
             Step::SlowLink => {
                 let at_ms = self.now_ms();
@@ -413,10 +445,14 @@ impl Runner<'_> {
                     at_ms,
                     false,
                 ));
+                let watch = self.watch(&id);
                 tokio::time::sleep(hold).await;
                 self.faults[index].healing_ms = Some(self.now_ms());
                 self.topology()?.heal_link(&id)?;
                 self.faults[index].healed_ms = Some(self.now_ms());
+                self.back_active(&id).await?;
+                tokio::time::sleep(timing.suspect_after_max).await;
+                self.watched(index, watch).await;
             }
             Step::LinkPartition => {
                 let at_ms = self.now_ms();
@@ -430,11 +466,13 @@ impl Runner<'_> {
                     at_ms,
                     true,
                 ));
+                let watch = self.watch(&id);
                 tokio::time::sleep(hold).await;
                 self.faults[index].healing_ms = Some(self.now_ms());
                 self.topology()?.heal_link(&id)?;
                 self.back_active(&id).await?;
                 self.faults[index].healed_ms = Some(self.now_ms());
+                self.watched(index, watch).await;
             }
             Step::LinkFlap => {
                 let cut = timing.suspect_after_max + Duration::from_millis(700);
@@ -449,11 +487,13 @@ impl Runner<'_> {
                         at_ms,
                         true,
                     ));
+                    let watch = self.watch(&id);
                     tokio::time::sleep(cut).await;
                     self.faults[index].healing_ms = Some(self.now_ms());
                     self.topology()?.heal_link(&id)?;
                     self.faults[index].healed_ms = Some(self.now_ms());
                     tokio::time::sleep(cut).await;
+                    self.watched(index, watch).await;
                 }
                 self.back_active(&id).await?;
             }
@@ -538,7 +578,9 @@ impl Runner<'_> {
                     new_sessions_only: false,
                     must_avoid: true,
                     failover_expected: true,
+                    sessions_must_survive: false,
                     recover_bound_ms: bound_ms,
+                    watch: None,
                 });
                 let heal_at = (start + d * 7 / 10)
                     .max(Instant::now() + Duration::from_millis(bound_ms + 1_000));
@@ -573,7 +615,9 @@ impl Runner<'_> {
                     new_sessions_only: false,
                     must_avoid: true,
                     failover_expected: true,
+                    sessions_must_survive: false,
                     recover_bound_ms: bound_ms,
+                    watch: None,
                 });
                 self.sleep_until(end.max(Instant::now() + Duration::from_secs(2)))
                     .await;
@@ -608,7 +652,9 @@ impl Runner<'_> {
                         new_sessions_only: true,
                         must_avoid: true,
                         failover_expected: true,
+                        sessions_must_survive: false,
                         recover_bound_ms: bound_ms,
+                        watch: None,
                     });
                     let topology = self.topology.as_deref_mut().ok_or("no topology")?;
                     let exited = topology.wait_edge_exit(&old, deadline).await?;

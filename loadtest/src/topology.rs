@@ -12,9 +12,13 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use locus_geo::config::Config;
+use serde::Serialize;
 
 use crate::proxy::LinkProxy;
+use crate::record::Recorder;
 
 /// How to start the topology.
 #[derive(Debug, Clone)]
@@ -70,6 +74,39 @@ pub struct Topology {
     pub admin_token: String,
     http: reqwest::Client,
     replacements: u32,
+}
+
+/// How often [`Topology::watch_edge`] asks every locator for an edge's state.
+const WATCH_EVERY: Duration = Duration::from_millis(50);
+const WATCH_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the locators showed of one edge while a fault lasted.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StateWatch {
+    /// When (ms since the start of the run) every locator first showed the edge out of
+    /// new sessions (any state but `active`); `None`: never while watched.
+    pub detected_ms: Option<u64>,
+    /// How long at least one locator kept it out of new sessions.
+    pub out_ms: u64,
+    /// The states other than `active` seen, in the order first seen.
+    pub states_seen: Vec<String>,
+    /// Rounds of status requests (one to each locator).
+    pub polls: u64,
+}
+
+/// A running [`Topology::watch_edge`].
+#[derive(Debug)]
+pub struct EdgeWatch {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<StateWatch>,
+}
+
+impl EdgeWatch {
+    /// Stops watching; what was seen.
+    pub async fn finish(self) -> StateWatch {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or_default()
+    }
 }
 
 /// A free loopback port (bound, then released: the child binds it next).
@@ -355,6 +392,71 @@ impl Topology {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Follows the state of edge `id` on every locator until [`EdgeWatch::finish`]: the
+    /// locators' own view of a fault (when they stopped offering the edge for new
+    /// sessions), which the clients' answers only bound from below when few new sessions
+    /// happen to go its way.
+    pub fn watch_edge(&self, id: &str, recorder: Arc<Recorder>) -> EdgeWatch {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let http = self.http.clone();
+        let urls = self.locator_urls();
+        let token = self.admin_token.clone();
+        let id = id.to_string();
+        let task = tokio::spawn(async move {
+            let mut watched = StateWatch::default();
+            let mut out_since: Option<u64> = None;
+            loop {
+                let states = futures_util::future::join_all(urls.iter().map(|url| async {
+                    let status = tokio::time::timeout(
+                        WATCH_REQUEST_TIMEOUT,
+                        admin_status(&http, url, &token),
+                    )
+                    .await
+                    .ok()
+                    .flatten()?;
+                    status_edges(&status)
+                        .find(|(_, e)| e["id"] == id.as_str())
+                        .and_then(|(_, e)| e["state"].as_str().map(str::to_string))
+                }))
+                .await;
+                let t = recorder.now_ms();
+                for state in states.iter().flatten() {
+                    if state != "active" && !watched.states_seen.contains(state) {
+                        watched.states_seen.push(state.clone());
+                    }
+                }
+                // Out of new sessions everywhere: every locator answered, none offers it.
+                let all_out = states
+                    .iter()
+                    .all(|s| s.as_deref().is_some_and(|s| s != "active"));
+                let any_out = states
+                    .iter()
+                    .any(|s| s.as_deref().is_some_and(|s| s != "active"));
+                if all_out && watched.detected_ms.is_none() {
+                    watched.detected_ms = Some(t);
+                }
+                match (any_out, out_since) {
+                    (true, None) => out_since = Some(t),
+                    (false, Some(since)) => {
+                        watched.out_ms += t.saturating_sub(since);
+                        out_since = None;
+                    }
+                    _ => {}
+                }
+                watched.polls += 1;
+                tokio::select! {
+                    _ = tokio::time::sleep(WATCH_EVERY) => {}
+                    _ = stopped.changed() => break,
+                }
+            }
+            if let Some(since) = out_since {
+                watched.out_ms += recorder.now_ms().saturating_sub(since);
+            }
+            watched
+        });
+        EdgeWatch { stop, task }
     }
 
     /// SIGKILL.

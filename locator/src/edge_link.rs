@@ -262,14 +262,14 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket) {
                 Some(Ok(Message::Close(_))) => break Ok(()),
                 // The edge's heartbeat (the websocket answers it with a pong by itself).
                 Some(Ok(Message::Ping(_))) => {
-                    state.registry.heard(&edge_id, conn_id, true, Instant::now());
+                    heard(&state, &edge_id, conn_id, true);
                 }
                 Some(Ok(Message::Pong(_))) => {
-                    state.registry.heard(&edge_id, conn_id, false, Instant::now());
+                    heard(&state, &edge_id, conn_id, false);
                 }
                 Some(Ok(Message::Binary(_))) => break Err(Refusal("binary frames are not part of the protocol".into())),
                 Some(Ok(Message::Text(text))) => {
-                    state.registry.heard(&edge_id, conn_id, false, Instant::now());
+                    heard(&state, &edge_id, conn_id, false);
                     let message = match serde_json::from_str::<EdgeMessage>(&text) {
                         Ok(m) => m,
                         Err(e) => break Err(Refusal(format!("malformed message: {e}"))),
@@ -298,6 +298,15 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket) {
         .registry
         .link_closed(&edge_id, conn_id, Instant::now());
     apply_effect(&state, &edge_id, effect).await;
+}
+
+/// A frame (`heartbeat`: the edge's ping) arrived over link `conn_id`, judged with the
+/// current config's timing.
+fn heard(state: &AppState, edge_id: &str, conn_id: u64, heartbeat: bool) {
+    let timing = &state.routing.load().config.edges;
+    state
+        .registry
+        .heard(edge_id, conn_id, heartbeat, Instant::now(), timing);
 }
 
 async fn send(socket: &mut WebSocket, message: &LocatorMessage) -> Result<(), axum::Error> {

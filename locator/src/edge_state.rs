@@ -147,6 +147,11 @@ pub struct EdgeStatus {
 /// to `[suspect_after, suspect_after_max]`: regular heartbeats get the floor, a busy or
 /// jittery edge more time. A link whose heartbeats come too seldom to judge by (an edge
 /// pinging only once a report interval) is judged by its reports alone.
+///
+/// A gap longer than `suspect_after_max` is an outage (a hang, a cut link), not jitter:
+/// it restarts the rhythm without being measured. Measured, one 3 s hang would lift the
+/// mean gap past half the floor, and the next hang soon after would be judged by the
+/// long silence alone (seen in a load test: a hang avoided after 5.7 s instead of ~1 s).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Heartbeats {
     last: Option<Instant>,
@@ -160,9 +165,11 @@ pub struct Heartbeats {
 const HEARTBEATS_TO_JUDGE: u32 = 3;
 
 impl Heartbeats {
-    /// One heartbeat arrived at `now`.
-    pub fn on_beat(&mut self, now: Instant) {
-        if let Some(last) = self.last {
+    /// One heartbeat arrived at `now`; a gap longer than `outage` is not measured.
+    pub fn on_beat(&mut self, now: Instant, outage: Duration) {
+        if let Some(last) = self.last
+            && now.saturating_duration_since(last) <= outage
+        {
             let gap = now.saturating_duration_since(last).as_micros() as i64;
             if self.count == 0 {
                 self.mean_gap_us = gap as u64;
@@ -278,8 +285,8 @@ impl EdgeStatus {
     }
 
     /// A heartbeat (websocket ping of the edge) arrived over the link.
-    pub fn on_heartbeat(&mut self, now: Instant) -> Effect {
-        self.heartbeats.on_beat(now);
+    pub fn on_heartbeat(&mut self, now: Instant, timing: &EdgeTiming) -> Effect {
+        self.heartbeats.on_beat(now, timing.suspect_after_max);
         self.on_heard(now)
     }
 
@@ -488,7 +495,7 @@ mod tests {
         let mut s = EdgeStatus::registered(Instant::now(), false, false);
         for _ in 0..n {
             advance(gap).await;
-            s.on_heartbeat(Instant::now());
+            s.on_heartbeat(Instant::now(), &timing());
         }
         s
     }
@@ -531,8 +538,74 @@ mod tests {
         );
         assert_eq!(s.on_tick(Instant::now(), &t), Effect::None, "suspect once");
         // The stall ends: the next heartbeat makes it active again, nothing failed.
-        s.on_heartbeat(Instant::now());
+        s.on_heartbeat(Instant::now(), &t);
         assert_eq!(s.state(), EdgeState::Active);
+    }
+
+    /// A hang's gap is an outage, not jitter: after a 3 s hang the next hang is
+    /// suspected as fast as the first (measured, the gap would lift the mean past half the
+    /// floor and leave the edge to the long silence).
+    #[tokio::test(start_paused = true)]
+    async fn a_hangs_gap_is_not_jitter_and_the_next_hang_is_suspected_as_fast() {
+        let t = timing();
+        let mut s = beating(12, Duration::from_millis(250)).await;
+        let before = s.heartbeats;
+        tick_until(&mut s, &t, Duration::from_secs(2), Effect::ProbeHealth)
+            .await
+            .expect("suspect");
+        advance(Duration::from_secs(3) - (Instant::now() - s.last_heard_at)).await;
+        s.on_heartbeat(Instant::now(), &t);
+        assert_eq!(s.state(), EdgeState::Active, "back after the hang");
+        assert_eq!(
+            (s.heartbeats.mean_gap_us, s.heartbeats.deviation_us),
+            (before.mean_gap_us, before.deviation_us),
+            "the hang's gap was not measured"
+        );
+        // Two beats, then it hangs again at once.
+        for _ in 0..2 {
+            advance(Duration::from_millis(250)).await;
+            s.on_heartbeat(Instant::now(), &t);
+        }
+        assert_eq!(s.heartbeats.suspect_timeout(&t), Some(t.suspect_after));
+        let at = tick_until(&mut s, &t, Duration::from_secs(3), Effect::ProbeHealth).await;
+        let at = at.expect("the second hang is suspected too");
+        assert!(at <= t.suspect_after + Duration::from_millis(100), "{at:?}");
+    }
+
+    /// A healed partition delivers the held heartbeats at once: the cut's gap is not
+    /// measured, the burst after it keeps the timeout within its bounds, and the next cut
+    /// is suspected within the ceiling.
+    #[tokio::test(start_paused = true)]
+    async fn a_healed_cuts_held_heartbeats_keep_the_detector_judging() {
+        let t = timing();
+        let mut s = beating(12, Duration::from_millis(250)).await;
+        for _cut in 0..3 {
+            tick_until(&mut s, &t, Duration::from_secs(2), Effect::ProbeHealth)
+                .await
+                .expect("suspect");
+            advance(Duration::from_millis(2_200) - (Instant::now() - s.last_heard_at)).await;
+            // Nine heartbeats held by the cut arrive together.
+            for _ in 0..9 {
+                advance(Duration::from_millis(1)).await;
+                s.on_heartbeat(Instant::now(), &t);
+            }
+            assert_eq!(s.state(), EdgeState::Active);
+            let timeout = s.heartbeats.suspect_timeout(&t).expect("still judged");
+            assert!(
+                timeout >= t.suspect_after && timeout <= t.suspect_after_max,
+                "{timeout:?}"
+            );
+            // Regular again until the next cut.
+            for _ in 0..8 {
+                advance(Duration::from_millis(250)).await;
+                s.on_heartbeat(Instant::now(), &t);
+            }
+        }
+        let at = tick_until(&mut s, &t, Duration::from_secs(3), Effect::ProbeHealth).await;
+        assert!(
+            at.expect("suspect") <= t.suspect_after_max + Duration::from_millis(100),
+            "{at:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -542,7 +615,7 @@ mod tests {
         for i in 0..40 {
             // A busy edge: its timer fires late every other time.
             advance(Duration::from_millis(if i % 2 == 0 { 150 } else { 650 })).await;
-            s.on_heartbeat(Instant::now());
+            s.on_heartbeat(Instant::now(), &t);
         }
         let timeout = s.heartbeats.suspect_timeout(&t).expect("judged");
         assert!(
@@ -555,7 +628,7 @@ mod tests {
         let mut wild = EdgeStatus::registered(Instant::now(), false, false);
         for i in 0..40 {
             advance(Duration::from_millis(if i % 2 == 0 { 10 } else { 900 })).await;
-            wild.on_heartbeat(Instant::now());
+            wild.on_heartbeat(Instant::now(), &t);
         }
         assert_eq!(
             wild.heartbeats.suspect_timeout(&t),
@@ -637,7 +710,7 @@ mod tests {
         // The link heals before the grace period ends: everything it held comes through.
         advance(Duration::from_secs(10)).await;
         assert_eq!(s.on_tick(Instant::now(), &t), Effect::None);
-        s.on_heartbeat(Instant::now());
+        s.on_heartbeat(Instant::now(), &t);
         assert_eq!(s.state(), EdgeState::Active);
     }
 

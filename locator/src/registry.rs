@@ -242,7 +242,14 @@ impl Registry {
     /// arrived over link `conn_id`. Cheap on the common path: the snapshot is rebuilt (and
     /// the change published to other locators) only when the edge's state changes, e.g.
     /// a suspect edge answering again.
-    pub fn heard(&self, edge_id: &str, conn_id: u64, heartbeat: bool, now: Instant) {
+    pub fn heard(
+        &self,
+        edge_id: &str,
+        conn_id: u64,
+        heartbeat: bool,
+        now: Instant,
+        timing: &EdgeTiming,
+    ) {
         let mut inner = self.lock();
         let Some(entry) = inner.edges.get_mut(edge_id) else {
             return;
@@ -252,7 +259,7 @@ impl Registry {
         }
         let before = entry.status.state();
         if heartbeat {
-            entry.status.on_heartbeat(now);
+            entry.status.on_heartbeat(now, timing);
         } else {
             entry.status.on_heard(now);
         }
