@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::proxy::LinkProxy;
 use crate::record::Recorder;
+use crate::run::unix_ms;
 
 /// How to start the topology.
 #[derive(Debug, Clone)]
@@ -86,11 +87,14 @@ pub struct StateWatch {
     /// When (ms since the start of the run) every locator first showed the edge out of
     /// new sessions (any state but `active`); `None`: never while watched.
     pub detected_ms: Option<u64>,
+    /// The same for each locator, in the replicas' order (the one holding the edge's
+    /// link first, the others as they follow what it publishes).
+    pub first_out_ms: Vec<Option<u64>>,
     /// How long at least one locator kept it out of new sessions.
     pub out_ms: u64,
     /// The states other than `active` seen, in the order first seen.
     pub states_seen: Vec<String>,
-    /// Rounds of status requests (one to each locator).
+    /// States read, over every locator.
     pub polls: u64,
 }
 
@@ -98,14 +102,69 @@ pub struct StateWatch {
 #[derive(Debug)]
 pub struct EdgeWatch {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<StateWatch>,
+    /// One per locator: its `(ms since the start, state)` samples.
+    tasks: Vec<tokio::task::JoinHandle<Vec<(u64, String)>>>,
 }
 
 impl EdgeWatch {
     /// Stops watching; what was seen.
     pub async fn finish(self) -> StateWatch {
         let _ = self.stop.send(true);
-        self.task.await.unwrap_or_default()
+        let mut per_locator = Vec::new();
+        for task in self.tasks {
+            per_locator.push(task.await.unwrap_or_default());
+        }
+        StateWatch::of(&per_locator)
+    }
+}
+
+impl StateWatch {
+    /// The figures of each locator's samples (in time order).
+    pub fn of(per_locator: &[Vec<(u64, String)>]) -> StateWatch {
+        let out = |state: &str| state != "active";
+        let mut watched = StateWatch {
+            first_out_ms: per_locator
+                .iter()
+                .map(|samples| samples.iter().find(|(_, s)| out(s)).map(|(t, _)| *t))
+                .collect(),
+            ..StateWatch::default()
+        };
+        // Out of new sessions everywhere once the last locator had it out.
+        watched.detected_ms = watched
+            .first_out_ms
+            .iter()
+            .try_fold(0, |latest, t| t.map(|t| t.max(latest)));
+        let mut events: Vec<(u64, usize, bool)> = Vec::new();
+        for (i, samples) in per_locator.iter().enumerate() {
+            for (t, state) in samples {
+                if out(state) && !watched.states_seen.contains(state) {
+                    watched.states_seen.push(state.clone());
+                }
+                events.push((*t, i, out(state)));
+            }
+        }
+        // Time during which at least one locator had it out.
+        events.sort_unstable();
+        let last = events.last().map_or(0, |e| e.0);
+        let mut is_out = vec![false; per_locator.len()];
+        let mut since: Option<u64> = None;
+        for (t, i, o) in events {
+            is_out[i] = o;
+            let any = is_out.iter().any(|&o| o);
+            match (any, since) {
+                (true, None) => since = Some(t),
+                (false, Some(from)) => {
+                    watched.out_ms += t.saturating_sub(from);
+                    since = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(from) = since {
+            watched.out_ms += last.saturating_sub(from);
+        }
+        watched.polls = per_locator.iter().map(|s| s.len() as u64).sum();
+        watched
     }
 }
 
@@ -397,66 +456,53 @@ impl Topology {
     /// Follows the state of edge `id` on every locator until [`EdgeWatch::finish`]: the
     /// locators' own view of a fault (when they stopped offering the edge for new
     /// sessions), which the clients' answers only bound from below when few new sessions
-    /// happen to go its way.
+    /// happen to go its way. Each locator is asked on its own, and each state is dated by
+    /// the locator's `generated_at_ms` (same host, same clock): when it held, not when the
+    /// answer came back through a loaded machine.
     pub fn watch_edge(&self, id: &str, recorder: Arc<Recorder>) -> EdgeWatch {
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let http = self.http.clone();
-        let urls = self.locator_urls();
-        let token = self.admin_token.clone();
-        let id = id.to_string();
-        let task = tokio::spawn(async move {
-            let mut watched = StateWatch::default();
-            let mut out_since: Option<u64> = None;
-            loop {
-                let states = futures_util::future::join_all(urls.iter().map(|url| async {
-                    let status = tokio::time::timeout(
-                        WATCH_REQUEST_TIMEOUT,
-                        admin_status(&http, url, &token),
-                    )
-                    .await
-                    .ok()
-                    .flatten()?;
-                    status_edges(&status)
-                        .find(|(_, e)| e["id"] == id.as_str())
-                        .and_then(|(_, e)| e["state"].as_str().map(str::to_string))
-                }))
-                .await;
-                let t = recorder.now_ms();
-                for state in states.iter().flatten() {
-                    if state != "active" && !watched.states_seen.contains(state) {
-                        watched.states_seen.push(state.clone());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let tasks = self
+            .locator_urls()
+            .into_iter()
+            .map(|url| {
+                let http = self.http.clone();
+                let token = self.admin_token.clone();
+                let id = id.to_string();
+                let recorder = recorder.clone();
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    loop {
+                        let status = tokio::time::timeout(
+                            WATCH_REQUEST_TIMEOUT,
+                            admin_status(&http, &url, &token),
+                        )
+                        .await
+                        .ok()
+                        .flatten();
+                        // Run time of the locator's clock reading (ms since the start).
+                        let offset = unix_ms().saturating_sub(recorder.now_ms());
+                        if let Some(status) = status {
+                            let state = status_edges(&status)
+                                .find(|(_, e)| e["id"] == id.as_str())
+                                .and_then(|(_, e)| e["state"].as_str().map(str::to_string));
+                            let t = status["generated_at_ms"]
+                                .as_u64()
+                                .map_or_else(|| recorder.now_ms(), |g| g.saturating_sub(offset));
+                            if let Some(state) = state {
+                                samples.push((t, state));
+                            }
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(WATCH_EVERY) => {}
+                            _ = stopped.changed() => break,
+                        }
                     }
-                }
-                // Out of new sessions everywhere: every locator answered, none offers it.
-                let all_out = states
-                    .iter()
-                    .all(|s| s.as_deref().is_some_and(|s| s != "active"));
-                let any_out = states
-                    .iter()
-                    .any(|s| s.as_deref().is_some_and(|s| s != "active"));
-                if all_out && watched.detected_ms.is_none() {
-                    watched.detected_ms = Some(t);
-                }
-                match (any_out, out_since) {
-                    (true, None) => out_since = Some(t),
-                    (false, Some(since)) => {
-                        watched.out_ms += t.saturating_sub(since);
-                        out_since = None;
-                    }
-                    _ => {}
-                }
-                watched.polls += 1;
-                tokio::select! {
-                    _ = tokio::time::sleep(WATCH_EVERY) => {}
-                    _ = stopped.changed() => break,
-                }
-            }
-            if let Some(since) = out_since {
-                watched.out_ms += recorder.now_ms().saturating_sub(since);
-            }
-            watched
-        });
-        EdgeWatch { stop, task }
+                    samples
+                })
+            })
+            .collect();
+        EdgeWatch { stop, tasks }
     }
 
     /// SIGKILL.
@@ -713,4 +759,44 @@ pub fn status_edges(
                 .flatten()
                 .map(move |edge| (id, edge))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StateWatch;
+
+    fn samples(list: &[(u64, &str)]) -> Vec<(u64, String)> {
+        list.iter().map(|(t, s)| (*t, s.to_string())).collect()
+    }
+
+    #[test]
+    fn an_edge_is_detected_when_the_last_locator_has_it_out() {
+        let holder = samples(&[(0, "active"), (1_000, "suspect"), (3_000, "active")]);
+        let mirror = samples(&[(50, "active"), (1_100, "suspect"), (3_100, "active")]);
+        let w = StateWatch::of(&[holder.clone(), mirror]);
+        assert_eq!(w.first_out_ms, vec![Some(1_000), Some(1_100)]);
+        assert_eq!(w.detected_ms, Some(1_100));
+        assert_eq!(
+            w.out_ms, 2_100,
+            "out from the first locator's 1 s to the last's 3.1 s"
+        );
+        assert_eq!(w.states_seen, vec!["suspect".to_string()]);
+        assert_eq!(w.polls, 6);
+        // A locator that never had it out: not detected, though another did.
+        let never = samples(&[(0, "active"), (2_000, "active")]);
+        let w = StateWatch::of(&[holder, never]);
+        assert_eq!(w.detected_ms, None);
+        assert_eq!(w.out_ms, 2_000);
+        // Still out when the watch ended: counted up to the last sample.
+        let w = StateWatch::of(&[samples(&[
+            (0, "active"),
+            (500, "link-lost"),
+            (900, "failed"),
+        ])]);
+        assert_eq!(w.out_ms, 400);
+        assert_eq!(
+            w.states_seen,
+            vec!["link-lost".to_string(), "failed".to_string()]
+        );
+    }
 }
