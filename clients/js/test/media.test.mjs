@@ -62,8 +62,11 @@ const done = arguments[arguments.length - 1];
 const pc = window.__media?.session?.peerConnection ?? window.locusTry?.session?.peerConnection;
 if (!pc) { done(null); } else {
   pc.getStats().then((stats) => {
-    const got = { audio: 0, video: 0 };
-    stats.forEach((r) => { if (r.type === "inbound-rtp" && r.kind in got) got[r.kind] += r.packetsReceived ?? 0; });
+    const got = { audio: 0, video: 0, sent: 0, pc: pc.connectionState };
+    stats.forEach((r) => {
+      if (r.type === "inbound-rtp" && r.kind in got) got[r.kind] += r.packetsReceived ?? 0;
+      if (r.type === "outbound-rtp") got.sent += r.packetsSent ?? 0;
+    });
     done(got);
   }, (e) => done({ error: String(e) }));
 }
@@ -92,7 +95,7 @@ async function inEach(driver, windows, script) {
 }
 
 /** Waits until RTP packets of both kinds grow by `more` in the window. */
-async function packetsFlow(driver, handle, what, more = 20, ms = 30000) {
+async function packetsFlow(driver, handle, what, more = 20, ms = 60000) {
   let first = null;
   let last = null;
   await waitSeeing(`${what}: audio and video RTP packets growing by ${more}`, ms, async () => {

@@ -25,6 +25,12 @@ export function findProgram(env, names) {
   return null;
 }
 
+/**
+ * Ceiling of one WebDriver command (a hung browser fails the test instead of hanging it);
+ * above the async-script timeout the tests set (60 s).
+ */
+const COMMAND_TIMEOUT_MS = 90000;
+
 /** A minimal W3C WebDriver client over fetch. */
 export class Driver {
   constructor(base, id) {
@@ -34,6 +40,7 @@ export class Driver {
 
   static async start(url, chromium, extraArgs = []) {
     const response = await fetch(`${url}/session`, {
+      signal: AbortSignal.timeout(COMMAND_TIMEOUT_MS),
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify({
@@ -55,6 +62,7 @@ export class Driver {
 
   async cmd(method, path, body) {
     const response = await fetch(`${this.base}/session/${this.id}${path}`, {
+      signal: AbortSignal.timeout(COMMAND_TIMEOUT_MS),
       method,
       headers: { "content-type": "application/json" },
       body: body === undefined ? undefined : JSON.stringify(body),
@@ -107,7 +115,7 @@ export class Driver {
   }
 
   quit() {
-    return fetch(`${this.base}/session/${this.id}`, { method: "DELETE" }).catch(() => {});
+    return fetch(`${this.base}/session/${this.id}`, { method: "DELETE", signal: AbortSignal.timeout(20000) }).catch(() => {});
   }
 }
 
@@ -126,11 +134,25 @@ export async function startBrowser(t, extraArgs = []) {
     assert.fail("headless Chromium and chromedriver are needed: apt-get install chromium chromium-driver (scripts/test does)");
   }
   const port = await freePort();
-  const driverProcess = spawn(chromedriver, [`--port=${port}`], { stdio: "ignore" });
-  t.after(() => driverProcess.kill("SIGKILL"));
+  // Its own process group, which Chromium joins: the cleanup ends the browser with the
+  // driver even when the WebDriver session cannot be closed (a browser left behind would
+  // slow every later test on the machine).
+  const driverProcess = spawn(chromedriver, [`--port=${port}`], { stdio: "ignore", detached: true });
+  const killGroup = () => {
+    try {
+      process.kill(-driverProcess.pid, "SIGKILL");
+    } catch {
+      // already gone
+    }
+  };
+  process.once("exit", killGroup);
+  let driver = null;
+  t.after(async () => {
+    if (driver) await driver.quit();
+    killGroup();
+  });
   const driverUrl = `http://127.0.0.1:${port}`;
-  await waitFor("chromedriver ready", 20000, async () => (await (await fetch(`${driverUrl}/status`)).json()).value?.ready, 100);
-  const driver = await Driver.start(driverUrl, chromium, extraArgs);
-  t.after(() => driver.quit());
+  await waitFor("chromedriver ready", 30000, async () => (await (await fetch(`${driverUrl}/status`)).json()).value?.ready, 100);
+  driver = await Driver.start(driverUrl, chromium, extraArgs);
   return driver;
 }
