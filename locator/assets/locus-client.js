@@ -1,3 +1,6 @@
+/// <reference lib="dom" preserve="true" />
+// (Its media API speaks the browser's types (MediaStream, RTCPeerConnection): the
+// declarations bring them along, so a Node project type-checks without adding "dom".)
 /**
  * Locus client library: ask a locator for a session, talk to the edge it names, and keep
  * the session alive across the failures an integrator would otherwise handle by hand.

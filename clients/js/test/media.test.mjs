@@ -15,7 +15,9 @@
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Topology, waitFor } from "./harness.mjs";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Topology, repoRoot, waitFor } from "./harness.mjs";
 import { startBrowser } from "./webdriver.mjs";
 
 const MEDIA_FLAGS = [
@@ -219,6 +221,10 @@ test("the try page: camera and microphone tiles of each other in two windows, RT
     const v = await inWindow(driver, windows[0], () => driver.run(TILES));
     return v.tiles.some((x) => x.label === "Grace");
   }, 150);
+  // The README's docs/try-media.png.
+  await driver.switchTo(windows[0]);
+  mkdirSync(join(repoRoot, "target"), { recursive: true });
+  writeFileSync(join(repoRoot, "target/try-media.png"), await driver.screenshot());
 });
 
 /**
