@@ -4,9 +4,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,70 +33,6 @@ fn rtc_frame(kind: &str, sdp: &str) -> String {
         r#"{{"locus":"rtc","type":"{kind}","sdp":{}}}"#,
         Value::String(sdp.to_string())
     )
-}
-
-/// A running `edge` process on loopback; killed when dropped.
-struct EdgeProcess {
-    addr: SocketAddr,
-    child: Child,
-    log: PathBuf,
-}
-
-impl EdgeProcess {
-    async fn spawn(dir: &Path, extra: &[&str]) -> EdgeProcess {
-        let port = free_port().await;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let log = dir.join("edge.log");
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_edge"))
-            .args(["--id", "edge-rtc", "--region", "eu-west"])
-            .args(["--listen", &addr.to_string()])
-            .args(["--public-url", &format!("http://{addr}")])
-            // No locator answers there: sessions do not need one.
-            .args(["--locator", "http://127.0.0.1:9"])
-            .arg("--spool-dir")
-            .arg(dir.join("spool"))
-            .args(["--rtc-listen", "127.0.0.1"])
-            .args(extra)
-            .env("LOCATOR_EDGE_TOKEN", TOKEN)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn the edge binary");
-        let edge = EdgeProcess { addr, child, log };
-        eventually("the edge process to listen", || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
-        edge
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn status(&self) -> Value {
-        let (code, body) = http(self.addr, "GET", "/v1/status", None).await;
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).expect("status JSON")
-    }
-
-    async fn join(&self, session: &str, pid: &str) -> Client {
-        let token = mint("edge-rtc", session, pid, 300);
-        connect(&format!(
-            "ws://{}/v1/sessions/{session}/ws?token={token}",
-            self.addr
-        ))
-        .await
-    }
-}
-
-impl Drop for EdgeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Events of a client peer connection.
@@ -160,7 +93,7 @@ impl Peer {
     /// Joins, opens the peer (with an Opus track when `audio`), offers without trickle and
     /// waits until the data channel is open.
     async fn join(
-        edge: &EdgeProcess,
+        edge: &RtcEdge,
         session: &str,
         pid: &str,
         audio: Option<u32>,
@@ -360,7 +293,7 @@ async fn next_session_message(client: &mut Client) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_webrtc_peers_and_a_websocket_participant_share_a_session() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let edge = EdgeProcess::spawn(dir.path(), &["--send-queue", "4096"]).await;
+    let edge = RtcEdge::spawn(dir.path(), &["--send-queue", "4096"]).await;
     let mut carol = edge.join("s-rtc", "carol").await;
     let (mut alice, alice_track) = Peer::join(&edge, "s-rtc", "alice", Some(0xA11CE)).await;
     let (mut bob, _) = Peer::join(&edge, "s-rtc", "bob", None).await;
@@ -521,6 +454,135 @@ async fn bad_and_out_of_order_frames_get_an_error_and_the_session_goes_on() {
     assert_eq!(code, 1008, "{reason}");
     eventually("alice's peer to end with her connection", || async {
         edge.state.media.peer_count() == 0
+    })
+    .await;
+}
+
+/// What the running edge holds, read from outside: its `/v1/status` figures and its
+/// descriptors as the kernel lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holdings {
+    peers: u64,
+    rooms: u64,
+    tasks: u64,
+    fds: u64,
+    proc_fds: usize,
+}
+
+impl RtcEdge {
+    async fn holdings(&self) -> Holdings {
+        // The kernel's count first: the status request's own connection is not in it.
+        let proc_fds = std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("the edge's /proc fd directory")
+            .count();
+        let status = self.status().await;
+        let figure = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("a count in {status}"));
+        Holdings {
+            peers: figure(&status["rtc"]["peers"]),
+            rooms: figure(&status["rtc"]["rooms"]),
+            tasks: figure(&status["process"]["tasks"]),
+            fds: figure(&status["process"]["fds"]),
+            proc_fds,
+        }
+    }
+}
+
+/// What the process's descriptors point at (for a failure message).
+fn fd_targets(pid: u32) -> Vec<String> {
+    let mut targets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|t| t.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    targets.sort();
+    targets
+}
+
+/// One WebRTC participant joins the session of `host`, proves its data channel and the
+/// forwarding of the host's audio, and leaves.
+async fn join_and_leave(edge: &RtcEdge, host: &mut Peer, session: &str, pid: &str) {
+    let (guest, _) = Peer::join(edge, session, pid, None).await;
+    // Guest to host: the host's channel is long open, so the message is on it.
+    guest
+        .channel
+        .send_text(&format!("hello from {pid}"))
+        .await
+        .expect("guest sends");
+    assert_eq!(host.next_message().await, format!("hello from {pid}"));
+    eventually("the guest to receive the host's audio", || async {
+        !guest.received.lock().expect("lock").is_empty()
+    })
+    .await;
+    assert!(guest.errors.lock().expect("lock").is_empty());
+    guest.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_join_leave_cycles_leave_no_peer_task_or_descriptor_behind() {
+    const CYCLES: usize = 200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let edge = RtcEdge::spawn(dir.path(), &[]).await;
+    // A resident publisher: every newcomer gets its audio forwarded (a renegotiation, a
+    // forwarding task) besides its data channel.
+    let (mut host, host_track) = Peer::join(&edge, "s-leak", "host", Some(0x5EED)).await;
+    let source = opus_source(host_track.expect("host track"), 0x5EED);
+    // One cycle first, so what lives as long as the host does (the task reading its
+    // published track, made on its first packet) is in the starting counts.
+    join_and_leave(&edge, &mut host, "s-leak", "warm-up").await;
+    let settled = Instant::now() + WAIT;
+    while edge.holdings().await.peers != 1 {
+        assert!(
+            Instant::now() < settled,
+            "the warm-up guest's peer does not end"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = edge.holdings().await;
+    let fds_before = fd_targets(edge.child.id());
+    assert_eq!((before.peers, before.rooms), (1, 1), "{before:?}");
+    let started = Instant::now();
+    for i in 0..CYCLES {
+        join_and_leave(&edge, &mut host, "s-leak", &format!("guest-{i}")).await;
+    }
+    let cycles = started.elapsed();
+    // Peers end as their websockets close: wait (with a deadline) for the edge to settle.
+    let deadline = Instant::now() + WAIT;
+    let after = loop {
+        let now = edge.holdings().await;
+        let settled = now.peers == before.peers
+            && now.rooms == before.rooms
+            && now.tasks <= before.tasks
+            && now.fds <= before.fds
+            && now.proc_fds <= before.proc_fds;
+        if settled || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("{CYCLES} cycles in {cycles:.1?}; before {before:?}; after {after:?}");
+    eprintln!(
+        "fds before: {fds_before:?}\nfds after: {:?}",
+        fd_targets(edge.child.id())
+    );
+    assert_eq!(after.peers, before.peers, "peers: {after:?} vs {before:?}");
+    assert_eq!(after.rooms, before.rooms, "rooms: {after:?} vs {before:?}");
+    assert!(
+        after.tasks <= before.tasks,
+        "tasks: {after:?} vs {before:?}"
+    );
+    assert!(after.fds <= before.fds, "fds: {after:?} vs {before:?}");
+    assert!(
+        after.proc_fds <= before.proc_fds,
+        "/proc fds: {after:?} vs {before:?}"
+    );
+    assert!(host.errors.lock().expect("lock").is_empty());
+    source.abort();
+    host.leave().await;
+    eventually("the host's peer to end", || async {
+        edge.status().await["rtc"]["peers"] == 0
     })
     .await;
 }
