@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +79,10 @@ struct Peer {
     outgoing: mpsc::UnboundedSender<Message>,
     /// rtc error frames the edge sent.
     errors: Arc<Mutex<Vec<String>>>,
+    /// Other edge frames (not rtc, not presence), such as `moved`.
+    edge_frames: Arc<Mutex<Vec<Value>>>,
+    /// The websocket's close code and reason, once closed by the edge.
+    closed: watch::Receiver<Option<(u16, String)>>,
     received: Arc<Mutex<Vec<Instant>>>,
     tracks: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -98,7 +103,15 @@ impl Peer {
         pid: &str,
         audio: Option<u32>,
     ) -> (Peer, Option<Arc<TrackLocalStaticRTP>>) {
-        let ws = edge.join(session, pid).await;
+        Peer::join_on(edge.join(session, pid).await, pid, audio).await
+    }
+
+    /// The same on an open session websocket.
+    async fn join_on(
+        ws: Client,
+        pid: &str,
+        audio: Option<u32>,
+    ) -> (Peer, Option<Arc<TrackLocalStaticRTP>>) {
         let (gathered_tx, mut gathered) = watch::channel(false);
         let received = Arc::new(Mutex::new(Vec::new()));
         let tracks = Arc::new(AtomicU64::new(0));
@@ -179,9 +192,12 @@ impl Peer {
             .send(Message::text(rtc_frame("offer", &sdp)))
             .expect("queue offer");
         let errors = Arc::new(Mutex::new(Vec::new()));
+        let edge_frames = Arc::new(Mutex::new(Vec::new()));
+        let (closed_tx, closed) = watch::channel(None);
         let task = {
             let pc = pc.clone();
             let errors = errors.clone();
+            let edge_frames = edge_frames.clone();
             let outgoing = outgoing.clone();
             let (mut sink, mut stream) = ws.split();
             tokio::spawn(async move {
@@ -193,9 +209,15 @@ impl Peer {
                         },
                         frame = stream.next() => {
                             let Some(Ok(Message::Text(text))) = frame else {
+                                if let Some(Ok(Message::Close(close))) = &frame {
+                                    closed_tx.send_replace(Some(close.as_ref().map_or((1005, String::new()), |c| (u16::from(c.code), c.reason.to_string()))));
+                                }
                                 if matches!(frame, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) { break }
                                 continue;
                             };
+                            if text.starts_with("{\"locus\"") && !text.starts_with("{\"locus\":\"rtc\"") && !text.starts_with("{\"locus\":\"presence\"") {
+                                edge_frames.lock().expect("lock").push(serde_json::from_str(&text).expect("edge frame JSON"));
+                            }
                             if !text.starts_with("{\"locus\":\"rtc\"") {
                                 continue;
                             }
@@ -231,6 +253,8 @@ impl Peer {
                 messages,
                 outgoing,
                 errors,
+                edge_frames,
+                closed,
                 received,
                 tracks,
                 task,
@@ -585,4 +609,129 @@ async fn two_hundred_join_leave_cycles_leave_no_peer_task_or_descriptor_behind()
         edge.status().await["rtc"]["peers"] == 0
     })
     .await;
+}
+
+/// Asks the locator for a keyed room (retrying until an edge is there to place it).
+async fn create_room(locator: std::net::SocketAddr, key: &str) -> Value {
+    let body = format!(r#"{{"key":"{key}"}}"#);
+    within("the locator to place the room", async {
+        loop {
+            let (status, text) = http(locator, "POST", "/v1/sessions", Some(&body)).await;
+            if status == 201 || status == 200 {
+                return serde_json::from_str(&text).expect("session JSON");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+}
+
+fn with_token(answer: &Value) -> String {
+    format!(
+        "{}?token={}",
+        answer["ws_url"].as_str().expect("ws_url"),
+        answer["join_token"].as_str().expect("join_token")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_edge_tells_webrtc_participants_where_their_room_moved() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let locator = Locator::start(&dir.path().join("locator.sqlite"), 0).await;
+    let args = ["--drain-deadline", "2s"];
+    let mut edges = Vec::new();
+    for id in ["edge-m1", "edge-m2"] {
+        let edge = RtcEdge::spawn_as(dir.path(), id, &locator.url(), &args).await;
+        eventually("the edge to register", || async {
+            !edge.status().await["locator"].is_null()
+        })
+        .await;
+        edges.push(edge);
+    }
+    let room = create_room(locator.addr, "room-rtc").await;
+    let session = room["session_id"].as_str().expect("session id").to_string();
+    let x = edges
+        .iter()
+        .position(|e| room["edge"]["id"] == e.id.as_str())
+        .expect("a test edge hosts the room");
+    let mut draining = edges.remove(x);
+    let other = edges.remove(0);
+
+    let (mut alice, alice_track) =
+        Peer::join_on(connect(&with_token(&room)).await, "alice", Some(0xD1A)).await;
+    let (status, again) = http(
+        locator.addr,
+        "GET",
+        &format!("/v1/sessions/{session}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    let again: Value = serde_json::from_str(&again).expect("json");
+    let (mut bob, _) = Peer::join_on(connect(&with_token(&again)).await, "bob", None).await;
+    let source = opus_source(alice_track.expect("alice's track"), 0xD1A);
+    eventually("bob to receive alice's audio", || async {
+        !bob.received.lock().expect("lock").is_empty()
+    })
+    .await;
+    assert_eq!(draining.status().await["rtc"]["peers"], 2);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &draining.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    eventually("the edge to drain", || async {
+        draining.status().await["draining"] == true
+    })
+    .await;
+    // Until the deadline the call goes on.
+    bob.channel
+        .send_text("during the drain")
+        .await
+        .expect("bob sends");
+    assert_eq!(alice.next_message().await, "during the drain");
+
+    // At the deadline the room moves to the other edge: both WebRTC participants are told
+    // on their websockets, exactly as websocket-only ones.
+    let expected_url = locus_protocol::session_ws_url(&format!("http://{}", other.addr), &session);
+    for peer in [&mut alice, &mut bob] {
+        let close = within("the moved close", peer.closed.wait_for(Option::is_some))
+            .await
+            .expect("close state")
+            .clone();
+        assert_eq!(
+            close,
+            Some((
+                locus_edge::hub::CLOSE_MOVED,
+                format!("moved to {}", other.id)
+            ))
+        );
+        let frames = peer.edge_frames.lock().expect("lock").clone();
+        assert_eq!(
+            frames,
+            vec![serde_json::json!({
+                "locus": "moved",
+                "session": session,
+                "edge": other.id,
+                "url": expected_url,
+            })],
+            "exactly one moved frame"
+        );
+        assert!(peer.errors.lock().expect("lock").is_empty());
+    }
+    source.abort();
+    let exited = within("the drained edge to exit", async {
+        loop {
+            if let Some(status) = draining.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(exited.success(), "exit {exited:?}\n{}", draining.log());
+    alice.leave().await;
+    bob.leave().await;
+    locator.kill().await;
 }

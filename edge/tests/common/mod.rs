@@ -482,25 +482,31 @@ pub async fn audit_rows(
 /// A running `edge` binary on loopback with its media plane on 127.0.0.1 (the media
 /// tests' edge); killed when dropped.
 pub struct RtcEdge {
+    pub id: String,
     pub addr: SocketAddr,
     pub child: Child,
     log: PathBuf,
 }
 
 impl RtcEdge {
+    /// An edge `edge-rtc` with no locator (sessions do not need one).
     pub async fn spawn(dir: &Path, extra: &[&str]) -> RtcEdge {
+        RtcEdge::spawn_as(dir, "edge-rtc", "http://127.0.0.1:9", extra).await
+    }
+
+    /// An edge `id` linked to `locator`; its log and spool are named after it in `dir`.
+    pub async fn spawn_as(dir: &Path, id: &str, locator: &str, extra: &[&str]) -> RtcEdge {
         let port = free_port().await;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let log = dir.join("edge.log");
+        let log = dir.join(format!("{id}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_edge"))
-            .args(["--id", "edge-rtc", "--region", "eu-west"])
+            .args(["--id", id, "--region", "eu-west"])
             .args(["--listen", &addr.to_string()])
             .args(["--public-url", &format!("http://{addr}")])
-            // No locator answers there: sessions do not need one.
-            .args(["--locator", "http://127.0.0.1:9"])
+            .args(["--locator", locator])
             .arg("--spool-dir")
-            .arg(dir.join("spool"))
+            .arg(dir.join(format!("{id}-spool")))
             .args(["--rtc-listen", "127.0.0.1"])
             .args(extra)
             .env("LOCATOR_EDGE_TOKEN", TOKEN)
@@ -509,7 +515,12 @@ impl RtcEdge {
             .stderr(log_file)
             .spawn()
             .expect("spawn the edge binary");
-        let edge = RtcEdge { addr, child, log };
+        let edge = RtcEdge {
+            id: id.to_string(),
+            addr,
+            child,
+            log,
+        };
         eventually("the edge process to listen", || async {
             tokio::net::TcpStream::connect(addr).await.is_ok()
         })
@@ -528,7 +539,7 @@ impl RtcEdge {
     }
 
     pub async fn join(&self, session: &str, pid: &str) -> Client {
-        let token = mint("edge-rtc", session, pid, 300);
+        let token = mint(&self.id, session, pid, 300);
         connect(&format!(
             "ws://{}/v1/sessions/{session}/ws?token={token}",
             self.addr
