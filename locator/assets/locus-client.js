@@ -873,7 +873,10 @@ class MediaLink {
         this.#awaitingAnswer = true;
         this.#answerTimer = setTimeout(() => {
             this.#answerTimer = null;
-            this.#run(() => this.#refused(`the edge did not answer the offer within ${this.#options.answerTimeoutMs} ms`));
+            // The edge may yet apply this offer: rolling it back here could leave the two
+            // sides disagreeing about the m-lines, so the whole link is made anew.
+            if (!this.#closed)
+                this.#host.failed(this, `the edge did not answer an offer within ${this.#options.answerTimeoutMs} ms`, true);
         }, this.#options.answerTimeoutMs);
     }
     async #edgeAnswer(sdp) {
@@ -887,7 +890,8 @@ class MediaLink {
             await this.pc.setRemoteDescription({ type: "answer", sdp });
         }
         catch (error) {
-            await this.#refused(`the edge's answer was not accepted: ${errorText(error)}`);
+            // The edge has applied our offer; only a new link brings the two sides together again.
+            this.#host.failed(this, `the edge's answer was not accepted: ${errorText(error)}`, true);
             return;
         }
         this.#refusals = 0;
@@ -921,11 +925,14 @@ class MediaLink {
             return;
         }
         // The edge answers an offer in order, before anything else it says about later frames:
-        // an error while ours waits is the refusal of ours.
+        // an error while ours waits is the refusal of ours (refused offers are not applied).
         if (this.#awaitingAnswer)
             await this.#refused(detail);
     }
-    /** Our offer will not be answered: take it back and offer again later (jittered back-off). */
+    /**
+     * The edge refused our offer (it did not apply it): take it back and offer again later
+     * (jittered back-off).
+     */
     async #refused(why) {
         this.#awaitingAnswer = false;
         if (this.#answerTimer)

@@ -6,7 +6,10 @@
 // machine may decode late, but packets either flow or do not). Then the room's edge is
 // SIGKILLed, and later drained (moved): each time both windows re-join by themselves,
 // publish again on the new edge and receive each other's new tracks, packets flowing.
-// The last test does the same through the try page's camera and microphone tiles.
+// Then the same through the try page's camera and microphone tiles. Last, glare made
+// certain: a page's WebSocket holds back the edge's frames while the edge offers and the
+// library offers too; the library must ignore the crossing edge offer and end up, with
+// the polite edge, sending and receiving every track.
 //
 // Every wait has a deadline and says what it waited for; none is a sleep.
 
@@ -216,4 +219,105 @@ test("the try page: camera and microphone tiles of each other in two windows, RT
     const v = await inWindow(driver, windows[0], () => driver.run(TILES));
     return v.tiles.some((x) => x.label === "Grace");
   }, 150);
+});
+
+/**
+ * In the page: joins with a WebSocket that can hold back the edge's frames (the test's
+ * lever for glare) and records what the library sends; publishes audio and video when
+ * `publish` is true, listens for tracks either way.
+ */
+const JOIN_HOLDING = `
+const [key, publish, done] = arguments;
+(async () => {
+  const { LocusClient } = await import("/try/assets/locus-client.js");
+  const t = (window.__media = { tracks: [], ended: [], media: [], errors: [], states: [], sent: [], received: [], held: [], hold: false });
+  class HoldingWebSocket extends WebSocket {
+    #handler = null;
+    constructor(url) {
+      super(url);
+      super.onmessage = (ev) => {
+        if (typeof ev.data === "string" && ev.data.startsWith('{"locus":"rtc"')) t.received.push(JSON.parse(ev.data).type);
+        if (t.hold) t.held.push({ socket: this, ev });
+        else this.#handler?.(ev);
+      };
+    }
+    set onmessage(handler) { this.#handler = handler; }
+    get onmessage() { return this.#handler; }
+    deliver(ev) { this.#handler?.(ev); }
+    send(data) {
+      if (typeof data === "string" && data.startsWith('{"locus":"rtc"')) t.sent.push(JSON.parse(data).type);
+      super.send(data);
+    }
+  }
+  t.release = () => {
+    t.hold = false;
+    for (const { socket, ev } of t.held.splice(0)) socket.deliver(ev);
+  };
+  const client = new LocusClient({ locators: [location.origin], WebSocket: HoldingWebSocket });
+  const session = await client.join({ key, region: "us-east" });
+  t.session = session;
+  session.on("track", (p, track) => t.tracks.push({ p, kind: track.kind, id: track.id }));
+  session.on("trackended", (p, track) => t.ended.push({ p, kind: track.kind, id: track.id }));
+  session.on("media", (s, d) => t.media.push(s + ": " + d.reason));
+  session.on("mediaerror", (d) => t.errors.push(d));
+  session.on("state", (s, d) => t.states.push(s + ": " + d.code));
+  if (publish) session.publish(await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240, frameRate: 15 } }));
+  return { you: session.you };
+})().then(done, (e) => done({ error: String(e && e.stack || e) }));
+`;
+
+test("media glare: an edge offer crossing the library's own is ignored; the edge (polite) answers ours and offers again", async (t) => {
+  const topo = await Topology.start({ edges: ["us-east-1"] });
+  t.after(() => topo.stop());
+  const driver = await startBrowser(t, MEDIA_FLAGS);
+  if (!driver) return;
+  await driver.cmd("POST", "/timeouts", { script: 60000 });
+  const [a, b] = await openWindows(driver, `${topo.locatorUrls[0]}/try`);
+  const joinedA = await inWindow(driver, a, () => driver.runAsync(JOIN_HOLDING, "room-glare", true));
+  assert.ok(!joinedA.error, joinedA.error);
+  // Settled: connected, nothing outstanding, its audio and video negotiated as sending.
+  await waitFor("a's media link connected and its tracks negotiated", 30000, () => inWindow(driver, a, () => driver.run(`
+    const pc = window.__media.session.peerConnection;
+    return pc?.connectionState === "connected" && pc.signalingState === "stable" &&
+      pc.getTransceivers().filter((t) => t.sender.track && /send/.test(t.currentDirection ?? "")).length === 2;`)), 200);
+
+  // Hold what the edge says to a; b joins and publishes, so the edge offers a b's tracks.
+  const atHold = await inWindow(driver, a, () => driver.run(`window.__media.hold = true; return { sent: window.__media.sent.length, received: window.__media.received.length };`));
+  const joinedB = await inWindow(driver, b, () => driver.runAsync(JOIN_HOLDING, "room-glare", true));
+  assert.ok(!joinedB.error, joinedB.error);
+  await waitFor("the edge's offer to a, held back", 30000, () => inWindow(driver, a, () => driver.run(
+    `return window.__media.held.some((h) => typeof h.ev.data === "string" && h.ev.data.startsWith('{"locus":"rtc","type":"offer"'));`)), 200);
+
+  // Meanwhile a publishes one more track: its offer crosses the edge's.
+  const sentBefore = await inWindow(driver, a, () => driver.run(`return window.__media.sent.length;`));
+  const published = await inWindow(driver, a, () => driver.runAsync(`
+    const done = arguments[arguments.length - 1];
+    navigator.mediaDevices.getUserMedia({ video: { width: 160, height: 120, frameRate: 10 } })
+      .then((s) => { window.__media.session.publish(s); done(true); }, (e) => done(String(e)));`));
+  assert.equal(published, true);
+  await waitFor("a's own offer sent while the edge's is outstanding", 30000, () => inWindow(driver, a, () => driver.run(
+    `return window.__media.sent.slice(${sentBefore}).includes("offer") && window.__media.session.peerConnection.signalingState === "have-local-offer";`)), 100);
+  // Give the edge a's offer first (it is on the wire), then let the held frames in.
+  await inWindow(driver, a, () => driver.run(`window.__media.release();`));
+
+  let last;
+  await waitSeeing("after the glare: a has b's audio and video, b has a's audio and two videos", 45000, async () => {
+    last = await inEach(driver, [a, b], VIEW);
+    const [va, vb] = last;
+    const kinds = (v, p) => v.live.filter((x) => x.p === p).map((x) => x.kind).sort().join();
+    return va && vb && kinds(va, vb.you) === "audio,video" && kinds(vb, va.you) === "audio,video,video";
+  }, 200, () => last);
+  for (const [i, w] of [a, b].entries()) await packetsFlow(driver, w, `window ${i} after the glare`);
+  // Every edge offer since the hold was answered but the crossing one (the edge, polite,
+  // dropped it). The edge may need no second offer at all: its answer to a's offer can
+  // already carry b's tracks on the m-lines a offered.
+  await waitFor("a's media link stable", 10000, () => inWindow(driver, a, () => driver.run(`return window.__media.session.peerConnection.signalingState === "stable";`)), 100);
+  const { sent, received } = await inWindow(driver, a, () => driver.run(`return { sent: window.__media.sent, received: window.__media.received };`));
+  const offers = received.slice(atHold.received).filter((x) => x === "offer").length;
+  const answers = sent.slice(atHold.sent).filter((x) => x === "answer").length;
+  assert.equal(sent[atHold.sent], "offer", `a's first frame after the hold is its crossing offer: ${sent}`);
+  assert.ok(offers >= 1, "the edge offered a b's tracks");
+  assert.equal(answers, offers - 1, `a answered every edge offer but the crossing one (edge offers ${received}; a sent ${sent})`);
+  const errors = await inWindow(driver, a, () => driver.run(`return window.__media.errors;`));
+  assert.deepEqual(errors, [], "no signalling step was refused");
 });
