@@ -1,6 +1,8 @@
 //! The media plane through a real `edge` process: two Rust WebRTC peers (the `webrtc`
 //! crate as a client) and a websocket-only participant in one session; signalling errors;
-//! the peer bound; 200 join/leave cycles that leave no peer, task or descriptor behind.
+//! the peer bound; a drain that tells WebRTC participants where their room moved (real
+//! edges and a locator); 200 join/leave cycles that leave no peer, task or descriptor
+//! behind (counted from the process's `/v1/status` and `/proc/<pid>/fd`).
 
 mod common;
 
