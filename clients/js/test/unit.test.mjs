@@ -75,3 +75,26 @@ test("the try page embeds the library as built now (npm run page refreshes it)",
   const embedded = readFileSync(join(repoRoot, "locator/assets/locus-client.js"), "utf8");
   assert.ok(built === embedded, "locator/assets/locus-client.js differs from a fresh build of clients/js: run `npm run page` in clients/js and commit it");
 });
+
+test("media in Node (no RTCPeerConnection): publish throws media-unavailable, a track listener hears `unavailable`, messages go on", async (t) => {
+  const topo = await Topology.start({ edges: ["us-east-1"] });
+  t.after(() => topo.stop());
+  const c = new LocusClient({ locators: topo.locatorUrls, WebSocket });
+  const a = await c.join({ key: "room-node-media", region: "us-east" });
+  const b = await c.join({ key: "room-node-media", region: "us-east" });
+  const media = [];
+  a.on("media", (state, detail) => media.push([state, detail.reason]));
+  a.on("track", () => assert.fail("no track without a peer connection"));
+  assert.deepEqual(media.map((m) => m[0]), ["unavailable"]);
+  assert.match(media[0][1], /RTCPeerConnection/);
+  assert.throws(() => a.publish({ getTracks: () => [] }), (e) => e.code === "media-unavailable");
+  assert.equal(a.peerConnection, null);
+  const got = [];
+  b.on("message", (from, data) => got.push([from, data]));
+  a.send("still here");
+  const { waitFor } = await import("./harness.mjs");
+  await waitFor("b gets a's message", 5000, () => got.length === 1);
+  assert.deepEqual(got, [[a.you, "still here"]]);
+  a.leave();
+  b.leave();
+});
