@@ -192,8 +192,8 @@ return {
 };
 `;
 
-test("the try page: camera and microphone tiles of each other in two windows, RTP flowing", async (t) => {
-  const topo = await Topology.start({ edges: ["us-east-1"] });
+test("the try page: camera and microphone tiles of each other in two windows, RTP flowing, back after an edge SIGKILL", async (t) => {
+  const topo = await Topology.start({ edges: ["us-east-1", "us-east-2"] });
   t.after(() => topo.stop());
   const driver = await startBrowser(t, MEDIA_FLAGS);
   if (!driver) return;
@@ -210,16 +210,24 @@ test("the try page: camera and microphone tiles of each other in two windows, RT
     await driver.click("#camera");
   }
   let last;
-  await waitSeeing("each window shows its own tile and the other's with live audio and video", 45000, async () => {
+  /** Each window shows exactly its own tile and the other's, with live audio and video. */
+  const tilesShown = (what) => waitSeeing(what, 45000, async () => {
     last = await inEach(driver, windows, TILES);
     return last.every((v, i) => {
       const other = last[1 - i].you;
       const own = v.tiles.find((x) => x.p === "local");
       const theirs = v.tiles.find((x) => x.p === other);
-      return v.state === "connected" && own && theirs && theirs.kinds.join() === "audio,video";
+      return v.state === "connected" && v.tiles.length === 2 && own && theirs && theirs.kinds.join() === "audio,video";
     });
   }, 250, () => last);
+  await tilesShown("each window shows its own tile and the other's with live audio and video");
   for (const [i, w] of windows.entries()) await packetsFlow(driver, w, `try page window ${i}`);
+  const before = last.map((v) => v.you);
+  const edge = await inWindow(driver, windows[0], () => driver.run(`return document.getElementById("edge").textContent;`));
+  await topo.signalEdge(edge, "SIGKILL");
+  await tilesShown("after the edge SIGKILL: the other's tile again (its new participant id), no stale tile");
+  assert.ok(last.every((v, i) => v.you !== before[i]), "both re-joined as new participants");
+  for (const [i, w] of windows.entries()) await packetsFlow(driver, w, `try page window ${i} after the SIGKILL`);
   // Once the other has chatted, its tile carries its name.
   await driver.switchTo(windows[1]);
   await driver.type("#msg", "hello with video");
