@@ -1,12 +1,12 @@
 //! The media plane through a real `edge` process: two Rust WebRTC peers (the `webrtc`
 //! crate as a client) and a websocket-only participant in one session; signalling errors;
-//! the peer bound; 200 join/leave cycles that leave no peer, task or descriptor behind.
+//! the peer bound; a drain that tells WebRTC participants where their room moved (real
+//! edges and a locator); 200 join/leave cycles that leave no peer, task or descriptor
+//! behind (counted from the process's `/v1/status` and `/proc/<pid>/fd`).
 
 mod common;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,70 +36,6 @@ fn rtc_frame(kind: &str, sdp: &str) -> String {
         r#"{{"locus":"rtc","type":"{kind}","sdp":{}}}"#,
         Value::String(sdp.to_string())
     )
-}
-
-/// A running `edge` process on loopback; killed when dropped.
-struct EdgeProcess {
-    addr: SocketAddr,
-    child: Child,
-    log: PathBuf,
-}
-
-impl EdgeProcess {
-    async fn spawn(dir: &Path, extra: &[&str]) -> EdgeProcess {
-        let port = free_port().await;
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let log = dir.join("edge.log");
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_edge"))
-            .args(["--id", "edge-rtc", "--region", "eu-west"])
-            .args(["--listen", &addr.to_string()])
-            .args(["--public-url", &format!("http://{addr}")])
-            // No locator answers there: sessions do not need one.
-            .args(["--locator", "http://127.0.0.1:9"])
-            .arg("--spool-dir")
-            .arg(dir.join("spool"))
-            .args(["--rtc-listen", "127.0.0.1"])
-            .args(extra)
-            .env("LOCATOR_EDGE_TOKEN", TOKEN)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .expect("spawn the edge binary");
-        let edge = EdgeProcess { addr, child, log };
-        eventually("the edge process to listen", || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
-        edge
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn status(&self) -> Value {
-        let (code, body) = http(self.addr, "GET", "/v1/status", None).await;
-        assert_eq!(code, 200, "{body}");
-        serde_json::from_str(&body).expect("status JSON")
-    }
-
-    async fn join(&self, session: &str, pid: &str) -> Client {
-        let token = mint("edge-rtc", session, pid, 300);
-        connect(&format!(
-            "ws://{}/v1/sessions/{session}/ws?token={token}",
-            self.addr
-        ))
-        .await
-    }
-}
-
-impl Drop for EdgeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Events of a client peer connection.
@@ -145,6 +81,10 @@ struct Peer {
     outgoing: mpsc::UnboundedSender<Message>,
     /// rtc error frames the edge sent.
     errors: Arc<Mutex<Vec<String>>>,
+    /// Other edge frames (not rtc, not presence), such as `moved`.
+    edge_frames: Arc<Mutex<Vec<Value>>>,
+    /// The websocket's close code and reason, once closed by the edge.
+    closed: watch::Receiver<Option<(u16, String)>>,
     received: Arc<Mutex<Vec<Instant>>>,
     tracks: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
@@ -160,12 +100,20 @@ impl Peer {
     /// Joins, opens the peer (with an Opus track when `audio`), offers without trickle and
     /// waits until the data channel is open.
     async fn join(
-        edge: &EdgeProcess,
+        edge: &RtcEdge,
         session: &str,
         pid: &str,
         audio: Option<u32>,
     ) -> (Peer, Option<Arc<TrackLocalStaticRTP>>) {
-        let ws = edge.join(session, pid).await;
+        Peer::join_on(edge.join(session, pid).await, pid, audio).await
+    }
+
+    /// The same on an open session websocket.
+    async fn join_on(
+        ws: Client,
+        pid: &str,
+        audio: Option<u32>,
+    ) -> (Peer, Option<Arc<TrackLocalStaticRTP>>) {
         let (gathered_tx, mut gathered) = watch::channel(false);
         let received = Arc::new(Mutex::new(Vec::new()));
         let tracks = Arc::new(AtomicU64::new(0));
@@ -246,9 +194,12 @@ impl Peer {
             .send(Message::text(rtc_frame("offer", &sdp)))
             .expect("queue offer");
         let errors = Arc::new(Mutex::new(Vec::new()));
+        let edge_frames = Arc::new(Mutex::new(Vec::new()));
+        let (closed_tx, closed) = watch::channel(None);
         let task = {
             let pc = pc.clone();
             let errors = errors.clone();
+            let edge_frames = edge_frames.clone();
             let outgoing = outgoing.clone();
             let (mut sink, mut stream) = ws.split();
             tokio::spawn(async move {
@@ -260,9 +211,15 @@ impl Peer {
                         },
                         frame = stream.next() => {
                             let Some(Ok(Message::Text(text))) = frame else {
+                                if let Some(Ok(Message::Close(close))) = &frame {
+                                    closed_tx.send_replace(Some(close.as_ref().map_or((1005, String::new()), |c| (u16::from(c.code), c.reason.to_string()))));
+                                }
                                 if matches!(frame, None | Some(Err(_)) | Some(Ok(Message::Close(_)))) { break }
                                 continue;
                             };
+                            if text.starts_with("{\"locus\"") && !text.starts_with("{\"locus\":\"rtc\"") && !text.starts_with("{\"locus\":\"presence\"") {
+                                edge_frames.lock().expect("lock").push(serde_json::from_str(&text).expect("edge frame JSON"));
+                            }
                             if !text.starts_with("{\"locus\":\"rtc\"") {
                                 continue;
                             }
@@ -298,6 +255,8 @@ impl Peer {
                 messages,
                 outgoing,
                 errors,
+                edge_frames,
+                closed,
                 received,
                 tracks,
                 task,
@@ -360,7 +319,7 @@ async fn next_session_message(client: &mut Client) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_webrtc_peers_and_a_websocket_participant_share_a_session() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let edge = EdgeProcess::spawn(dir.path(), &["--send-queue", "4096"]).await;
+    let edge = RtcEdge::spawn(dir.path(), &["--send-queue", "4096"]).await;
     let mut carol = edge.join("s-rtc", "carol").await;
     let (mut alice, alice_track) = Peer::join(&edge, "s-rtc", "alice", Some(0xA11CE)).await;
     let (mut bob, _) = Peer::join(&edge, "s-rtc", "bob", None).await;
@@ -523,4 +482,258 @@ async fn bad_and_out_of_order_frames_get_an_error_and_the_session_goes_on() {
         edge.state.media.peer_count() == 0
     })
     .await;
+}
+
+/// What the running edge holds, read from outside: its `/v1/status` figures and its
+/// descriptors as the kernel lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holdings {
+    peers: u64,
+    rooms: u64,
+    tasks: u64,
+    fds: u64,
+    proc_fds: usize,
+}
+
+impl RtcEdge {
+    async fn holdings(&self) -> Holdings {
+        // The kernel's count first: the status request's own connection is not in it.
+        let proc_fds = std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .expect("the edge's /proc fd directory")
+            .count();
+        let status = self.status().await;
+        let figure = |v: &Value| v.as_u64().unwrap_or_else(|| panic!("a count in {status}"));
+        Holdings {
+            peers: figure(&status["rtc"]["peers"]),
+            rooms: figure(&status["rtc"]["rooms"]),
+            tasks: figure(&status["process"]["tasks"]),
+            fds: figure(&status["process"]["fds"]),
+            proc_fds,
+        }
+    }
+}
+
+/// What the process's descriptors point at (for a failure message).
+fn fd_targets(pid: u32) -> Vec<String> {
+    let mut targets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|t| t.display().to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    targets.sort();
+    targets
+}
+
+/// One WebRTC participant joins the session of `host`, proves its data channel and the
+/// forwarding of the host's audio, and leaves.
+async fn join_and_leave(edge: &RtcEdge, host: &mut Peer, session: &str, pid: &str) {
+    let (guest, _) = Peer::join(edge, session, pid, None).await;
+    // Guest to host: the host's channel is long open, so the message is on it.
+    guest
+        .channel
+        .send_text(&format!("hello from {pid}"))
+        .await
+        .expect("guest sends");
+    assert_eq!(host.next_message().await, format!("hello from {pid}"));
+    eventually("the guest to receive the host's audio", || async {
+        !guest.received.lock().expect("lock").is_empty()
+    })
+    .await;
+    assert!(guest.errors.lock().expect("lock").is_empty());
+    guest.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_join_leave_cycles_leave_no_peer_task_or_descriptor_behind() {
+    const CYCLES: usize = 200;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let edge = RtcEdge::spawn(dir.path(), &[]).await;
+    // A resident publisher: every newcomer gets its audio forwarded (a renegotiation, a
+    // forwarding task) besides its data channel.
+    let (mut host, host_track) = Peer::join(&edge, "s-leak", "host", Some(0x5EED)).await;
+    let source = opus_source(host_track.expect("host track"), 0x5EED);
+    // One cycle first, so what lives as long as the host does (the task reading its
+    // published track, made on its first packet) is in the starting counts.
+    join_and_leave(&edge, &mut host, "s-leak", "warm-up").await;
+    let settled = Instant::now() + WAIT;
+    while edge.holdings().await.peers != 1 {
+        assert!(
+            Instant::now() < settled,
+            "the warm-up guest's peer does not end"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = edge.holdings().await;
+    let fds_before = fd_targets(edge.child.id());
+    assert_eq!((before.peers, before.rooms), (1, 1), "{before:?}");
+    let started = Instant::now();
+    for i in 0..CYCLES {
+        join_and_leave(&edge, &mut host, "s-leak", &format!("guest-{i}")).await;
+    }
+    let cycles = started.elapsed();
+    // Peers end as their websockets close: wait (with a deadline) for the edge to settle.
+    let deadline = Instant::now() + WAIT;
+    let after = loop {
+        let now = edge.holdings().await;
+        let settled = now.peers == before.peers
+            && now.rooms == before.rooms
+            && now.tasks <= before.tasks
+            && now.fds <= before.fds
+            && now.proc_fds <= before.proc_fds;
+        if settled || Instant::now() > deadline {
+            break now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("{CYCLES} cycles in {cycles:.1?}; before {before:?}; after {after:?}");
+    eprintln!(
+        "fds before: {fds_before:?}\nfds after: {:?}",
+        fd_targets(edge.child.id())
+    );
+    assert_eq!(after.peers, before.peers, "peers: {after:?} vs {before:?}");
+    assert_eq!(after.rooms, before.rooms, "rooms: {after:?} vs {before:?}");
+    assert!(
+        after.tasks <= before.tasks,
+        "tasks: {after:?} vs {before:?}"
+    );
+    assert!(after.fds <= before.fds, "fds: {after:?} vs {before:?}");
+    assert!(
+        after.proc_fds <= before.proc_fds,
+        "/proc fds: {after:?} vs {before:?}"
+    );
+    assert!(host.errors.lock().expect("lock").is_empty());
+    source.abort();
+    host.leave().await;
+    eventually("the host's peer to end", || async {
+        edge.status().await["rtc"]["peers"] == 0
+    })
+    .await;
+}
+
+/// Asks the locator for a keyed room (retrying until an edge is there to place it).
+async fn create_room(locator: std::net::SocketAddr, key: &str) -> Value {
+    let body = format!(r#"{{"key":"{key}"}}"#);
+    within("the locator to place the room", async {
+        loop {
+            let (status, text) = http(locator, "POST", "/v1/sessions", Some(&body)).await;
+            if status == 201 || status == 200 {
+                return serde_json::from_str(&text).expect("session JSON");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+}
+
+fn with_token(answer: &Value) -> String {
+    format!(
+        "{}?token={}",
+        answer["ws_url"].as_str().expect("ws_url"),
+        answer["join_token"].as_str().expect("join_token")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_edge_tells_webrtc_participants_where_their_room_moved() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let locator = Locator::start(&dir.path().join("locator.sqlite"), 0).await;
+    let args = ["--drain-deadline", "2s"];
+    let mut edges = Vec::new();
+    for id in ["edge-m1", "edge-m2"] {
+        let edge = RtcEdge::spawn_as(dir.path(), id, &locator.url(), &args).await;
+        eventually("the edge to register", || async {
+            !edge.status().await["locator"].is_null()
+        })
+        .await;
+        edges.push(edge);
+    }
+    let room = create_room(locator.addr, "room-rtc").await;
+    let session = room["session_id"].as_str().expect("session id").to_string();
+    let x = edges
+        .iter()
+        .position(|e| room["edge"]["id"] == e.id.as_str())
+        .expect("a test edge hosts the room");
+    let mut draining = edges.remove(x);
+    let other = edges.remove(0);
+
+    let (mut alice, alice_track) =
+        Peer::join_on(connect(&with_token(&room)).await, "alice", Some(0xD1A)).await;
+    let (status, again) = http(
+        locator.addr,
+        "GET",
+        &format!("/v1/sessions/{session}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    let again: Value = serde_json::from_str(&again).expect("json");
+    let (mut bob, _) = Peer::join_on(connect(&with_token(&again)).await, "bob", None).await;
+    let source = opus_source(alice_track.expect("alice's track"), 0xD1A);
+    eventually("bob to receive alice's audio", || async {
+        !bob.received.lock().expect("lock").is_empty()
+    })
+    .await;
+    assert_eq!(draining.status().await["rtc"]["peers"], 2);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &draining.child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    eventually("the edge to drain", || async {
+        draining.status().await["draining"] == true
+    })
+    .await;
+    // Until the deadline the call goes on.
+    bob.channel
+        .send_text("during the drain")
+        .await
+        .expect("bob sends");
+    assert_eq!(alice.next_message().await, "during the drain");
+
+    // At the deadline the room moves to the other edge: both WebRTC participants are told
+    // on their websockets, exactly as websocket-only ones.
+    let expected_url = locus_protocol::session_ws_url(&format!("http://{}", other.addr), &session);
+    for peer in [&mut alice, &mut bob] {
+        let close = within("the moved close", peer.closed.wait_for(Option::is_some))
+            .await
+            .expect("close state")
+            .clone();
+        assert_eq!(
+            close,
+            Some((
+                locus_edge::hub::CLOSE_MOVED,
+                format!("moved to {}", other.id)
+            ))
+        );
+        let frames = peer.edge_frames.lock().expect("lock").clone();
+        assert_eq!(
+            frames,
+            vec![serde_json::json!({
+                "locus": "moved",
+                "session": session,
+                "edge": other.id,
+                "url": expected_url,
+            })],
+            "exactly one moved frame"
+        );
+        assert!(peer.errors.lock().expect("lock").is_empty());
+    }
+    source.abort();
+    let exited = within("the drained edge to exit", async {
+        loop {
+            if let Some(status) = draining.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(exited.success(), "exit {exited:?}\n{}", draining.log());
+    alice.leave().await;
+    bob.leave().await;
+    locator.kill().await;
 }

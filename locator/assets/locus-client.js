@@ -1,3 +1,6 @@
+/// <reference lib="dom" preserve="true" />
+// (Its media API speaks the browser's types (MediaStream, RTCPeerConnection): the
+// declarations bring them along, so a Node project type-checks without adding "dom".)
 /**
  * Locus client library: ask a locator for a session, talk to the edge it names, and keep
  * the session alive across the failures an integrator would otherwise handle by hand.
@@ -130,6 +133,9 @@ export class LocusClient {
             connectTimeoutMs: options.connectTimeoutMs ?? 5000,
             joinTimeoutMs: options.joinTimeoutMs ?? 30000,
             sendQueue: options.sendQueue ?? 256,
+            RTCPeerConnection: options.RTCPeerConnection ?? globalThis.RTCPeerConnection,
+            iceGatherTimeoutMs: options.iceGatherTimeoutMs ?? 3000,
+            answerTimeoutMs: options.answerTimeoutMs ?? 10000,
         };
     }
     /** `GET /v1/locate`: where a new session would go, with ICE servers. */
@@ -237,6 +243,10 @@ export class Session {
         presence: new Set(),
         state: new Set(),
         dropped: new Set(),
+        track: new Set(),
+        trackended: new Set(),
+        media: new Set(),
+        mediaerror: new Set(),
     };
     #socket = null;
     #queue = [];
@@ -245,6 +255,14 @@ export class Session {
     #generation = 0;
     /** Bumped when the session ends or is left: a re-join loop of an older epoch stops. */
     #epoch = 0;
+    /** Media wanted: `publish` was called or a `track` listener registered. */
+    #wantMedia = false;
+    #published = [];
+    /** The media link of the current edge connection (one per connection: a re-join makes a new one). */
+    #media = null;
+    /** Media links that failed in a row on this connection (reset when one connects or on re-join). */
+    #mediaFailures = 0;
+    #mediaTimer = null;
     /** @internal Use {@link LocusClient.join}. */
     constructor(client, answer, options) {
         this.#client = client;
@@ -259,6 +277,10 @@ export class Session {
         if (!set)
             throw new TypeError(`Session.on: unknown event ${String(event)}`);
         set.add(listener);
+        if (event === "track") {
+            this.#wantMedia = true;
+            this.#startMedia();
+        }
         return () => this.off(event, listener);
     }
     off(event, listener) {
@@ -285,6 +307,43 @@ export class Session {
         }
         this.#queue.push(copyData(data));
         return true;
+    }
+    /**
+     * Publishes the audio and video tracks of `stream` to the other participants (through
+     * the edge, over WebRTC). Opens the media link if needed; after a re-join or a move the
+     * tracks are published again on the new edge by themselves. Tracks added to the stream
+     * later are not followed: publish it again. Throws a {@link LocusError}
+     * `media-unavailable` where there is no RTCPeerConnection (Node).
+     */
+    publish(stream) {
+        if (!this.#options.RTCPeerConnection) {
+            throw new LocusError("media-unavailable", "no RTCPeerConnection here: media needs a browser (or the `RTCPeerConnection` option)");
+        }
+        if (this.state === "ended" || this.state === "closed") {
+            throw new LocusError(this.state === "ended" ? "session-ended" : "closed", `cannot publish: the session is ${this.state}`);
+        }
+        if (!this.#published.includes(stream))
+            this.#published.push(stream);
+        this.#wantMedia = true;
+        if (this.#media)
+            this.#media.publish(stream);
+        else
+            this.#startMedia();
+    }
+    /** Stops publishing `stream` (every published stream when omitted). The tracks themselves are left running. */
+    unpublish(stream) {
+        const gone = stream ? this.#published.filter((s) => s === stream) : this.#published;
+        this.#published = stream ? this.#published.filter((s) => s !== stream) : [];
+        for (const s of gone)
+            this.#media?.unpublish(s);
+    }
+    /** The streams published now. */
+    get published() {
+        return [...this.#published];
+    }
+    /** The current media link's peer connection (for `getStats()`), or null. */
+    get peerConnection() {
+        return this.#media?.pc ?? null;
     }
     /** Messages waiting for the link to come back. */
     get queued() {
@@ -361,6 +420,7 @@ export class Session {
     #finish(state, detail, reason) {
         this.#generation++;
         this.#epoch++;
+        this.#stopMedia(detail.reason);
         this.#setState(state, detail);
         const dropped = this.#queue.map((data) => ({ data, reason }));
         this.#queue = [];
@@ -381,6 +441,8 @@ export class Session {
             locatorReason: this.answer.reason,
             locatorReasonCode: this.answer.reason_code,
         });
+        this.#mediaFailures = 0;
+        this.#startMedia();
     }
     /**
      * Opens the edge websocket of `answer` and waits for the first presence frame (the
@@ -439,6 +501,7 @@ export class Session {
                 }
                 if (generation === this.#generation && this.#socket === socket) {
                     this.#socket = null;
+                    this.#stopMedia(`lost the link to edge ${answer.edge.id}`);
                     this.#linkLost(ev.code, ev.reason);
                 }
             };
@@ -461,6 +524,10 @@ export class Session {
                 this.#emit("presence", [...this.participants]);
                 return "presence";
             }
+            if (frame.locus === "rtc") {
+                this.#media?.signal(frame);
+                return "ignored";
+            }
             if (frame.locus === "moved") {
                 this.#movedTo = { edge: String(frame.edge ?? ""), url: String(frame.url ?? "") };
                 return "moved";
@@ -475,6 +542,70 @@ export class Session {
         return "ignored";
     }
     #movedTo = null;
+    /** Opens the media link on the current connection when media is wanted and there is none. */
+    #startMedia() {
+        if (!this.#wantMedia || this.#media || this.state !== "connected" || !this.#socket)
+            return;
+        const Ctor = this.#options.RTCPeerConnection;
+        if (!Ctor) {
+            this.#emit("media", "unavailable", { reason: "no RTCPeerConnection here: media needs a browser (or the `RTCPeerConnection` option)" });
+            return;
+        }
+        const generation = this.#generation;
+        const host = {
+            sendRtc: (frame) => {
+                const socket = this.#socket;
+                if (generation !== this.#generation || !socket || socket.readyState !== OPEN)
+                    return false;
+                socket.send(JSON.stringify({ locus: "rtc", ...frame }));
+                return true;
+            },
+            emit: (event, ...args) => this.#emit(event, ...args),
+            message: (raw) => {
+                if (typeof raw === "string" || raw instanceof ArrayBuffer) {
+                    const message = decodeMessage(raw);
+                    this.#emit("message", message.from, message.data);
+                }
+            },
+            published: () => this.#published,
+            connected: () => {
+                this.#mediaFailures = 0;
+            },
+            failed: (link, reason, retry) => {
+                if (link !== this.#media)
+                    return;
+                this.#stopMedia(reason);
+                if (!retry || ++this.#mediaFailures > MEDIA_RETRIES) {
+                    this.#emit("media", "unavailable", {
+                        reason: retry ? `${reason} (gave up after ${MEDIA_RETRIES} attempts; a re-join tries again)` : reason,
+                    });
+                    return;
+                }
+                const wait = backoffDelay(this.#mediaFailures, this.#options.backoff, this.#options.random);
+                this.#mediaTimer = setTimeout(() => {
+                    this.#mediaTimer = null;
+                    if (generation === this.#generation)
+                        this.#startMedia();
+                }, wait);
+            },
+        };
+        try {
+            this.#media = new MediaLink(Ctor, this.answer.ice_servers ?? [], host, this.#options);
+        }
+        catch (error) {
+            this.#media = null;
+            this.#emit("mediaerror", `cannot open a peer connection: ${errorText(error)}`);
+        }
+    }
+    /** Drops the media link (its remote tracks are reported ended). */
+    #stopMedia(reason) {
+        if (this.#mediaTimer)
+            clearTimeout(this.#mediaTimer);
+        this.#mediaTimer = null;
+        const media = this.#media;
+        this.#media = null;
+        media?.close(reason);
+    }
     /** What a close before admission means. */
     #closeOutcome(code, reason, answer) {
         if (code === CloseCode.SESSION_FULL) {
@@ -567,6 +698,303 @@ export class Session {
             this.#rejoining = false;
             // A link that died while this loop finished (state connected, no socket) starts another.
         }
+    }
+}
+/** A media link gives up after this many failed peer connections in a row (until the next re-join). */
+const MEDIA_RETRIES = 3;
+/**
+ * Client offers at most this often: the edge takes at most 2 per second by default
+ * (`--rtc-renegotiations-per-second`) and refuses more with an error frame.
+ */
+const OFFER_SPACING_MS = 600;
+/**
+ * One WebRTC peer connection to the edge of the current session connection, negotiated
+ * over the session websocket (README "Edge sessions"): the client offers first (a `locus`
+ * data channel and the published tracks), the edge answers, and offers again whenever the
+ * tracks this client receives change. The edge is the polite side of glare, so an edge
+ * offer that crosses one of ours is ignored (the edge rolls its own back and offers again
+ * after answering ours). Offers wait for ICE gathering (bounded) so they carry their
+ * candidates; later ones are trickled. All signalling steps run one at a time, in order.
+ */
+class MediaLink {
+    pc;
+    #host;
+    #options;
+    #chain = Promise.resolve();
+    #closed = false;
+    /** Our offer is with the edge, waiting for its answer. */
+    #awaitingAnswer = false;
+    #answerTimer = null;
+    #offerTimer = null;
+    #lastOfferAt = 0;
+    /** Offers refused or unanswered in a row. */
+    #refusals = 0;
+    /** Candidates found after an offer left are trickled. */
+    #offerSent = false;
+    #senders = new Map();
+    /** Remote tracks alive now, with their publisher. */
+    #remote = new Map();
+    constructor(Ctor, iceServers, host, options) {
+        this.#host = host;
+        this.#options = options;
+        this.pc = new Ctor({
+            iceServers: iceServers.map((s) => ({ urls: s.urls, username: s.username, credential: s.credential })),
+        });
+        const channel = this.pc.createDataChannel("locus");
+        channel.binaryType = "arraybuffer";
+        // While this channel is open the edge delivers the session's messages on it instead of the websocket.
+        channel.onmessage = (ev) => {
+            if (!this.#closed)
+                host.message(ev.data);
+        };
+        this.pc.onnegotiationneeded = () => this.negotiate();
+        this.pc.ontrack = (ev) => this.#onTrack(ev);
+        this.pc.onicecandidate = (ev) => {
+            // mDNS names (`….local`) mean nothing to the edge: it learns the address from the checks.
+            if (!this.#offerSent || this.#closed || !ev.candidate || /\.local\b/.test(ev.candidate.candidate))
+                return;
+            host.sendRtc({ type: "candidate", candidate: ev.candidate.toJSON() });
+        };
+        this.pc.onconnectionstatechange = () => {
+            if (this.#closed)
+                return;
+            const state = this.pc.connectionState;
+            host.emit("media", state, { reason: `peer connection ${state}` });
+            if (state === "connected")
+                host.connected();
+            if (state === "failed")
+                host.failed(this, "the WebRTC connection to the edge failed", true);
+        };
+        for (const stream of host.published())
+            this.publish(stream);
+        host.emit("media", "new", { reason: "opening the media link" });
+    }
+    publish(stream) {
+        if (this.#closed)
+            return;
+        for (const track of stream.getTracks()) {
+            if (!this.#senders.has(track))
+                this.#senders.set(track, this.pc.addTrack(track, stream));
+        }
+    }
+    unpublish(stream) {
+        if (this.#closed)
+            return;
+        for (const track of stream.getTracks()) {
+            const sender = this.#senders.get(track);
+            if (!sender)
+                continue;
+            this.#senders.delete(track);
+            try {
+                this.pc.removeTrack(sender);
+            }
+            catch {
+                // the connection is closing
+            }
+        }
+    }
+    /** Handles an `rtc` frame from the edge. */
+    signal(frame) {
+        if (this.#closed)
+            return;
+        const sdp = typeof frame.sdp === "string" ? frame.sdp : "";
+        switch (frame.type) {
+            case "offer":
+                this.#run(() => this.#edgeOffer(sdp));
+                break;
+            case "answer":
+                this.#run(() => this.#edgeAnswer(sdp));
+                break;
+            case "error": {
+                const detail = typeof frame.detail === "string" ? frame.detail : "error";
+                this.#host.emit("mediaerror", detail);
+                this.#run(() => this.#edgeError(detail));
+                break;
+            }
+            default:
+                // The edge sends no candidates (they are in its SDP); anything else is newer than this library.
+                break;
+        }
+    }
+    /** Offers (now, or once the spacing allows) when the connection is stable. */
+    negotiate() {
+        if (this.#closed || this.#offerTimer)
+            return;
+        const wait = this.#lastOfferAt + OFFER_SPACING_MS - Date.now();
+        if (wait > 0) {
+            this.#offerTimer = setTimeout(() => {
+                this.#offerTimer = null;
+                this.negotiate();
+            }, wait);
+            return;
+        }
+        this.#run(() => this.#offer());
+    }
+    close(reason) {
+        if (this.#closed)
+            return;
+        this.#closed = true;
+        for (const timer of [this.#answerTimer, this.#offerTimer])
+            if (timer)
+                clearTimeout(timer);
+        for (const track of [...this.#remote.keys()])
+            this.#trackGone(track);
+        try {
+            this.pc.close();
+        }
+        catch {
+            // already closed
+        }
+        this.#host.emit("media", "closed", { reason });
+    }
+    #run(step) {
+        this.#chain = this.#chain.then(async () => {
+            if (this.#closed)
+                return;
+            try {
+                await step();
+            }
+            catch (error) {
+                if (!this.#closed)
+                    this.#host.emit("mediaerror", errorText(error));
+            }
+        });
+    }
+    async #offer() {
+        if (this.pc.signalingState !== "stable")
+            return; // an answer is due first; negotiationneeded fires again after
+        this.#lastOfferAt = Date.now();
+        await this.pc.setLocalDescription();
+        await this.#gathered();
+        const sdp = this.pc.localDescription?.sdp;
+        if (this.#closed || !sdp || this.pc.signalingState !== "have-local-offer")
+            return;
+        if (!this.#host.sendRtc({ type: "offer", sdp }))
+            return;
+        this.#offerSent = true;
+        this.#lastOfferAt = Date.now();
+        this.#awaitingAnswer = true;
+        this.#answerTimer = setTimeout(() => {
+            this.#answerTimer = null;
+            // The edge may yet apply this offer: rolling it back here could leave the two
+            // sides disagreeing about the m-lines, so the whole link is made anew.
+            if (!this.#closed)
+                this.#host.failed(this, `the edge did not answer an offer within ${this.#options.answerTimeoutMs} ms`, true);
+        }, this.#options.answerTimeoutMs);
+    }
+    async #edgeAnswer(sdp) {
+        if (!this.#awaitingAnswer || this.pc.signalingState !== "have-local-offer")
+            return;
+        this.#awaitingAnswer = false;
+        if (this.#answerTimer)
+            clearTimeout(this.#answerTimer);
+        this.#answerTimer = null;
+        try {
+            await this.pc.setRemoteDescription({ type: "answer", sdp });
+        }
+        catch (error) {
+            // The edge has applied our offer; only a new link brings the two sides together again.
+            this.#host.failed(this, `the edge's answer was not accepted: ${errorText(error)}`, true);
+            return;
+        }
+        this.#refusals = 0;
+    }
+    async #edgeOffer(sdp) {
+        // Glare: ours is outstanding. The edge is polite: it answers ours, then offers again.
+        if (this.pc.signalingState !== "stable")
+            return;
+        try {
+            await this.pc.setRemoteDescription({ type: "offer", sdp });
+            await this.pc.setLocalDescription();
+        }
+        catch (error) {
+            this.#host.emit("mediaerror", `the edge's offer was not accepted: ${errorText(error)}`);
+            if (this.pc.signalingState !== "stable") {
+                await this.pc.setRemoteDescription({ type: "rollback" }).catch(() => { });
+            }
+            return;
+        }
+        const answer = this.pc.localDescription?.sdp;
+        if (answer)
+            this.#host.sendRtc({ type: "answer", sdp: answer });
+    }
+    async #edgeError(detail) {
+        if (/^edge full/.test(detail)) {
+            this.#host.failed(this, detail, false);
+            return;
+        }
+        if (/connection failed or closed/.test(detail)) {
+            this.#host.failed(this, detail, true);
+            return;
+        }
+        // The edge answers an offer in order, before anything else it says about later frames:
+        // an error while ours waits is the refusal of ours (refused offers are not applied).
+        if (this.#awaitingAnswer)
+            await this.#refused(detail);
+    }
+    /**
+     * The edge refused our offer (it did not apply it): take it back and offer again later
+     * (jittered back-off).
+     */
+    async #refused(why) {
+        this.#awaitingAnswer = false;
+        if (this.#answerTimer)
+            clearTimeout(this.#answerTimer);
+        this.#answerTimer = null;
+        if (this.pc.signalingState === "have-local-offer") {
+            await this.pc.setLocalDescription({ type: "rollback" }).catch(() => { });
+        }
+        this.#refusals++;
+        if (this.#refusals > MEDIA_RETRIES) {
+            this.#host.failed(this, `the edge refused ${this.#refusals} offers in a row (last: ${why})`, true);
+            return;
+        }
+        const wait = Math.max(OFFER_SPACING_MS, backoffDelay(this.#refusals, this.#options.backoff, this.#options.random));
+        if (this.#offerTimer)
+            clearTimeout(this.#offerTimer);
+        this.#offerTimer = setTimeout(() => {
+            this.#offerTimer = null;
+            this.negotiate();
+        }, wait);
+    }
+    /** Resolves when ICE gathering is complete, or after `iceGatherTimeoutMs`. */
+    #gathered() {
+        const pc = this.pc;
+        if (pc.iceGatheringState === "complete")
+            return Promise.resolve();
+        return new Promise((resolve) => {
+            const done = () => {
+                clearTimeout(timer);
+                pc.removeEventListener("icegatheringstatechange", check);
+                resolve();
+            };
+            const check = () => {
+                if (pc.iceGatheringState === "complete")
+                    done();
+            };
+            const timer = setTimeout(done, this.#options.iceGatherTimeoutMs);
+            pc.addEventListener("icegatheringstatechange", check);
+        });
+    }
+    #onTrack(ev) {
+        if (this.#closed)
+            return;
+        const stream = ev.streams[0] ?? null;
+        // The edge names each forwarded stream after its publisher's participant id.
+        const participant = stream?.id ?? "";
+        const track = ev.track;
+        this.#remote.set(track, participant);
+        track.onended = () => this.#trackGone(track);
+        if (stream)
+            stream.onremovetrack = (e) => this.#trackGone(e.track);
+        this.#host.emit("track", participant, track, stream);
+    }
+    #trackGone(track) {
+        const participant = this.#remote.get(track);
+        if (participant === undefined)
+            return;
+        this.#remote.delete(track);
+        this.#host.emit("trackended", participant, track);
     }
 }
 function detach(socket) {

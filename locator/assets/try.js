@@ -6,6 +6,14 @@ const $ = (id) => document.getElementById(id);
 const client = new LocusClient({ locators: [location.origin] });
 let session = null;
 let myName = "";
+/** The camera and microphone stream while it is on. */
+let local = null;
+/** Participant id -> its tile and the tracks shown in it. */
+const tiles = new Map();
+/** Participant id -> the name its chat messages carry. */
+const names = new Map();
+// For the browser console (and the browser tests): the current session.
+window.locusTry = { get session() { return session; } };
 
 function text(id, value) {
   $(id).textContent = value === undefined || value === null || value === "" ? "–" : String(value);
@@ -51,7 +59,93 @@ function setState(state, detail = {}) {
   $("join").disabled = live;
 }
 
+function tile(key, label) {
+  let t = tiles.get(key);
+  if (!t) {
+    const fig = document.createElement("figure");
+    fig.className = "tile";
+    fig.dataset.participant = key;
+    const video = document.createElement("video");
+    video.autoplay = true;
+    video.playsInline = true;
+    const caption = document.createElement("figcaption");
+    fig.append(video, caption);
+    $("tiles").append(fig);
+    t = { fig, video, caption, tracks: new Set() };
+    tiles.set(key, t);
+  }
+  t.caption.textContent = label;
+  return t;
+}
+
+function dropTile(key) {
+  const t = tiles.get(key);
+  if (!t) return;
+  t.video.srcObject = null;
+  t.fig.remove();
+  tiles.delete(key);
+}
+
+function labelOf(p) {
+  return names.get(p) ?? p.slice(0, 8);
+}
+
+function onTrack(participant, track, stream) {
+  const t = tile(participant, labelOf(participant));
+  t.tracks.add(track);
+  // The edge names each forwarded stream after its publisher, so audio and video share one.
+  const shown = stream ?? new MediaStream([...t.tracks]);
+  if (t.video.srcObject !== shown) t.video.srcObject = shown;
+}
+
+function onTrackEnded(participant, track) {
+  const t = tiles.get(participant);
+  if (!t) return;
+  t.tracks.delete(track);
+  if (t.tracks.size === 0) dropTile(participant);
+}
+
+async function toggleCamera() {
+  if (!session) return;
+  if (local) {
+    session.unpublish(local);
+    for (const track of local.getTracks()) track.stop();
+    local = null;
+    dropTile("local");
+    $("camera").textContent = "Turn on camera and microphone";
+    return;
+  }
+  $("camera").disabled = true;
+  try {
+    local = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 640, height: 480 } });
+    session.publish(local);
+    const t = tile("local", `${myName} (you)`);
+    t.video.muted = true;
+    t.video.srcObject = local;
+    $("camera").textContent = "Turn off camera and microphone";
+  } catch (error) {
+    local = null;
+    note(`No camera or microphone: ${error.message}`);
+  } finally {
+    $("camera").disabled = !session || session.state === "ended" || session.state === "closed";
+  }
+}
+
+function note(message) {
+  $("media-note").textContent = message;
+  $("media-note").hidden = !message;
+}
+
+function stopMedia() {
+  if (local) for (const track of local.getTracks()) track.stop();
+  local = null;
+  for (const key of [...tiles.keys()]) dropTile(key);
+  $("camera").textContent = "Turn on camera and microphone";
+  $("camera").disabled = true;
+}
+
 function renderPeople(participants) {
+  for (const key of [...tiles.keys()]) if (key !== "local" && !participants.includes(key)) dropTile(key);
   const ul = $("people");
   ul.replaceChildren(...participants.map((p) => {
     const li = document.createElement("li");
@@ -83,9 +177,23 @@ $("join-form").addEventListener("submit", async (ev) => {
   history.replaceState(null, "", url);
   session.on("state", (state, detail) => {
     setState(state, detail);
-    if (state === "ended" || state === "closed") renderPeople([]);
+    if (state === "ended" || state === "closed") {
+      renderPeople([]);
+      stopMedia();
+    }
   });
   session.on("presence", renderPeople);
+  // Listening for tracks opens the session's media link: others' cameras show even before ours is on.
+  session.on("track", onTrack);
+  session.on("trackended", onTrackEnded);
+  session.on("media", (state, detail) => text("media", state === "unavailable" || state === "failed" ? `${state}: ${detail.reason}` : state));
+  session.on("mediaerror", (detail) => text("media", `edge said: ${detail}`));
+  if (navigator.mediaDevices?.getUserMedia) {
+    $("camera").disabled = false;
+    note("");
+  } else {
+    note("Camera and microphone need a secure page (https, or http on localhost); you still see and hear the others.");
+  }
   session.on("message", (from, data) => {
     let name = from ? from.slice(0, 8) : "someone";
     let body = typeof data === "string" ? data : `(${data.byteLength} bytes)`;
@@ -93,7 +201,14 @@ $("join-form").addEventListener("submit", async (ev) => {
       const m = JSON.parse(body);
       if (m && typeof m.text === "string") {
         body = m.text;
-        if (typeof m.name === "string" && m.name) name = m.name;
+        if (typeof m.name === "string" && m.name) {
+          name = m.name;
+          if (from) {
+            names.set(from, m.name);
+            const t = tiles.get(from);
+            if (t) t.caption.textContent = m.name;
+          }
+        }
       }
     } catch {
       // plain text from another kind of client
@@ -109,6 +224,10 @@ $("join-form").addEventListener("submit", async (ev) => {
 
 $("leave").addEventListener("click", () => {
   session?.leave();
+});
+
+$("camera").addEventListener("click", () => {
+  void toggleCamera();
 });
 
 $("chat-form").addEventListener("submit", (ev) => {

@@ -1,5 +1,6 @@
-//! The "try it" page: `GET /try` lets a person join a room, see who is there, chat, and
-//! watch the client library's state (edge, region, why, reconnecting…) while edges fail.
+//! The "try it" page: `GET /try` lets a person join a room, see who is there, chat, turn
+//! on camera and microphone (tiles of everyone's, through the edge's WebRTC), and watch
+//! the client library's state (edge, region, why, reconnecting…) while edges fail.
 //!
 //! Its files live in `locator/assets/` and are compiled in with `include_str!` like the
 //! admin page's: no CDN, nothing from the internet. `locus-client.js` there is the built
@@ -9,7 +10,8 @@
 //! public API does (`POST /v1/sessions`, `GET /v1/sessions/{id}`, the edge websocket).
 //!
 //! Content-Security-Policy: scripts only from the locator; `connect-src` allows `ws:`
-//! and `wss:` because the session websocket goes to the edge, another origin.
+//! and `wss:` because the session websocket goes to the edge, another origin. Media
+//! needs nothing more: the tiles show `MediaStream`s (`srcObject`), not fetched URLs.
 
 use axum::Router;
 use axum::extract::Path;

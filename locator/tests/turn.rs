@@ -557,25 +557,31 @@ async fn checked_pools_follow_their_coturns_fall_back_and_name_auth_errors() {
         metrics.contains("locator_turn_check_seconds_bucket"),
         "{metrics}"
     );
-    let audit = l1.get("/v1/admin/audit?limit=1000").await;
-    let kinds: Vec<(&str, &str)> = audit["entries"]
-        .as_array()
-        .expect("entries")
-        .iter()
-        .filter_map(|e| Some((e["kind"].as_str()?, e["detail"].as_str().unwrap_or(""))))
-        .collect();
-    assert!(
-        kinds
+    // The audit entry is written after the state changes (off the check loop): wait for it.
+    let deadline = Instant::now() + settle;
+    loop {
+        let audit = l1.get("/v1/admin/audit?limit=1000").await;
+        let kinds: Vec<(&str, &str)> = audit["entries"]
+            .as_array()
+            .expect("entries")
             .iter()
-            .any(|(k, d)| *k == "turn_server_down" && d.contains(&c.url("udp"))),
-        "{kinds:?}"
-    );
-    assert!(
-        kinds
+            .filter_map(|e| Some((e["kind"].as_str()?, e["detail"].as_str().unwrap_or(""))))
+            .collect();
+        let c_down = kinds
             .iter()
-            .any(|(k, d)| *k == "turn_server_up" && d.contains(&a_url)),
-        "{kinds:?}"
-    );
+            .any(|(k, d)| *k == "turn_server_down" && d.contains(&c.url("udp")));
+        let a_up = kinds
+            .iter()
+            .any(|(k, d)| *k == "turn_server_up" && d.contains(&a_url));
+        if c_down && a_up {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audit lacks c's turn_server_down or a's turn_server_up: {kinds:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,112 +5,14 @@
 // recover without a reload (a marker set in each page before the kill is still there) and
 // chat again. Saves a screenshot to target/try-page.png (the README's docs/try.png).
 //
-// Chromium and chromedriver come from the Debian packages `chromium` and
-// `chromium-driver` (scripts/test installs them). Without them the test fails with the
-// command to run; LOCUS_SKIP_BROWSER_TEST=1 skips it loudly on a developer machine and is
-// refused when CI=true. LOCUS_CHROMIUM and LOCUS_CHROMEDRIVER point elsewhere.
+// Chromium and chromedriver: see webdriver.mjs.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
-import { join, delimiter } from "node:path";
-import { Topology, freePort, repoRoot, waitFor } from "./harness.mjs";
-
-function findProgram(env, names) {
-  if (process.env[env]) return process.env[env];
-  for (const name of names) {
-    if (name.startsWith("/")) {
-      if (existsSync(name)) return name;
-      continue;
-    }
-    for (const dir of (process.env.PATH ?? "").split(delimiter)) {
-      if (dir && existsSync(join(dir, name))) return join(dir, name);
-    }
-  }
-  return null;
-}
-
-/** A minimal W3C WebDriver client over fetch. */
-class Driver {
-  constructor(base, id) {
-    this.base = base;
-    this.id = id;
-  }
-
-  static async start(url, chromium) {
-    const response = await fetch(`${url}/session`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({
-        capabilities: {
-          alwaysMatch: {
-            browserName: "chrome",
-            "goog:chromeOptions": {
-              binary: chromium,
-              args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1060"],
-            },
-          },
-        },
-      }),
-    });
-    const body = await response.json();
-    if (!response.ok) throw new Error(`cannot start Chromium through chromedriver: ${JSON.stringify(body.value)}`);
-    return new Driver(url, body.value.sessionId);
-  }
-
-  async cmd(method, path, body) {
-    const response = await fetch(`${this.base}/session/${this.id}${path}`, {
-      method,
-      headers: { "content-type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
-    const json = await response.json();
-    if (!response.ok) throw new Error(`webdriver ${method} ${path}: ${JSON.stringify(json.value).slice(0, 400)}`);
-    return json.value;
-  }
-
-  go(url) {
-    return this.cmd("POST", "/url", { url });
-  }
-
-  run(script, ...args) {
-    return this.cmd("POST", "/execute/sync", { script, args });
-  }
-
-  async type(css, text) {
-    const el = await this.cmd("POST", "/element", { using: "css selector", value: css });
-    const ref = Object.values(el)[0];
-    await this.cmd("POST", `/element/${ref}/clear`, {});
-    await this.cmd("POST", `/element/${ref}/value`, { text });
-  }
-
-  async click(css) {
-    const el = await this.cmd("POST", "/element", { using: "css selector", value: css });
-    await this.cmd("POST", `/element/${Object.values(el)[0]}/click`, {});
-  }
-
-  async newTab() {
-    const { handle } = await this.cmd("POST", "/window/new", { type: "tab" });
-    return handle;
-  }
-
-  window() {
-    return this.cmd("GET", "/window");
-  }
-
-  switchTo(handle) {
-    return this.cmd("POST", "/window", { handle });
-  }
-
-  async screenshot() {
-    return Buffer.from(await this.cmd("GET", "/screenshot"), "base64");
-  }
-
-  quit() {
-    return fetch(`${this.base}/session/${this.id}`, { method: "DELETE" }).catch(() => {});
-  }
-}
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { Topology, repoRoot, waitFor } from "./harness.mjs";
+import { startBrowser } from "./webdriver.mjs";
 
 const VIEW = `return {
   state: document.getElementById("state").dataset.state,
@@ -122,24 +24,10 @@ const VIEW = `return {
 };`;
 
 test("the try page: two tabs chat, the edge is killed, both recover without a reload", async (t) => {
-  const chromium = findProgram("LOCUS_CHROMIUM", ["chromium", "chromium-browser", "/usr/lib/chromium/chromium"]);
-  const chromedriver = findProgram("LOCUS_CHROMEDRIVER", ["chromedriver", "/usr/lib/chromium/chromedriver"]);
-  if (!chromium || !chromedriver) {
-    if (process.env.LOCUS_SKIP_BROWSER_TEST === "1" && process.env.CI !== "true") {
-      t.skip("LOCUS_SKIP_BROWSER_TEST=1: the try page is NOT tested in a browser");
-      return;
-    }
-    assert.fail("headless Chromium and chromedriver are needed: apt-get install chromium chromium-driver (scripts/test does)");
-  }
   const topo = await Topology.start({ edges: ["us-east-1", "us-east-2"] });
   t.after(() => topo.stop());
-  const port = await freePort();
-  const driverProcess = spawn(chromedriver, [`--port=${port}`], { stdio: "ignore" });
-  t.after(() => driverProcess.kill("SIGKILL"));
-  const driverUrl = `http://127.0.0.1:${port}`;
-  await waitFor("chromedriver ready", 20000, async () => (await (await fetch(`${driverUrl}/status`)).json()).value?.ready, 100);
-  const driver = await Driver.start(driverUrl, chromium);
-  t.after(() => driver.quit());
+  const driver = await startBrowser(t);
+  if (!driver) return;
 
   const page = `${topo.locatorUrls[0]}/try?room=browser-room`;
   const tabs = [await driver.window()];

@@ -224,6 +224,8 @@ export class Topology {
         "--linger", this.options.linger,
         "--drain-deadline", this.options.drainDeadline,
         "--spool-dir", join(this.dir, `spool-${id}`),
+        // WebRTC on loopback: the browser tests' Chromium reaches the edge there.
+        "--rtc-listen", "127.0.0.1",
       ],
       {
         env: { ...process.env, LOCATOR_EDGE_TOKEN: this.edgeToken, RUST_LOG: process.env.LOCUS_CHILD_LOG ?? "warn" },

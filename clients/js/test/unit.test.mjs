@@ -75,3 +75,59 @@ test("the try page embeds the library as built now (npm run page refreshes it)",
   const embedded = readFileSync(join(repoRoot, "locator/assets/locus-client.js"), "utf8");
   assert.ok(built === embedded, "locator/assets/locus-client.js differs from a fresh build of clients/js: run `npm run page` in clients/js and commit it");
 });
+
+test("media in Node (no RTCPeerConnection): publish throws media-unavailable, a track listener hears `unavailable`, messages go on", async (t) => {
+  const topo = await Topology.start({ edges: ["us-east-1"] });
+  t.after(() => topo.stop());
+  const c = new LocusClient({ locators: topo.locatorUrls, WebSocket });
+  const a = await c.join({ key: "room-node-media", region: "us-east" });
+  const b = await c.join({ key: "room-node-media", region: "us-east" });
+  const media = [];
+  a.on("media", (state, detail) => media.push([state, detail.reason]));
+  a.on("track", () => assert.fail("no track without a peer connection"));
+  assert.deepEqual(media.map((m) => m[0]), ["unavailable"]);
+  assert.match(media[0][1], /RTCPeerConnection/);
+  assert.throws(() => a.publish({ getTracks: () => [] }), (e) => e.code === "media-unavailable");
+  assert.equal(a.peerConnection, null);
+  const got = [];
+  b.on("message", (from, data) => got.push([from, data]));
+  a.send("still here");
+  const { waitFor } = await import("./harness.mjs");
+  await waitFor("b gets a's message", 5000, () => got.length === 1);
+  assert.deepEqual(got, [[a.you, "still here"]]);
+  a.leave();
+  b.leave();
+});
+
+test("the declarations type-check in a Node project without the DOM lib (they bring the DOM types media needs)", async () => {
+  const { mkdtempSync, writeFileSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { join } = await import("node:path");
+  const { execFileSync } = await import("node:child_process");
+  const { fileURLToPath } = await import("node:url");
+  const pkg = fileURLToPath(new URL("..", import.meta.url));
+  const dir = mkdtempSync(join(tmpdir(), "locus-dts-"));
+  try {
+    writeFileSync(join(dir, "use.ts"), [
+      `import { LocusClient, type Session } from ${JSON.stringify(join(pkg, "dist/locus-client.js"))};`,
+      `import WebSocket from "ws";`,
+      `const c = new LocusClient({ locators: ["http://127.0.0.1:1"], WebSocket: WebSocket as never });`,
+      `export async function f(): Promise<Session> { const s = await c.join({ key: "k" }); s.on("track", (p: string, t) => void [p, t.kind]); return s; }`,
+    ].join("\n"));
+    writeFileSync(join(dir, "tsconfig.json"), JSON.stringify({
+      compilerOptions: {
+        target: "ES2022", module: "NodeNext", moduleResolution: "NodeNext", lib: ["ES2022"], types: ["node", "ws"],
+        typeRoots: [join(pkg, "node_modules/@types")], baseUrl: pkg, paths: { ws: [join(pkg, "node_modules/@types/ws")] },
+        strict: true, noEmit: true, skipLibCheck: false,
+      },
+      files: ["use.ts"],
+    }));
+    try {
+      execFileSync(process.execPath, [join(pkg, "node_modules/typescript/bin/tsc"), "-p", dir], { stdio: "pipe" });
+    } catch (error) {
+      assert.fail(`tsc: ${error.stdout}${error.stderr}`);
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -476,4 +477,80 @@ pub async fn audit_rows(
     }
     rows.reverse();
     rows
+}
+
+/// A running `edge` binary on loopback with its media plane on 127.0.0.1 (the media
+/// tests' edge); killed when dropped.
+pub struct RtcEdge {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl RtcEdge {
+    /// An edge `edge-rtc` with no locator (sessions do not need one).
+    pub async fn spawn(dir: &Path, extra: &[&str]) -> RtcEdge {
+        RtcEdge::spawn_as(dir, "edge-rtc", "http://127.0.0.1:9", extra).await
+    }
+
+    /// An edge `id` linked to `locator`; its log and spool are named after it in `dir`.
+    pub async fn spawn_as(dir: &Path, id: &str, locator: &str, extra: &[&str]) -> RtcEdge {
+        let port = free_port().await;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let log = dir.join(format!("{id}.log"));
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_edge"))
+            .args(["--id", id, "--region", "eu-west"])
+            .args(["--listen", &addr.to_string()])
+            .args(["--public-url", &format!("http://{addr}")])
+            .args(["--locator", locator])
+            .arg("--spool-dir")
+            .arg(dir.join(format!("{id}-spool")))
+            .args(["--rtc-listen", "127.0.0.1"])
+            .args(extra)
+            .env("LOCATOR_EDGE_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("spawn the edge binary");
+        let edge = RtcEdge {
+            id: id.to_string(),
+            addr,
+            child,
+            log,
+        };
+        eventually("the edge process to listen", || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        edge
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn status(&self) -> Value {
+        let (code, body) = http(self.addr, "GET", "/v1/status", None).await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    pub async fn join(&self, session: &str, pid: &str) -> Client {
+        let token = mint(&self.id, session, pid, 300);
+        connect(&format!(
+            "ws://{}/v1/sessions/{session}/ws?token={token}",
+            self.addr
+        ))
+        .await
+    }
+}
+
+impl Drop for RtcEdge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
