@@ -463,28 +463,39 @@ th{{background:#f4f4f4}} td:first-child,th:first-child{{text-align:left}}
     }
     h.push_str("</table>");
     if !report.faults.is_empty() {
-        h.push_str("<h2>Faults</h2><table><tr><th>fault</th><th>at s</th><th>healed s</th><th>avoided after ms</th><th>bound ms</th><th>answers to dead edges</th><th>rooms disrupted</th><th>slowest room back ms</th><th style=\"text-align:left\">action</th></tr>");
+        h.push_str("<h2>Faults</h2><table><tr><th>fault</th><th>at s</th><th>healed s</th><th>detected after ms</th><th>avoided after ms</th><th>out ms</th><th>bound ms</th><th>answers to dead edges</th><th>false disruptions</th><th>rooms disrupted</th><th>slowest room back ms</th><th style=\"text-align:left\">action</th></tr>");
         for f in &report.faults {
             let _ = write!(
                 h,
-                r#"<tr><td>{}</td><td>{:.1}</td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style="text-align:left">{}</td></tr>"#,
+                r#"<tr><td>{}</td><td>{:.1}</td><td>{}</td><td>{}</td><td class="{}">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style="text-align:left">{}</td></tr>"#,
                 esc(f.fault.kind),
                 f.fault.at_ms as f64 / 1000.0,
                 f.fault
                     .healed_ms
                     .map_or_else(|| "-".into(), |m| format!("{:.1}", m as f64 / 1000.0)),
+                match &f.fault.watch {
+                    Some(_) => f
+                        .detected_after_ms
+                        .map_or_else(|| "never".into(), |m| m.to_string()),
+                    None => "-".into(),
+                },
                 if f.ok { "ok" } else { "fail" },
                 f.avoided_after_ms
                     .map_or_else(|| "never".into(), |m| m.to_string()),
+                f.fault
+                    .watch
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |w| w.out_ms.to_string()),
                 f.fault.bound_ms,
                 f.answers_to_dead_edges,
+                f.false_disruptions,
                 f.rooms_disrupted,
                 f.max_room_recovery_ms
                     .map_or_else(|| "-".into(), |m| m.to_string()),
                 esc(&f.fault.action)
             );
         }
-        h.push_str("</table><small>avoided after: from the fault to the first answer after which no answer names a dead edge (a locator restart: to its first successful answer).</small>");
+        h.push_str("</table><small>detected after: from the fault to when every locator had the edge out of new sessions (the failure detector's faults, watched on the locators). Avoided after: for those, the later of that and the last answer naming the edge; for the others, the first answer after which no answer names a dead edge (a locator restart: to its first successful answer). Out: how long any locator kept the edge out of new sessions.</small>");
     }
     if !report.errors.is_empty() {
         h.push_str(

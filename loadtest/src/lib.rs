@@ -11,7 +11,9 @@
 //!   `X-Forwarded-For`, websockets to the edges, message rounds, re-joins.
 //! - [`record`]: what the clients saw, recorded as they go.
 //! - [`scenario`]: phases and faults (`steady`, `burst`, `edge-crash`, `edge-hang`,
-//!   `region-outage`, `locator-restart`, `rolling-drain`, `mixed`).
+//!   `edge-stall`, `slow-link`, `link-partition`, `link-flap`, `region-outage`,
+//!   `locator-restart`, `rolling-drain`, `mixed`); the failure detector's faults are
+//!   watched on every locator ([`topology::Topology::watch_edge`]).
 //! - [`run`]: one run end to end, including the audit log read back from the locator.
 //! - [`report`]: figures and invariants, JSON and terminal table; [`html`]: the HTML
 //!   report with inline SVG charts.

@@ -47,9 +47,9 @@ enum Command {
 /// Run a scenario (the default command).
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// steady, burst, edge-crash, edge-hang, region-outage, locator-restart,
-    /// rolling-drain, or mixed (all of them, one phase each); several separated by
-    /// commas run one after the other.
+    /// steady, burst, edge-crash, edge-hang, edge-stall, slow-link, link-partition,
+    /// link-flap, region-outage, locator-restart, rolling-drain, or mixed (all of them,
+    /// one phase each); several separated by commas run one after the other.
     #[arg(long, default_value = "steady")]
     scenario: String,
     /// Locator URL(s) of a running topology (comma-separated); without it a local
