@@ -726,11 +726,22 @@ impl PeerConnectionEventHandler for PeerHandler {
         let Some(codec) = track.codec(media_ssrc).await else {
             return;
         };
+        // The track's kind can still be unset when its first packet arrives (seen with
+        // Chromium under load); the codec says it. A receiver's `add_track` refuses a track
+        // of no kind.
+        let kind = match track.kind().await {
+            RtpCodecKind::Unspecified => kind_of_codec(&codec),
+            kind => kind,
+        };
+        if kind == RtpCodecKind::Unspecified {
+            tracing::warn!(participant = %self.participant, codec = %codec.mime_type, "a published track of no known kind is not forwarded");
+            return;
+        }
         let published = Arc::new(Published {
             id: self.media.next_id.fetch_add(1, Ordering::Relaxed),
             owner: self.member,
             participant: self.participant.clone(),
-            kind: track.kind().await,
+            kind,
             codec,
             media_ssrc,
             remote: track.clone(),
@@ -742,6 +753,15 @@ impl PeerConnectionEventHandler for PeerHandler {
             self.room.clone(),
             self.media.stats.clone(),
         ));
+    }
+}
+
+/// A codec's kind from its MIME type (`audio/opus`, `video/VP8`).
+fn kind_of_codec(codec: &RTCRtpCodec) -> RtpCodecKind {
+    match codec.mime_type.split('/').next() {
+        Some(t) if t.eq_ignore_ascii_case("audio") => RtpCodecKind::Audio,
+        Some(t) if t.eq_ignore_ascii_case("video") => RtpCodecKind::Video,
+        _ => RtpCodecKind::Unspecified,
     }
 }
 
@@ -876,6 +896,7 @@ async fn run_peer(task: PeerTask, mut slot: PeerSlot, mut signals: mpsc::Receive
         edge_offer_pending: false,
         remote_set: false,
         dirty: false,
+        offer_again: false,
         edge_rate: Rate::default(),
         client_rate: Rate::default(),
     };
@@ -944,6 +965,10 @@ struct Negotiation<'a> {
     remote_set: bool,
     /// The tracks to forward may differ from those negotiated.
     dirty: bool,
+    /// The edge's last offer was rolled back (glare, or its answer refused): the tracks it
+    /// added are in `forwards` but not negotiated, so the next offer is due even though
+    /// `forwards` already matches the room.
+    offer_again: bool,
     edge_rate: Rate,
     client_rate: Rate,
 }
@@ -962,6 +987,7 @@ impl Negotiation<'_> {
                 if let Err(e) = self.pc.set_remote_description(answer).await {
                     self.rollback().await;
                     self.dirty = true;
+                    self.offer_again = true;
                     return Err(format!("the answer was refused: {e}"));
                 }
                 Ok(())
@@ -995,6 +1021,7 @@ impl Negotiation<'_> {
             self.rollback().await;
             self.edge_offer_pending = false;
             self.dirty = true;
+            self.offer_again = true;
         }
         self.pc
             .set_remote_description(offer)
@@ -1063,6 +1090,7 @@ impl Negotiation<'_> {
                 changed = true;
             }
         }
+        let mut unforwarded = Vec::new();
         for published in wanted {
             if self.forwards.contains_key(&published.id) {
                 continue;
@@ -1082,11 +1110,31 @@ impl Negotiation<'_> {
                     ..Default::default()
                 }],
             )));
-            let sender = self
+            // One track this receiver's connection cannot carry must not hold back the
+            // others: it is skipped, logged and reported after the offer.
+            let sender = match self
                 .pc
                 .add_track(track.clone() as Arc<dyn TrackLocal>)
                 .await
-                .map_err(|e| format!("cannot forward a track: {e}"))?;
+            {
+                Ok(sender) => sender,
+                Err(e) => {
+                    tracing::warn!(
+                        participant = %self.task.participant,
+                        publisher = %published.participant,
+                        kind = ?published.kind,
+                        codec = %published.codec.mime_type,
+                        fmtp = %published.codec.sdp_fmtp_line,
+                        error = %e,
+                        "cannot forward a track to this participant"
+                    );
+                    unforwarded.push(format!(
+                        "{} ({}) of {}: {e}",
+                        published.codec.mime_type, published.kind, published.participant
+                    ));
+                    continue;
+                }
+            };
             let task = tokio::spawn(forward(
                 published.clone(),
                 track,
@@ -1097,9 +1145,19 @@ impl Negotiation<'_> {
             self.forwards.insert(published.id, Forward { sender, task });
             changed = true;
         }
-        if !changed {
-            return Ok(());
+        let again = std::mem::take(&mut self.offer_again);
+        if changed || again {
+            self.send_offer().await?;
         }
+        if unforwarded.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("cannot forward {}", unforwarded.join("; ")))
+        }
+    }
+
+    /// Makes, applies and sends the edge's offer.
+    async fn send_offer(&mut self) -> Result<(), String> {
         let now = Instant::now();
         self.edge_rate.record(now);
         let offer = self
@@ -1196,6 +1254,17 @@ async fn negotiated_payload_type(sender: &Arc<dyn RtpSender>, codec: &RTCRtpCode
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_track_of_no_kind_takes_its_codecs() {
+        let codec = |mime: &str| RTCRtpCodec {
+            mime_type: mime.into(),
+            ..Default::default()
+        };
+        assert_eq!(kind_of_codec(&codec("audio/opus")), RtpCodecKind::Audio);
+        assert_eq!(kind_of_codec(&codec("video/VP8")), RtpCodecKind::Video);
+        assert_eq!(kind_of_codec(&codec("")), RtpCodecKind::Unspecified);
+    }
 
     #[test]
     fn frames_parse_or_say_what_is_wrong() {
