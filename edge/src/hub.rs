@@ -657,9 +657,19 @@ impl Hub {
     /// Hands an rtc frame to the participant's peer (started by its first offer); what
     /// cannot be taken is answered with an error frame.
     fn signal(&self, session: &Arc<Session>, me: &Peer, rtc: &mut Option<RtcPeer>, signal: Signal) {
-        if rtc.as_ref().is_some_and(RtcPeer::is_closed) {
+        let offer_sdp = match &signal {
+            Signal::Offer(sdp) => Some(sdp.as_str()),
+            _ => None,
+        };
+        if rtc.as_ref().is_some_and(|peer| {
+            peer.is_closed() || offer_sdp.is_some_and(|sdp| peer.is_replaced_by(sdp))
+        }) {
+            // Dropping the handle ends the old peer; its tracks leave the room.
             *rtc = None;
         }
+        let fingerprint = offer_sdp
+            .and_then(media::dtls_fingerprint)
+            .map(str::to_owned);
         let result = match rtc {
             Some(peer) => peer.deliver(signal),
             None if matches!(signal, Signal::Offer(_)) => {
@@ -669,7 +679,7 @@ impl Hub {
                     mailbox: me.mailbox.clone(),
                 });
                 self.media
-                    .open(&session.id, &me.pid, outlet)
+                    .open(&session.id, &me.pid, outlet, fingerprint)
                     .and_then(|peer| rtc.insert(peer).deliver(signal))
             }
             None => Err(

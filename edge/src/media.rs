@@ -40,7 +40,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -292,6 +292,16 @@ impl std::fmt::Debug for Media {
 #[derive(Debug)]
 pub struct RtcPeer {
     signals: mpsc::Sender<Signal>,
+    /// The DTLS fingerprint of the client's first offer: one per client peer connection.
+    fingerprint: Option<String>,
+}
+
+/// The first `a=fingerprint:` value of an SDP (each RTCPeerConnection has its own
+/// certificate, so it names the connection; an ICE restart keeps it).
+pub fn dtls_fingerprint(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|line| line.strip_prefix("a=fingerprint:"))
+        .map(str::trim)
 }
 
 impl RtcPeer {
@@ -311,6 +321,16 @@ impl RtcPeer {
     /// The peer's task has ended (failed connection): a new offer starts a new peer.
     pub fn is_closed(&self) -> bool {
         self.signals.is_closed()
+    }
+
+    /// An offer from another peer connection of the client (it closed its old one and
+    /// made a new one, e.g. after a failed negotiation): the old peer must end, not
+    /// renegotiate with it, or the old connection's tracks would stay in the room.
+    pub fn is_replaced_by(&self, offer_sdp: &str) -> bool {
+        matches!(
+            (self.fingerprint.as_deref(), dtls_fingerprint(offer_sdp)),
+            (Some(ours), Some(theirs)) if ours != theirs
+        )
     }
 }
 
@@ -380,6 +400,7 @@ impl Media {
         session_id: &str,
         participant: &str,
         outlet: Arc<dyn Outlet>,
+        fingerprint: Option<String>,
     ) -> Result<RtcPeer, String> {
         let max = self.config.max_peers;
         if self
@@ -408,7 +429,10 @@ impl Media {
             outlet,
         };
         tokio::spawn(run_peer(peer, slot, rx));
-        Ok(RtcPeer { signals })
+        Ok(RtcPeer {
+            signals,
+            fingerprint,
+        })
     }
 
     fn join_room(&self, session_id: &str) -> Arc<Room> {
@@ -551,8 +575,22 @@ impl Room {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Adds a published track. The crate can announce a remote stream (same owner and
+    /// SSRC) again on renegotiation, with a new track object that is the one receiving
+    /// its packets: the newer replaces the older, or every receiver would get the stream
+    /// twice, once silent.
     fn publish(&self, track: Arc<Published>) {
-        self.lock().tracks.push(track);
+        {
+            let mut inner = self.lock();
+            inner.tracks.retain(|t| {
+                let same = t.owner == track.owner && t.media_ssrc == track.media_ssrc;
+                if same {
+                    t.superseded.store(true, Ordering::Relaxed);
+                }
+                !same
+            });
+            inner.tracks.push(track);
+        }
         self.changed.send_modify(|v| *v += 1);
     }
 
@@ -591,6 +629,9 @@ struct Published {
     remote: Arc<dyn TrackRemote>,
     packets: broadcast::Sender<rtc::rtp::Packet>,
     last_keyframe_request: Mutex<Option<Instant>>,
+    /// A newer announcement of the same stream replaced this one: its reader stops, so
+    /// packets of a shared track object go to the newer reader only.
+    superseded: AtomicBool,
 }
 
 impl Published {
@@ -747,6 +788,7 @@ impl PeerConnectionEventHandler for PeerHandler {
             remote: track.clone(),
             packets: broadcast::channel(FANOUT_BUFFER).0,
             last_keyframe_request: Mutex::new(None),
+            superseded: AtomicBool::new(false),
         });
         tokio::spawn(read_published(
             published,
@@ -803,8 +845,18 @@ async fn read_data_channel(
 
 /// Reads a published track and fans its packets out; unpublishes it when it ends.
 async fn read_published(published: Arc<Published>, room: Arc<Room>, stats: Arc<MediaStats>) {
+    tracing::debug!(
+        participant = %published.participant,
+        ssrc = published.media_ssrc,
+        kind = %published.kind,
+        codec = %published.codec.mime_type,
+        "track published"
+    );
     room.publish(published.clone());
     while let Some(event) = published.remote.poll().await {
+        if published.superseded.load(Ordering::Relaxed) {
+            return;
+        }
         match event {
             TrackRemoteEvent::OnRtpPacket(packet) => {
                 stats
@@ -1254,6 +1306,25 @@ async fn negotiated_payload_type(sender: &Arc<dyn RtpSender>, codec: &RTCRtpCode
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_offer_from_another_connection_replaces_the_peer() {
+        let sdp = |fp: &str| {
+            format!(
+                "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\na=fingerprint:sha-256 {fp}\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+            )
+        };
+        assert_eq!(dtls_fingerprint(&sdp("AA:BB")), Some("sha-256 AA:BB"));
+        assert_eq!(dtls_fingerprint("v=0\r\n"), None);
+        let (signals, _rx) = mpsc::channel(1);
+        let peer = RtcPeer {
+            signals,
+            fingerprint: Some("sha-256 AA:BB".into()),
+        };
+        assert!(!peer.is_replaced_by(&sdp("AA:BB")));
+        assert!(peer.is_replaced_by(&sdp("CC:DD")));
+        assert!(!peer.is_replaced_by("v=0\r\n"));
+    }
 
     #[test]
     fn a_track_of_no_kind_takes_its_codecs() {
