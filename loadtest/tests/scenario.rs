@@ -196,12 +196,13 @@ fn hangs_are_avoided_fast_and_stalls_and_cut_links_fail_nothing_over() {
             .as_u64()
             .expect("each hang avoided");
         // Seen on the locators, not only in the answers (which may avoid the edge by
-        // chance before it was noticed): out of new sessions, and never before the
-        // shortest suspect timeout.
+        // chance before it was noticed): out of new sessions after the fault, and no later
+        // than the answers. No floor: the silence the locator measures can begin before
+        // the SIGSTOP (a heartbeat late on a loaded machine: 553 ms was seen in CI).
         let detected = hang["detected_after_ms"]
             .as_u64()
             .expect("each hang detected by the locator");
-        assert!(detected >= 600 && detected <= avoided, "{hang}");
+        assert!(detected > 0 && detected <= avoided, "{hang}");
         assert!(
             avoided <= hang["bound_ms"].as_u64().expect("bound"),
             "{hang}"
