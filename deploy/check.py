@@ -231,9 +231,12 @@ def check_kubernetes(validator, bin_dir, locator_flags, edge_flags):
         var = (region.get("turn") or {}).get("secret_env")
         if var and var not in secret_keys:
             fail("deploy/kubernetes Secret locus-secrets", f"no {var} (TURN secret of region {region['id']})")
-    for var in ["LOCATOR_EDGE_TOKEN", "LOCATOR_ADMIN_TOKEN"]:
+    for var in ["LOCATOR_EDGE_KEY", "LOCATOR_ADMIN_TOKEN"]:
         if var not in secret_keys:
             fail("deploy/kubernetes Secret locus-secrets", f"no {var}")
+    if "LOCATOR_EDGE_TOKEN" in secret_keys:
+        fail("deploy/kubernetes Secret locus-secrets", "LOCATOR_EDGE_TOKEN: edges have their own credentials (Secret locus-edge-credentials), the locators LOCATOR_EDGE_KEY")
+    edge_credentials = set((secrets.get("locus-edge-credentials") or {}).get("stringData") or {})
 
     # The edges: one StatefulSet per region.
     edge_regions = set()
@@ -263,6 +266,14 @@ def check_kubernetes(validator, bin_dir, locator_flags, edge_flags):
             fail(where, f"--spool-dir {spool} must be on a volume of the volumeClaimTemplates")
         if sts["spec"]["template"]["spec"].get("securityContext", {}).get("runAsNonRoot") is not True:
             fail(where, "edges run as non-root")
+        # Each edge reads its own credential; the Secret has one per pod.
+        env = {e["name"]: e for e in edge.get("env", [])}
+        if "LOCATOR_EDGE_TOKEN_FILE" not in env:
+            fail(where, "LOCATOR_EDGE_TOKEN_FILE: each edge reads its own credential from the Secret locus-edge-credentials")
+        name = sts["metadata"]["name"]
+        for ordinal in range(sts["spec"].get("replicas", 1)):
+            if f"{name}-{ordinal}" not in edge_credentials:
+                fail(where, f"no credential {name}-{ordinal} in the Secret locus-edge-credentials")
     if not edge_regions:
         fail("deploy/kubernetes", "no edge StatefulSet")
 

@@ -144,7 +144,7 @@ impl Server {
                     sid: session.into(),
                     eid: "bench-edge".into(),
                     pid: pid.into(),
-                    exp: now_unix() + 3600,
+                    exp: now_unix() + 300,
                 });
                 format!("ws://{}/v1/sessions/{session}/ws?token={token}", self.addr)
             }

@@ -18,8 +18,8 @@ pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Edge server: hosts sessions and keeps a link to the locator.
 ///
-/// The shared secret comes from the environment: LOCATOR_EDGE_TOKEN (the same value as
-/// the locator's, at least 16 characters).
+/// The secret comes from the environment: LOCATOR_EDGE_TOKEN, this edge's own credential
+/// (`locator edge-credential --config regions.yaml --id ID` prints it).
 #[derive(Debug, Parser)]
 #[command(name = "edge", version, about)]
 pub struct Cli {
@@ -42,6 +42,11 @@ pub struct Cli {
     /// Sessions this edge can host (the locator's load score is relative to it).
     #[arg(long, default_value_t = 1000)]
     pub capacity: u32,
+    /// Forwarded WebRTC bitrate this edge can carry, in bits per second, in either
+    /// direction (e.g. 200M, 1.5G, 800k, 64000): the locator scores an edge near it as
+    /// loaded and sends no new sessions to one over it. Not given: no bitrate cap.
+    #[arg(long, value_parser = parse_bitrate)]
+    pub max_bitrate: Option<u64>,
     /// Folder of the durable spool of audit entries and metrics.
     #[arg(long, default_value = "./edge-spool")]
     pub spool_dir: PathBuf,
@@ -88,6 +93,14 @@ pub struct Cli {
     /// offers above it get an error frame).
     #[arg(long, default_value_t = 2)]
     pub rtc_renegotiations_per_second: u32,
+    /// Most client connections open at once, websockets included; more are closed on
+    /// arrival. Lowered at start to fit the file descriptor limit.
+    #[arg(long, default_value_t = locus_serve::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Longest wait for a request's headers, on a new connection or an idle keep-alive
+    /// one, before it is closed (e.g. 10s).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
 }
 
 /// An inclusive UDP port range (`--rtc-ports 40000-40999`).
@@ -118,6 +131,50 @@ pub fn parse_port_range(text: &str) -> Result<PortRange, String> {
     Ok(PortRange { low, high })
 }
 
+/// Parses a bitrate in bits per second: a number with an optional decimal SI prefix
+/// (`k` = 1,000, `M` = 10^6, `G` = 10^9, `T` = 10^12) and an optional `bit/s`, `b/s` or
+/// `bps` unit: `200M`, `1.5Gbit/s`, `64000`. At least 1 bit/s.
+pub fn parse_bitrate(text: &str) -> Result<u64, String> {
+    let help = "write bits per second as a number with an optional k, M, G or T (decimal), e.g. 200M or 1.5G";
+    let t = text.trim();
+    let t = ["bit/s", "b/s", "bps"]
+        .iter()
+        .find_map(|unit| t.strip_suffix(unit))
+        .unwrap_or(t)
+        .trim_end();
+    let (number, scale) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1e3),
+        Some((i, 'M')) => (&t[..i], 1e6),
+        Some((i, 'G' | 'g')) => (&t[..i], 1e9),
+        Some((i, 'T' | 't')) => (&t[..i], 1e12),
+        Some((i, 'm')) => {
+            return Err(format!(
+                "\"{text}\": 'm' would be milli; write M for megabits ({})",
+                &t[..i]
+            ));
+        }
+        _ => (t, 1.0),
+    };
+    let number = number.trim();
+    let valid = !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && number.bytes().filter(|&b| b == b'.').count() <= 1;
+    let value: f64 = match number.parse() {
+        Ok(v) if valid => v,
+        _ => return Err(format!("\"{text}\": {help}")),
+    };
+    let bits = (value * scale).round();
+    if bits < 1.0 {
+        return Err(format!("\"{text}\": the bitrate must be at least 1 bit/s"));
+    }
+    if bits > 1e15 {
+        return Err(format!(
+            "\"{text}\": more than a petabit per second is not a real edge"
+        ));
+    }
+    Ok(bits as u64)
+}
+
 /// Validated settings of an edge.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -127,6 +184,8 @@ pub struct Settings {
     pub edge_id: String,
     pub public_url: String,
     pub capacity: u32,
+    /// `--max-bitrate`, bits per second.
+    pub max_bitrate: Option<u64>,
     pub spool_dir: PathBuf,
     pub spool_max_entries: u64,
     pub max_message_bytes: usize,
@@ -135,6 +194,8 @@ pub struct Settings {
     pub linger: Duration,
     pub drain_deadline: Duration,
     pub media: MediaConfig,
+    /// Bounds of the client-facing server.
+    pub connections: locus_serve::Limits,
 }
 
 impl Default for Settings {
@@ -147,6 +208,7 @@ impl Default for Settings {
             edge_id: String::new(),
             public_url: String::new(),
             capacity: 1000,
+            max_bitrate: None,
             spool_dir: PathBuf::from("./edge-spool"),
             spool_max_entries: 1_000_000,
             max_message_bytes: 65_536,
@@ -155,6 +217,7 @@ impl Default for Settings {
             linger: Duration::from_secs(10),
             drain_deadline: Duration::from_secs(60),
             media: MediaConfig::default(),
+            connections: locus_serve::Limits::default(),
         }
     }
 }
@@ -173,6 +236,7 @@ impl Cli {
             edge_id: self.id.clone(),
             public_url: self.public_url.clone(),
             capacity: self.capacity,
+            max_bitrate: self.max_bitrate,
             spool_dir: self.spool_dir.clone(),
             spool_max_entries: self.spool_max_entries,
             max_message_bytes: self.max_message_bytes,
@@ -187,6 +251,10 @@ impl Cli {
                 max_peers: self.max_rtc_peers,
                 send_buffer: self.rtc_send_buffer,
                 renegotiations_per_second: self.rtc_renegotiations_per_second,
+            },
+            connections: locus_serve::Limits {
+                max_connections: self.max_connections,
+                header_read_timeout: self.header_read_timeout,
             },
         };
         settings.validate()?;
@@ -223,18 +291,21 @@ impl Settings {
                 self.region
             ));
         }
-        let public_ok = (self.public_url.starts_with("http://")
-            || self.public_url.starts_with("https://"))
-            && self.public_url.len() <= 512
-            && host_of(&self.public_url).is_some_and(|h| !h.is_empty());
-        if !public_ok {
+        // The locator applies the same rule to the URL this edge registers.
+        if let Err(why) = locus_protocol::check_public_url(&self.public_url) {
             return Err(format!(
-                "--public-url \"{}\": give the http:// or https:// base URL clients reach this edge at",
-                self.public_url
+                "--public-url \"{}\": give the http:// or https:// base URL clients reach this edge at: {why}",
+                self.public_url.chars().take(100).collect::<String>()
             ));
         }
         if self.capacity == 0 {
             return Err("--capacity must be at least 1".into());
+        }
+        if self.connections.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if self.connections.header_read_timeout.is_zero() {
+            return Err("--header-read-timeout must be more than 0 (e.g. 10s)".into());
         }
         if self.spool_max_entries < 100 {
             return Err("--spool-max-entries must be at least 100".into());
@@ -275,11 +346,6 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-fn host_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    rest.split('/').next()
-}
-
 /// The websocket URL of the edge link at a locator base URL: `http://h:p[/base]` becomes
 /// `ws://h:p[/base]/v1/edge/link`.
 ///
@@ -309,7 +375,8 @@ pub fn link_url(base: &str) -> Result<String, String> {
     Ok(format!("ws://{rest}{}", locus_protocol::EDGE_LINK_PATH))
 }
 
-/// The shared edge secret (`LOCATOR_EDGE_TOKEN`). `Debug` never shows it.
+/// This edge's credential (`LOCATOR_EDGE_TOKEN`, printed by `locator edge-credential`).
+/// `Debug` never shows it.
 #[derive(Clone)]
 pub struct EdgeToken(String);
 
@@ -325,7 +392,7 @@ impl EdgeToken {
         let token = token.into();
         if token.len() < MIN_TOKEN_LEN {
             return Err(format!(
-                "LOCATOR_EDGE_TOKEN is {}: set it to the locator's edge token (at least {MIN_TOKEN_LEN} characters)",
+                "LOCATOR_EDGE_TOKEN is {}: set it to this edge's credential, printed by `locator edge-credential --config regions.yaml --id EDGE_ID` (at least {MIN_TOKEN_LEN} characters)",
                 if token.is_empty() {
                     "not set"
                 } else {
@@ -336,9 +403,26 @@ impl EdgeToken {
         Ok(EdgeToken(token))
     }
 
-    /// Reads `LOCATOR_EDGE_TOKEN`.
+    /// Reads `LOCATOR_EDGE_TOKEN`, or else the file `LOCATOR_EDGE_TOKEN_FILE` names (a
+    /// per-pod credential mounted from a Kubernetes Secret, where the image has no shell
+    /// to pick the pod's key).
     pub fn from_env() -> Result<EdgeToken, String> {
-        EdgeToken::new(std::env::var("LOCATOR_EDGE_TOKEN").unwrap_or_default())
+        let direct = std::env::var("LOCATOR_EDGE_TOKEN").unwrap_or_default();
+        if !direct.is_empty() {
+            return EdgeToken::new(direct);
+        }
+        match std::env::var_os("LOCATOR_EDGE_TOKEN_FILE") {
+            Some(path) if !path.is_empty() => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    format!(
+                        "LOCATOR_EDGE_TOKEN_FILE {}: cannot read it: {e}",
+                        std::path::Path::new(&path).display()
+                    )
+                })?;
+                EdgeToken::new(text.trim())
+            }
+            _ => EdgeToken::new(String::new()),
+        }
     }
 
     /// The secret itself: only for the `Authorization` header and the join-token key.
@@ -426,6 +510,34 @@ mod tests {
         bad(
             &["--locator", "http://a:1", "--rtc-send-buffer", "10"],
             "--rtc-send-buffer",
+        );
+    }
+
+    #[test]
+    fn bitrates() {
+        assert_eq!(parse_bitrate("200M"), Ok(200_000_000));
+        assert_eq!(parse_bitrate("1.5G"), Ok(1_500_000_000));
+        assert_eq!(parse_bitrate("800k"), Ok(800_000));
+        assert_eq!(parse_bitrate("64000"), Ok(64_000));
+        assert_eq!(parse_bitrate("10 Mbit/s"), Ok(10_000_000));
+        assert_eq!(parse_bitrate("2Gbps"), Ok(2_000_000_000));
+        for bad in [
+            "", "M", "fast", "-5M", "1e6", "1.2.3M", "0", "0.0001", "200m", "9999T",
+        ] {
+            let err = parse_bitrate(bad).expect_err(bad);
+            assert!(err.contains(bad), "{err:?} names the value {bad:?}");
+        }
+        let parsed = cli(&["--locator", "http://a:1", "--max-bitrate", "200M"]).expect("parses");
+        assert_eq!(
+            parsed.settings().expect("valid").max_bitrate,
+            Some(200_000_000)
+        );
+        let err = cli(&["--locator", "http://a:1", "--max-bitrate", "lots"])
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("--max-bitrate") && err.contains("200M"),
+            "{err}"
         );
     }
 

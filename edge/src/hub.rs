@@ -54,7 +54,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::SinkExt;
-use locus_protocol::join_token::{JoinKey, TokenError};
+use locus_protocol::join_token::{
+    JOIN_TOKEN_TTL_SECS, JoinKey, MAX_JOIN_TOKEN_LIFETIME_SECS, TokenError,
+};
 use locus_protocol::{RoomMove, SpoolBody};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
@@ -75,7 +77,12 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code: the session moved to another edge (reason `moved to <edge id>`).
 pub const CLOSE_MOVED: u16 = 4000;
 /// Close code: the same participant connected again; this older connection is closed.
+/// (No longer sent: a second connection of a connected participant is refused instead,
+/// with [`CLOSE_PARTICIPANT_CONNECTED`]. Kept for clients that still handle it.)
 pub const CLOSE_REPLACED: u16 = 4001;
+/// Close code: the join token's participant is connected already; the connection that
+/// holds it is kept (a replayed token cannot take it over).
+pub const CLOSE_PARTICIPANT_CONNECTED: u16 = 4008;
 /// Close code: the session has its maximum number of participants.
 pub const CLOSE_SESSION_FULL: u16 = 4409;
 /// Close code: the edge takes no new participants now (draining, spool full).
@@ -145,6 +152,25 @@ impl Refusal {
             problem: "session-full",
             close_code: CLOSE_SESSION_FULL,
             reason: format!("session full: at most {max} participants"),
+        }
+    }
+
+    fn participant_connected() -> Refusal {
+        Refusal {
+            status: StatusCode::CONFLICT,
+            problem: "join-token-in-use",
+            close_code: CLOSE_PARTICIPANT_CONNECTED,
+            reason: "this join token's participant is connected already (a token admits one connection at a time); ask the locator for a fresh one (GET /v1/sessions/{id})".into(),
+        }
+    }
+
+    fn session_ended() -> Refusal {
+        Refusal {
+            status: StatusCode::GONE,
+            problem: "session-ended",
+            close_code: CLOSE_GOING_AWAY,
+            reason: "this session ended on this edge; the join token was issued before it ended"
+                .into(),
         }
     }
 
@@ -367,6 +393,15 @@ pub struct Hub {
     draining: AtomicBool,
     /// Shutting down: empty sessions end at once (no linger).
     closing: AtomicBool,
+    /// Sessions that ended here, while tokens issued before their end may still be valid.
+    ended: Mutex<EndedSessions>,
+}
+
+/// Session ids that ended here, with when (Unix seconds), oldest first.
+#[derive(Debug, Default)]
+struct EndedSessions {
+    at: HashMap<Arc<str>, u64>,
+    order: VecDeque<(Arc<str>, u64)>,
 }
 
 /// Counts an open client connection while it lives.
@@ -391,6 +426,7 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            ended: Mutex::default(),
         })
     }
 
@@ -451,15 +487,20 @@ impl Hub {
     }
 
     /// Checks admission without changing anything (before the upgrade).
-    pub fn precheck(&self, session_id: &str, pid: &str) -> Result<(), Refusal> {
+    pub fn precheck(&self, session_id: &str, pid: &str, exp: u64) -> Result<(), Refusal> {
         let session = self.sessions().get(session_id).cloned();
+        if session.is_none() && self.ended_before(session_id, exp) {
+            return Err(Refusal::session_ended());
+        }
         match session {
             None if self.is_draining() => Err(Refusal::draining()),
             _ if self.spool.is_full() => Err(Refusal::spool_full()),
             None => Ok(()),
             Some(session) => {
                 let peers = session.peers().clone();
-                if peers.len() >= self.config.max_participants
+                if peers.iter().any(|p| &*p.pid == pid) {
+                    Err(Refusal::participant_connected())
+                } else if peers.len() >= self.config.max_participants
                     && !peers.iter().any(|p| &*p.pid == pid)
                 {
                     Err(Refusal::session_full(self.config.max_participants))
@@ -470,10 +511,13 @@ impl Hub {
         }
     }
 
-    fn lookup_or_create(&self, session_id: &str) -> Result<Arc<Session>, Refusal> {
+    fn lookup_or_create(&self, session_id: &str, exp: u64) -> Result<Arc<Session>, Refusal> {
         let mut map = self.sessions();
         if let Some(session) = map.get(session_id) {
             return Ok(session.clone());
+        }
+        if self.ended_before(session_id, exp) {
+            return Err(Refusal::session_ended());
         }
         if self.is_draining() || self.closing.load(Ordering::Relaxed) {
             return Err(Refusal::draining());
@@ -487,9 +531,49 @@ impl Hub {
         Ok(session)
     }
 
-    async fn join(self: &Arc<Self>, session_id: &str, peer: Peer) -> Result<Arc<Session>, Refusal> {
+    /// Notes that `session_id` ended here now.
+    fn remember_ended(&self, session_id: &Arc<str>) {
+        let now = crate::now_unix();
+        let mut guard = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let ended = &mut *guard;
+        // Forgotten once every token issued before the end has expired.
+        while ended
+            .order
+            .front()
+            .is_some_and(|(_, at)| at + MAX_JOIN_TOKEN_LIFETIME_SECS < now)
+        {
+            if let Some((id, at)) = ended.order.pop_front()
+                && ended.at.get(&id) == Some(&at)
+            {
+                ended.at.remove(&id);
+            }
+        }
+        ended.at.insert(session_id.clone(), now);
+        ended.order.push_back((session_id.clone(), now));
+    }
+
+    /// True when `session_id` ended here after a token expiring at `exp` was issued:
+    /// the locator issues tokens for `JOIN_TOKEN_TTL_SECS`, so a token issued after the
+    /// end (a room re-joined before the locator heard of the end, or moved back here)
+    /// expires no earlier than `end + JOIN_TOKEN_TTL_SECS`. Times are whole seconds: a
+    /// token issued in the second the session ended counts as issued after it (a fresh
+    /// token must never be refused; a replay gains at most that second).
+    fn ended_before(&self, session_id: &str, exp: u64) -> bool {
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended
+            .at
+            .get(session_id)
+            .is_some_and(|at| exp < at + JOIN_TOKEN_TTL_SECS)
+    }
+
+    async fn join(
+        self: &Arc<Self>,
+        session_id: &str,
+        peer: Peer,
+        exp: u64,
+    ) -> Result<Arc<Session>, Refusal> {
         loop {
-            let session = self.lookup_or_create(session_id)?;
+            let session = self.lookup_or_create(session_id, exp)?;
             let mut m = session.membership.lock().await;
             if m.ended {
                 continue;
@@ -519,8 +603,13 @@ impl Hub {
         if self.spool.is_full() {
             return Err(Refusal::spool_full());
         }
-        let replacing = m.members.iter().position(|p| p.pid == peer.pid);
-        if replacing.is_none() && m.members.len() >= self.config.max_participants {
+        // A second connection with the token of a connected participant is a replay (the
+        // client asks the locator for a fresh token, with a new participant id, whenever
+        // it re-joins): the connection that holds the participant is kept.
+        if m.members.iter().any(|p| p.pid == peer.pid) {
+            return Err(Refusal::participant_connected());
+        }
+        if m.members.len() >= self.config.max_participants {
             return Err(Refusal::session_full(self.config.max_participants));
         }
         let spool_failed = |error| {
@@ -535,15 +624,6 @@ impl Hub {
                 .await
                 .map_err(spool_failed)?;
             m.started = true;
-        }
-        if let Some(i) = replacing {
-            let old = m.members.remove(i);
-            session.publish_peers(&m.members);
-            old.mailbox.kick(
-                CLOSE_REPLACED,
-                "replaced by a newer connection of the same participant",
-            );
-            self.spool_left(session, &old).await;
         }
         self.spool
             .append(SpoolBody::ParticipantJoined {
@@ -613,6 +693,9 @@ impl Hub {
             return;
         }
         m.ended = true;
+        if m.started {
+            self.remember_ended(&session.id);
+        }
         // Spooled before the session leaves the map: once it is gone from the hub, its
         // end is on disk. (A joiner meanwhile waits on the membership lock, sees `ended`
         // and starts a new session.)
@@ -805,6 +888,7 @@ fn token_problem(error: &TokenError) -> Problem {
         TokenError::Malformed => (StatusCode::UNAUTHORIZED, "join-token-malformed"),
         TokenError::BadSignature => (StatusCode::UNAUTHORIZED, "join-token-invalid"),
         TokenError::Expired => (StatusCode::UNAUTHORIZED, "join-token-expired"),
+        TokenError::TooLong => (StatusCode::UNAUTHORIZED, "join-token-invalid"),
         TokenError::WrongSession => (StatusCode::FORBIDDEN, "join-token-wrong-session"),
         TokenError::WrongEdge => (StatusCode::FORBIDDEN, "join-token-wrong-edge"),
     };
@@ -845,7 +929,7 @@ pub async fn ws_handler(
                 return token_problem(&error).into_response();
             }
         };
-    if let Err(refusal) = hub.precheck(&session_id, &claims.pid) {
+    if let Err(refusal) = hub.precheck(&session_id, &claims.pid, claims.exp) {
         return refusal.problem().into_response();
     }
     let Ok(ws) = ws else {
@@ -861,19 +945,25 @@ pub async fn ws_handler(
         .write_buffer_size(WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| participant(hub, socket, session_id, claims.pid))
+        .on_upgrade(move |socket| participant(hub, socket, session_id, claims.pid, claims.exp))
 }
 
 /// One participant's connection, from admission to close.
 ///
 /// The join, leave and close steps are boxed: they run once, and keeping them out of the
 /// task's own future keeps the memory of an idle connection small.
-async fn participant(hub: Arc<Hub>, mut socket: WebSocket, session_id: String, pid: String) {
+async fn participant(
+    hub: Arc<Hub>,
+    mut socket: WebSocket,
+    session_id: String,
+    pid: String,
+    exp: u64,
+) {
     let _guard = hub.connection_guard();
     let conn = hub.next_conn.fetch_add(1, Ordering::Relaxed);
     let mailbox = Arc::new(Mailbox::new(hub.config.send_queue));
     let peer = peer_of(&pid, conn, &mailbox);
-    let session = match Box::pin(hub.join(&session_id, peer)).await {
+    let session = match Box::pin(hub.join(&session_id, peer, exp)).await {
         Ok(session) => session,
         Err(refusal) => {
             tracing::debug!(session = %session_id, participant = %pid, reason = %refusal.reason, "participant refused");

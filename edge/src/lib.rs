@@ -34,10 +34,13 @@
 
 pub mod config;
 pub mod drain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod link;
 pub mod load;
 pub mod media;
+pub mod openapi;
 pub mod problem;
 pub mod server;
 pub mod spool;

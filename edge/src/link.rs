@@ -2,8 +2,9 @@
 //!
 //! One connection at a time:
 //!
-//! 1. connect with `Authorization: Bearer <LOCATOR_EDGE_TOKEN>` (the header value is
-//!    marked sensitive and never logged);
+//! 1. connect with `Authorization: Bearer <LOCATOR_EDGE_TOKEN>`, this edge's own
+//!    credential (the header value is marked sensitive, and the binary keeps
+//!    tungstenite's handshake trace, which prints the request, off);
 //! 2. send `Register` (id, region, public URL, capacity, version, the sessions hosted
 //!    now, whether draining) and wait for `Welcome`;
 //! 3. align the spool with the locator's `acked_seq` (see [`crate::spool`]) and take its
@@ -170,7 +171,7 @@ enum LinkError {
     #[error("cannot connect: {0}")]
     Connect(String),
     #[error(
-        "the locator refused this edge (HTTP {0}): check that LOCATOR_EDGE_TOKEN is the locator's"
+        "the locator refused this edge (HTTP {0}): check that LOCATOR_EDGE_TOKEN is this edge's credential (`locator edge-credential --id ID`) and not revoked"
     )]
     Unauthorized(u16),
     #[error("timed out {0}")]

@@ -12,6 +12,12 @@
 //!   is (its overshoot) is the time a ready task waits for a worker thread. The report
 //!   carries the largest overshoot since the previous sample, in milliseconds.
 //! - **Connections and sessions**: the hub's counters.
+//! - **WebRTC**: peers open now, and the media plane's counters (RTP payload bytes and
+//!   packets, `locus` data-channel bytes and messages, each way) as rates over the wall
+//!   time since the previous sample: `bitrate_in`/`bitrate_out` in bits/s,
+//!   `packets_in_per_s`/`packets_out_per_s`. With `max_bitrate` (`--max-bitrate`) the
+//!   locator weighs them against the edge's bitrate capacity. They are left out of the
+//!   report while zero (see the protocol crate's compatibility rule).
 //!
 //! The sampler takes one sample per report interval (the locator's `report_interval`
 //! from `Welcome`, 2 s until one arrives), publishes it for the link to send as a
@@ -23,6 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use locus_protocol::LoadReport;
+
+use crate::media::MediaSnapshot;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -64,6 +72,10 @@ pub struct LoadMeter {
     /// Report interval in milliseconds (set from `Welcome`).
     interval_ms: AtomicU64,
     latest: watch::Sender<Option<LoadReport>>,
+    /// The media counters at the previous sample, for rates.
+    media: std::sync::Mutex<(Instant, MediaSnapshot)>,
+    /// `--max-bitrate`, sent with every report.
+    max_bitrate: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -78,8 +90,58 @@ impl Default for LoadMeter {
     }
 }
 
+/// WebRTC figures of one sample (rates since the previous one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RtcRates {
+    pub peers: u32,
+    pub bitrate_in: u64,
+    pub bitrate_out: u64,
+    pub packets_in_per_s: u32,
+    pub packets_out_per_s: u32,
+}
+
+/// Rates between two readings of the media counters `seconds` apart (counters only grow;
+/// a smaller one reads as 0).
+pub fn rtc_rates(before: &MediaSnapshot, after: &MediaSnapshot, seconds: f64) -> RtcRates {
+    let per_second = |a: u64, b: u64| {
+        if seconds > 0.0 {
+            b.saturating_sub(a) as f64 / seconds
+        } else {
+            0.0
+        }
+    };
+    let bytes_in = per_second(
+        before.bytes_in + before.data_in,
+        after.bytes_in + after.data_in,
+    );
+    let bytes_out = per_second(
+        before.bytes_out + before.data_out,
+        after.bytes_out + after.data_out,
+    );
+    let packets_in = per_second(
+        before.packets_in + before.messages_in,
+        after.packets_in + after.messages_in,
+    );
+    let packets_out = per_second(
+        before.packets_out + before.messages_out,
+        after.packets_out + after.messages_out,
+    );
+    RtcRates {
+        peers: u32::try_from(after.peers).unwrap_or(u32::MAX),
+        bitrate_in: (bytes_in * 8.0).round() as u64,
+        bitrate_out: (bytes_out * 8.0).round() as u64,
+        packets_in_per_s: packets_in.round() as u32,
+        packets_out_per_s: packets_out.round() as u32,
+    }
+}
+
 impl LoadMeter {
     pub fn new() -> LoadMeter {
+        LoadMeter::with_max_bitrate(None)
+    }
+
+    /// A meter whose reports carry the edge's bitrate capacity (`--max-bitrate`).
+    pub fn with_max_bitrate(max_bitrate: Option<u64>) -> LoadMeter {
         let ticks = process_cpu_ticks();
         if ticks.is_none() {
             tracing::warn!("cannot read /proc/self/stat: the CPU figure in load reports is 0");
@@ -93,6 +155,8 @@ impl LoadMeter {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()) as f64,
             interval_ms: AtomicU64::new(DEFAULT_REPORT_INTERVAL.as_millis() as u64),
             latest: watch::channel(None).0,
+            media: std::sync::Mutex::new((Instant::now(), MediaSnapshot::default())),
+            max_bitrate,
         }
     }
 
@@ -126,13 +190,33 @@ impl LoadMeter {
         self.lag_max_us.swap(0, Ordering::Relaxed) as f32 / 1000.0
     }
 
+    /// WebRTC rates since the previous call, from the media plane's counters now.
+    pub fn sample_rtc(&self, now: MediaSnapshot) -> RtcRates {
+        let at = Instant::now();
+        let mut previous = self.media.lock().unwrap_or_else(|p| p.into_inner());
+        let rates = rtc_rates(
+            &previous.1,
+            &now,
+            at.duration_since(previous.0).as_secs_f64(),
+        );
+        *previous = (at, now);
+        rates
+    }
+
     /// A full sample.
-    pub fn sample(&self, connections: u32, sessions: u32) -> LoadReport {
+    pub fn sample(&self, connections: u32, sessions: u32, media: MediaSnapshot) -> LoadReport {
+        let rtc = self.sample_rtc(media);
         LoadReport {
             cpu: self.sample_cpu(),
             lag_ms: self.take_lag_ms(),
             connections,
             sessions,
+            rtc_peers: rtc.peers,
+            bitrate_in: rtc.bitrate_in,
+            bitrate_out: rtc.bitrate_out,
+            packets_in_per_s: rtc.packets_in_per_s,
+            packets_out_per_s: rtc.packets_out_per_s,
+            max_bitrate: self.max_bitrate,
         }
     }
 
@@ -173,7 +257,9 @@ pub async fn run_sampler(state: Arc<crate::server::EdgeState>) {
     loop {
         tokio::time::sleep(state.load.interval()).await;
         let sessions = u32::try_from(state.hub.session_count()).unwrap_or(u32::MAX);
-        let report = state.load.sample(state.hub.connections(), sessions);
+        let report = state
+            .load
+            .sample(state.hub.connections(), sessions, state.media.snapshot());
         state.load.publish(report);
         if !state.spool.record_metrics(report) {
             tracing::debug!("metrics sample not spooled (spool at half its bound or busy)");
@@ -208,6 +294,42 @@ mod tests {
         let busy = meter.sample_cpu();
         assert!(busy > 0.0, "busy CPU reads {busy}");
         assert!(busy <= 1.0);
+    }
+
+    #[test]
+    fn rtc_rates_are_per_second_over_the_interval() {
+        let before = MediaSnapshot {
+            peers: 2,
+            bytes_in: 1_000,
+            packets_in: 10,
+            data_in: 500,
+            messages_in: 5,
+            ..MediaSnapshot::default()
+        };
+        let after = MediaSnapshot {
+            peers: 3,
+            bytes_in: 21_000,
+            packets_in: 110,
+            data_in: 5_500,
+            messages_in: 105,
+            bytes_out: 50_000,
+            packets_out: 400,
+            ..MediaSnapshot::default()
+        };
+        let rates = rtc_rates(&before, &after, 2.0);
+        assert_eq!(
+            rates,
+            RtcRates {
+                peers: 3,
+                bitrate_in: (20_000 + 5_000) * 8 / 2,
+                bitrate_out: 50_000 * 8 / 2,
+                packets_in_per_s: (100 + 100) / 2,
+                packets_out_per_s: 400 / 2,
+            }
+        );
+        // No time elapsed, or counters that went back: no rate, no panic.
+        assert_eq!(rtc_rates(&before, &after, 0.0).bitrate_in, 0);
+        assert_eq!(rtc_rates(&after, &before, 1.0).bitrate_out, 0);
     }
 
     #[test]

@@ -13,6 +13,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // tungstenite traces the whole client handshake request, `Authorization: Bearer
+    // <credential>` included: that one target stays at debug whatever RUST_LOG says.
+    let filter = match "tungstenite::handshake::client=debug".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -21,13 +27,18 @@ fn main() -> ExitCode {
         // then, the edge is not.
         .log_internal_errors(false)
         .init();
-    let settings = match cli.settings() {
+    let mut settings = match cli.settings() {
         Ok(settings) => settings,
         Err(message) => {
             eprintln!("edge: {message}");
             return ExitCode::FAILURE;
         }
     };
+    // Beside client connections the edge holds its spool, its locator link and a UDP
+    // socket per WebRTC peer.
+    let reserved = 256 + 2 * settings.media.max_peers;
+    settings.connections.max_connections =
+        locus_serve::fit_to_fd_limit(settings.connections.max_connections, reserved);
     let token = match EdgeToken::from_env() {
         Ok(token) => token,
         Err(message) => {

@@ -162,6 +162,7 @@ impl DataOut {
         match result {
             Ok(()) => {
                 self.stats.data_out.fetch_add(len as u64, Ordering::Relaxed);
+                self.stats.messages_out.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(webrtc::error::Error::ErrSendBufferFull) => Err(DataSendError::Full),
@@ -254,8 +255,12 @@ pub struct MediaStats {
     /// RTP payload bytes and packets forwarded to receivers.
     pub bytes_out: AtomicU64,
     pub packets_out: AtomicU64,
-    /// Data-channel bytes sent.
+    /// `locus` data-channel message bytes and messages received from participants.
+    pub data_in: AtomicU64,
+    pub messages_in: AtomicU64,
+    /// `locus` data-channel message bytes and messages sent to participants.
     pub data_out: AtomicU64,
+    pub messages_out: AtomicU64,
 }
 
 /// A point-in-time reading of the media plane.
@@ -266,6 +271,10 @@ pub struct MediaSnapshot {
     pub packets_in: u64,
     pub bytes_out: u64,
     pub packets_out: u64,
+    pub data_in: u64,
+    pub messages_in: u64,
+    pub data_out: u64,
+    pub messages_out: u64,
 }
 
 /// The media plane of the edge: peers, rooms, ports, counters.
@@ -382,6 +391,10 @@ impl Media {
             packets_in: self.stats.packets_in.load(Ordering::Relaxed),
             bytes_out: self.stats.bytes_out.load(Ordering::Relaxed),
             packets_out: self.stats.packets_out.load(Ordering::Relaxed),
+            data_in: self.stats.data_in.load(Ordering::Relaxed),
+            messages_in: self.stats.messages_in.load(Ordering::Relaxed),
+            data_out: self.stats.data_out.load(Ordering::Relaxed),
+            messages_out: self.stats.messages_out.load(Ordering::Relaxed),
         }
     }
 
@@ -816,12 +829,16 @@ async fn read_data_channel(
 ) {
     outlet.set_data_channel(Some(Arc::new(DataOut {
         channel: channel.clone(),
-        stats,
+        stats: stats.clone(),
     })));
     while let Some(event) = channel.poll().await {
         match event {
             DataChannelEvent::OnMessage(message) => {
                 let data = message.data.freeze();
+                stats
+                    .data_in
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                stats.messages_in.fetch_add(1, Ordering::Relaxed);
                 if message.is_string {
                     match String::from_utf8(data.to_vec()) {
                         Ok(text) if text.starts_with("{\"locus\"") => outlet.send_frame(

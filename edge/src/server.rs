@@ -17,13 +17,14 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::serve::ListenerExt;
 use locus_protocol::EdgeMessage;
 use locus_protocol::join_token::JoinKey;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::{EdgeToken, Settings};
 use crate::drain::Drain;
@@ -45,6 +46,8 @@ pub struct EdgeState {
     pub load: Arc<LoadMeter>,
     pub drain: Drain,
     pub link: LinkHandle,
+    /// Open and refused client connections (the serve loop's cap).
+    pub http: Arc<locus_serve::Counters>,
     outbox: Mutex<Option<mpsc::Receiver<EdgeMessage>>>,
 }
 
@@ -73,6 +76,7 @@ impl EdgeState {
             media.clone(),
         );
         let (link, outbox) = LinkHandle::new();
+        let load = Arc::new(LoadMeter::with_max_bitrate(settings.max_bitrate));
         Ok(Arc::new(EdgeState {
             drain: Drain::new(settings.drain_deadline),
             settings,
@@ -80,15 +84,16 @@ impl EdgeState {
             hub,
             media,
             spool,
-            load: Arc::new(LoadMeter::new()),
+            load,
             link,
+            http: Arc::default(),
             outbox: Mutex::new(Some(outbox)),
         }))
     }
 }
 
 /// `GET /v1/status`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Status {
     pub edge_id: String,
     pub region: String,
@@ -104,27 +109,35 @@ pub struct Status {
 }
 
 /// The media plane in `/v1/status`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RtcView {
     /// WebRTC peers alive now, and the most this edge serves (`--max-rtc-peers`).
     pub peers: usize,
     pub max_peers: usize,
     /// Sessions with at least one WebRTC peer.
     pub rooms: usize,
+    /// The media plane's counters (offers, answers, tracks, packets…).
     #[serde(flatten)]
+    #[schema(value_type = Object)]
     pub counters: crate::media::MediaSnapshot,
 }
 
 /// Resources of the process, to see leaks from outside (tests count them).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ProcessView {
     /// Tokio tasks alive.
     pub tasks: usize,
     /// Open file descriptors (`/proc/self/fd`); `null` where that is not readable.
     pub fds: Option<usize>,
+    /// Client connections open now (HTTP and websockets), the most allowed
+    /// (`--max-connections`, as fitted to the descriptor limit), and how many were closed
+    /// on arrival because it was reached.
+    pub open_connections: usize,
+    pub max_connections: usize,
+    pub refused_connections: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SpoolView {
     pub len: u64,
     pub last_seq: u64,
@@ -157,30 +170,69 @@ impl EdgeState {
                 tasks: tokio::runtime::Handle::try_current()
                     .map_or(0, |h| h.metrics().num_alive_tasks()),
                 fds: std::fs::read_dir("/proc/self/fd").ok().map(|d| d.count()),
+                open_connections: self.http.open(),
+                max_connections: self.settings.connections.max_connections,
+                refused_connections: self.http.refused(),
             },
         }
     }
 }
 
-/// All routes of the edge.
-pub fn router(state: Arc<EdgeState>) -> Router {
-    let sessions = Router::new()
-        .route("/v1/sessions/{id}/ws", get(crate::hub::ws_handler))
-        .with_state(state.hub.clone());
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/v1/status", get(status))
-        .route("/metrics", get(metrics))
-        .with_state(state)
-        .merge(sessions)
-        .fallback(not_found)
+/// Every route of the edge, each registered with its OpenAPI operation (utoipa-axum's
+/// `routes!`): the router and `/openapi.json` come from these same calls.
+fn routes() -> OpenApiRouter<Arc<EdgeState>> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(status))
+        .routes(routes!(metrics))
+        .routes(routes!(crate::openapi::openapi_json))
 }
 
+fn session_routes() -> OpenApiRouter<Arc<Hub>> {
+    OpenApiRouter::new().routes(routes!(crate::openapi::session_ws))
+}
+
+/// The edge's OpenAPI document (what `GET /openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = routes().into_openapi();
+    doc.merge(session_routes().into_openapi());
+    crate::openapi::finish(doc)
+}
+
+/// All routes of the edge.
+pub fn router(state: Arc<EdgeState>) -> Router {
+    let (sessions, _) = session_routes().split_for_parts();
+    let (router, _) = routes().split_for_parts();
+    let document = crate::openapi::Served::new(&openapi());
+    router
+        .with_state(state.clone())
+        .merge(sessions.with_state(state.hub.clone()))
+        .fallback(not_found)
+        .layer(axum::Extension(document))
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness (the locator probes it to tell a dead edge from a cut link)",
+    responses((status = 200, description = "The process serves", body = String, content_type = "text/plain")),
+)]
 async fn healthz() -> &'static str {
     "ok"
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: 503 while draining",
+    responses(
+        (status = 200, description = "Ready", body = String, content_type = "text/plain"),
+        (status = 503, description = "Draining", body = String, content_type = "text/plain"),
+    ),
+)]
 async fn readyz(State(state): State<Arc<EdgeState>>) -> Response {
     if state.drain.is_draining() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
@@ -189,6 +241,13 @@ async fn readyz(State(state): State<Arc<EdgeState>>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "operations",
+    summary = "Link, sessions, connections, spool, media, process",
+    responses((status = 200, description = "The edge's status", body = Status)),
+)]
 async fn status(State(state): State<Arc<EdgeState>>) -> Response {
     axum::Json(state.status()).into_response()
 }
@@ -196,6 +255,13 @@ async fn status(State(state): State<Arc<EdgeState>>) -> Response {
 /// `GET /metrics`: a few gauges in the Prometheus text format, labelled with the edge
 /// and its region (both validated to characters that need no escaping). Written by
 /// hand: six gauges do not need a metrics library.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (text format)",
+    responses((status = 200, description = "The metrics", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8")),
+)]
 async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {
     let status = state.status();
     let labels = format!("edge=\"{}\",region=\"{}\"", status.edge_id, status.region);
@@ -233,6 +299,16 @@ async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {
             "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{labels}}} {value}\n"
         ));
     }
+    let process = &status.process;
+    text.push_str(&format!(
+        "# HELP edge_http_connections_open Client connections open (HTTP and websockets)\n\
+         # TYPE edge_http_connections_open gauge\n\
+         edge_http_connections_open{{{labels}}} {}\n\
+         # HELP edge_http_connections_refused Connections closed on arrival because --max-connections were open\n\
+         # TYPE edge_http_connections_refused counter\n\
+         edge_http_connections_refused_total{{{labels}}} {}\n",
+        process.open_connections, process.refused_connections
+    ));
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -283,15 +359,14 @@ pub async fn run(
         }
     });
     let finished = state.clone();
-    // Relayed messages are small and latency matters: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set TCP_NODELAY on a client connection");
-        }
-    });
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { finished.drain.finished().await })
-        .await;
+    let result = locus_serve::serve(
+        listener,
+        router(state.clone()),
+        state.settings.connections,
+        state.http.clone(),
+        async move { finished.drain.finished().await },
+    )
+    .await;
     tasks.abort_all();
     result
 }

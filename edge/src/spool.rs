@@ -646,8 +646,63 @@ impl Writer {
                 .map_err(db("delete acknowledged entries"))?;
             self.len = self.len.saturating_sub(outcome.deleted);
         }
+        self.align(acked, &mut outcome).await?;
         self.publish();
         Ok(outcome)
+    }
+
+    /// After a welcome, the pending entries must follow `acked` without a gap (the
+    /// locator refuses a gap): `acked + 1 ..= acked + pending`, and the next sequence
+    /// right after them. They already do unless the locator is *behind* what this spool
+    /// assigned (its database restored from a backup, or wiped): then the pending entries
+    /// are renumbered down, since the locator never stored those numbers.
+    async fn align(&mut self, acked: u64, outcome: &mut WelcomeOutcome) -> Result<(), SpoolError> {
+        let acked_i = acked.min(i64::MAX as u64 / 2) as i64;
+        let op = "align with the locator";
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db(op))?;
+        let row = sqlx::query("SELECT COUNT(*), MIN(seq) FROM spool")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db(op))?;
+        let count: i64 = row.get(0);
+        let min: Option<i64> = row.get(1);
+        let next = acked_i as u64 + count.max(0) as u64 + 1;
+        let shift = min.is_some_and(|min| min != acked_i + 1);
+        if !shift && next == self.next_seq {
+            return Ok(());
+        }
+        if let Some(min) = min.filter(|_| shift) {
+            let offset = acked_i + 1 - min;
+            // Two steps so no intermediate row collides with another's key.
+            sqlx::query("UPDATE spool SET seq = -seq")
+                .execute(&mut *tx)
+                .await
+                .map_err(db(op))?;
+            sqlx::query("UPDATE spool SET seq = -seq + ?1")
+                .bind(offset)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(op))?;
+            outcome.renumbered = count as u64;
+        }
+        set_meta(&mut tx, "last_seq", next as i64 - 1)
+            .await
+            .map_err(db(op))?;
+        tx.commit().await.map_err(db(op))?;
+        tracing::warn!(
+            spool = %self.shared.path.display(),
+            acked,
+            previous_next = self.next_seq,
+            next,
+            renumbered = outcome.renumbered,
+            "the locator has stored fewer spool sequences than this spool assigned (was its database restored?): numbering continues right after its acknowledged sequence"
+        );
+        self.next_seq = next;
+        Ok(())
     }
 }
 
@@ -683,6 +738,7 @@ mod tests {
             lag_ms: 1.0,
             connections: 1,
             sessions: 1,
+            ..Default::default()
         }
     }
 

@@ -737,3 +737,119 @@ async fn a_draining_edge_tells_webrtc_participants_where_their_room_moved() {
     bob.leave().await;
     locator.kill().await;
 }
+
+/// Reads an admin endpoint of the locator.
+async fn admin_get(locator: std::net::SocketAddr, token: &str, path: &str) -> Value {
+    let (status, body) = http_with(
+        locator,
+        "GET",
+        path,
+        &format!("Authorization: Bearer {token}\r\n"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{path}: {body}");
+    serde_json::from_str(&body).expect("admin JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_locator_sees_the_webrtc_figures_and_weighs_them_against_max_bitrate() {
+    const ADMIN: &str = "admin-token-for-the-rtc-load-test";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let locator =
+        Locator::start_with_admin(&dir.path().join("locator.sqlite"), 0, Some(ADMIN)).await;
+    // Alice's synthetic Opus is 80-byte payloads at 50/s: 32 kbit/s in, and as much out
+    // to bob. A 30k cap is below that: the edge saturates on bitrate with one session.
+    let edge = RtcEdge::spawn_as(
+        dir.path(),
+        "edge-b1",
+        &locator.url(),
+        &["--max-bitrate", "30k"],
+    )
+    .await;
+    eventually("the edge to register", || async {
+        !edge.status().await["locator"].is_null()
+    })
+    .await;
+    let edge_row = |status: Value| -> Value {
+        status["regions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|r| r["edges"].as_array().cloned().unwrap_or_default())
+            .find(|e| e["id"] == "edge-b1")
+            .unwrap_or(Value::Null)
+    };
+    // Idle: the cap travels with the reports, no WebRTC figures, headroom.
+    eventually("a report with the bitrate cap", || async {
+        let row = edge_row(admin_get(locator.addr, ADMIN, "/v1/admin/status").await);
+        row["load"]["max_bitrate"] == 30_000 && row["takes_new_sessions"] == true
+    })
+    .await;
+
+    let (alice, alice_track) = Peer::join(&edge, "s-load", "alice", Some(0xB17)).await;
+    let (bob, _) = Peer::join(&edge, "s-load", "bob", None).await;
+    let source = opus_source(alice_track.expect("alice's track"), 0xB17);
+    eventually("bob to receive alice's audio", || async {
+        bob.received.lock().expect("lock").len() >= 20
+    })
+    .await;
+
+    // Reports (every 200 ms here) carry the peers and the forwarded rates.
+    let row = within("a report with the forwarded audio", async {
+        loop {
+            let row = edge_row(admin_get(locator.addr, ADMIN, "/v1/admin/status").await);
+            let load = &row["load"];
+            if load["rtc_peers"] == 2
+                && load["packets_in_per_s"].as_u64().is_some_and(|p| p >= 40)
+                && load["packets_out_per_s"].as_u64().is_some_and(|p| p >= 40)
+                && load["bitrate_in"].as_u64().is_some_and(|b| b >= 25_000)
+                && load["bitrate_out"].as_u64().is_some_and(|b| b >= 25_000)
+            {
+                return row;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    let load = &row["load"];
+    // 80-byte payloads at 50/s: 32 kbit/s (a report may catch a burst, not ten times it).
+    assert!(load["bitrate_in"].as_u64() < Some(320_000), "{row}");
+    assert!(load["packets_in_per_s"].as_u64() < Some(500), "{row}");
+    assert_eq!(row["bottleneck"], "bitrate", "{row}");
+    assert_eq!(row["takes_new_sessions"], false, "{row}");
+    assert!(row["utilisation"].as_f64() >= Some(1.0), "{row}");
+
+    // Explain says why the edge is passed over, and shows the figures.
+    let explain = admin_get(locator.addr, ADMIN, "/v1/admin/explain?ip=127.0.0.1").await;
+    let candidate = &explain["candidates"][0];
+    assert_eq!(candidate["edge"], "edge-b1", "{explain}");
+    assert_eq!(candidate["eligible"], false, "{explain}");
+    assert!(
+        candidate["why_not"]
+            .as_str()
+            .is_some_and(|w| w.contains("--max-bitrate")),
+        "{explain}"
+    );
+    assert_eq!(candidate["load"]["max_bitrate"], 30_000, "{explain}");
+    assert!(
+        candidate["load"]["bitrate_out"].as_u64() > Some(0),
+        "{explain}"
+    );
+    // The only edge still serves (nothing has headroom anywhere), saying so.
+    assert_eq!(
+        explain["answer"]["reason_code"], "all-saturated",
+        "{explain}"
+    );
+
+    // When the audio stops the figures fall back and the edge has headroom again.
+    source.abort();
+    eventually("the rates to fall to zero", || async {
+        let row = edge_row(admin_get(locator.addr, ADMIN, "/v1/admin/status").await);
+        row["load"]["bitrate_in"].is_null() && row["takes_new_sessions"] == true
+    })
+    .await;
+    alice.leave().await;
+    bob.leave().await;
+    locator.kill().await;
+}

@@ -46,7 +46,7 @@ impl EdgeProcess {
             .arg("--spool-dir")
             .arg(dir.join(format!("{id}-spool")))
             .args(extra)
-            .env("LOCATOR_EDGE_TOKEN", TOKEN)
+            .env("LOCATOR_EDGE_TOKEN", credential(id))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -430,7 +430,7 @@ async fn a_closed_stderr_does_not_stop_the_drain() {
         .args(["--locator", &nowhere])
         .arg("--spool-dir")
         .arg(dir.path())
-        .env("LOCATOR_EDGE_TOKEN", TOKEN)
+        .env("LOCATOR_EDGE_TOKEN", credential("edge-s"))
         .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -455,4 +455,49 @@ async fn a_closed_stderr_does_not_stop_the_drain() {
     })
     .await;
     assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+}
+
+/// Finding 10 of issue 16: with `RUST_LOG=trace` the handshake request (tungstenite
+/// traces it whole) printed `authorization: Bearer <edge token>`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trace_logs_never_show_the_edge_credential() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let locator = Locator::start(&dir.path().join("locator.sqlite"), 0).await;
+    let port = free_port().await;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let log = dir.path().join("edge-trace.log");
+    let secret = credential("edge-t");
+    let child = Command::new(env!("CARGO_BIN_EXE_edge"))
+        .args(["--id", "edge-t", "--region", "eu-west"])
+        .args(["--listen", &addr.to_string()])
+        .args(["--public-url", &format!("http://{addr}")])
+        .args(["--locator", &locator.url()])
+        .arg("--spool-dir")
+        .arg(dir.path().join("spool"))
+        .env("LOCATOR_EDGE_TOKEN", &secret)
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("spawn the edge binary");
+    let edge = EdgeProcess {
+        id: "edge-t".into(),
+        addr,
+        child,
+        log,
+    };
+    edge.linked().await;
+    let text = edge.log();
+    // Trace was on, the handshake happened and was logged at debug...
+    assert!(text.contains("TRACE"), "no trace lines: {text}");
+    assert!(text.contains("Client handshake done"), "{text}");
+    // ...and the credential, or any part of its signature, is nowhere.
+    let signature = secret.rsplit(':').next().expect("signature");
+    assert!(
+        !text.contains(signature),
+        "the edge credential is in the log"
+    );
+    assert!(!text.to_ascii_lowercase().contains("authorization: bearer"));
+    drop(edge);
+    locator.kill().await;
 }

@@ -57,7 +57,7 @@ async fn a_valid_token_joins_and_bad_tokens_are_refused_before_the_upgrade() {
     // A valid token's signature on a changed payload.
     let genuine = edge.token("s1", "mallory");
     let signature = genuine.rsplit_once('.').expect("three parts").1;
-    let other_payload = JoinKey::from_edge_token(TOKEN).sign(&JoinClaims {
+    let other_payload = JoinKey::from_edge_token(&credential("edge-a")).sign(&JoinClaims {
         exp: u64::MAX / 2,
         ..claims.clone()
     });
@@ -75,7 +75,12 @@ async fn a_valid_token_joins_and_bad_tokens_are_refused_before_the_upgrade() {
             .contains("another session")
     );
 
-    let (status, problem) = refused(&edge.ws("s1", &mint("edge-b", "s1", "bob", 300))).await;
+    // Signed with this edge's key but naming another edge.
+    let for_edge_b = JoinKey::from_edge_token(&credential("edge-a")).sign(&JoinClaims {
+        eid: "edge-b".into(),
+        ..claims.clone()
+    });
+    let (status, problem) = refused(&edge.ws("s1", &for_edge_b)).await;
     assert_eq!(status, 403);
     assert!(
         problem["detail"]
@@ -379,5 +384,115 @@ async fn a_full_spool_refuses_new_participants_but_running_sessions_go_on() {
         spool.len(),
         before + 1,
         "the leave is spooled beyond the bound"
+    );
+}
+
+/// Issue 16, finding 6: a replayed join token took over its connected participant (the
+/// real client was closed 4001), recreated a session that had ended, and a token valid
+/// for 50 years was accepted.
+#[tokio::test]
+async fn join_tokens_cannot_be_replayed_outlive_their_session_or_last_for_years() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let edge = lone_edge(dir.path(), |s| s.linger = Duration::from_millis(50)).await;
+    let mut sessions = edge.state.hub.subscribe_sessions();
+
+    // The legitimate client joins; the same token again is refused, the client kept.
+    // Its lifetime is a second short of the locator's: as if issued a second earlier, so
+    // it predates the session's end below even when the whole test runs within one
+    // second (the edge counts whole seconds, and a token of the end's own second counts
+    // as issued after it).
+    let token = mint(edge.id(), "s1", "alice", 299);
+    let mut alice = connect(&edge.ws("s1", &token)).await;
+    presence(&mut alice, &["alice"]).await;
+    let (status, problem) = refused(&edge.ws("s1", &token)).await;
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["type"], "urn:locus:problem:join-token-in-use");
+    let mut bob = edge.join("s1", "bob").await;
+    presence(&mut bob, &["alice", "bob"]).await;
+    presence(&mut alice, &["alice", "bob"]).await;
+    say(&mut alice, "still here").await;
+    assert_eq!(
+        next_data(&mut bob).await,
+        Message::Text("still here".into())
+    );
+
+    // Everyone leaves and the session ends: its old tokens do not bring it back.
+    alice.close(None).await.expect("close");
+    bob.close(None).await.expect("close");
+    within("the session to end", sessions.wait_for(|n| *n == 0))
+        .await
+        .expect("sessions");
+    let (status, problem) = refused(&edge.ws("s1", &token)).await;
+    assert_eq!(status, 410, "{problem}");
+    assert_eq!(problem["type"], "urn:locus:problem:session-ended");
+    assert_eq!(edge.state.hub.session_count(), 0);
+    // A token the locator issues after the end (a room moved back here) is honoured.
+    let fresh = mint(edge.id(), "s1", "carol", 300);
+    let mut carol = connect(&edge.ws("s1", &fresh)).await;
+    presence(&mut carol, &["carol"]).await;
+
+    // A correctly signed token valid for 50 years is refused.
+    let forever = mint(edge.id(), "s2", "mallory", 50 * 365 * 86_400);
+    let (status, problem) = refused(&edge.ws("s2", &forever)).await;
+    assert_eq!(status, 401, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("lifetime is too long"),
+        "{problem}"
+    );
+}
+
+/// Issue 16, finding 3: idle and slow connections used to hold an edge for as long as the
+/// client liked. They are closed after the header-read timeout, a connection over the
+/// cap is closed on arrival, and a joined participant's websocket is past both.
+#[tokio::test]
+async fn idle_connections_are_closed_and_the_cap_holds_while_participants_stay() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let edge = lone_edge(dir.path(), |s| {
+        s.connections.max_connections = 12;
+        s.connections.header_read_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut alice = edge.join("s1", "alice").await;
+    presence(&mut alice, &["alice"]).await;
+    let mut idle = Vec::new();
+    for i in 0..20 {
+        let mut stream = tokio::net::TcpStream::connect(edge.addr)
+            .await
+            .expect("connect");
+        if i % 2 == 0 {
+            // A slowloris sender: the start of a request, then nothing.
+            let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\n").await;
+        }
+        idle.push(stream);
+    }
+    for mut stream in idle {
+        let mut buffer = [0u8; 256];
+        within("the edge closes an idle connection", async {
+            loop {
+                match stream.read(&mut buffer).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+    let status = edge.state.status();
+    assert!(
+        status.process.refused_connections >= 9,
+        "20 idle connections beside one websocket and a cap of 12: {:?}",
+        status.process
+    );
+    // Alice, joined before the flood, is still served.
+    say(&mut alice, "still here").await;
+    let (code, body) = http(edge.addr, "GET", "/metrics", None).await;
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("edge_http_connections_refused_total{"),
+        "{body}"
     );
 }

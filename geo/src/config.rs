@@ -10,7 +10,7 @@
 //! `unsafe` forbidden, fuzzed and panic-free on malformed input, and it gives line/column for
 //! every value (`Spanned<T>`), which is what lets semantic errors name their line too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -30,12 +30,43 @@ pub struct Config {
     pub geoip: GeoIpSettings,
     /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// The one header those proxies set (`forwarded_header`); the other is ignored.
+    pub forwarded_header: ForwardedHeader,
     /// Index into [`Config::regions`] of the region for clients nothing else places.
     pub default_region: usize,
     pub edges: EdgeTiming,
     /// The `turn:` section: how the locator checks the TURN/STUN servers of every pool.
     pub turn: TurnChecks,
+    /// The `limits:` section: what one client address may ask of the locator.
+    pub limits: RequestLimits,
     pub regions: Vec<Region>,
+    /// The `edge_credentials:` section: per-edge credential policy (revocation, and the
+    /// region `locator edge-credential` binds a credential to). Edges not listed accept
+    /// generation 1.
+    pub edge_credentials: BTreeMap<String, EdgeCredentialPolicy>,
+}
+
+/// One edge's entry of `edge_credentials:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeCredentialPolicy {
+    /// The edge's region: `locator edge-credential` binds its credential to it, and the
+    /// locator refuses this edge's credentials for any other region.
+    pub region: Option<String>,
+    /// The generation issued now; credentials of older generations are refused (raise
+    /// it to revoke a leaked credential of this edge).
+    pub generation: u32,
+    /// Every credential of this edge is refused (a decommissioned edge).
+    pub revoked: bool,
+}
+
+impl Default for EdgeCredentialPolicy {
+    fn default() -> Self {
+        EdgeCredentialPolicy {
+            region: None,
+            generation: 1,
+            revoked: false,
+        }
+    }
 }
 
 /// The `geoip:` section.
@@ -118,6 +149,50 @@ pub struct LatLon {
     pub lon: f64,
 }
 
+/// Which header the trusted proxies write the client's address into. Only that one is
+/// read: a proxy appends to its own header but passes the other through untouched, so
+/// reading both would let a client choose its address (nginx's `real_ip_header` is the
+/// same setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy, cloud load balancers): the default.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239) `for=` values.
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    /// The header's name as messages spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ForwardedHeader::XForwardedFor => "X-Forwarded-For",
+            ForwardedHeader::Forwarded => "Forwarded",
+        }
+    }
+}
+
+/// The top-level `limits:` section: requests one client address may make per minute. An
+/// IPv6 client counts by its /64 (one subscriber's network); `off` lifts a limit (for load
+/// tests behind one address). Each limit allows a burst of half a minute's worth (at least
+/// 5) before it spreads requests out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestLimits {
+    /// `POST /v1/sessions` per minute; `None` is `off`.
+    pub creates_per_minute: Option<u32>,
+    /// `GET /v1/locate` per minute; `None` is `off`.
+    pub locates_per_minute: Option<u32>,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            creates_per_minute: Some(60),
+            locates_per_minute: Some(600),
+        }
+    }
+}
+
 /// The top-level `turn:` section: the locator's checks of every pool's servers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TurnChecks {
@@ -183,10 +258,17 @@ impl TurnPool {
 impl Config {
     /// Reads and validates a `regions.yaml`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_error = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        if let Some(kind) = not_a_regular_file(path) {
+            return Err(read_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{kind}, not a file"),
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
         Config::parse(&text, path)
     }
 
@@ -211,6 +293,14 @@ impl Config {
         self.regions.iter().position(|r| r.id == id)
     }
 
+    /// The credential policy of edge `edge_id` (the default when it is not listed).
+    pub fn edge_credential_policy(&self, edge_id: &str) -> EdgeCredentialPolicy {
+        self.edge_credentials
+            .get(edge_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The region for clients nothing else places.
     pub fn default_region(&self) -> &Region {
         &self.regions[self.default_region]
@@ -221,6 +311,35 @@ impl Config {
         let peer = peer.to_canonical();
         self.trusted_proxies.iter().any(|net| net.contains(&peer))
     }
+}
+
+/// What `path` is when it exists but is not a regular file (after symlinks): reading a
+/// FIFO blocks until a writer comes, a device may never end. `None` for a regular file or
+/// a path that cannot be examined (the open that follows reports that).
+pub(crate) fn not_a_regular_file(path: &Path) -> Option<&'static str> {
+    let meta = std::fs::metadata(path).ok()?;
+    let kind = meta.file_type();
+    if kind.is_file() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return Some("a FIFO");
+        }
+        if kind.is_socket() {
+            return Some("a socket");
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return Some("a device");
+        }
+    }
+    Some(if kind.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    })
 }
 
 /// Why a `regions.yaml` was refused.
@@ -355,13 +474,48 @@ struct RawConfig {
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
     #[serde(default)]
+    forwarded_header: Option<Spanned<String>>,
+    #[serde(default)]
     default_region: Option<Spanned<String>>,
     #[serde(default)]
     edges: Option<RawEdges>,
     #[serde(default)]
     turn: Option<RawTurnChecks>,
     #[serde(default)]
+    limits: Option<RawLimits>,
+    #[serde(default)]
     regions: Vec<RawRegion>,
+    #[serde(default)]
+    edge_credentials: BTreeMap<String, RawEdgeCredential>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEdgeCredential {
+    #[serde(default)]
+    region: Option<Spanned<String>>,
+    #[serde(default)]
+    generation: Option<Spanned<u32>>,
+    #[serde(default)]
+    revoked: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    creates_per_minute: Option<Spanned<RawRate>>,
+    #[serde(default)]
+    locates_per_minute: Option<Spanned<RawRate>>,
+}
+
+/// A per-minute limit: a count, or `off` (which YAML 1.1 readers take for `false`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRate {
+    Count(u32),
+    Switch(bool),
+    Word(String),
 }
 
 #[derive(Debug, Deserialize)]
@@ -589,6 +743,40 @@ fn country_hint(code: &str) -> &'static str {
     }
 }
 
+/// The `limits:` section, with defaults for what it leaves out.
+fn request_limits(issues: &mut Issues, raw: Option<&RawLimits>) -> RequestLimits {
+    let defaults = RequestLimits::default();
+    let Some(l) = raw else { return defaults };
+    let mut rate = |value: &Option<Spanned<RawRate>>, field: &str, default: Option<u32>| {
+        let Some(value) = value else { return default };
+        match &value.value {
+            RawRate::Count(n) if *n > 0 => Some(*n),
+            RawRate::Switch(false) => None,
+            RawRate::Word(w) if w == "off" => None,
+            _ => {
+                issues.at(
+                    value,
+                    field,
+                    "give requests per minute (at least 1), or `off` for no limit",
+                );
+                default
+            }
+        }
+    };
+    RequestLimits {
+        creates_per_minute: rate(
+            &l.creates_per_minute,
+            "limits.creates_per_minute",
+            defaults.creates_per_minute,
+        ),
+        locates_per_minute: rate(
+            &l.locates_per_minute,
+            "limits.locates_per_minute",
+            defaults.locates_per_minute,
+        ),
+    }
+}
+
 /// The `turn:` section, with defaults for what it leaves out.
 fn turn_checks(issues: &mut Issues, raw: Option<&RawTurnChecks>) -> TurnChecks {
     let defaults = TurnChecks::default();
@@ -679,6 +867,21 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
             Err(message) => issues.at(proxy, format!("trusted_proxies[{i}]"), message),
         }
     }
+    let forwarded_header = match &raw.forwarded_header {
+        None => ForwardedHeader::default(),
+        Some(name) => match name.value.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => ForwardedHeader::XForwardedFor,
+            "forwarded" => ForwardedHeader::Forwarded,
+            _ => {
+                issues.at(
+                    name,
+                    "forwarded_header",
+                    "give the header your proxies set: x-forwarded-for or forwarded",
+                );
+                ForwardedHeader::default()
+            }
+        },
+    };
 
     let defaults = EdgeTiming::default();
     let edges = match &raw.edges {
@@ -743,6 +946,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     };
 
     let turn_checks = turn_checks(&mut issues, raw.turn.as_ref());
+    let limits = request_limits(&mut issues, raw.limits.as_ref());
 
     if raw.regions.is_empty() {
         issues.nowhere(
@@ -1051,6 +1255,49 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         });
     }
 
+    let mut edge_credentials = BTreeMap::new();
+    for (edge_id, raw_policy) in &raw.edge_credentials {
+        let field = format!("edge_credentials.{edge_id}");
+        let id_ok = !edge_id.is_empty()
+            && edge_id.len() <= 64
+            && edge_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !id_ok {
+            issues.nowhere(
+                field.clone(),
+                "an edge id is 1-64 characters of letters, digits, '-', '_', '.'",
+            );
+        }
+        let mut policy = EdgeCredentialPolicy {
+            revoked: raw_policy.revoked,
+            ..EdgeCredentialPolicy::default()
+        };
+        if let Some(region) = &raw_policy.region {
+            if regions.iter().any(|r| r.id == region.value) {
+                policy.region = Some(region.value.clone());
+            } else {
+                issues.at(
+                    region,
+                    format!("{field}.region"),
+                    format!("region \"{}\" is not defined in regions:", region.value),
+                );
+            }
+        }
+        if let Some(generation) = &raw_policy.generation {
+            if generation.value == 0 {
+                issues.at(
+                    generation,
+                    format!("{field}.generation"),
+                    "must be at least 1",
+                );
+            } else {
+                policy.generation = generation.value;
+            }
+        }
+        edge_credentials.insert(edge_id.clone(), policy);
+    }
+
     if !issues.0.is_empty() {
         return Err(ConfigError::Invalid {
             path: path.to_path_buf(),
@@ -1061,10 +1308,13 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         source: path.to_path_buf(),
         geoip,
         trusted_proxies,
+        forwarded_header,
         default_region,
         edges,
         turn: turn_checks,
+        limits,
         regions,
+        edge_credentials,
     })
 }
 
@@ -1254,6 +1504,36 @@ regions:
         assert!(
             err.to_string().contains("unknown field `check_every`"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_limits_section_has_defaults_accepts_off_and_names_bad_values() {
+        let c = parse(GOOD).expect("valid");
+        assert_eq!(c.limits, RequestLimits::default());
+        let c = parse(&format!(
+            "limits:\n  creates_per_minute: 5\n  locates_per_minute: off\n{GOOD}"
+        ))
+        .expect("valid");
+        assert_eq!(
+            c.limits,
+            RequestLimits {
+                creates_per_minute: Some(5),
+                locates_per_minute: None,
+            }
+        );
+        let found = issues(&format!(
+            "limits:\n  creates_per_minute: 0\n  locates_per_minute: lots\n{GOOD}"
+        ));
+        let fields: Vec<(&str, Option<u64>)> =
+            found.iter().map(|i| (i.field.as_str(), i.line)).collect();
+        assert!(
+            fields.contains(&("limits.creates_per_minute", Some(2))),
+            "{found:#?}"
+        );
+        assert!(
+            fields.contains(&("limits.locates_per_minute", Some(3))),
+            "{found:#?}"
         );
     }
 

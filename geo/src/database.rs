@@ -97,6 +97,11 @@ pub enum DatabaseError {
         path: PathBuf,
         source: MaxMindDbError,
     },
+    /// A FIFO, a device or a directory: opening it could block forever or read without end.
+    NotAFile {
+        path: PathBuf,
+        kind: &'static str,
+    },
     Corrupt {
         path: PathBuf,
         detail: String,
@@ -117,6 +122,11 @@ impl fmt::Display for DatabaseError {
             DatabaseError::Open { path, source } => write!(
                 f,
                 "cannot open GeoIP database {}: {source} (is it a MaxMind DB .mmdb file?)",
+                path.display()
+            ),
+            DatabaseError::NotAFile { path, kind } => write!(
+                f,
+                "GeoIP database {} is {kind}, not a file: give the path of a .mmdb file",
                 path.display()
             ),
             DatabaseError::Corrupt { path, detail } => write!(
@@ -278,6 +288,12 @@ impl GeoDatabase {
             path: path.to_path_buf(),
             source,
         };
+        if let Some(kind) = crate::config::not_a_regular_file(path) {
+            return Err(DatabaseError::NotAFile {
+                path: path.to_path_buf(),
+                kind,
+            });
+        }
         // SAFETY: the map is only undefined behaviour if the file is truncated or written
         // in place while mapped. The supported update path is the one `geoipupdate` uses,
         // write a new file and rename it over the old one, which leaves our mapping on the
@@ -343,7 +359,7 @@ impl GeoDatabase {
     }
 
     /// [`GeoDatabase::lookup`] by walking the search tree.
-    fn lookup_in_tree(&self, ip: IpAddr) -> Result<Option<GeoRecord>, DatabaseError> {
+    pub(crate) fn lookup_in_tree(&self, ip: IpAddr) -> Result<Option<GeoRecord>, DatabaseError> {
         let lookup_error = |source| DatabaseError::Lookup { ip, source };
         let result = self.reader.lookup(ip).map_err(lookup_error)?;
         if let Some(kept) = result.offset().and_then(|o| self.records.get(&o)) {

@@ -19,6 +19,8 @@ pub mod config;
 pub mod countries;
 pub mod database;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 pub mod mmdb_writer;
 pub mod resolver;

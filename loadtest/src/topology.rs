@@ -71,7 +71,9 @@ pub struct Topology {
     pub config: Config,
     pub locators: Vec<LocatorProcess>,
     pub edges: Vec<EdgeProcess>,
-    pub edge_token: String,
+    /// The locators' master edge key (`LOCATOR_EDGE_KEY`); each edge gets its own
+    /// credential derived from it.
+    pub edge_key: String,
     pub admin_token: String,
     http: reqwest::Client,
     replacements: u32,
@@ -228,7 +230,7 @@ impl Topology {
             config,
             locators: Vec::new(),
             edges: Vec::new(),
-            edge_token: random_token("loadtest-edge"),
+            edge_key: random_token("loadtest-edge-key"),
             admin_token: random_token("loadtest-admin"),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(3))
@@ -318,7 +320,7 @@ impl Topology {
             command.args(["--geoip", geoip]);
         }
         let child = command
-            .env("LOCATOR_EDGE_TOKEN", &self.edge_token)
+            .env("LOCATOR_EDGE_KEY", &self.edge_key)
             .env("LOCATOR_ADMIN_TOKEN", &self.admin_token)
             .env(
                 "RUST_LOG",
@@ -370,7 +372,15 @@ impl Topology {
             ])
             .arg("--spool-dir")
             .arg(&edge.spool_dir)
-            .env("LOCATOR_EDGE_TOKEN", &self.edge_token)
+            .env(
+                "LOCATOR_EDGE_TOKEN",
+                locus_protocol::edge_credential::derive(
+                    self.edge_key.as_bytes(),
+                    1,
+                    &edge.region,
+                    &edge.id,
+                ),
+            )
             .env(
                 "RUST_LOG",
                 std::env::var("LOADTEST_CHILD_LOG").unwrap_or_else(|_| "warn".into()),

@@ -48,6 +48,23 @@
     if (secs < 5400) return `${Math.round(secs / 60)} min`;
     return `${Math.round(secs / 3600)} h`;
   }
+  // Bits per second, decimal prefixes as on the edge's --max-bitrate.
+  function fmtBitrate(bps) {
+    if (!Number.isFinite(bps) || bps <= 0) return '0 bit/s';
+    if (bps >= 1e9) return `${(bps / 1e9).toFixed(bps >= 1e10 ? 0 : 1)} Gbit/s`;
+    if (bps >= 1e6) return `${(bps / 1e6).toFixed(bps >= 1e7 ? 0 : 1)} Mbit/s`;
+    if (bps >= 1e3) return `${(bps / 1e3).toFixed(bps >= 1e4 ? 0 : 1)} kbit/s`;
+    return `${Math.round(bps)} bit/s`;
+  }
+  // The WebRTC figures of a load report ('' for an edge with none).
+  function fmtRtc(load) {
+    const peers = load.rtc_peers || 0;
+    const bin = load.bitrate_in || 0;
+    const bout = load.bitrate_out || 0;
+    if (!peers && !bin && !bout && !load.max_bitrate) return '';
+    const cap = load.max_bitrate ? ` of ${fmtBitrate(load.max_bitrate)}` : '';
+    return `${plural(peers, 'WebRTC peer', 'WebRTC peers')}, in ${fmtBitrate(bin)} (${load.packets_in_per_s || 0} pkt/s), out ${fmtBitrate(bout)} (${load.packets_out_per_s || 0} pkt/s)${cap}`;
+  }
   function fmtLag(ms) {
     if (ms === null || ms === undefined || !Number.isFinite(ms)) return '—';
     return ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
@@ -531,7 +548,7 @@
     let why = '';
     row.why.title = e.failed_because || '';
     if (e.failed_reason) why = FAILED_SHORT[e.failed_reason] || e.failed_reason;
-    else if (e.state === 'active' && !e.takes_new_sessions) why = 'saturated: no headroom';
+    else if (e.state === 'active' && !e.takes_new_sessions) why = e.bottleneck === 'bitrate' ? 'saturated: bitrate at its cap' : 'saturated: no headroom';
     else if (e.state === 'draining' && e.suspended) why = 'also suspended';
     row.why.textContent = why;
 
@@ -541,11 +558,16 @@
     row.barFill.style.setProperty('--w', `${Math.min(100, Math.max(0, u * 100)).toFixed(1)}%`);
     row.barText.textContent = load ? pct(u) : 'no report';
     row.load.title = load
-      ? `Bottleneck of: sessions ${load.sessions + e.pending_assignments}/${e.capacity}, CPU ${pct(load.cpu || 0)}, lag ${fmtLag(load.lag_ms)}, ${load.connections} connections`
+      ? `Bottleneck (${e.bottleneck}) of: sessions ${load.sessions + e.pending_assignments}/${e.capacity}, CPU ${pct(load.cpu || 0)}, lag ${fmtLag(load.lag_ms)}, ${load.connections} connections` +
+        (load.max_bitrate ? `, bitrate ${fmtBitrate(Math.max(load.bitrate_in || 0, load.bitrate_out || 0))}/${fmtBitrate(load.max_bitrate)}` : '')
       : 'No load report yet';
     row.sessions.textContent = `${(load ? load.sessions : 0) + e.pending_assignments} / ${e.capacity}`;
-    row.conns.textContent = load ? `${load.connections} conn${load.connections === 1 ? '' : 's'}` : '';
-    row.conns.title = load ? plural(load.connections, 'client connection', 'client connections') : '';
+    const rtc = load ? fmtRtc(load) : '';
+    row.conns.textContent = load
+      ? `${load.connections} conn${load.connections === 1 ? '' : 's'}` +
+        (rtc ? ` · ${load.rtc_peers || 0} rtc · ${fmtBitrate(Math.max(load.bitrate_in || 0, load.bitrate_out || 0))}` : '')
+      : '';
+    row.conns.title = load ? plural(load.connections, 'client connection', 'client connections') + (rtc ? `; ${rtc}` : '') : '';
     row.lag.textContent = load ? fmtLag(load.lag_ms) : '—';
     row.age.textContent = fmtAge(e.report_age_ms);
     const late = e.state !== 'failed' && e.report_age_ms > data.edge_timing.report_interval_ms * 1.5 + 500;
@@ -658,7 +680,9 @@
   // ---------------------------------------------------------------- why box
 
   function cell(row, text) {
-    row.append(el('td', null, text));
+    const td = el('td', null, text);
+    row.append(td);
+    return td;
   }
 
   $('why-form').addEventListener('submit', async (event) => {
@@ -719,8 +743,10 @@
         cell(tr, cnd.edge);
         cell(tr, cnd.region);
         cell(tr, EDGE_LABEL[cnd.state] || cnd.state);
-        cell(tr, pct(cnd.score));
-        cell(tr, cnd.eligible ? 'yes' : (cnd.why_not || 'no').split(':')[0]);
+        const rtc = cnd.load ? fmtRtc(cnd.load) : '';
+        cell(tr, pct(cnd.score) + (rtc ? ` · ${fmtBitrate(Math.max(cnd.load.bitrate_in || 0, cnd.load.bitrate_out || 0))}` : '')).title = rtc;
+        const why = cnd.why_not || 'no';
+        cell(tr, cnd.eligible ? 'yes' : why.split(':')[0] + (why.includes('--max-bitrate') ? ' (bitrate)' : '')).title = cnd.why_not || '';
         body.append(tr);
       }
       table.append(body);

@@ -60,6 +60,7 @@ fn snapshot(regions: usize, sessions: u32, eu_west_sessions: u32) -> RegistrySna
                     lag_ms: 3.0,
                     connections: base * 3,
                     sessions: base + i * 7,
+                    ..Default::default()
                 }),
                 assigned_since_report: Arc::new(AtomicU32::new(i % 3)),
             });

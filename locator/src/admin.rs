@@ -47,21 +47,22 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use axum::Json;
-use axum::Router;
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{ConnectInfo, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::api::bearer_matches;
 use crate::problem::Problem;
+use crate::rate_limit::Door;
 use crate::server::{AppState, now_ms};
 use crate::store::{AuditFilter, AuditRecord, MAX_AUDIT_PAGE};
 use session::Signed;
@@ -142,6 +143,7 @@ fn admin_disabled() -> Problem {
 /// compare), or a live page session (plus [`CSRF_HEADER`] for [`Access::Write`]).
 pub async fn require_admin(
     state: &AppState,
+    peer: SocketAddr,
     headers: &HeaderMap,
     access: Access,
 ) -> Result<Admin, Problem> {
@@ -154,13 +156,19 @@ pub async fn require_admin(
         .get(header::AUTHORIZATION)
         .is_some_and(|v| v.as_bytes().starts_with(b"Bearer "));
     if bearer_given {
-        return if bearer_matches(headers, expected) {
-            Ok(Admin::Bearer)
-        } else {
-            Err(Problem::unauthorized(
-                "the Authorization header does not hold the admin token: send `Authorization: Bearer <LOCATOR_ADMIN_TOKEN>`",
-            ))
-        };
+        let client = admin_client(state, peer, headers);
+        let limits = &state.routing.load().config.limits;
+        // Over the limit, even the right token is refused: a guesser learns nothing.
+        state.rate_limits.peek(Door::AdminFailure, client, limits)?;
+        if bearer_matches(headers, expected) {
+            return Ok(Admin::Bearer);
+        }
+        // Never log what was sent.
+        tracing::warn!(%client, "admin API refused: wrong bearer token");
+        let _ = state.rate_limits.check(Door::AdminFailure, client, limits);
+        return Err(Problem::unauthorized(
+            "the Authorization header does not hold the admin token: send `Authorization: Bearer <LOCATOR_ADMIN_TOKEN>`",
+        ));
     }
     let signed = match session::cookie_value(headers) {
         Some(id) => session::get(&state.store, id, now_ms()).await.map_err(|e| {
@@ -192,19 +200,36 @@ pub async fn require_admin(
 }
 
 /// The admin routes (merged into [`crate::api::router`]).
-pub fn routes() -> Router<AppRef> {
-    Router::new()
-        .route("/admin", get(page))
-        .route("/admin/", get(|| async { Redirect::to("/admin") }))
-        .route(
-            "/admin/login",
-            post(login).get(|| async { Redirect::to("/admin") }),
-        )
-        .route("/admin/logout", post(logout))
-        .route("/admin/assets/{name}", get(asset))
-        .route("/v1/admin/status", get(status_json))
-        .route("/v1/admin/events", get(events))
-        .route("/v1/admin/audit", get(audit))
+pub fn routes() -> OpenApiRouter<AppRef> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(page_slash))
+        .routes(routes!(login, login_get))
+        .routes(routes!(logout))
+        .routes(routes!(asset))
+        .routes(routes!(status_json))
+        .routes(routes!(events))
+        .routes(routes!(audit))
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/",
+    tag = "pages",
+    responses((status = 303, description = "To `/admin`", headers(("Location" = String)))),
+)]
+async fn page_slash() -> Redirect {
+    Redirect::to("/admin")
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin/login",
+    tag = "pages",
+    responses((status = 303, description = "To `/admin`", headers(("Location" = String)))),
+)]
+async fn login_get() -> Redirect {
+    Redirect::to("/admin")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -325,6 +350,17 @@ fn login_page(status: StatusCode, message: Option<&str>, name: &str) -> Response
     html_response(status, body)
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin",
+    tag = "pages",
+    summary = "The admin page (a sign-in form when not signed in)",
+    responses(
+        (status = 200, description = "The page, or the sign-in form", content_type = "text/html; charset=utf-8", body = String),
+        (status = 403, description = "The admin page is disabled", content_type = "text/html; charset=utf-8", body = String),
+        (status = 503, description = "The sign-in cannot be checked now", content_type = "text/html; charset=utf-8", body = String),
+    )
+)]
 async fn page(State(state): State<AppRef>, headers: HeaderMap) -> Response {
     if state.secrets.admin_token.is_none() {
         return login_page(
@@ -360,6 +396,21 @@ async fn page(State(state): State<AppRef>, headers: HeaderMap) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/assets/{name}",
+    tag = "pages",
+    params(("name" = String, Path, description = "The file name")),
+    responses(
+        (status = 200, description = "The file (CSS, JavaScript or SVG)", content(
+            (String = "text/css; charset=utf-8"),
+            (String = "text/javascript; charset=utf-8"),
+            (String = "image/svg+xml"),
+        ), headers(("ETag" = String))),
+        (status = 304, description = "Not modified (`If-None-Match`)"),
+        (status = 404, description = "No such file", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
     let Some(asset) = ASSETS.iter().find(|a| a.name == name) else {
         return Problem::not_found("no-such-asset", "no such file in the admin page's assets")
@@ -393,11 +444,25 @@ async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
 // ---------------------------------------------------------------------------------------
 // Sign in and out.
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct LoginForm {
     token: String,
     #[serde(default)]
     name: String,
+}
+
+/// The client an admin attempt is counted against: the address the trusted-proxy rules
+/// give, or the peer itself when its forwarding headers are malformed.
+fn admin_client(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> std::net::IpAddr {
+    let routing = state.routing.load();
+    let config = &routing.config;
+    crate::client_ip::client_ip(
+        peer.ip(),
+        headers,
+        &config.trusted_proxies,
+        config.forwarded_header,
+    )
+    .unwrap_or_else(|_| peer.ip().to_canonical())
 }
 
 /// Whether the browser reached us over HTTPS: only a trusted proxy is believed
@@ -451,6 +516,22 @@ fn cross_site(headers: &HeaderMap) -> bool {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/login",
+    tag = "pages",
+    summary = "Sign in to the admin page (sets the session cookie)",
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 303, description = "Signed in: to `/admin`", headers(("Location" = String), ("Set-Cookie" = String))),
+        (status = 400, description = "Not the form", content_type = "text/html; charset=utf-8", body = String),
+        (status = 401, description = "Wrong token", content_type = "text/html; charset=utf-8", body = String),
+        (status = 403, description = "The admin page is disabled, or the form came from another site", content_type = "text/html; charset=utf-8", body = String),
+        (status = 429, description = "Too many failed attempts", content_type = "text/html; charset=utf-8", body = String, headers(("Retry-After" = u64))),
+        (status = 429, description = "Too many wrong admin tokens from this address", content_type = "text/html; charset=utf-8", body = String),
+        (status = 503, description = "The database cannot be reached", content_type = "text/html; charset=utf-8", body = String, headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn login(
     State(state): State<AppRef>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -482,10 +563,21 @@ async fn login(
         );
     };
     let name = session::clean_name(&form.name);
+    let client = admin_client(&state, peer, &headers);
+    let limits = state.routing.load().config.limits.clone();
+    if let Err(problem) = state.rate_limits.peek(Door::AdminFailure, client, &limits) {
+        tracing::warn!(%client, "admin sign-in refused: too many wrong tokens");
+        return login_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(&problem.detail),
+            name.as_deref().unwrap_or_default(),
+        );
+    }
     let token_ok: bool = form.token.as_bytes().ct_eq(expected.as_bytes()).into();
     if !token_ok {
         // Never log what was typed.
-        tracing::warn!(client = %peer.ip(), "admin sign-in refused: wrong token");
+        tracing::warn!(%client, "admin sign-in refused: wrong token");
+        let _ = state.rate_limits.check(Door::AdminFailure, client, &limits);
         // Slows down guessing from one connection; the token has at least 128 bits anyway.
         tokio::time::sleep(Duration::from_millis(300)).await;
         return login_page(
@@ -526,6 +618,16 @@ async fn login(
     response
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/logout",
+    tag = "pages",
+    summary = "Sign out of the admin page",
+    responses(
+        (status = 303, description = "Signed out: to `/admin`", headers(("Location" = String), ("Set-Cookie" = String))),
+        (status = 403, description = "The request came from another site", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 async fn logout(
     State(state): State<AppRef>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -559,7 +661,7 @@ async fn logout(
 // ---------------------------------------------------------------------------------------
 // Status, live events and the audit log.
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LocatorInfo {
     pub version: &'static str,
     pub uptime_secs: u64,
@@ -567,20 +669,20 @@ pub struct LocatorInfo {
     pub database: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttributionView {
     pub text: &'static str,
     pub url: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EdgeTimingView {
     pub report_interval_ms: u64,
     pub missed_reports: u32,
     pub grace_period_ms: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct GeoIpView {
     pub database_type: String,
     pub schema: &'static str,
@@ -591,7 +693,7 @@ pub struct GeoIpView {
 }
 
 /// `GET /v1/admin/status` and each event of `/v1/admin/events`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Status {
     pub generated_at_ms: i64,
     pub locator: LocatorInfo,
@@ -602,7 +704,11 @@ pub struct Status {
     pub edge_timing: EdgeTimingView,
     /// How long the traffic figures of each region cover (see [`traffic`]).
     pub traffic_window_secs: u64,
+    /// Counts of regions and edges by state.
+    #[schema(value_type = Object)]
     pub summary: Summary,
+    /// Each region: state, edges, TURN pool, fallback, traffic.
+    #[schema(value_type = Vec<Object>)]
     pub regions: Vec<RegionStatus>,
 }
 
@@ -659,8 +765,26 @@ fn no_store<T: IntoResponse>(body: T) -> Response {
     response
 }
 
-async fn status_json(State(state): State<AppRef>, headers: HeaderMap) -> Result<Response, Problem> {
-    require_admin(&state, &headers, Access::Read).await?;
+#[utoipa::path(
+    get,
+    path = "/v1/admin/status",
+    tag = "admin",
+    summary = "Every region: edges, TURN pool, fallback, traffic",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The status", body = Status),
+        (status = 401, description = "No or wrong admin token", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The admin API is disabled", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong admin tokens from this address", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The sign-in cannot be checked now", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
+async fn status_json(
+    State(state): State<AppRef>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    require_admin(&state, peer, &headers, Access::Read).await?;
     Ok(no_store(Json(build_status(&state))))
 }
 
@@ -722,8 +846,26 @@ async fn next_event(mut s: EventLoop) -> Option<(Result<Event, Infallible>, Even
     Some((Ok(event), s))
 }
 
-async fn events(State(state): State<AppRef>, headers: HeaderMap) -> Result<Response, Problem> {
-    let admin = require_admin(&state, &headers, Access::Read).await?;
+#[utoipa::path(
+    get,
+    path = "/v1/admin/events",
+    tag = "admin",
+    summary = "The status as server-sent events, on change and every second",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "An event stream of `status` events (each a `Status`)", content_type = "text/event-stream", body = String),
+        (status = 401, description = "No or wrong admin token", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The admin API is disabled", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong admin tokens from this address", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The sign-in cannot be checked now", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
+async fn events(
+    State(state): State<AppRef>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let admin = require_admin(&state, peer, &headers, Access::Read).await?;
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let start = EventLoop {
@@ -769,8 +911,10 @@ pub struct AuditQuery {
     limit: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AuditPage {
+    /// Audit entries (`id`, `at_ms`, `edge_id`, `session_id`, `kind`, `actor`, `detail`…).
+    #[schema(value_type = Vec<Object>)]
     entries: Vec<AuditRecord>,
     /// Pass as `before` for the next (older) page; `None` on the last page.
     next_before: Option<i64>,
@@ -787,12 +931,36 @@ fn nonempty(value: Option<String>, what: &str) -> Result<Option<String>, Problem
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit",
+    tag = "admin",
+    summary = "The audit log, newest first, filtered and paginated",
+    params(
+        ("edge" = Option<String>, Query, description = "Only this edge"),
+        ("session" = Option<String>, Query, description = "Only this session"),
+        ("since" = Option<i64>, Query, description = "Entries at or after (Unix ms)"),
+        ("until" = Option<i64>, Query, description = "Entries before (Unix ms)"),
+        ("before" = Option<i64>, Query, description = "Cursor: entries older than this id (`next_before`)"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)"),
+    ),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A page of entries", body = AuditPage),
+        (status = 400, description = "Bad query", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or wrong admin token", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The admin API is disabled", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong admin tokens from this address", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The sign-in cannot be checked now, or the database cannot be reached", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn audit(
     State(state): State<AppRef>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Response, Problem> {
-    require_admin(&state, &headers, Access::Read).await?;
+    require_admin(&state, peer, &headers, Access::Read).await?;
     let Query(query) = query.map_err(|e| {
         Problem::bad_request(
             "bad-audit-query",

@@ -12,20 +12,25 @@ use std::task::{Context, Poll, ready};
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use locus_geo::{Rule, rules::ResolutionView};
 use locus_protocol::join_token::JoinClaims;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::admin::{Access, require_admin};
 use crate::client_ip::client_ip;
 use crate::metrics::RouteLabel;
 use crate::problem::Problem;
+use crate::rate_limit::Door;
 use crate::selection::{self, Selection};
 use crate::server::{AppState, JOIN_TOKEN_TTL, Routing, now_ms, now_unix};
 use crate::snapshot::{EdgeView, RegistrySnapshot};
@@ -34,26 +39,59 @@ use crate::turn::{IceServer, IceServers, TurnFallback};
 
 type AppRef = Arc<AppState>;
 
-/// All routes of the locator.
-pub fn router(state: AppRef) -> Router {
-    Router::new()
-        .route("/v1/locate", get(locate))
-        .route("/v1/sessions", post(create_session))
-        .route("/v1/sessions/{id}", get(get_session))
-        .route("/v1/admin/explain", get(explain))
-        .route("/v1/admin/edges/{id}/{action}", post(admin_edge_action))
-        .route(
-            locus_protocol::EDGE_LINK_PATH,
-            get(crate::edge_link::handler),
-        )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+/// Every route of the locator, each registered with its OpenAPI operation
+/// (utoipa-axum's `routes!`): the router and `/openapi.json` come from these same calls.
+fn routes() -> OpenApiRouter<AppRef> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(locate))
+        .routes(routes!(create_session))
+        .routes(routes!(get_session))
+        .routes(routes!(explain))
+        .routes(routes!(admin_edge_action))
+        .routes(routes!(edge_link))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(crate::openapi::openapi_json))
         .merge(crate::admin::routes())
         .merge(crate::try_page::routes())
+}
+
+/// The locator's OpenAPI document (what `GET /openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    crate::openapi::finish(routes().into_openapi())
+}
+
+/// All routes of the locator.
+pub fn router(state: AppRef) -> Router {
+    let (router, openapi) = routes().split_for_parts();
+    let document = crate::openapi::Served::new(&crate::openapi::finish(openapi));
+    router
         .fallback(not_found)
+        .layer(axum::Extension(document))
         .layer(CountRequests(state.clone()))
         .with_state(state)
+}
+
+/// `GET /v1/edge/link`: documented here, handled by [`crate::edge_link::handler`].
+#[utoipa::path(
+    get,
+    path = "/v1/edge/link",
+    tag = "edge",
+    summary = "The edges' websocket (JSON frames of `locus-protocol`)",
+    security(("edge_token" = [])),
+    responses(
+        (status = 101, description = "Switched to the websocket"),
+        (status = 400, description = "Not a websocket upgrade", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or wrong edge token", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
+async fn edge_link(
+    state: State<AppRef>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    crate::edge_link::handler(state, headers, ws).await
 }
 
 /// Counts every answered request by route and status (`locator_http_requests_total`).
@@ -141,7 +179,7 @@ async fn not_found() -> Problem {
 }
 
 /// The edge a client is sent to.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EdgeRef {
     pub id: String,
     pub region: String,
@@ -149,7 +187,7 @@ pub struct EdgeRef {
 }
 
 /// The edge a client is sent to, borrowed from the registry snapshot and the config.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LocatedEdge<'a> {
     pub id: &'a str,
     pub region: &'a str,
@@ -157,11 +195,12 @@ pub struct LocatedEdge<'a> {
 }
 
 /// `GET /v1/locate`: borrows everything it says (nothing is cloned to build it).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LocateAnswer<'a> {
     /// The client's region (where it would be served if it could).
     pub region: &'a str,
     /// Which GeoIP rule placed the client.
+    #[schema(value_type = String)]
     pub rule: Rule,
     /// True when the edge is in another region.
     pub fallback: bool,
@@ -169,6 +208,7 @@ pub struct LocateAnswer<'a> {
     pub reason: &'a str,
     pub reason_code: &'static str,
     pub edge: LocatedEdge<'a>,
+    #[schema(value_type = Vec<IceServer>)]
     pub ice_servers: IceServers<'a>,
     /// Set when `ice_servers` carry another region's relays, or none (STUN only).
     pub turn_fallback: Option<TurnFallback>,
@@ -227,7 +267,7 @@ fn json_string(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
 }
 
 /// `POST /v1/sessions` and `GET /v1/sessions/{id}`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionAnswer {
     pub session_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -256,8 +296,11 @@ pub struct LocateQuery {
     region: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object with an optional \"key\" (room) and \"region\""
+)]
 pub struct CreateSession {
     /// Stable room key: the same key always joins the same room.
     key: Option<String>,
@@ -285,10 +328,17 @@ fn place(
     peer: SocketAddr,
     headers: &HeaderMap,
     requested_region: Option<&str>,
+    door: Door,
 ) -> Result<Placement, Problem> {
     let config = &routing.config;
-    let ip = client_ip(peer.ip(), headers, &config.trusted_proxies)
-        .map_err(|e| Problem::bad_request("bad-forwarded-header", e.to_string()))?;
+    let ip = client_ip(
+        peer.ip(),
+        headers,
+        &config.trusted_proxies,
+        config.forwarded_header,
+    )
+    .map_err(|e| Problem::bad_request("bad-forwarded-header", e.to_string()))?;
+    state.rate_limits.check(door, ip, &config.limits)?;
     let resolution = state.geo.resolve(ip);
     let region = match requested_region {
         None => resolution.region,
@@ -297,7 +347,8 @@ fn place(
             Problem::bad_request(
                 "unknown-region",
                 format!(
-                    "region \"{id}\" does not exist; regions: {}",
+                    "region \"{}\" does not exist; regions: {}",
+                    shortened(id),
                     ids.join(", ")
                 ),
             )
@@ -355,6 +406,19 @@ fn edge_ref(state: &AppState, edge: &EdgeView) -> EdgeRef {
 
 /// `GET /v1/locate`. Takes the request whole (no copy of its headers), parses the query
 /// string only when there is one, and answers from borrowed data serialized once.
+#[utoipa::path(
+    get,
+    path = "/v1/locate",
+    tag = "client",
+    summary = "The edge and ICE servers for this client",
+    params(("region" = Option<String>, Query, description = "Preferred region instead of the one GeoIP gives")),
+    responses(
+        (status = 200, description = "An edge near the client", body = LocateAnswer),
+        (status = 400, description = "Unknown region, bad query, or a forwarded header that is not an address", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many locates from this address (`limits.locates_per_minute`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "No edge is available anywhere", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn locate(
     State(state): State<AppRef>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -364,7 +428,10 @@ async fn locate(
         None => None,
         Some(_) => match Query::<LocateQuery>::try_from_uri(request.uri()) {
             Ok(Query(query)) => query.region,
-            Err(rejection) => return rejection.into_response(),
+            // A problem like every other error (axum's rejection is plain text).
+            Err(rejection) => {
+                return Problem::bad_request("bad-query", rejection.body_text()).into_response();
+            }
         },
     };
     locate_answer(&state, peer, request.headers(), requested_region.as_deref())
@@ -379,7 +446,14 @@ fn locate_answer(
 ) -> Result<Response, Problem> {
     // One config for the whole answer, even if a reload lands meanwhile.
     let routing = state.routing.load();
-    let placement = place(state, &routing, peer, headers, requested_region)?;
+    let placement = place(
+        state,
+        &routing,
+        peer,
+        headers,
+        requested_region,
+        Door::Locate,
+    )?;
     let snapshot = state.registry.snapshot();
     let chosen = choose(state, &routing, &snapshot, placement.region)?;
     let edge = &snapshot.edges[chosen.edge];
@@ -445,13 +519,36 @@ fn json_response(write: impl FnOnce(&mut Vec<u8>) -> serde_json::Result<()>) -> 
 }
 
 fn validate_key(key: &str) -> Result<(), Problem> {
-    if key.is_empty() || key.len() > 200 || key.chars().any(char::is_control) {
+    if key.is_empty()
+        || key.len() > 200
+        || key
+            .chars()
+            .any(|c| c.is_control() || is_invisible_format(c))
+    {
         return Err(Problem::bad_request(
             "bad-room-key",
-            "`key` must be 1 to 200 characters without control characters",
+            "`key` must be 1 to 200 characters without control, bidirectional or invisible formatting characters",
         ));
     }
     Ok(())
+}
+
+/// Unicode format characters (category Cf) that make two keys look alike or reorder how
+/// a key is displayed (U+202E RIGHT-TO-LEFT OVERRIDE, U+200B ZERO WIDTH SPACE…): a room key
+/// is shown to people on the admin page and shared between them.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{E0000}'..='\u{E007F}')
+}
+
+/// A client's text quoted back in an error: at most 64 characters, so a 10,000-character
+/// value is not echoed whole.
+fn shortened(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 /// Builds the answer for a session on `edge`, with a fresh join token.
@@ -469,7 +566,7 @@ fn session_answer(
         .turn
         .ice_servers_for(edge.region, now_unix(), || record.id.clone());
     let expires = now_unix() + JOIN_TOKEN_TTL.as_secs();
-    let join_token = state.join_key.sign(&JoinClaims {
+    let join_token = state.join_key_for(edge).sign(&JoinClaims {
         sid: record.id.clone(),
         eid: edge.id.to_string(),
         pid: new_id(),
@@ -497,6 +594,20 @@ fn session_answer(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    tag = "client",
+    summary = "Start a session, or join the room of `key`",
+    request_body(content = Option<CreateSession>, description = "Optional: an empty body starts an ad-hoc session", content_type = "application/json"),
+    responses(
+        (status = 201, description = "A new session", body = SessionAnswer),
+        (status = 200, description = "The existing room of `key` (`created: false`)", body = SessionAnswer),
+        (status = 400, description = "Bad body, room key or region", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many session creates from this address (`limits.creates_per_minute`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "No edge available, or the database cannot be reached", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn create_session(
     State(state): State<AppRef>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -519,7 +630,14 @@ async fn create_session(
     let snapshot = state.registry.snapshot();
     let (placement, chosen, region_id) = {
         let routing = state.routing.load();
-        let placement = place(&state, &routing, peer, &headers, request.region.as_deref())?;
+        let placement = place(
+            &state,
+            &routing,
+            peer,
+            &headers,
+            request.region.as_deref(),
+            Door::Create,
+        )?;
         let chosen = choose(&state, &routing, &snapshot, placement.region)?;
         let region = snapshot.edges[chosen.edge].region;
         let region_id = routing.config.regions[region].id.clone();
@@ -677,6 +795,19 @@ fn session_gone(id: &str) -> Problem {
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    tag = "client",
+    summary = "Where a session lives now, with a fresh join token",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 200, description = "The session's edge", body = SessionAnswer),
+        (status = 404, description = "No such session", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 410, description = "The session has ended", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 503, description = "The edge is reconnecting, or the database cannot be reached", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn get_session(
     State(state): State<AppRef>,
     Path(id): Path<String>,
@@ -715,7 +846,7 @@ pub struct ExplainQuery {
     region: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct DatabaseView {
     path: String,
     database_type: String,
@@ -725,7 +856,7 @@ struct DatabaseView {
     attribution: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct CandidateView {
     edge: String,
     region: String,
@@ -736,12 +867,17 @@ struct CandidateView {
     #[serde(skip_serializing_if = "Option::is_none")]
     why_not: Option<&'static str>,
     report_age_ms: Option<u64>,
+    /// The edge's last load report (`cpu`, `lag_ms`, `connections`, `sessions`…).
+    #[schema(value_type = Option<Object>)]
     load: Option<locus_protocol::LoadReport>,
     pending_assignments: u32,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ExplainAnswer {
+    /// The GeoIP record and the rule that placed the address (as `locator resolve`
+    /// prints it).
+    #[schema(value_type = Object)]
     geoip: ResolutionView,
     database: Option<DatabaseView>,
     preferred_region: String,
@@ -751,7 +887,7 @@ struct ExplainAnswer {
     turn_fallback: Option<TurnFallback>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ExplainChoice {
     edge: String,
     region: String,
@@ -760,12 +896,32 @@ struct ExplainChoice {
     reason: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/admin/explain",
+    tag = "admin",
+    summary = "Why a client address gets the answer it gets",
+    params(
+        ("ip" = String, Query, description = "The client address to explain"),
+        ("region" = Option<String>, Query, description = "Preferred region, as `/v1/locate` takes it"),
+    ),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The GeoIP record, the rule, the candidates and the choice", body = ExplainAnswer),
+        (status = 400, description = "Bad address or region", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or wrong admin token", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The admin API is disabled", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong admin tokens from this address", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The sign-in cannot be checked now", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn explain(
     State(state): State<AppRef>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Query(query): Query<ExplainQuery>,
 ) -> Result<Json<ExplainAnswer>, Problem> {
-    require_admin(&state, &headers, Access::Read).await?;
+    require_admin(&state, peer, &headers, Access::Read).await?;
     let raw = query.ip.unwrap_or_default();
     let ip: IpAddr = raw.trim().parse().map_err(|_| {
         Problem::bad_request(
@@ -852,7 +1008,7 @@ async fn explain(
     }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct AdminActionBody {
     /// Who is acting (recorded in the audit log); defaults to `admin`.
@@ -861,7 +1017,7 @@ struct AdminActionBody {
     deadline_secs: Option<u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AdminActionAnswer {
     edge: String,
     action: String,
@@ -871,13 +1027,35 @@ struct AdminActionAnswer {
 }
 
 /// `POST /v1/admin/edges/{id}/suspend|resume|drain`: idempotent, audited.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/edges/{id}/{action}",
+    tag = "admin",
+    summary = "Suspend, resume or drain an edge (idempotent, audited)",
+    params(
+        ("id" = String, Path, description = "The edge id"),
+        ("action" = String, Path, description = "`suspend`, `resume` or `drain`"),
+    ),
+    request_body(content = Option<AdminActionBody>, content_type = "application/json"),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Done (or already so: `changed: false`)", body = AdminActionAnswer),
+        (status = 400, description = "Bad body", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 401, description = "No or wrong admin token", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 403, description = "The admin API is disabled, or the page's CSRF header is missing", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 404, description = "No such edge or action", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        (status = 429, description = "Too many wrong admin tokens from this address", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 503, description = "The edge is not connected here, or the database cannot be reached", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    )
+)]
 async fn admin_edge_action(
     State(state): State<AppRef>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     Path((edge_id, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<AdminActionAnswer>, Problem> {
-    let admin = require_admin(&state, &headers, Access::Write).await?;
+    let admin = require_admin(&state, peer, &headers, Access::Write).await?;
     let request: AdminActionBody = if body.iter().all(u8::is_ascii_whitespace) {
         AdminActionBody::default()
     } else {
@@ -1012,11 +1190,18 @@ async fn admin_edge_action(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness",
+    responses((status = 200, description = "The process serves", body = String, content_type = "text/plain")),
+)]
 async fn healthz() -> &'static str {
     "ok\n"
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct Readiness {
     ready: bool,
     database: String,
@@ -1026,11 +1211,17 @@ struct Readiness {
 }
 
 /// What `/readyz` answers; `/metrics` exports its `ready` as `locator_ready`.
+/// The last component of a path or database location: `/readyz` answers anyone, and the
+/// layout of the operator's disks is nobody else's business (the admin status has it).
+fn last_part(location: &str) -> &str {
+    location.rsplit('/').next().unwrap_or(location)
+}
+
 async fn readiness(state: &AppState) -> Readiness {
     let database = match state.store.ping().await {
         Ok(()) => {
             let info = state.store.describe();
-            Ok(format!("{} {}", info.backend, info.location))
+            Ok(format!("{} {}", info.backend, last_part(&info.location)))
         }
         Err(e) => Err(e.to_string()),
     };
@@ -1039,7 +1230,11 @@ async fn readiness(state: &AppState) -> Readiness {
         (locus_geo::config::GeoIpSource::Off, _) => {
             Ok("off (every client to the default region)".to_string())
         }
-        (_, Some(info)) => Ok(format!("{} ({})", info.database_type, info.path.display())),
+        (_, Some(info)) => Ok(format!(
+            "{} ({})",
+            info.database_type,
+            last_part(&info.path.to_string_lossy())
+        )),
         (_, None) => Err("not loaded".to_string()),
     };
     let snapshot = state.registry.snapshot();
@@ -1050,7 +1245,7 @@ async fn readiness(state: &AppState) -> Readiness {
         geoip: geoip.unwrap_or_else(|e| e),
         config: format!(
             "{} ({} regions)",
-            routing.config.source.display(),
+            last_part(&routing.config.source.to_string_lossy()),
             routing.config.regions.len()
         ),
         edges_connected: snapshot
@@ -1061,6 +1256,16 @@ async fn readiness(state: &AppState) -> Readiness {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: database, GeoIP, config",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready (`ready: false`, with what is wrong)", body = Readiness),
+    ),
+)]
 async fn readyz(State(state): State<AppRef>) -> Response {
     let body = readiness(&state).await;
     let status = if body.ready {
@@ -1071,6 +1276,13 @@ async fn readyz(State(state): State<AppRef>) -> Response {
     (status, Json(body)).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (OpenMetrics text)",
+    responses((status = 200, description = "The metrics", body = String, content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")),
+)]
 async fn metrics(State(state): State<AppRef>) -> Response {
     let ready = readiness(&state).await.ready;
     let regions: Vec<(String, &'static str)> = crate::admin::build_status(&state)
@@ -1079,6 +1291,7 @@ async fn metrics(State(state): State<AppRef>) -> Response {
         .map(|r| (r.id, r.state.as_str()))
         .collect();
     state.metrics.set_health(ready, &regions);
+    state.metrics.set_connections(&state.http);
     let text = state.metrics.render(&state.registry.snapshot());
     (
         [(
@@ -1093,6 +1306,43 @@ async fn metrics(State(state): State<AppRef>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 16, finding 12: keys that look like another key, or reorder how it shows.
+    #[test]
+    fn room_keys_refuse_bidirectional_and_invisible_characters() {
+        for bad in [
+            "room\u{202E}24",
+            "ro\u{200B}om",
+            "\u{FEFF}room",
+            "a\u{2066}b",
+            "",
+        ] {
+            let problem = validate_key(bad).expect_err(bad);
+            assert_eq!(problem.kind, "bad-room-key");
+        }
+        for good in ["room-42", "équipe café", "会議室", "a b c"] {
+            validate_key(good).expect(good);
+        }
+    }
+
+    #[test]
+    fn quoted_client_text_is_shortened() {
+        assert_eq!(shortened("eu-west"), "eu-west");
+        let long = "x".repeat(10_000);
+        let short = shortened(&long);
+        assert_eq!(short.chars().count(), 65);
+        assert!(short.ends_with('…'));
+        assert_eq!(last_part("/var/lib/locus/locator.sqlite"), "locator.sqlite");
+        assert_eq!(last_part("db.example:5432/locus"), "locus");
+    }
+
+    #[test]
+    fn a_bad_create_body_does_not_name_a_rust_type() {
+        let error = serde_json::from_str::<CreateSession>("42").expect_err("a number");
+        let text = error.to_string();
+        assert!(!text.contains("struct"), "{text}");
+        assert!(text.contains("optional \"key\""), "{text}");
+    }
 
     use std::path::Path as FsPath;
 

@@ -23,9 +23,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the locator: client API, edge link, admin API.
     ///
-    /// Secrets come from the environment: LOCATOR_EDGE_TOKEN (required; shared with the
-    /// edges), LOCATOR_ADMIN_TOKEN (enables the admin API), and each TURN pool's secret
-    /// variable.
+    /// Secrets come from the environment: LOCATOR_EDGE_KEY (required; the master key
+    /// every edge credential derives from), LOCATOR_EDGE_KEY_PREVIOUS (accepted too,
+    /// during a rotation), LOCATOR_ADMIN_TOKEN (enables the admin API), and each TURN
+    /// pool's secret variable.
     Serve {
         /// The regions file (re-read on SIGHUP).
         #[arg(long, default_value = "regions.yaml")]
@@ -45,6 +46,14 @@ pub enum Command {
         /// `locators × this` below the server's max_connections).
         #[arg(long, default_value_t = 10)]
         db_max_connections: u32,
+        /// Most HTTP connections open at once (edge links and admin streams included);
+        /// more are closed on arrival. Lowered at start to fit the descriptor limit.
+        #[arg(long, default_value_t = locus_serve::DEFAULT_MAX_CONNECTIONS)]
+        max_connections: usize,
+        /// Longest wait for a request's headers, on a new connection or an idle
+        /// keep-alive one, before it is closed (e.g. 10s, 500ms).
+        #[arg(long, default_value = "10s", value_parser = locus_geo::config::parse_duration)]
+        header_read_timeout: std::time::Duration,
     },
     /// Validate a regions file (and open its GeoIP database); exit non-zero when invalid.
     CheckConfig {
@@ -55,6 +64,27 @@ pub enum Command {
         /// for the built-in demo database).
         #[arg(long)]
         geoip: Option<String>,
+    },
+    /// Print an edge's credential (its LOCATOR_EDGE_TOKEN), derived from LOCATOR_EDGE_KEY.
+    ///
+    /// The credential names the edge's id, region and generation; the locator accepts it
+    /// only for that edge in that region, and only while `edge_credentials:` in the
+    /// regions file does not revoke it. The region comes from `--region`, else the
+    /// file's `edge_credentials.<ID>.region`, else the edge's last registration in
+    /// `--database`, else the only region of the file.
+    EdgeCredential {
+        /// The regions file (its `edge_credentials:` gives the generation and region).
+        #[arg(long, default_value = "regions.yaml")]
+        config: PathBuf,
+        /// Database to look up the region of an edge that registered before.
+        #[arg(long)]
+        database: Option<String>,
+        /// The edge's id (its `--id`).
+        #[arg(long)]
+        id: String,
+        /// The edge's region (its `--region`), when the file does not name it.
+        #[arg(long)]
+        region: Option<String>,
     },
     /// Print where each address goes: one JSON line per address.
     Resolve {
@@ -92,16 +122,111 @@ pub fn run(cli: Cli) -> ExitCode {
             database,
             geoip,
             db_max_connections,
+            max_connections,
+            header_read_timeout,
         } => serve(
             &config,
             &listen,
             &database,
             geoip.as_deref(),
             db_max_connections,
+            locus_serve::Limits {
+                max_connections,
+                header_read_timeout,
+            },
         ),
         Command::CheckConfig { config, geoip } => check_config(&config, geoip.as_deref()),
         Command::Resolve { config, geoip, ips } => resolve(&config, geoip.as_deref(), &ips),
+        Command::EdgeCredential {
+            config,
+            database,
+            id,
+            region,
+        } => match edge_credential(&config, database.as_deref(), &id, region.as_deref()) {
+            Ok(credential) => {
+                println!("{credential}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("locator: {message}");
+                ExitCode::FAILURE
+            }
+        },
     }
+}
+
+/// `locator edge-credential`: the credential edge `id` must present.
+fn edge_credential(
+    path: &Path,
+    database: Option<&str>,
+    id: &str,
+    region: Option<&str>,
+) -> Result<String, String> {
+    let secrets = crate::server::Secrets::from_env()?;
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let id_ok = !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !id_ok {
+        return Err("--id must be 1-64 characters of letters, digits, '-', '_', '.'".into());
+    }
+    let policy = config.edge_credential_policy(id);
+    if policy.revoked {
+        return Err(format!(
+            "edge \"{id}\" is revoked in {} (edge_credentials.{id}.revoked): remove that line first",
+            path.display()
+        ));
+    }
+    let region = match (region, &policy.region) {
+        (Some(given), Some(listed)) if given != listed => {
+            return Err(format!(
+                "{} says edge \"{id}\" is in region \"{listed}\", not \"{given}\"",
+                path.display()
+            ));
+        }
+        (Some(given), _) => given.to_string(),
+        (None, Some(listed)) => listed.clone(),
+        (None, None) => match registered_region(database, id)? {
+            Some(region) => region,
+            None if config.regions.len() == 1 => config.regions[0].id.clone(),
+            None => {
+                return Err(format!(
+                    "which region is edge \"{id}\" in? Add `edge_credentials: {{ {id}: {{ region: REGION }} }}` to {}, pass --region REGION, or --database of a locator it registered with",
+                    path.display()
+                ));
+            }
+        },
+    };
+    if config.region(&region).is_none() {
+        return Err(format!("region \"{region}\" is not in {}", path.display()));
+    }
+    Ok(locus_protocol::edge_credential::derive(
+        secrets.edge_key().as_bytes(),
+        policy.generation,
+        &region,
+        id,
+    ))
+}
+
+/// The region edge `id` last registered in, from the database (when one is given).
+fn registered_region(database: Option<&str>, id: &str) -> Result<Option<String>, String> {
+    let Some(database) = database else {
+        return Ok(None);
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let store = crate::store::Store::open(database)
+            .await
+            .map_err(|e| e.to_string())?;
+        let edge = store.edge(id).await.map_err(|e| e.to_string());
+        store.close().await;
+        Ok(edge?.map(|e| e.region))
+    })
 }
 
 /// Loads the config and applies a `--geoip` override (relative to the working directory).
@@ -242,7 +367,12 @@ fn serve(
     database: &str,
     geoip: Option<&str>,
     db_max_connections: u32,
+    mut limits: locus_serve::Limits,
 ) -> ExitCode {
+    if limits.max_connections == 0 || limits.header_read_timeout.is_zero() {
+        eprintln!("locator: --max-connections and --header-read-timeout must be more than 0");
+        return ExitCode::FAILURE;
+    }
     let secrets = match crate::server::Secrets::from_env() {
         Ok(secrets) => secrets,
         Err(message) => {
@@ -301,7 +431,14 @@ fn serve(
             && let Some(credit) = info.attribution {
                 tracing::info!("GeoIP: {} <{}>", credit.text, credit.url);
             }
-        let state = std::sync::Arc::new(crate::server::AppState::new(config, resolver, store, secrets));
+        // Beside its clients the locator holds its database pool, TURN checks and files.
+        limits.max_connections = locus_serve::fit_to_fd_limit(
+            limits.max_connections,
+            128 + db_max_connections as usize,
+        );
+        let mut state = crate::server::AppState::new(config, resolver, store, secrets);
+        state.connection_limits = limits;
+        let state = std::sync::Arc::new(state);
         for pool in state.routing.load().turn.status(&state.routing.load().config) {
             if let Some(problem) = &pool.problem {
                 tracing::warn!(region = %pool.region, relay_from = ?pool.relay_from, "TURN pool: {problem}");

@@ -1,12 +1,15 @@
 //! The client's address: the socket peer, unless the peer is a configured trusted proxy;
-//! then the right-most address of `Forwarded` (RFC 7239) or `X-Forwarded-For` that is not
-//! itself a trusted proxy. Headers from any other peer are ignored: they are trivially
-//! spoofed.
+//! then the right-most address of the configured header (`X-Forwarded-For`, or
+//! `Forwarded` (RFC 7239) `for=` values) that is not itself a trusted proxy. The other
+//! header is never read: a proxy appends to its own header and passes the other one
+//! through as the client wrote it. Headers from any other peer are ignored: they are
+//! trivially spoofed.
 
 use std::net::{IpAddr, SocketAddr};
 
 use axum::http::{HeaderMap, HeaderName, header};
 use ipnet::IpNet;
+use locus_geo::config::ForwardedHeader;
 
 /// A forwarded-for header from a trusted proxy that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,18 +48,19 @@ pub fn client_ip(
     peer: IpAddr,
     headers: &HeaderMap,
     trusted_proxies: &[IpNet],
+    forwarded_header: ForwardedHeader,
 ) -> Result<IpAddr, ForwardedError> {
     let peer = peer.to_canonical();
     if !trusted(peer, trusted_proxies) {
         return Ok(peer);
     }
-    // `Forwarded` when present (its `for=` values), else `X-Forwarded-For`.
-    let forwarded = headers.get_all(header::FORWARDED);
-    let (header, values, use_forwarded) = if forwarded.iter().next().is_some() {
-        ("Forwarded", forwarded, true)
+    let header = forwarded_header.name();
+    let use_forwarded = forwarded_header == ForwardedHeader::Forwarded;
+    let values = headers.get_all(if use_forwarded {
+        header::FORWARDED
     } else {
-        ("X-Forwarded-For", headers.get_all(X_FORWARDED_FOR), false)
-    };
+        X_FORWARDED_FOR
+    });
     // Right to left: each trusted proxy vouches for the hop before it; the first hop no
     // trusted proxy added is the client. `step` takes one hop: `Ok(true)` when it is the
     // client.
@@ -99,6 +103,8 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
+    const XFF: ForwardedHeader = ForwardedHeader::XForwardedFor;
+
     fn proxies() -> Vec<IpNet> {
         vec![
             "127.0.0.0/8".parse().expect("net"),
@@ -122,7 +128,7 @@ mod tests {
     fn headers_from_untrusted_peers_are_ignored() {
         let h = headers(&[("x-forwarded-for", "8.8.8.8")]);
         assert_eq!(
-            client_ip(ip("203.0.113.9"), &h, &proxies()),
+            client_ip(ip("203.0.113.9"), &h, &proxies(), XFF),
             Ok(ip("203.0.113.9"))
         );
     }
@@ -132,7 +138,7 @@ mod tests {
         // The client forged the first entry; our proxies appended the rest.
         let h = headers(&[("x-forwarded-for", "1.1.1.1, 81.2.69.142, 10.0.0.7")]);
         assert_eq!(
-            client_ip(ip("127.0.0.1"), &h, &proxies()),
+            client_ip(ip("127.0.0.1"), &h, &proxies(), XFF),
             Ok(ip("81.2.69.142"))
         );
         // Several headers are one list, in order.
@@ -141,7 +147,7 @@ mod tests {
             ("x-forwarded-for", "81.2.69.142"),
         ]);
         assert_eq!(
-            client_ip(ip("127.0.0.1"), &h, &proxies()),
+            client_ip(ip("127.0.0.1"), &h, &proxies(), XFF),
             Ok(ip("81.2.69.142"))
         );
     }
@@ -150,32 +156,54 @@ mod tests {
     fn ports_brackets_and_mapped_addresses_are_understood() {
         let h = headers(&[("x-forwarded-for", "[2001:4860::1]:443")]);
         assert_eq!(
-            client_ip(ip("127.0.0.1"), &h, &proxies()),
+            client_ip(ip("127.0.0.1"), &h, &proxies(), XFF),
             Ok(ip("2001:4860::1"))
         );
         let h = headers(&[("x-forwarded-for", "::ffff:81.2.69.142")]);
         assert_eq!(
-            client_ip(ip("::ffff:127.0.0.1"), &h, &proxies()),
+            client_ip(ip("::ffff:127.0.0.1"), &h, &proxies(), XFF),
             Ok(ip("81.2.69.142"))
         );
     }
 
     #[test]
-    fn forwarded_is_read_when_present() {
+    fn forwarded_is_read_when_configured() {
         let h = headers(&[(
             "forwarded",
             r#"for=1.1.1.1;proto=https, for="[2001:db8:cafe::17]:4711", for=10.0.0.2"#,
         )]);
         assert_eq!(
-            client_ip(ip("127.0.0.1"), &h, &proxies()),
+            client_ip(ip("127.0.0.1"), &h, &proxies(), ForwardedHeader::Forwarded),
             Ok(ip("2001:db8:cafe::17"))
+        );
+    }
+
+    /// Issue 16, finding 7: a proxy that appends `X-Forwarded-For` passes a client's own
+    /// `Forwarded` through; it used to win, so the client chose its address.
+    #[test]
+    fn the_header_the_proxy_does_not_set_is_never_read() {
+        let h = headers(&[
+            ("forwarded", "for=133.1.1.1"),
+            ("x-forwarded-for", "81.2.69.142"),
+        ]);
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &proxies(), XFF),
+            Ok(ip("81.2.69.142"))
+        );
+        let h = headers(&[
+            ("x-forwarded-for", "133.1.1.1"),
+            ("forwarded", "for=81.2.69.142"),
+        ]);
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), &h, &proxies(), ForwardedHeader::Forwarded),
+            Ok(ip("81.2.69.142"))
         );
     }
 
     #[test]
     fn garbage_from_a_trusted_proxy_is_an_error_naming_the_header() {
         let h = headers(&[("x-forwarded-for", "81.2.69.142, not-an-ip")]);
-        let err = client_ip(ip("127.0.0.1"), &h, &proxies()).expect_err("garbage");
+        let err = client_ip(ip("127.0.0.1"), &h, &proxies(), XFF).expect_err("garbage");
         assert_eq!(err.header, "X-Forwarded-For");
         assert!(err.to_string().contains("not-an-ip"));
     }
@@ -184,7 +212,7 @@ mod tests {
     fn all_hops_trusted_means_the_left_most() {
         let h = headers(&[("x-forwarded-for", "10.1.1.1, 10.2.2.2")]);
         assert_eq!(
-            client_ip(ip("127.0.0.1"), &h, &proxies()),
+            client_ip(ip("127.0.0.1"), &h, &proxies(), XFF),
             Ok(ip("10.1.1.1"))
         );
     }

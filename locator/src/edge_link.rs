@@ -1,10 +1,15 @@
 //! The edge link: the websocket edges keep to the locator.
 //!
-//! Authentication happens before the upgrade (`Authorization: Bearer
-//! <LOCATOR_EDGE_TOKEN>`, constant-time compare): a refused edge never gets a websocket.
-//! Then the edge must `Register` within [`REGISTER_TIMEOUT`]; after that it reports load,
-//! relays its spool and announces draining. Anything malformed, oversized or out of order
-//! closes *that* link with a logged reason; other edges are untouched.
+//! Authentication happens before the upgrade: the edge sends its own credential
+//! (`Authorization: Bearer <LOCATOR_EDGE_TOKEN>`, see
+//! [`locus_protocol::edge_credential`]), checked against the master keys (constant-time)
+//! and against `regions.yaml`'s `edge_credentials:` (revoked generations): a refused edge
+//! never gets a websocket. Then the edge must `Register` within [`REGISTER_TIMEOUT`], as
+//! the id and region its credential names; an id whose live link holds another
+//! credential is refused and the live link kept. After that it reports load, relays its
+//! spool and announces draining; a credential revoked meanwhile (config reload) closes
+//! the link at its next frame. Anything malformed, oversized or out of order closes
+//! *that* link with a logged reason; other edges are untouched.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,16 +17,16 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use locus_protocol::edge_credential::EdgeCredential;
 use locus_protocol::{
-    EdgeMessage, LocatorMessage, MAX_FRAME_BYTES, MAX_SPOOL_BATCH, PROTOCOL_VERSION, Register,
-    RoomMove,
+    EdgeMessage, LocatorMessage, MAX_FRAME_BYTES, MAX_SPOOL_BATCH, MAX_SPOOL_SEQ, PROTOCOL_VERSION,
+    Register, RoomMove,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::api::bearer_matches;
 use crate::problem::Problem;
 use crate::server::{AppState, apply_effect, now_ms};
 use crate::store::{EdgeRecord, SessionState};
@@ -35,13 +40,13 @@ pub async fn handler(
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    if !bearer_matches(&headers, &state.secrets.edge_token) {
-        tracing::warn!("edge link refused: missing or wrong edge token");
-        return Problem::unauthorized(
-            "edges must send `Authorization: Bearer <LOCATOR_EDGE_TOKEN>`",
-        )
-        .into_response();
-    }
+    let identity = match authenticate(&state, &headers) {
+        Ok(identity) => identity,
+        Err(reason) => {
+            tracing::warn!(%reason, "edge link refused");
+            return Problem::unauthorized(reason).into_response();
+        }
+    };
     let Ok(ws) = ws else {
         return Problem::bad_request(
             "websocket-required",
@@ -51,7 +56,78 @@ pub async fn handler(
     };
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| link(state, socket))
+        .on_upgrade(move |socket| link(state, socket, identity))
+}
+
+/// Who an authenticated link is: the parts of its (verified) credential.
+struct Identity {
+    credential: Arc<str>,
+    edge_id: String,
+    region: String,
+    generation: u32,
+}
+
+/// Checks the bearer credential: well-formed, signed by a master key, not revoked.
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Identity, String> {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return Err(
+            "edges must send `Authorization: Bearer <their edge credential>` (LOCATOR_EDGE_TOKEN)"
+                .into(),
+        );
+    };
+    let credential = EdgeCredential::parse(given).map_err(|e| e.to_string())?;
+    let keys: Vec<&[u8]> = state
+        .secrets
+        .edge_keys
+        .iter()
+        .map(|k| k.as_bytes())
+        .collect();
+    credential.verify(&keys).map_err(|e| e.to_string())?;
+    still_valid(
+        state,
+        &credential.edge_id,
+        &credential.region,
+        credential.generation,
+    )?;
+    Ok(Identity {
+        credential: given.into(),
+        edge_id: credential.edge_id,
+        region: credential.region,
+        generation: credential.generation,
+    })
+}
+
+/// Whether `regions.yaml` (as loaded now) still accepts this credential.
+fn still_valid(
+    state: &AppState,
+    edge_id: &str,
+    region: &str,
+    generation: u32,
+) -> Result<(), String> {
+    let policy = state.routing.load().config.edge_credential_policy(edge_id);
+    if policy.revoked {
+        return Err(format!(
+            "the credentials of edge \"{edge_id}\" are revoked (regions.yaml edge_credentials)"
+        ));
+    }
+    if generation < policy.generation {
+        return Err(format!(
+            "credential generation {generation} of edge \"{edge_id}\" is revoked (regions.yaml edge_credentials: generation {})",
+            policy.generation
+        ));
+    }
+    if let Some(expected) = &policy.region
+        && expected != region
+    {
+        return Err(format!(
+            "edge \"{edge_id}\" belongs to region \"{expected}\" (regions.yaml edge_credentials), not \"{region}\""
+        ));
+    }
+    Ok(())
 }
 
 /// Why a link was closed by the locator.
@@ -99,11 +175,7 @@ fn validate_register(state: &AppState, reg: &Register) -> Result<(), String> {
             reg.region
         ));
     }
-    if !(reg.public_url.starts_with("http://") || reg.public_url.starts_with("https://"))
-        || reg.public_url.len() > 512
-    {
-        return Err("public_url must be an http:// or https:// URL".into());
-    }
+    locus_protocol::check_public_url(&reg.public_url)?;
     if reg.capacity == 0 {
         return Err("capacity must be at least 1".into());
     }
@@ -113,7 +185,7 @@ fn validate_register(state: &AppState, reg: &Register) -> Result<(), String> {
     Ok(())
 }
 
-async fn link(state: Arc<AppState>, mut socket: WebSocket) {
+async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
     // 1. Registration.
     let reg = match tokio::time::timeout(REGISTER_TIMEOUT, socket.recv()).await {
         Ok(Some(Ok(Message::Text(text)))) => match serde_json::from_str::<EdgeMessage>(&text) {
@@ -150,7 +222,24 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket) {
             return;
         }
     };
-    if let Err(reason) = validate_register(&state, &reg) {
+    let mut verdict = validate_register(&state, &reg);
+    if verdict.is_ok() && (reg.edge_id != identity.edge_id || reg.region != identity.region) {
+        verdict = Err(format!(
+            "this credential is edge \"{}\" in region \"{}\": it cannot register as edge \"{}\" in region \"{}\"",
+            identity.edge_id, identity.region, reg.edge_id, reg.region
+        ));
+    }
+    // Checked before anything is stored, so that a refused registration changes nothing.
+    if verdict.is_ok()
+        && let Some(live) = state.registry.live_credential(&reg.edge_id)
+        && live != identity.credential
+    {
+        verdict = Err(format!(
+            "edge \"{}\" is connected with another credential; that link is kept",
+            reg.edge_id
+        ));
+    }
+    if let Err(reason) = verdict {
         tracing::warn!(edge = %reg.edge_id, %reason, "edge registration refused");
         close(&mut socket, close_code::POLICY, &reason).await;
         return;
@@ -204,9 +293,20 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket) {
         }
     };
     let (tx, mut rx) = mpsc::channel::<LocatorMessage>(64);
-    let registered = state
-        .registry
-        .register(&reg, suspended, tx, Instant::now(), claim_rev);
+    let Ok(registered) = state.registry.register(
+        &reg,
+        identity.credential.clone(),
+        suspended,
+        tx,
+        Instant::now(),
+        claim_rev,
+    ) else {
+        // Another link with another credential registered between the check and here.
+        let reason = "this edge is connected with another credential; that link is kept";
+        tracing::warn!(edge = %edge_id, reason, "edge registration refused");
+        close(&mut socket, close_code::POLICY, reason).await;
+        return;
+    };
     tracing::info!(
         edge = %edge_id,
         region = %reg.region,
@@ -247,6 +347,7 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket) {
     // 2. The link.
     let conn_id = registered.conn_id;
     let mut last_seq = acked_seq;
+    let mut budget = SpoolBudget::new();
     let outcome: Result<(), Refusal> = loop {
         tokio::select! {
             outgoing = rx.recv() => match outgoing {
@@ -262,6 +363,9 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket) {
                 Some(Ok(Message::Close(_))) => break Ok(()),
                 // The edge's heartbeat (the websocket answers it with a pong by itself).
                 Some(Ok(Message::Ping(_))) => {
+                    if let Err(reason) = still_valid(&state, &identity.edge_id, &identity.region, identity.generation) {
+                        break Err(Refusal(reason));
+                    }
                     heard(&state, &edge_id, conn_id, true);
                 }
                 Some(Ok(Message::Pong(_))) => {
@@ -269,12 +373,16 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket) {
                 }
                 Some(Ok(Message::Binary(_))) => break Err(Refusal("binary frames are not part of the protocol".into())),
                 Some(Ok(Message::Text(text))) => {
+                    // A credential revoked by a config reload ends the link it holds.
+                    if let Err(reason) = still_valid(&state, &identity.edge_id, &identity.region, identity.generation) {
+                        break Err(Refusal(reason));
+                    }
                     heard(&state, &edge_id, conn_id, false);
                     let message = match serde_json::from_str::<EdgeMessage>(&text) {
                         Ok(m) => m,
                         Err(e) => break Err(Refusal(format!("malformed message: {e}"))),
                     };
-                    match handle(&state, &edge_id, conn_id, &mut last_seq, message).await {
+                    match handle(&state, &edge_id, conn_id, &mut last_seq, &mut budget, message).await {
                         Ok(Some(reply)) => {
                             if send(&mut socket, &reply).await.is_err() {
                                 break Ok(());
@@ -314,11 +422,94 @@ async fn send(socket: &mut WebSocket, message: &LocatorMessage) -> Result<(), ax
     socket.send(Message::Text(Utf8Bytes::from(text))).await
 }
 
+/// Most spool entries one link stores per second, sustained (an edge's audit trail is
+/// a few entries per join; a backlog after an outage drains at this rate).
+pub const SPOOL_ENTRIES_PER_SECOND: u64 = 2_000;
+
+/// Entries a link may store at once above the sustained rate.
+pub const SPOOL_BURST: u64 = 2 * MAX_SPOOL_BATCH as u64;
+
+/// Largest gap between the stored and the next relayed sequence taken for an edge's
+/// numbering slip (its spool restored, the locator's database restored): refused, and the
+/// edge realigns on its next welcome. Anything further is a forged jump: refused too,
+/// logged as an error.
+pub const SPOOL_GAP_REPAIRABLE: u64 = 1_000_000;
+
+/// A token bucket of spool entries per link: a link that writes faster waits (the edge
+/// relays its next batch after the ack, so it slows down; nothing is lost).
+struct SpoolBudget {
+    tokens: u64,
+    refilled: Instant,
+}
+
+impl SpoolBudget {
+    fn new() -> SpoolBudget {
+        SpoolBudget {
+            tokens: SPOOL_BURST,
+            refilled: Instant::now(),
+        }
+    }
+
+    async fn spend(&mut self, n: u64) {
+        let now = Instant::now();
+        let earned =
+            now.duration_since(self.refilled).as_millis() as u64 * SPOOL_ENTRIES_PER_SECOND / 1_000;
+        if earned > 0 {
+            self.tokens = (self.tokens + earned).min(SPOOL_BURST);
+            self.refilled = now;
+        }
+        if self.tokens >= n {
+            self.tokens -= n;
+            return;
+        }
+        let missing = n - self.tokens;
+        let wait = Duration::from_millis(missing * 1_000 / SPOOL_ENTRIES_PER_SECOND);
+        tokio::time::sleep(wait).await;
+        self.tokens = 0;
+        self.refilled = Instant::now();
+    }
+}
+
+/// Refuses a spool batch whose next new entry is not `expected`: logged, and recorded in
+/// the audit trail (`spool_refused`, one per link since the link closes).
+async fn refuse_spool(state: &Arc<AppState>, edge_id: &str, expected: u64, got: u64) -> Refusal {
+    let reason = if got > MAX_SPOOL_SEQ {
+        format!("spool sequence {got} is above the limit {MAX_SPOOL_SEQ}")
+    } else if got - expected <= SPOOL_GAP_REPAIRABLE {
+        format!(
+            "spool gap: the locator stored through {}, the next entry must be {expected}, got {got}; reconnect (the welcome realigns the spool)",
+            expected - 1
+        )
+    } else {
+        format!("spool jump refused: the next entry must be {expected}, got {got}")
+    };
+    if got > MAX_SPOOL_SEQ || got - expected > SPOOL_GAP_REPAIRABLE {
+        tracing::error!(edge = %edge_id, expected, got, "spool entries refused: a forged or corrupt sequence");
+    } else {
+        tracing::warn!(edge = %edge_id, expected, got, "spool entries refused: a gap in the sequence");
+    }
+    if let Err(error) = state
+        .store
+        .record_locator_event(
+            "spool_refused",
+            Some(edge_id),
+            None,
+            Some(&reason),
+            now_ms(),
+        )
+        .await
+    {
+        tracing::error!(edge = %edge_id, %error, "could not record the spool refusal");
+    }
+    Refusal(reason)
+}
+
 async fn handle(
     state: &Arc<AppState>,
     edge_id: &str,
     conn_id: u64,
     last_seq: &mut u64,
+    budget: &mut SpoolBudget,
     message: EdgeMessage,
 ) -> Result<Option<LocatorMessage>, Refusal> {
     match message {
@@ -345,8 +536,11 @@ async fn handle(
                     entries.len()
                 )));
             }
-            // Strictly increasing within a batch. Entries the locator already stored may
-            // come again (the edge resends what it had no ack for): the store skips them.
+            // Entries the locator already stored may come again (the edge resends what it
+            // had no ack for): they are skipped. The others must continue the stored
+            // sequence without a gap, strictly increasing, below MAX_SPOOL_SEQ: one
+            // forged number can neither end the edge's audit trail (acknowledged, it
+            // would make every later entry a "duplicate") nor overflow it.
             let mut previous = 0;
             for entry in &entries {
                 if entry.seq <= previous {
@@ -357,6 +551,19 @@ async fn handle(
                 }
                 previous = entry.seq;
             }
+            let mut expected = *last_seq + 1;
+            let mut fresh = 0_u64;
+            for entry in &entries {
+                if entry.seq <= *last_seq {
+                    continue;
+                }
+                if entry.seq != expected || entry.seq > MAX_SPOOL_SEQ {
+                    return Err(refuse_spool(state, edge_id, expected, entry.seq).await);
+                }
+                expected += 1;
+                fresh += 1;
+            }
+            budget.spend(fresh).await;
             let acked = state
                 .store
                 .store_spool(edge_id, &entries)

@@ -14,6 +14,7 @@
 //!   behind trusted proxies; [`turn`] ICE servers and TURN credentials, chosen by the
 //!   checks of [`turn_health`] (STUN Binding / TURN Allocate against every pool's servers).
 //! - [`try_page`]: the "try it" page (`/try`), built on the client library of `clients/js`.
+//! - [`rate_limit`]: per-client limits on session creates and locates.
 //! - [`store`]: sessions, rooms, edges, audit and metrics in SQLite or Postgres.
 //! - [`cluster`]: several locators on one Postgres database (edge state published by
 //!   the locator holding each edge, assignments and admin actions sent to all).
@@ -30,9 +31,13 @@ pub mod client_ip;
 pub mod cluster;
 pub mod edge_link;
 pub mod edge_state;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
+pub mod openapi;
 pub mod probe;
 pub mod problem;
+pub mod rate_limit;
 pub mod registry;
 pub mod selection;
 pub mod server;

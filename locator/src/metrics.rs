@@ -219,6 +219,10 @@ pub struct Metrics {
     pub turn_server_up: Family<TurnServerLabels, Gauge>,
     /// Duration of each server check (whole check: connect, allocate, release).
     pub turn_check_seconds: Family<TurnServerLabels, Histogram>,
+    /// HTTP connections open, and closed on arrival at the cap (copied from the serve
+    /// loop's counters at each scrape).
+    pub connections_open: Gauge,
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -286,6 +290,18 @@ impl Default for Metrics {
             "1 when /readyz answers ready (database reachable, GeoIP loaded), else 0",
             ready.clone(),
         );
+        let connections_open = Gauge::default();
+        let connections_refused = Counter::default();
+        registry.register(
+            "http_connections_open",
+            "HTTP connections open now, edge links and admin streams included",
+            connections_open.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "Connections closed on arrival because --max-connections were open",
+            connections_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -297,6 +313,8 @@ impl Default for Metrics {
             spool_entries,
             region_state,
             ready,
+            connections_open,
+            connections_refused,
             turn_server_up,
             turn_check_seconds,
         }
@@ -366,6 +384,17 @@ impl Metrics {
                     })
                     .set(i64::from(state == *current));
             }
+        }
+    }
+
+    /// Copies the serve loop's connection counters (at each scrape).
+    pub fn set_connections(&self, counters: &locus_serve::Counters) {
+        self.connections_open
+            .set(i64::try_from(counters.open()).unwrap_or(i64::MAX));
+        let refused = counters.refused();
+        let counted = self.connections_refused.get();
+        if refused > counted {
+            self.connections_refused.inc_by(refused - counted);
         }
     }
 

@@ -13,7 +13,7 @@ pub struct Problem {
     pub kind: &'static str,
     pub title: &'static str,
     pub detail: String,
-    /// Seconds the client should wait before retrying (503s).
+    /// Seconds the client should wait before retrying (429s and 503s).
     pub retry_after: Option<u64>,
 }
 
@@ -66,6 +66,19 @@ impl Problem {
                 StatusCode::SERVICE_UNAVAILABLE,
                 kind,
                 "Service unavailable",
+                detail,
+            )
+        }
+    }
+
+    /// A client over its request limit (`limits:` in regions.yaml).
+    pub fn too_many_requests(detail: impl Into<String>, retry_after: u64) -> Problem {
+        Problem {
+            retry_after: Some(retry_after),
+            ..Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
                 detail,
             )
         }

@@ -29,6 +29,10 @@ use crate::store::{LiveEdge, PublishedEdge, PublishedLiveness};
 struct Link {
     conn_id: u64,
     tx: mpsc::Sender<LocatorMessage>,
+    /// The credential the edge authenticated this link with: join tokens for the edge
+    /// are signed with a key derived from it, and a registration with another credential
+    /// cannot replace this link.
+    credential: Arc<str>,
 }
 
 #[derive(Debug)]
@@ -90,6 +94,10 @@ pub struct Registered {
     pub replaced: bool,
 }
 
+/// `register` refused: a live link of the same edge holds another credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldByAnotherCredential;
+
 impl Registry {
     pub fn new(regions: Vec<String>) -> Registry {
         Registry {
@@ -150,20 +158,39 @@ impl Registry {
         self.publish(&inner);
     }
 
-    /// A (re)registered edge with its new link. An older link of the same id is replaced:
-    /// its sender is dropped, which ends that connection's task cleanly.
+    /// The credential of the live link of `edge_id`, if this locator holds one.
+    pub fn live_credential(&self, edge_id: &str) -> Option<Arc<str>> {
+        let inner = self.lock();
+        let entry = inner.edges.get(edge_id)?;
+        entry.link.as_ref().map(|l| l.credential.clone())
+    }
+
+    /// A (re)registered edge with its new link. An older link of the same id with the
+    /// same credential is replaced (the edge reconnected before the old socket closed):
+    /// its sender is dropped, which ends that connection's task cleanly. A live link
+    /// with a *different* credential is kept and the new one refused (`Err`).
     pub fn register(
         &self,
         reg: &Register,
+        credential: Arc<str>,
         suspended: bool,
         tx: mpsc::Sender<LocatorMessage>,
         now: Instant,
         claim_rev: i64,
-    ) -> Registered {
+    ) -> Result<Registered, HeldByAnotherCredential> {
         let mut inner = self.lock();
+        if let Some(live) = inner.edges.get(&reg.edge_id).and_then(|e| e.link.as_ref())
+            && live.credential != credential
+        {
+            return Err(HeldByAnotherCredential);
+        }
         inner.next_conn_id += 1;
         let conn_id = inner.next_conn_id;
-        let link = Link { conn_id, tx };
+        let link = Link {
+            conn_id,
+            tx,
+            credential,
+        };
         let replaced = match inner.edges.get_mut(&reg.edge_id) {
             Some(entry) => {
                 let replaced = entry.link.is_some();
@@ -206,7 +233,7 @@ impl Registry {
             }
         };
         self.publish(&inner);
-        Registered { conn_id, replaced }
+        Ok(Registered { conn_id, replaced })
     }
 
     fn with_current_link<T>(

@@ -6,8 +6,11 @@
 //! # How an edge is chosen
 //!
 //! 1. **Score** every edge: its utilisation, the bottleneck of sessions (reported plus
-//!    assigned since the last report), CPU, event-loop lag and connections, each against
-//!    what counts as "full" ([`score`]). Saturated means score >= 1.0: no headroom.
+//!    assigned since the last report), CPU, event-loop lag, connections and, for an edge
+//!    that names a `--max-bitrate`, its forwarded WebRTC bitrate, each against what
+//!    counts as "full" ([`score`]). Saturated means score >= 1.0: no headroom, so an edge
+//!    at its bitrate cap gets no new session even with few sessions, exactly like an
+//!    edge at its session capacity.
 //! 2. **In the preferred region**, among edges that take new sessions (active) and have
 //!    headroom, draw two distinct ones at random (weighted by headroom) and take the
 //!    less loaded ("power of two choices"). Several locators and bursts act on the same stale
@@ -185,6 +188,85 @@ pub struct Selection {
     pub detail: String,
 }
 
+/// The dimension of an edge's load that sets its score (the largest; ties go to the
+/// first in this order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Bottleneck {
+    Sessions,
+    Cpu,
+    Lag,
+    Connections,
+    Bitrate,
+}
+
+impl Bottleneck {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Bottleneck::Sessions => "sessions",
+            Bottleneck::Cpu => "cpu",
+            Bottleneck::Lag => "lag",
+            Bottleneck::Connections => "connections",
+            Bottleneck::Bitrate => "bitrate",
+        }
+    }
+
+    /// Why an active edge limited by this dimension takes no new session.
+    fn saturated(self) -> &'static str {
+        match self {
+            Bottleneck::Sessions => "saturated: no headroom (sessions at its capacity)",
+            Bottleneck::Cpu => "saturated: no headroom (CPU at 90% or more)",
+            Bottleneck::Lag => "saturated: no headroom (event-loop lag at 200 ms or more)",
+            Bottleneck::Connections => {
+                "saturated: no headroom (connections at 10 per unit of capacity)"
+            }
+            Bottleneck::Bitrate => {
+                "saturated: no headroom (forwarded bitrate at or above its --max-bitrate)"
+            }
+        }
+    }
+}
+
+/// Each dimension of an edge's load against what counts as full (1.0).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Utilisation {
+    pub sessions: f64,
+    pub cpu: f64,
+    pub lag: f64,
+    pub connections: f64,
+    /// The busier direction of the forwarded WebRTC bitrate against `max_bitrate`; 0
+    /// when the edge names no bitrate cap.
+    pub bitrate: f64,
+}
+
+impl Utilisation {
+    /// The score: the largest dimension.
+    pub fn score(&self) -> f64 {
+        self.sessions
+            .max(self.cpu)
+            .max(self.lag)
+            .max(self.connections)
+            .max(self.bitrate)
+    }
+
+    /// The dimension that sets the score.
+    pub fn bottleneck(&self) -> Bottleneck {
+        let mut best = (Bottleneck::Sessions, self.sessions);
+        for (b, x) in [
+            (Bottleneck::Cpu, self.cpu),
+            (Bottleneck::Lag, self.lag),
+            (Bottleneck::Connections, self.connections),
+            (Bottleneck::Bitrate, self.bitrate),
+        ] {
+            // NaN never wins (figures are sanitised, this is belt and braces).
+            if x > best.1 {
+                best = (b, x);
+            }
+        }
+        best.0
+    }
+}
+
 /// One edge as the "explain" endpoint shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Candidate {
@@ -193,6 +275,8 @@ pub struct Candidate {
     pub region: usize,
     pub state: EdgeState,
     pub score: f64,
+    /// What sets the score.
+    pub bottleneck: Bottleneck,
     pub headroom: f64,
     /// Active with headroom: may be chosen in normal operation.
     pub eligible: bool,
@@ -202,11 +286,22 @@ pub struct Candidate {
 
 /// Utilisation of an edge: 0.0 idle, 1.0 at capacity; the bottleneck (maximum) of
 /// sessions (reported + assigned since the report) against capacity, CPU against
-/// [`CPU_FULL`], lag against [`LAG_FULL_MS`] and connections against
-/// `capacity * CONNECTIONS_PER_SESSION`. Without a report yet, the load counts as zero
-/// (sessions = assignments since registration). Capacity 0 counts as 1.
+/// [`CPU_FULL`], lag against [`LAG_FULL_MS`], connections against
+/// `capacity * CONNECTIONS_PER_SESSION` and the busier direction of the forwarded WebRTC
+/// bitrate (`max(bitrate_in, bitrate_out)`) against the edge's `max_bitrate` (none: no
+/// bitrate dimension). Without a report yet, the load counts as zero (sessions =
+/// assignments since registration). Capacity 0 counts as 1.
+///
+/// Sessions assigned since the last report add to the session count but not to the
+/// bitrate: what a new session will send is unknown until it sends it, and the next
+/// report (every 2 s by default) carries it.
 pub fn score(edge: &EdgeView) -> f64 {
     score_with(edge, edge.pending_assignments())
+}
+
+/// Every dimension of [`score`].
+pub fn utilisation(edge: &EdgeView) -> Utilisation {
+    utilisation_with(edge, edge.pending_assignments())
 }
 
 /// `1.0 - score`, floored at 0.
@@ -226,16 +321,32 @@ fn figure(x: f32) -> f64 {
 }
 
 fn score_with(edge: &EdgeView, pending: u32) -> f64 {
+    utilisation_with(edge, pending).score()
+}
+
+fn utilisation_with(edge: &EdgeView, pending: u32) -> Utilisation {
     let capacity = f64::from(edge.capacity.max(1));
-    let (reported_sessions, cpu, lag_ms, connections) = match &edge.load {
-        Some(l) => (l.sessions, figure(l.cpu), figure(l.lag_ms), l.connections),
-        None => (0, 0.0, 0.0, 0),
+    let (reported_sessions, cpu, lag_ms, connections, bitrate) = match &edge.load {
+        Some(l) => (
+            l.sessions,
+            figure(l.cpu),
+            figure(l.lag_ms),
+            l.connections,
+            match l.max_bitrate {
+                // u64 -> f64 rounds above 2^53 bits/s, far beyond any real figure.
+                Some(max) if max > 0 => l.bitrate_in.max(l.bitrate_out) as f64 / max as f64,
+                _ => 0.0,
+            },
+        ),
+        None => (0, 0.0, 0.0, 0, 0.0),
     };
-    let sessions = (f64::from(reported_sessions) + f64::from(pending)) / capacity;
-    let cpu = cpu / CPU_FULL;
-    let lag = lag_ms / LAG_FULL_MS;
-    let connections = f64::from(connections) / (capacity * CONNECTIONS_PER_SESSION);
-    sessions.max(cpu).max(lag).max(connections)
+    Utilisation {
+        sessions: (f64::from(reported_sessions) + f64::from(pending)) / capacity,
+        cpu: cpu / CPU_FULL,
+        lag: lag_ms / LAG_FULL_MS,
+        connections: f64::from(connections) / (capacity * CONNECTIONS_PER_SESSION),
+        bitrate,
+    }
 }
 
 /// Lists the edges of every region in `plan.order(preferred_region)`, region by region
@@ -252,11 +363,13 @@ pub fn candidates(
                 continue;
             }
             let state = edge.status.state();
-            let score = score(edge);
+            let utilisation = utilisation(edge);
+            let score = utilisation.score();
+            let bottleneck = utilisation.bottleneck();
             let headroom = headroom_of(score);
             let why_not = match state {
                 EdgeState::Active if headroom > 0.0 => None,
-                EdgeState::Active => Some("saturated: no headroom"),
+                EdgeState::Active => Some(bottleneck.saturated()),
                 EdgeState::Suspended => {
                     Some("suspended: new sessions only when no active edge exists anywhere")
                 }
@@ -274,6 +387,7 @@ pub fn candidates(
                 region,
                 state,
                 score,
+                bottleneck,
                 headroom,
                 eligible: why_not.is_none(),
                 why_not,
@@ -830,6 +944,7 @@ mod tests {
             lag_ms,
             connections,
             sessions,
+            ..Default::default()
         })
     }
 
@@ -863,6 +978,90 @@ mod tests {
             headroom(&edge(100, report(0.0, f32::INFINITY, 0, 0), 0)),
             0.0
         );
+    }
+
+    #[test]
+    fn bitrate_against_max_bitrate_is_a_dimension() {
+        let rtc = |bitrate_in: u64, bitrate_out: u64, max_bitrate: Option<u64>| {
+            Some(LoadReport {
+                cpu: 0.0,
+                lag_ms: 1.0,
+                connections: 3,
+                sessions: 1,
+                rtc_peers: 3,
+                bitrate_in,
+                bitrate_out,
+                max_bitrate,
+                ..Default::default()
+            })
+        };
+        // No cap: bitrate does not count, however high.
+        let uncapped = edge(100, rtc(10_000_000_000, 0, None), 0);
+        assert_eq!(score(&uncapped), 0.01);
+        assert_eq!(utilisation(&uncapped).bottleneck(), Bottleneck::Sessions);
+        // The busier direction against the cap: one session, yet 90% loaded.
+        let near = edge(100, rtc(20_000_000, 180_000_000, Some(200_000_000)), 0);
+        assert!((score(&near) - 0.9).abs() < 1e-9, "{}", score(&near));
+        assert_eq!(utilisation(&near).bottleneck(), Bottleneck::Bitrate);
+        let near_in = edge(100, rtc(150_000_000, 0, Some(200_000_000)), 0);
+        assert!((score(&near_in) - 0.75).abs() < 1e-9);
+        // Over the cap: saturated, no headroom, like sessions over capacity.
+        let over = edge(100, rtc(0, 250_000_000, Some(200_000_000)), 0);
+        assert!(score(&over) > 1.0);
+        assert_eq!(headroom(&over), 0.0);
+        // A cap of 0 (a buggy edge) means no cap rather than a division by zero.
+        assert_eq!(score(&edge(100, rtc(1, 1, Some(0)), 0)), 0.01);
+    }
+
+    #[test]
+    fn an_edge_over_its_bitrate_is_passed_over_and_explained() {
+        let mut busy = edge(100, None, 0);
+        busy.id = "busy".into();
+        busy.load = Some(LoadReport {
+            sessions: 2,
+            connections: 4,
+            rtc_peers: 4,
+            bitrate_in: 100_000_000,
+            bitrate_out: 210_000_000,
+            max_bitrate: Some(200_000_000),
+            ..Default::default()
+        });
+        let mut calm = edge(100, report(0.2, 5.0, 200, 60), 0);
+        calm.id = "calm".into();
+        let snapshot = RegistrySnapshot {
+            edges: vec![busy, calm],
+            taken_at: Instant::now(),
+        };
+        let text = r#"
+default_region: a
+regions:
+  - id: a
+    location: { lat: 0.0, lon: 0.0 }
+"#;
+        let config = Config::parse(text, Path::new("t.yaml")).expect("config");
+        let plan = RegionPlan::new(&config);
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+        for _ in 0..50 {
+            let chosen =
+                select_edge(&snapshot, &plan, &config.regions, 0, &mut rng).expect("an edge");
+            assert_eq!(
+                &*snapshot.edges[chosen.edge].id, "calm",
+                "{}",
+                chosen.detail
+            );
+            assert_eq!(chosen.reason, SelectReason::InRegion);
+        }
+        let listed = candidates(&snapshot, &plan, 0);
+        let busy = listed.iter().find(|c| c.edge == 0).expect("busy listed");
+        assert!(!busy.eligible);
+        assert_eq!(busy.bottleneck, Bottleneck::Bitrate);
+        assert!(
+            busy.why_not.is_some_and(|w| w.contains("--max-bitrate")),
+            "{busy:?}"
+        );
+        let calm = listed.iter().find(|c| c.edge == 1).expect("calm listed");
+        assert!(calm.eligible);
+        assert_eq!(calm.bottleneck, Bottleneck::Sessions);
     }
 
     #[test]

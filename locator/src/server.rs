@@ -3,7 +3,6 @@
 //! `run(listener, state, shutdown)` takes a bound listener and a shutdown future (as
 //! mini-redis does), so tests bind `127.0.0.1:0` and stop the server when they like.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -23,9 +22,11 @@ use crate::turn::TurnPools;
 /// Secrets and settings read from the environment, in one place.
 #[derive(Clone)]
 pub struct Secrets {
-    /// `LOCATOR_EDGE_TOKEN`: edges authenticate with it; join tokens are signed with a
-    /// key derived from it.
-    pub edge_token: String,
+    /// `LOCATOR_EDGE_KEY`, then (during a rotation) `LOCATOR_EDGE_KEY_PREVIOUS`: the
+    /// master keys every edge credential is derived from. The first one issues
+    /// credentials and signs join tokens for edges whose link is not held here; both are
+    /// accepted from edges.
+    pub edge_keys: Vec<String>,
     /// `LOCATOR_ADMIN_TOKEN`: the admin API and page; `None` disables them.
     pub admin_token: Option<String>,
 }
@@ -33,40 +34,85 @@ pub struct Secrets {
 impl std::fmt::Debug for Secrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Secrets")
+            .field("edge_keys", &self.edge_keys.len())
             .field("admin_token", &self.admin_token.as_ref().map(|_| "…"))
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
-/// Shortest edge token accepted: it guards who may receive users' traffic.
+/// Shortest admin token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
 
+/// Weakest token accepted, as estimated by [`strength_bits`]: 16 random hexadecimal
+/// digits pass (they would fail only with 5 or fewer distinct digits, about once in
+/// 10^5), `aaaaaaaaaaaaaaaa` and `abcdabcdabcdabcd` do not.
+pub const MIN_TOKEN_BITS: f64 = 40.0;
+
+/// A cheap upper estimate of a token's entropy: its length times the bits of an alphabet
+/// as large as its distinct characters. It catches repeated and patterned tokens; it
+/// cannot tell a random token from a memorable one, so the docs ask for `openssl rand`.
+pub fn strength_bits(token: &str) -> f64 {
+    let distinct: std::collections::HashSet<char> = token.chars().collect();
+    token.chars().count() as f64 * (distinct.len().max(1) as f64).log2()
+}
+
 impl Secrets {
-    /// Reads `LOCATOR_EDGE_TOKEN` and `LOCATOR_ADMIN_TOKEN`.
-    pub fn from_env() -> Result<Secrets, String> {
-        let edge_token = std::env::var("LOCATOR_EDGE_TOKEN").unwrap_or_default();
-        if edge_token.len() < MIN_TOKEN_LEN {
-            return Err(format!(
-                "LOCATOR_EDGE_TOKEN is {}: set it to a random secret of at least {MIN_TOKEN_LEN} characters (e.g. `openssl rand -hex 32`), the same for the locator and its edges",
-                if edge_token.is_empty() {
-                    "not set"
-                } else {
-                    "too short"
-                }
-            ));
+    /// Secrets with one edge master key (tests, tools).
+    pub fn with_edge_key(edge_key: &str, admin_token: Option<&str>) -> Secrets {
+        Secrets {
+            edge_keys: vec![edge_key.to_string()],
+            admin_token: admin_token.map(str::to_string),
         }
-        let admin_token = std::env::var("LOCATOR_ADMIN_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
+    }
+
+    /// The current master key (issues credentials).
+    pub fn edge_key(&self) -> &str {
+        self.edge_keys.first().map_or("", String::as_str)
+    }
+
+    /// Reads `LOCATOR_EDGE_KEY`, `LOCATOR_EDGE_KEY_PREVIOUS` and `LOCATOR_ADMIN_TOKEN`.
+    pub fn from_env() -> Result<Secrets, String> {
+        Secrets::from_vars(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// As [`Secrets::from_env`], reading variables through `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Secrets, String> {
+        let min = locus_protocol::edge_credential::MIN_MASTER_KEY_LEN;
+        let Some(edge_key) = var("LOCATOR_EDGE_KEY") else {
+            return Err(if var("LOCATOR_EDGE_TOKEN").is_some() {
+                format!(
+                    "LOCATOR_EDGE_TOKEN (one token shared by every edge) is no longer accepted: set LOCATOR_EDGE_KEY to a random master key of at least {min} characters (e.g. `openssl rand -hex 32`) and give each edge its own credential, printed by `locator edge-credential --config regions.yaml --id EDGE_ID` (README \"Security\")"
+                )
+            } else {
+                format!(
+                    "LOCATOR_EDGE_KEY is not set: set it to a random master key of at least {min} characters (e.g. `openssl rand -hex 32`); each edge gets its own credential from `locator edge-credential --config regions.yaml --id EDGE_ID`"
+                )
+            });
+        };
+        let mut edge_keys = vec![edge_key];
+        if let Some(previous) = var("LOCATOR_EDGE_KEY_PREVIOUS") {
+            edge_keys.push(previous);
+        }
+        for (name, key) in ["LOCATOR_EDGE_KEY", "LOCATOR_EDGE_KEY_PREVIOUS"]
+            .iter()
+            .zip(&edge_keys)
+        {
+            if key.len() < min {
+                return Err(format!(
+                    "{name} is too short: use a random master key of at least {min} characters (e.g. `openssl rand -hex 32`)"
+                ));
+            }
+        }
+        let admin_token = var("LOCATOR_ADMIN_TOKEN");
         if let Some(token) = &admin_token
-            && token.len() < MIN_TOKEN_LEN
+            && (token.len() < MIN_TOKEN_LEN || strength_bits(token) < MIN_TOKEN_BITS)
         {
             return Err(format!(
-                "LOCATOR_ADMIN_TOKEN is too short: use at least {MIN_TOKEN_LEN} random characters, or unset it to disable the admin API"
+                "LOCATOR_ADMIN_TOKEN is too weak: use at least {MIN_TOKEN_LEN} random characters (e.g. `openssl rand -hex 32`), or unset it to disable the admin API"
             ));
         }
         Ok(Secrets {
-            edge_token,
+            edge_keys,
             admin_token,
         })
     }
@@ -96,7 +142,8 @@ impl Routing {
 /// Lifetime of a join token: long enough to open a websocket after the answer, short
 /// enough that a leaked one is soon useless. Clients get a fresh one from
 /// `GET /v1/sessions/{id}`.
-pub const JOIN_TOKEN_TTL: Duration = Duration::from_secs(300);
+pub const JOIN_TOKEN_TTL: Duration =
+    Duration::from_secs(locus_protocol::join_token::JOIN_TOKEN_TTL_SECS);
 
 /// The locator's shared state.
 #[derive(Debug)]
@@ -105,7 +152,6 @@ pub struct AppState {
     pub geo: Arc<GeoResolver>,
     pub registry: Arc<Registry>,
     pub store: Store,
-    pub join_key: JoinKey,
     pub secrets: Secrets,
     pub metrics: Metrics,
     /// Admin page sessions, answer counters by region, event-stream shutdown.
@@ -115,6 +161,12 @@ pub struct AppState {
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     /// The last checks of every TURN/STUN server (kept across config reloads).
     pub turn_health: Arc<crate::turn_health::TurnHealth>,
+    /// Bounds of the HTTP server (`--max-connections`, `--header-read-timeout`).
+    pub connection_limits: locus_serve::Limits,
+    /// Open and refused connections (the serve loop's cap).
+    pub http: Arc<locus_serve::Counters>,
+    /// Per-client buckets of the `limits:` section.
+    pub rate_limits: crate::rate_limit::RateLimiter,
 }
 
 impl AppState {
@@ -127,12 +179,37 @@ impl AppState {
             registry: Arc::new(Registry::new(regions)),
             cluster: crate::cluster::Cluster::for_store(&store),
             store,
-            join_key: JoinKey::from_edge_token(&secrets.edge_token),
             secrets,
             metrics: Metrics::default(),
             started: Instant::now(),
             turn_health: Arc::default(),
+            connection_limits: locus_serve::Limits::default(),
+            http: Arc::default(),
+            rate_limits: crate::rate_limit::RateLimiter::default(),
         }
+    }
+
+    /// The key join tokens for `edge` are signed with: derived from the credential its
+    /// live link here authenticated with, or (its link is held by another locator) from
+    /// the credential the current master key issues it. The edge derives the same key
+    /// from its `LOCATOR_EDGE_TOKEN`.
+    pub fn join_key_for(&self, edge: &crate::snapshot::EdgeView) -> JoinKey {
+        if let Some(credential) = self.registry.live_credential(&edge.id) {
+            return JoinKey::from_edge_token(&credential);
+        }
+        let routing = self.routing.load();
+        let region = routing
+            .config
+            .regions
+            .get(edge.region)
+            .map_or("", |r| r.id.as_str());
+        let generation = routing.config.edge_credential_policy(&edge.id).generation;
+        JoinKey::from_edge_token(&locus_protocol::edge_credential::derive(
+            self.secrets.edge_key().as_bytes(),
+            generation,
+            region,
+            &edge.id,
+        ))
     }
 
     /// Counts a session just assigned to `edge` (here, and on the other locators).
@@ -327,18 +404,14 @@ pub async fn run(
         tasks.spawn(crate::cluster::follow_loop(state.clone(), cluster));
     }
     let app = crate::api::router(state.clone());
+    let (limits, counters) = (state.connection_limits, state.http.clone());
     // Admin event streams never end by themselves: close them when shutdown starts, or
     // the graceful shutdown would wait for them forever.
     let shutdown = async move {
         shutdown.await;
         state.admin.close_streams();
     };
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await;
+    let result = locus_serve::serve(listener, app, limits, counters, shutdown).await;
     tasks.abort_all();
     result
 }
@@ -367,5 +440,24 @@ pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'stat
             }
         }
         tracing::info!("shutting down: no new connections, finishing requests in flight");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterned_tokens_are_weak_and_random_ones_strong() {
+        for weak in ["aaaaaaaaaaaaaaaa", "abababababababab", "abcdabcdabcdabcd"] {
+            assert!(strength_bits(weak) < MIN_TOKEN_BITS, "{weak}");
+        }
+        for strong in [
+            "3f9c1a7be05d2864",
+            "admin-token-for-the-tests",
+            "9b1f0c2e4d6a8b3c5e7f9a1b3c5d7e9f0a2b4c6d8e0f1a3b5c7d9e1f3a5b7c9d",
+        ] {
+            assert!(strength_bits(strong) >= MIN_TOKEN_BITS, "{strong}");
+        }
     }
 }

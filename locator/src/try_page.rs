@@ -13,11 +13,11 @@
 //! and `wss:` because the session websocket goes to the edge, another origin. Media
 //! needs nothing more: the tiles show `MediaStream`s (`srcObject`), not fetched URLs.
 
-use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::problem::Problem;
 
@@ -31,11 +31,19 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
                    connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 /// The page's routes (merged into [`crate::api::router`]).
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/try", get(page))
-        .route("/try/assets/{name}", get(asset))
+pub fn routes<S: Clone + Send + Sync + 'static>() -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(asset))
 }
+
+#[utoipa::path(
+    get,
+    path = "/try",
+    tag = "pages",
+    summary = "The try page: two browser tabs in one session",
+    responses((status = 200, description = "The page", content_type = "text/html; charset=utf-8", body = String)),
+)]
 
 async fn page() -> Response {
     let mut response = (StatusCode::OK, PAGE_HTML).into_response();
@@ -52,6 +60,20 @@ async fn page() -> Response {
     response
 }
 
+#[utoipa::path(
+    get,
+    path = "/try/assets/{name}",
+    tag = "pages",
+    params(("name" = String, Path, description = "The file name")),
+    responses(
+        (status = 200, description = "The file", content(
+            (String = "text/css; charset=utf-8"),
+            (String = "text/javascript; charset=utf-8"),
+            (String = "image/svg+xml"),
+        )),
+        (status = 404, description = "No such file", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+    )
+)]
 async fn asset(Path(name): Path<String>) -> Response {
     let (content_type, body) = match name.as_str() {
         "try.css" => ("text/css; charset=utf-8", TRY_CSS),
@@ -83,7 +105,7 @@ mod tests {
     use super::*;
 
     async fn get(path: &str) -> (StatusCode, HeaderMap, String) {
-        let mut router = routes::<()>();
+        let mut router = routes::<()>().split_for_parts().0;
         let response = router
             .call(Request::get(path).body(Body::empty()).expect("request"))
             .await

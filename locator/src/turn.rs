@@ -37,7 +37,7 @@ type HmacSha1 = hmac::Hmac<sha1::Sha1>;
 pub const CHECK_ID: &str = "locus-check";
 
 /// One entry of `ice_servers` (the shape of WebRTC's `RTCIceServer`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct IceServer {
     pub urls: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -102,7 +102,7 @@ struct Pool {
 }
 
 /// Why a region's clients get another region's relays, or none.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct TurnFallback {
     /// Region whose relays are handed out; `None`: no TURN server is up anywhere.
     pub region: Option<String>,

@@ -717,7 +717,7 @@ async fn start_custom(dir: &std::path::Path, geoip: &str, admin_token: Option<&s
         geo,
         store,
         Secrets {
-            edge_token: EDGE_TOKEN.into(),
+            edge_keys: vec![EDGE_KEY.into()],
             admin_token: admin_token.map(String::from),
         },
     ));

@@ -171,10 +171,17 @@ async fn a_dead_edge_is_failed_and_answers_fall_back_with_the_reason() {
     assert_eq!(session["edge"]["id"], "eu-1");
     let session_id = session["session_id"].as_str().expect("id").to_string();
     // The token verifies on the edge side, offline, for this session and edge only.
-    let key = JoinKey::from_edge_token(EDGE_TOKEN);
+    let key = JoinKey::from_edge_token(&edge_credential("eu-1", "eu-west"));
     let token = session["join_token"].as_str().expect("token");
-    assert!(key.verify(token, &session_id, "eu-1", 0).is_ok());
-    assert!(key.verify(token, &session_id, "de-1", 0).is_err());
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    assert!(key.verify(token, &session_id, "eu-1", now).is_ok());
+    assert!(key.verify(token, &session_id, "de-1", now).is_err());
+    // Another edge's key does not verify it either.
+    let other = JoinKey::from_edge_token(&edge_credential("de-1", "eu-central"));
+    assert!(other.verify(token, &session_id, "eu-1", now).is_err());
     assert!(
         session["ws_url"]
             .as_str()
@@ -563,7 +570,7 @@ async fn malformed_oversized_and_out_of_order_messages_close_only_that_link() {
     let _ = closed_reason(&mut big.ws).await;
 
     // A message before register on a fresh link.
-    let mut early = connect_link(loc.addr, Some(EDGE_TOKEN))
+    let mut early = connect_link(loc.addr, Some(&edge_credential("bad-6", "eu-west")))
         .await
         .expect("link");
     send(
@@ -573,6 +580,7 @@ async fn malformed_oversized_and_out_of_order_messages_close_only_that_link() {
             lag_ms: 0.0,
             connections: 0,
             sessions: 0,
+            ..Default::default()
         }),
     )
     .await;
@@ -583,7 +591,7 @@ async fn malformed_oversized_and_out_of_order_messages_close_only_that_link() {
     );
 
     // Unknown region.
-    let mut lost = connect_link(loc.addr, Some(EDGE_TOKEN))
+    let mut lost = connect_link(loc.addr, Some(&edge_credential("bad-5", "mars")))
         .await
         .expect("link");
     send(

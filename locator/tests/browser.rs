@@ -229,6 +229,7 @@ fn load(cpu: f32, lag_ms: f32, sessions: u32, connections: u32) -> LoadReport {
         lag_ms,
         connections,
         sessions,
+        ..Default::default()
     }
 }
 

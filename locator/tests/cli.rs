@@ -184,6 +184,52 @@ fn a_missing_or_corrupt_geoip_database_fails_check_config() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("junk.mmdb"));
 }
 
+/// Issue 16, finding 11: a FIFO as the GeoIP database (or as the config) made
+/// `check-config` wait forever for a writer. It is refused at once, named.
+#[test]
+fn a_fifo_as_geoip_database_or_config_is_refused_without_waiting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = write_config(dir.path(), &example_config());
+    let fifo = dir.path().join("pipe.mmdb");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let fifo = fifo.to_str().expect("utf-8");
+    for args in [
+        vec![
+            "check-config",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--geoip",
+            fifo,
+        ],
+        vec!["check-config", "--config", fifo],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_locator"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("`locator {}` still waits on the FIFO", args.join(" "));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("read stderr");
+        assert!(!status.success());
+        assert!(stderr.contains("a FIFO, not a file"), "{stderr}");
+        assert!(stderr.contains("pipe.mmdb"), "{stderr}");
+    }
+}
+
 #[test]
 fn resolve_prints_one_json_line_per_address_and_a_clear_error_for_bad_ones() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -14,24 +14,13 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{ADMIN_TOKEN, EDGE_TOKEN, http, regions_yaml, spawn_edge, write_geoip};
-
-/// A locator process, killed when dropped.
-struct LocatorProcess {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl Drop for LocatorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::{
+    ADMIN_TOKEN, EDGE_KEY, LocatorProcess, eventually, get_text, http, regions_yaml, spawn_edge,
+    write_geoip,
+};
 
 fn repo_file(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
@@ -71,32 +60,6 @@ fn sample_names(exposition: &str) -> BTreeSet<String> {
         .collect()
 }
 
-async fn get_text(url: &str) -> (u16, String) {
-    match http().get(url).send().await {
-        Ok(response) => {
-            let status = response.status().as_u16();
-            (status, response.text().await.unwrap_or_default())
-        }
-        Err(e) => (0, e.to_string()),
-    }
-}
-
-/// Polls `check` every 50 ms until it holds; panics after 20 s with `what`.
-async fn eventually<F, Fut>(what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[test]
 fn metric_names_are_found_in_identifiers_only() {
     let names = metric_names(
@@ -130,7 +93,7 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_exported() {
             .args(["--listen", &addr.to_string()])
             .arg("--database")
             .arg(dir.path().join("locator.sqlite"))
-            .env("LOCATOR_EDGE_TOKEN", EDGE_TOKEN)
+            .env("LOCATOR_EDGE_KEY", EDGE_KEY)
             .env("LOCATOR_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("LOCUS_TEST_TURN_SECRET", "turn-secret-for-tests")
             .stdout(std::process::Stdio::null())

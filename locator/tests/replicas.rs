@@ -336,7 +336,7 @@ async fn spawn_locator(dir: &Path, url: &str, report_interval: &str) -> LocatorP
         .arg("--config")
         .arg(&config)
         .args(["--listen", &addr.to_string(), "--database", url])
-        .env("LOCATOR_EDGE_TOKEN", EDGE_TOKEN)
+        .env("LOCATOR_EDGE_KEY", EDGE_KEY)
         .env("LOCATOR_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("LOCUS_TEST_TURN_SECRET", "turn-secret-for-tests")
         .stdout(std::process::Stdio::null())

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU32;
 use locus_geo::Config;
 use locus_locator::edge_state::{EdgeState, EdgeStatus};
 use locus_locator::selection::{
-    RegionPlan, SelectReason, Selection, candidates, headroom, score, select_edge,
+    Bottleneck, RegionPlan, SelectReason, Selection, candidates, headroom, score, select_edge,
 };
 use locus_locator::snapshot::{EdgeView, RegistrySnapshot};
 use locus_protocol::LoadReport;
@@ -89,6 +89,7 @@ fn report(sessions: u32) -> LoadReport {
         lag_ms: 1.0,
         connections: sessions * 2,
         sessions,
+        ..Default::default()
     }
 }
 
@@ -461,7 +462,11 @@ fn candidates_list_every_edge_in_plan_order_with_why_not() {
     assert_eq!((w2.score, w2.headroom), (0.5, 0.5));
     assert_eq!(w2.state, Active);
     assert_eq!(list[0].why_not, Some("failed: no sessions at all"));
-    assert_eq!(list[3].why_not, Some("saturated: no headroom"));
+    assert_eq!(
+        list[3].why_not,
+        Some("saturated: no headroom (sessions at its capacity)")
+    );
+    assert_eq!(list[3].bottleneck, Bottleneck::Sessions);
     assert!(!list[2].eligible);
     let json = serde_json::to_value(&list[2]).expect("serialize");
     assert_eq!(json["state"], "suspended");
@@ -477,6 +482,7 @@ fn equal_edges() -> Vec<EdgeView> {
         lag_ms: 2.0,
         connections: 200,
         sessions: 100,
+        ..Default::default()
     };
     (0..5)
         .map(|i| {
@@ -582,6 +588,7 @@ fn a_fresh_edge_among_loaded_ones_is_measured() {
             lag_ms: 2.0,
             connections: 1000,
             sessions: 500,
+            ..Default::default()
         });
     }
     edges[4].load = None;
@@ -634,15 +641,57 @@ fn state_strategy() -> impl Strategy<Value = EdgeState> {
     ]
 }
 
+/// WebRTC figures: none (an edge without media or older than them), or bitrates
+/// around an optional `max_bitrate` (under it, near it and over it).
+fn rtc_strategy() -> impl Strategy<Value = (u32, u64, u64, Option<u64>)> {
+    prop_oneof![
+        1 => Just((0, 0, 0, None)),
+        3 => (
+            0u32..100,
+            0u64..300_000_000,
+            0u64..300_000_000,
+            proptest::option::of(1u64..250_000_000),
+        ),
+    ]
+}
+
 fn load_strategy() -> impl Strategy<Value = Option<LoadReport>> {
-    proptest::option::of((0.0f32..1.2, 0.0f32..300.0, 0u32..600, 0u32..60).prop_map(
-        |(cpu, lag_ms, connections, sessions)| LoadReport {
-            cpu,
-            lag_ms,
-            connections,
-            sessions,
-        },
-    ))
+    proptest::option::of(
+        (
+            0.0f32..1.2,
+            0.0f32..300.0,
+            0u32..600,
+            0u32..60,
+            rtc_strategy(),
+        )
+            .prop_map(
+                |(
+                    cpu,
+                    lag_ms,
+                    connections,
+                    sessions,
+                    (rtc_peers, bitrate_in, bitrate_out, max_bitrate),
+                )| {
+                    LoadReport {
+                        cpu,
+                        lag_ms,
+                        connections,
+                        sessions,
+                        rtc_peers,
+                        bitrate_in,
+                        bitrate_out,
+                        max_bitrate,
+                        ..Default::default()
+                    }
+                },
+            ),
+    )
+}
+
+/// The bitrate dimension of a load: the busier direction against the cap, if any.
+fn bitrate_use(load: &LoadReport) -> Option<f64> {
+    let max = load.max_bitrate.filter(|&m| m > 0)?;
+    Some(load.bitrate_in.max(load.bitrate_out) as f64 / max as f64)
 }
 
 fn world_strategy() -> impl Strategy<Value = (Vec<RandomRegion>, Vec<RandomEdge>, usize, u64)> {
@@ -770,5 +819,77 @@ proptest! {
         let listed = candidates(&snap, &plan, preferred);
         prop_assert_eq!(listed.len(), snap.edges.len());
         prop_assert_eq!(listed.iter().any(|c| c.eligible), snap.edges.iter().any(|e| e.status.takes_new_sessions() && headroom(e) > 0.0));
+    }
+
+    /// An edge at or over its `max_bitrate` is treated as one at its session capacity:
+    /// never picked while an edge with headroom exists, listed as not eligible (saying
+    /// why), and replacing its over-cap bitrate by a full session count changes no
+    /// answer that is made among edges with headroom. Under the cap, the bitrate is a
+    /// floor of the score.
+    #[test]
+    fn bitrate_over_the_cap_counts_like_full_sessions((regions, edges, preferred, seed) in world_strategy()) {
+        let config = config(&yaml(&regions));
+        let plan = RegionPlan::new(&config);
+        let view = |i: usize, e: &RandomEdge, load: Option<LoadReport>| {
+            edge_with(&format!("e{i}"), e.region, e.state, e.capacity, load, e.pending)
+        };
+        let over = |e: &RandomEdge| e.load.as_ref().and_then(bitrate_use).is_some_and(|b| b >= 1.0);
+        let snap = snapshot(edges.iter().enumerate().map(|(i, e)| view(i, e, e.load)).collect());
+        // The same registry with every over-cap bitrate turned into a full session count.
+        let as_sessions = snapshot(
+            edges
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let load = e.load.map(|l| {
+                        if over(e) {
+                            LoadReport {
+                                sessions: e.capacity.max(1),
+                                bitrate_in: 0,
+                                bitrate_out: 0,
+                                max_bitrate: None,
+                                ..l
+                            }
+                        } else {
+                            l
+                        }
+                    });
+                    view(i, e, load)
+                })
+                .collect(),
+        );
+        for (e, v) in edges.iter().zip(&snap.edges) {
+            if let Some(b) = e.load.as_ref().and_then(bitrate_use) {
+                prop_assert!(score(v) >= b, "score {} under the bitrate use {}", score(v), b);
+            }
+            if over(e) {
+                prop_assert_eq!(headroom(v), 0.0);
+            }
+        }
+        let listed = candidates(&snap, &plan, preferred);
+        for c in &listed {
+            if over(&edges[c.edge]) {
+                prop_assert!(!c.eligible);
+                if c.state == EdgeState::Active && c.bottleneck == Bottleneck::Bitrate {
+                    prop_assert!(c.why_not.is_some_and(|w| w.contains("--max-bitrate")), "{:?}", c);
+                }
+            }
+        }
+        let pick = |snap: &RegistrySnapshot| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            select_edge(snap, &plan, &config.regions, preferred, &mut rng)
+        };
+        let (with_bitrate, with_sessions) = (pick(&snap), pick(&as_sessions));
+        prop_assert_eq!(with_bitrate.is_some(), with_sessions.is_some());
+        if let (Some(a), Some(b)) = (with_bitrate, with_sessions) {
+            prop_assert_eq!(a.reason, b.reason, "{} / {}", &a.detail, &b.detail);
+            if matches!(
+                a.reason,
+                SelectReason::InRegion | SelectReason::RegionUnavailable | SelectReason::RegionSaturated
+            ) {
+                prop_assert!(!over(&edges[a.edge]), "an over-cap edge picked: {}", &a.detail);
+                prop_assert_eq!(a.edge, b.edge, "{} / {}", &a.detail, &b.detail);
+            }
+        }
     }
 }

@@ -213,6 +213,7 @@ fn metrics(sessions: u32) -> SpoolBody {
         lag_ms: 1.5,
         connections: sessions * 2,
         sessions,
+        ..Default::default()
     })
 }
 

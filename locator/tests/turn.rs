@@ -168,7 +168,7 @@ impl Locator {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--database")
             .arg(dir.join(format!("{name}.sqlite")))
-            .env("LOCATOR_EDGE_TOKEN", EDGE_TOKEN)
+            .env("LOCATOR_EDGE_KEY", EDGE_KEY)
             .env("LOCATOR_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -1,10 +1,14 @@
 //! Join tokens: what a client shows an edge to enter a session.
 //!
 //! `v1.<base64url(claims JSON)>.<base64url(HMAC-SHA256)>`. The key is derived from the
-//! edge token (`LOCATOR_EDGE_TOKEN`) that the locator and its edges already share, so an
-//! edge verifies a token locally, without a call to the locator and without a second
-//! secret to distribute. A token is bound to one session, one edge and one participant,
-//! and expires.
+//! edge's own credential (`LOCATOR_EDGE_TOKEN`, see [`crate::edge_credential`]), which
+//! the locator can derive from its master key, so an edge verifies a token locally,
+//! without a call to the locator and without a second secret to distribute, and a token
+//! signed for one edge is worthless on another. A token is bound to one session, one
+//! edge and one participant, and expires: the locator issues tokens for
+//! [`JOIN_TOKEN_TTL_SECS`], and an edge refuses any token valid for longer than
+//! [`MAX_JOIN_TOKEN_LIFETIME_SECS`] from now (a token minted with a key leaked once
+//! cannot be made to last for years).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -12,6 +16,13 @@ use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+/// Lifetime of the join tokens the locator issues.
+pub const JOIN_TOKEN_TTL_SECS: u64 = 300;
+
+/// Longest remaining lifetime an edge accepts in a token: the locator's lifetime plus
+/// room for clocks that disagree by up to ten minutes.
+pub const MAX_JOIN_TOKEN_LIFETIME_SECS: u64 = JOIN_TOKEN_TTL_SECS + 600;
 
 /// What a join token says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +47,10 @@ pub enum TokenError {
     BadSignature,
     #[error("join token expired")]
     Expired,
+    #[error(
+        "join token lifetime is too long (the locator issues tokens for {JOIN_TOKEN_TTL_SECS} s)"
+    )]
+    TooLong,
     #[error("join token is for another session")]
     WrongSession,
     #[error("join token is for another edge")]
@@ -65,7 +80,11 @@ impl JoinKey {
     pub fn sign(&self, claims: &JoinClaims) -> String {
         // Serialising a struct of strings and integers cannot fail.
         let json = serde_json::to_vec(claims).unwrap_or_default();
-        let payload = URL_SAFE_NO_PAD.encode(json);
+        self.sign_payload(&URL_SAFE_NO_PAD.encode(json))
+    }
+
+    /// A token of this (already encoded) payload, signed.
+    pub(crate) fn sign_payload(&self, payload: &str) -> String {
         let mut mac = mac_with(&self.0);
         mac.update(payload.as_bytes());
         let signature = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
@@ -97,6 +116,9 @@ impl JoinKey {
             serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
         if claims.exp <= now_unix {
             return Err(TokenError::Expired);
+        }
+        if claims.exp - now_unix > MAX_JOIN_TOKEN_LIFETIME_SECS {
+            return Err(TokenError::TooLong);
         }
         if claims.sid != session_id {
             return Err(TokenError::WrongSession);
@@ -145,16 +167,16 @@ mod tests {
             Err(TokenError::Expired)
         );
         assert_eq!(
-            key.verify(&token, "s2", "edge-a", 1),
+            key.verify(&token, "s2", "edge-a", 500),
             Err(TokenError::WrongSession)
         );
         assert_eq!(
-            key.verify(&token, "s1", "edge-b", 1),
+            key.verify(&token, "s1", "edge-b", 500),
             Err(TokenError::WrongEdge)
         );
         let other = JoinKey::from_edge_token("another-secret");
         assert_eq!(
-            other.verify(&token, "s1", "edge-a", 1),
+            other.verify(&token, "s1", "edge-a", 500),
             Err(TokenError::BadSignature)
         );
         // A forged payload with the original signature.
@@ -166,12 +188,26 @@ mod tests {
         let forged_payload =
             URL_SAFE_NO_PAD.encode(serde_json::to_vec(&forged_claims).expect("json"));
         let forged = format!("v1.{forged_payload}.{signature}");
+        // A correctly signed token valid for 50 years is refused.
+        let long = key.sign(&JoinClaims {
+            exp: 1_000 + 50 * 365 * 86_400,
+            ..claims()
+        });
         assert_eq!(
-            key.verify(&forged, "s1", "edge-a", 1),
+            key.verify(&long, "s1", "edge-a", 1_000),
+            Err(TokenError::TooLong)
+        );
+        let longest = key.sign(&JoinClaims {
+            exp: 1_000 + MAX_JOIN_TOKEN_LIFETIME_SECS,
+            ..claims()
+        });
+        assert!(key.verify(&longest, "s1", "edge-a", 1_000).is_ok());
+        assert_eq!(
+            key.verify(&forged, "s1", "edge-a", 500),
             Err(TokenError::BadSignature)
         );
         for junk in ["", "v1.", "v1.a", "v2.a.b", "v1.!!.??", "v1.e30.e30"] {
-            assert!(key.verify(junk, "s1", "edge-a", 1).is_err(), "{junk:?}");
+            assert!(key.verify(junk, "s1", "edge-a", 500).is_err(), "{junk:?}");
         }
     }
 }

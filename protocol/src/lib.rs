@@ -10,11 +10,33 @@
 //!
 //! Link rules (enforced by the locator, followed by the edge): the first edge message is
 //! [`EdgeMessage::Register`]; frames above [`MAX_FRAME_BYTES`] close the link; spool
-//! entries arrive in increasing sequence; the locator acknowledges a sequence only after
-//! its database committed every entry up to it.
+//! entries arrive in increasing sequence, the new ones continuing the locator's
+//! `acked_seq` without a gap (a gap or a number above [`MAX_SPOOL_SEQ`] closes the link;
+//! the edge realigns its numbering on the next `Welcome`); the locator acknowledges a
+//! sequence only after its database committed every entry up to it.
+//!
+//! # Adding fields (compatibility rule)
+//!
+//! Both sides refuse unknown fields (`deny_unknown_fields`: a typo must not pass as an
+//! absent figure), and [`PROTOCOL_VERSION`] must match exactly, so it is bumped only for
+//! a change an older peer cannot read at all. A field is added compatibly instead:
+//!
+//! - it has a serde default that means what an older peer means by leaving it out
+//!   (`0`, `None`: "not reported"), so a newer reader accepts an older writer;
+//! - a writer omits it while it carries nothing (`skip_serializing_if`), so a message
+//!   without the new information is exactly what an older reader accepts.
+//!
+//! A message that does carry a new field is refused by an older reader (the locator
+//! closes the link naming the unknown field), so **upgrade locators before edges**: a
+//! newer edge links to an older locator only while its new fields are empty. For
+//! [`LoadReport`]'s WebRTC figures (`rtc_peers`, `bitrate_in`, …, `max_bitrate`) that means
+//! an edge with no `--max-bitrate` and no WebRTC peer since its previous report.
 
 use serde::{Deserialize, Serialize};
 
+pub mod edge_credential;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod join_token;
 
 /// Version of the edge link protocol. Bumped on any incompatible change.
@@ -25,6 +47,11 @@ pub const MAX_FRAME_BYTES: usize = 256 * 1024;
 
 /// Most spool entries in one [`EdgeMessage::Spool`] batch.
 pub const MAX_SPOOL_BATCH: usize = 500;
+
+/// Highest spool sequence number: 2^53 - 1, exact in any JSON reader and far from the
+/// database's i64 limit, so numbering can never overflow. At one entry a microsecond it
+/// lasts 285 years.
+pub const MAX_SPOOL_SEQ: u64 = (1 << 53) - 1;
 
 /// Path of the locator's edge websocket.
 pub const EDGE_LINK_PATH: &str = "/v1/edge/link";
@@ -68,18 +95,65 @@ pub struct Register {
 }
 
 /// Load of an edge, read from the running process.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+///
+/// The WebRTC figures (from `rtc_peers` on) were added after the first release: each is
+/// optional and left out while zero or unset (see "Adding fields" in the crate docs).
+/// Rates are averages over the report interval; bits count payload (RTP payloads and
+/// data-channel messages), not packet headers or SRTP/SCTP overhead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadReport {
     /// CPU used by the edge process since the last report, as a fraction of the machine
     /// (0.0 idle .. 1.0 all cores busy).
+    #[serde(deserialize_with = "finite_f32")]
     pub cpu: f32,
     /// Event-loop lag: the overshoot of a ticking task, in milliseconds.
+    #[serde(deserialize_with = "finite_f32")]
     pub lag_ms: f32,
     /// Open client websockets.
     pub connections: u32,
     /// Sessions with at least one participant (or lingering).
     pub sessions: u32,
+    /// WebRTC peer connections open.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rtc_peers: u32,
+    /// Bits per second the edge received from WebRTC participants to forward (published
+    /// RTP and `locus` data-channel messages).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bitrate_in: u64,
+    /// Bits per second the edge forwarded to WebRTC participants.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bitrate_out: u64,
+    /// RTP packets and data-channel messages received per second.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub packets_in_per_s: u32,
+    /// RTP packets and data-channel messages forwarded per second.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub packets_out_per_s: u32,
+    /// The edge's bitrate capacity in bits per second (`--max-bitrate`), against which the
+    /// locator weighs the busier direction of `bitrate_in` / `bitrate_out`. Sent with
+    /// every report rather than in [`Register`] so that locators mirroring the edge
+    /// through the database (which stores the last report) know it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bitrate: Option<u64>,
+}
+
+fn is_zero<T: Default + PartialEq>(x: &T) -> bool {
+    *x == T::default()
+}
+
+/// An `f32` that is finite. JSON numbers beyond `f32::MAX` (`1e39`) would become
+/// infinity, which serializes as `null`: a report that could not be stored or shown as it
+/// came (an input that breaks the round trip the `edge_link_messages` fuzz target checks).
+fn finite_f32<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f32, D::Error> {
+    let value = f32::deserialize(deserializer)?;
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(
+            "a load figure must be a finite number",
+        ))
+    }
 }
 
 /// One durable record produced by an edge: written to its spool before it is sent.
@@ -188,6 +262,69 @@ pub struct RoomMove {
     pub url: String,
 }
 
+/// Checks an edge's public URL (`Register::public_url`, the edge's `--public-url`): the
+/// locator hands it to clients and probes it, so both sides apply the same rule.
+/// `http://` or `https://`, a host name or IP address (IPv6 in brackets), an optional
+/// port, an optional path; no user info, query, fragment, spaces, quotes or control
+/// characters; at most 512 bytes.
+pub fn check_public_url(url: &str) -> Result<(), String> {
+    let refuse = |why: &str| {
+        Err(format!(
+            "public_url must be an http:// or https:// URL of the edge ({why})"
+        ))
+    };
+    if url.len() > 512 {
+        return refuse("at most 512 characters");
+    }
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return refuse("scheme http:// or https://");
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if authority.contains('@') {
+        return refuse("no user info");
+    }
+    let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+        let Some((v6, after)) = bracketed.split_once(']') else {
+            return refuse("an IPv6 address in brackets");
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return refuse("an IPv6 address in brackets");
+        }
+        (v6, after.strip_prefix(':'))
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && (host.contains(':')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'));
+    if !host_ok {
+        return refuse("a host name or IP address");
+    }
+    if let Some(port) = port
+        && !port.parse::<u16>().is_ok_and(|p| p > 0)
+    {
+        return refuse("a port between 1 and 65535");
+    }
+    let path_ok = path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/-._~%!$&()*+,;=:".contains(&b));
+    if !path_ok {
+        return refuse("a path without spaces, quotes, query or fragment");
+    }
+    Ok(())
+}
+
 /// The URL of a session's websocket on an edge.
 pub fn session_ws_url(public_url: &str, session_id: &str) -> String {
     let base = public_url.trim_end_matches('/');
@@ -235,6 +372,94 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// Regression (fuzz target `edge_link_messages`): `1e39` became an infinite `cpu`,
+    /// which encodes as `null` and never decodes again.
+    #[test]
+    fn load_figures_beyond_f32_are_refused() {
+        for text in [
+            r#"{"type":"report","cpu":1e39,"lag_ms":1,"connections":1,"sessions":1}"#,
+            r#"{"type":"report","cpu":0.5,"lag_ms":-4e38,"connections":1,"sessions":1}"#,
+        ] {
+            let error = serde_json::from_str::<EdgeMessage>(text).expect_err(text);
+            assert!(error.to_string().contains("finite"), "{error}");
+        }
+        let max = format!(
+            r#"{{"type":"report","cpu":{},"lag_ms":0,"connections":1,"sessions":1}}"#,
+            f32::MAX
+        );
+        assert!(serde_json::from_str::<EdgeMessage>(&max).is_ok());
+    }
+
+    #[test]
+    fn webrtc_figures_are_optional_both_ways() {
+        // An older edge's report (no WebRTC figures) reads as zero / no bitrate cap.
+        let old = r#"{"type":"report","cpu":0.1,"lag_ms":1.0,"connections":1,"sessions":1}"#;
+        let EdgeMessage::Report(report) = serde_json::from_str(old).expect("parse") else {
+            panic!("not a report");
+        };
+        assert_eq!(report.rtc_peers, 0);
+        assert_eq!(report.max_bitrate, None);
+        // A report without WebRTC figures is exactly what an older locator accepts.
+        let text = serde_json::to_string(&EdgeMessage::Report(report)).expect("serialize");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).expect("json"),
+            serde_json::from_str::<serde_json::Value>(old).expect("json")
+        );
+        // With figures, they round-trip under their names.
+        let full = LoadReport {
+            rtc_peers: 3,
+            bitrate_in: 64_000,
+            bitrate_out: 128_000,
+            packets_in_per_s: 50,
+            packets_out_per_s: 100,
+            max_bitrate: Some(200_000_000),
+            ..report
+        };
+        let text = serde_json::to_string(&full).expect("serialize");
+        for key in [
+            "\"rtc_peers\":3",
+            "\"bitrate_in\":64000",
+            "\"bitrate_out\":128000",
+            "\"packets_in_per_s\":50",
+            "\"packets_out_per_s\":100",
+            "\"max_bitrate\":200000000",
+        ] {
+            assert!(text.contains(key), "{key} in {text}");
+        }
+        assert_eq!(
+            serde_json::from_str::<LoadReport>(&text).expect("parse"),
+            full
+        );
+    }
+
+    #[test]
+    fn public_urls_are_checked_the_same_way_everywhere() {
+        for good in [
+            "http://127.0.0.1:9000",
+            "https://edge1.example.net/",
+            "https://edge1.example.net/base/path",
+            "http://[::1]:9000",
+        ] {
+            assert_eq!(check_public_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "http://",
+            "ftp://edge.example.net",
+            "http://user:pw@edge.example.net",
+            "http://edge.example.net@attacker.example",
+            "http://edge.example.net/\"onmouseover=\"x",
+            "http://edge.example.net/a b",
+            "http://edge.example.net/?q=1",
+            "http://edge.example.net:0",
+            "http://edge.example.net:99999",
+            "http://[::1",
+            "http://ed ge",
+        ] {
+            assert!(check_public_url(bad).is_err(), "{bad}");
+        }
+        assert!(check_public_url(&format!("http://a/{}", "x".repeat(600))).is_err());
     }
 
     #[test]

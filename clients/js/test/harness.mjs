@@ -9,11 +9,22 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { randomBytes } from "node:crypto";
+import { createHmac, randomBytes } from "node:crypto";
 import WebSocket from "ws";
 import { LocusClient } from "../dist/locus-client.js";
 
 const here = dirname(fileURLToPath(import.meta.url));
+
+/**
+ * The credential of edge `id` in `region` (generation 1), as `locator edge-credential`
+ * prints it: computed here independently of the Rust code, so the format is checked too.
+ */
+export function edgeCredential(key, region, id, generation = 1) {
+  const mac = createHmac("sha256", key)
+    .update(`locus-edge-credential\0${generation}\0${region}\0${id}`)
+    .digest("base64url");
+  return `le1:${generation}:${region}:${id}:${mac}`;
+}
 export const repoRoot = resolve(here, "../../..");
 export const binDir = process.env.LOCUS_BIN_DIR ?? join(repoRoot, "target/debug");
 
@@ -149,7 +160,8 @@ export class Topology {
     this.dir = mkdtempSync(join(tmpdir(), "locus-js-"));
     this.config = join(this.dir, "regions.yaml");
     writeFileSync(this.config, options.regions ?? REGIONS);
-    this.edgeToken = `js-edge-${randomBytes(16).toString("hex")}`;
+    // The locators' master edge key; each edge gets its own credential (edgeCredential).
+    this.edgeKey = `js-edge-key-${randomBytes(16).toString("hex")}`;
     this.adminToken = `js-admin-${randomBytes(16).toString("hex")}`;
     this.locators = [];
     this.edges = new Map();
@@ -194,7 +206,7 @@ export class Topology {
       join(binDir, "locator"),
       ["serve", "--config", this.config, "--listen", `127.0.0.1:${this.locators[i].port}`, "--database", database],
       {
-        env: { ...process.env, LOCATOR_EDGE_TOKEN: this.edgeToken, LOCATOR_ADMIN_TOKEN: this.adminToken, RUST_LOG: process.env.LOCUS_CHILD_LOG ?? "warn" },
+        env: { ...process.env, LOCATOR_EDGE_KEY: this.edgeKey, LOCATOR_ADMIN_TOKEN: this.adminToken, RUST_LOG: process.env.LOCUS_CHILD_LOG ?? "warn" },
         stdio: ["ignore", "ignore", this.log(`locator-${i}`)],
       },
     );
@@ -228,7 +240,7 @@ export class Topology {
         "--rtc-listen", "127.0.0.1",
       ],
       {
-        env: { ...process.env, LOCATOR_EDGE_TOKEN: this.edgeToken, RUST_LOG: process.env.LOCUS_CHILD_LOG ?? "warn" },
+        env: { ...process.env, LOCATOR_EDGE_TOKEN: edgeCredential(this.edgeKey, region, id), RUST_LOG: process.env.LOCUS_CHILD_LOG ?? "warn" },
         stdio: ["ignore", "ignore", this.log(`edge-${id}`)],
       },
     );

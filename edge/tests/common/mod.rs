@@ -24,7 +24,13 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// The shared edge token of every test.
-pub const TOKEN: &str = "test-edge-token-0123456789abcdef";
+/// The test locator's master edge key (`LOCATOR_EDGE_KEY`).
+pub const KEY: &str = "test-edge-master-key-0123456789abcdef";
+
+/// The credential (`LOCATOR_EDGE_TOKEN`) of edge `id` in the tests' region.
+pub fn credential(id: &str) -> String {
+    locus_protocol::edge_credential::derive(KEY.as_bytes(), 1, "eu-west", id)
+}
 
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -102,7 +108,7 @@ async fn serve_locator(
         geo,
         store,
         locus_locator::server::Secrets {
-            edge_token: TOKEN.into(),
+            edge_keys: vec![KEY.into()],
             admin_token,
         },
     ));
@@ -224,9 +230,14 @@ impl Edge {
         };
         tweak(&mut settings);
         settings.validate().expect("valid settings");
-        let state = EdgeState::open(settings, EdgeToken::new(TOKEN).expect("token"))
-            .await
-            .expect("edge state");
+        let token = EdgeToken::new(locus_protocol::edge_credential::derive(
+            KEY.as_bytes(),
+            1,
+            &settings.region,
+            &settings.edge_id,
+        ))
+        .expect("token");
+        let state = EdgeState::open(settings, token).await.expect("edge state");
         let (shutdown, stop) = oneshot::channel::<()>();
         let task = tokio::spawn(locus_edge::server::run(
             listener,
@@ -300,7 +311,7 @@ impl Drop for Edge {
 
 /// Signs a join token with the test key; `ttl_secs` may be negative (expired).
 pub fn mint(edge: &str, session: &str, pid: &str, ttl_secs: i64) -> String {
-    JoinKey::from_edge_token(TOKEN).sign(&JoinClaims {
+    JoinKey::from_edge_token(&credential(edge)).sign(&JoinClaims {
         sid: session.into(),
         eid: edge.into(),
         pid: pid.into(),
@@ -509,7 +520,7 @@ impl RtcEdge {
             .arg(dir.join(format!("{id}-spool")))
             .args(["--rtc-listen", "127.0.0.1"])
             .args(extra)
-            .env("LOCATOR_EDGE_TOKEN", TOKEN)
+            .env("LOCATOR_EDGE_TOKEN", credential(id))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log_file)

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use super::traffic::Window;
 use crate::edge_state::{EdgeState, FailReason, Liveness};
-use crate::selection::{RegionPlan, score, select_edge};
+use crate::selection::{Bottleneck, RegionPlan, select_edge, utilisation};
 use crate::snapshot::{EdgeView, RegistrySnapshot};
 use crate::turn::PoolStatus;
 
@@ -78,9 +78,12 @@ pub struct EdgeRow {
     pub load: Option<LoadReport>,
     /// Sessions assigned since that report.
     pub pending_assignments: u32,
-    /// Selection's score: the bottleneck of sessions, CPU, lag and connections against
-    /// what counts as full (1.0 = saturated). Capped at 10 for display.
+    /// Selection's score: the bottleneck of sessions, CPU, lag, connections and (with a
+    /// `max_bitrate`) forwarded WebRTC bitrate against what counts as full (1.0 =
+    /// saturated). Capped at 10 for display.
     pub utilisation: f64,
+    /// Which of those sets it.
+    pub bottleneck: Bottleneck,
     /// Active with headroom: selection may send it new sessions.
     pub takes_new_sessions: bool,
     /// Time since the last report (or the registration, before any report).
@@ -169,7 +172,8 @@ fn is_retired(edge: &EdgeView) -> bool {
 
 fn edge_row(edge: &EdgeView, now: Instant) -> EdgeRow {
     let state = edge.status.state();
-    let utilisation = score(edge);
+    let dimensions = utilisation(edge);
+    let utilisation = dimensions.score();
     let failed_reason = match edge.status.liveness {
         Liveness::Failed { why } => Some(why),
         _ => None,
@@ -192,6 +196,7 @@ fn edge_row(edge: &EdgeView, now: Instant) -> EdgeRow {
         } else {
             10.0
         },
+        bottleneck: dimensions.bottleneck(),
         takes_new_sessions: state == EdgeState::Active && utilisation < 1.0,
         report_age_ms: edge.status.report_age(now).as_millis() as u64,
     }
@@ -200,6 +205,9 @@ fn edge_row(edge: &EdgeView, now: Instant) -> EdgeRow {
 /// Why an edge does not take new sessions, in a few words.
 fn why_not(row: &EdgeRow) -> String {
     match row.state {
+        EdgeState::Active if row.bottleneck == Bottleneck::Bitrate => {
+            format!("{} saturated (bitrate)", row.id)
+        }
         EdgeState::Active => format!("{} saturated", row.id),
         state => format!("{} {}", row.id, state.as_str()),
     }
@@ -433,6 +441,7 @@ regions:
                 lag_ms: 1.0,
                 connections: sessions,
                 sessions,
+                ..Default::default()
             }),
             assigned_since_report: Arc::new(AtomicU32::new(0)),
         }

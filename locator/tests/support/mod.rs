@@ -21,8 +21,20 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const EDGE_TOKEN: &str = "test-edge-token-0123456789";
+/// The locators' master edge key (`LOCATOR_EDGE_KEY`).
+pub const EDGE_KEY: &str = "test-edge-master-key-0123456789abcdef";
+
+/// The credential of edge `id` in `region` (generation 1), as `locator edge-credential`
+/// prints it.
+pub fn edge_credential(id: &str, region: &str) -> String {
+    locus_protocol::edge_credential::derive(EDGE_KEY.as_bytes(), 1, region, id)
+}
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The per-client request limits lifted: these tests send hundreds of creates from
+/// loopback to test other things; `tests/limits.rs` replaces this line to test the limits.
+pub const NO_REQUEST_LIMITS: &str =
+    "limits: { creates_per_minute: off, locates_per_minute: off }\n";
 
 /// Three regions on three continents; loopback is a trusted proxy.
 pub fn regions_yaml(db: &Path, grace: &str) -> String {
@@ -35,7 +47,7 @@ pub fn regions_yaml_with(db: &Path, grace: &str, report_interval: &str) -> Strin
         r#"
 geoip: {{ database: "{}" }}
 trusted_proxies: [127.0.0.0/8]
-default_region: us-east
+{NO_REQUEST_LIMITS}default_region: us-east
 edges:
   report_interval: {report_interval}
   missed_reports: 3
@@ -127,7 +139,7 @@ impl TestLocator {
         let database = PathBuf::from(url);
         let store = Store::open(url).await.expect("store");
         let secrets = Secrets {
-            edge_token: EDGE_TOKEN.into(),
+            edge_keys: vec![EDGE_KEY.into()],
             admin_token: Some(ADMIN_TOKEN.into()),
         };
         let state = Arc::new(AppState::new(config, geo, store, secrets));
@@ -258,7 +270,8 @@ pub async fn closed_reason(ws: &mut Ws) -> String {
 
 impl TestEdge {
     pub async fn connect(addr: SocketAddr, reg: Register) -> TestEdge {
-        let mut ws = connect_link(addr, Some(EDGE_TOKEN)).await.expect("link");
+        let credential = edge_credential(&reg.edge_id, &reg.region);
+        let mut ws = connect_link(addr, Some(&credential)).await.expect("link");
         send(&mut ws, &EdgeMessage::Register(reg.clone())).await;
         let welcome = next_message(&mut ws).await.expect("welcome");
         assert!(
@@ -280,6 +293,7 @@ impl TestEdge {
                 lag_ms: 1.0,
                 connections: sessions * 2,
                 sessions,
+                ..Default::default()
             }),
         )
         .await;
@@ -414,7 +428,7 @@ pub fn spawn_edge(locators: &[SocketAddr], id: &str, region: &str, spool: &Path)
         .args(["--public-url", &format!("http://127.0.0.1:{port}")])
         .arg("--spool-dir")
         .arg(spool)
-        .env("LOCATOR_EDGE_TOKEN", EDGE_TOKEN)
+        .env("LOCATOR_EDGE_TOKEN", edge_credential(id, region))
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .spawn()
@@ -429,4 +443,44 @@ pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+/// A locator process, killed when dropped.
+pub struct LocatorProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl Drop for LocatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// GET `url`: the status and body, or status 0 and the error when there is no answer.
+pub async fn get_text(url: &str) -> (u16, String) {
+    match http().get(url).send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Polls `check` every 50 ms until it holds; panics after 20 s with `what`.
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
