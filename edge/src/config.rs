@@ -63,7 +63,8 @@ pub struct Cli {
     /// Messages queued for one client before it counts as too slow and is disconnected.
     #[arg(long, default_value_t = 256)]
     pub send_queue: usize,
-    /// How long an empty session stays before it ends (e.g. 10s, 500ms).
+    /// How long an empty session stays before it ends (e.g. 10s, 500ms); time the edge
+    /// process was stopped does not count.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub linger: Duration,
     /// How long a draining edge keeps its sessions before it moves them and exits.

@@ -110,6 +110,10 @@ pub const WRITE_BUFFER: usize = 4 * 1024;
 pub const PING_INTERVAL: Duration = Duration::from_secs(30);
 /// A client silent (no frame, no pong) this long is disconnected.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// A linger timer that fires this much after its deadline means the edge was not
+/// running (stopped, starved): it waits again (see `schedule_end`). Well above the lateness
+/// of a busy runtime, so a running edge's linger stays what the operator set.
+const LATE_TIMER: Duration = Duration::from_millis(100);
 /// How long closing a connection may take (the close frame may wait behind data a slow
 /// client has not read yet).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -680,7 +684,19 @@ impl Hub {
         let session = session.clone();
         let linger = self.config.linger;
         tokio::spawn(async move {
-            tokio::time::sleep(linger).await;
+            // The linger counts time the edge was running: a timer that fires late (the
+            // process was stopped or starved) waits again as long as it was late, so a
+            // participant who reconnected meanwhile is admitted (its connection waited in
+            // the accept queue) instead of finding the session ended in its absence.
+            let mut deadline = Instant::now() + linger;
+            loop {
+                tokio::time::sleep_until(deadline).await;
+                let late = Instant::now().saturating_duration_since(deadline);
+                if late < LATE_TIMER {
+                    break;
+                }
+                deadline = Instant::now() + late.min(linger);
+            }
             let mut m = session.membership.lock().await;
             if m.generation == generation && m.members.is_empty() && !m.ended {
                 hub.end_session(&session, &mut m).await;

@@ -1,5 +1,6 @@
 //! The real `edge` binary: SIGKILL in the middle of spooling, SIGTERM drain with a keyed
-//! room moved to another edge, a second SIGTERM, and a refused start without a token.
+//! room moved to another edge, a second SIGTERM, a SIGSTOP longer than the linger, and a
+//! refused start without a token.
 
 mod common;
 
@@ -390,6 +391,52 @@ async fn a_second_sigterm_exits_at_once() {
     assert!(!status.success(), "a forced exit is not a clean one");
     assert!(second_at.elapsed() < Duration::from_secs(5));
     assert!(edge.log().contains("second signal"), "{}", edge.log());
+}
+
+/// A stall longer than the linger (SIGSTOP, a starved VM) must not end a session whose
+/// participant reconnected meanwhile: the linger counts time the edge was running. Without
+/// that, the linger timer fired first after SIGCONT, the session ended, and the pending
+/// join (its token issued before the end) was refused 410 `session-ended` (seen in the
+/// load test's `edge-stall` fault).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_reconnecting_while_the_edge_is_stopped_keeps_its_session() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nowhere = format!("http://127.0.0.1:{}", free_port().await);
+    let edge = EdgeProcess::spawn(
+        "edge-s",
+        free_port().await,
+        &[nowhere],
+        dir.path(),
+        &["--linger", "200ms"],
+    );
+    eventually("the edge process to answer", || async {
+        tokio::net::TcpStream::connect(edge.addr).await.is_ok()
+    })
+    .await;
+    let mut a = edge.join("stalled", "a").await;
+    presence(&mut a, &["a"]).await;
+    a.close(None).await.expect("close");
+    eventually("a to leave", || async {
+        edge.status().await["connections"].as_u64() == Some(0)
+    })
+    .await;
+    assert_eq!(edge.status().await["sessions"], 1, "lingering");
+
+    // Issued now, used while the edge is stopped for longer than the linger and past the
+    // end of this second (tokens are compared in whole seconds).
+    let token = mint(&edge.id, "stalled", "b", 300);
+    edge.signal("STOP");
+    let url = edge.ws("stalled", &token);
+    let reconnect = tokio::spawn(async move { tokio_tungstenite::connect_async(url).await });
+    // The stall itself, not a synchronisation: the edge cannot run meanwhile.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    edge.signal("CONT");
+    let mut b = match within("b's websocket", reconnect).await.expect("task") {
+        Ok((client, _)) => client,
+        Err(error) => panic!("b refused after the stall: {error}\n{}", edge.log()),
+    };
+    let hello = presence(&mut b, &["b"]).await;
+    assert_eq!(hello["session"], "stalled");
 }
 
 #[test]
