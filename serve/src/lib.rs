@@ -15,6 +15,11 @@
 //!   Upgraded websockets are past it; their own heartbeats bound them.
 //! - **Graceful shutdown**: when `shutdown` completes, accepting stops and the requests in
 //!   flight finish (websockets already upgraded are the application's to close).
+//!
+//! With a [`ServerTls`] ([`serve_tls`]), every connection is TLS: the handshake runs in the
+//! connection's task, within the header-read timeout too (a client that opens a socket
+//! and never finishes the handshake holds its place no longer than one that never sends
+//! headers), and the certificate is reloaded when its files change (see [`tls`]).
 
 use std::future::Future;
 use std::io;
@@ -33,6 +38,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_service::Service;
+
+#[cfg(feature = "test-certs")]
+pub mod test_certs;
+pub mod tls;
+pub use tls::ServerTls;
 
 /// The bounds one server applies to its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +147,18 @@ pub async fn serve(
     counters: Arc<Counters>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
+    serve_tls(listener, router, limits, counters, None, shutdown).await
+}
+
+/// As [`serve`], over TLS with `tls`'s certificate when given (plain HTTP when `None`).
+pub async fn serve_tls(
+    listener: TcpListener,
+    router: Router,
+    limits: Limits,
+    counters: Arc<Counters>,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     // hyper's own HTTP/1 builder: hyper-util's "auto" builder first waits for bytes to
     // tell HTTP/1 from HTTP/2, with no timeout, so a silent socket would never be closed.
@@ -179,40 +201,94 @@ pub async fn serve(
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
         }
-        let io = TokioIo::new(Counted::new(tcp, permit, counters.clone()));
+        let stream = Counted::new(tcp, permit, counters.clone());
         let router = router.clone();
         let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().call(request)
         });
-        let connection = builder.serve_connection(io, service).with_upgrades();
-        let mut closing_seen = closing_seen.clone();
-        tokio::spawn(async move {
-            let mut connection = std::pin::pin!(connection);
-            let mut asked_to_close = false;
-            loop {
-                tokio::select! {
-                    result = connection.as_mut() => {
-                        if let Err(error) = result {
-                            tracing::debug!(%peer, %error, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    // A send, or the loop dropped: either way the server is stopping.
-                    _ = closing_seen.changed(), if !asked_to_close => {
-                        asked_to_close = true;
-                        connection.as_mut().graceful_shutdown();
-                    }
-                }
+        let closing_seen = closing_seen.clone();
+        let builder = builder.clone();
+        match &tls {
+            None => {
+                tokio::spawn(serve_connection(
+                    builder,
+                    stream,
+                    service,
+                    peer,
+                    closing_seen,
+                ));
             }
-            drop(closing_seen);
-        });
+            Some(tls) => {
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                let handshake_timeout = limits.header_read_timeout;
+                tokio::spawn(async move {
+                    let mut closing = closing_seen.clone();
+                    let handshake =
+                        tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                    let stream = tokio::select! {
+                        result = handshake => match result {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%peer, %error, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake not finished within the header-read timeout: closed");
+                                return;
+                            }
+                        },
+                        _ = closing.changed() => return,
+                    };
+                    drop(closing);
+                    serve_connection(builder, stream, service, peer, closing_seen).await;
+                });
+            }
+        }
     }
     drop(listener);
     drop(closing_seen);
     let _ = closing.send(true);
     closing.closed().await;
     Ok(())
+}
+
+/// Serves one connection's requests until it ends, or until the server stops (then the
+/// request in flight finishes first).
+async fn serve_connection<S>(
+    builder: hyper::server::conn::http1::Builder,
+    stream: impl AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    service: S,
+    peer: SocketAddr,
+    mut closing_seen: tokio::sync::watch::Receiver<bool>,
+) where
+    S: hyper::service::HttpService<Incoming> + Send,
+    S::Future: Send + 'static,
+    S::ResBody: Send + 'static,
+    <S::ResBody as hyper::body::Body>::Data: Send,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut connection = std::pin::pin!(connection);
+    let mut asked_to_close = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                break;
+            }
+            // A send, or the loop dropped: either way the server is stopping.
+            _ = closing_seen.changed(), if !asked_to_close => {
+                asked_to_close = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    drop(closing_seen);
 }
 
 /// An `accept` error: a connection that failed before it was accepted is nothing to wait
