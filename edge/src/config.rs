@@ -7,6 +7,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
@@ -23,8 +24,9 @@ pub const MIN_TOKEN_LEN: usize = 16;
 #[derive(Debug, Parser)]
 #[command(name = "edge", version, about)]
 pub struct Cli {
-    /// Locator base URL (http://host:port); repeat the flag or separate with commas to
-    /// give several: the edge moves to the next one when one is down.
+    /// Locator base URL (https://host:port, or http:// on a private network); repeat
+    /// the flag or separate with commas to give several: the edge moves to the next one
+    /// when one is down.
     #[arg(long = "locator", required = true, value_delimiter = ',')]
     pub locators: Vec<String>,
     /// Region id of this edge (as in the locator's regions.yaml).
@@ -102,6 +104,17 @@ pub struct Cli {
     /// one, before it is closed (e.g. 10s).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
+    /// CA certificates (PEM) to trust for https:// locators instead of the built-in
+    /// public roots (Mozilla's): a locator whose certificate a private CA signed.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Serve clients HTTPS/WSS with this certificate chain (PEM; with --tls-key).
+    /// Reloaded when the file changes. Not given: plain HTTP (behind a TLS proxy).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or EC).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// An inclusive UDP port range (`--rtc-ports 40000-40999`).
@@ -179,8 +192,15 @@ pub fn parse_bitrate(text: &str) -> Result<u64, String> {
 /// Validated settings of an edge.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Locator base URLs (`http://` or `ws://`), in order of preference.
+    /// Locator base URLs (`https://`, `wss://`, `http://` or `ws://`), in order of
+    /// preference.
     pub locators: Vec<String>,
+    /// Whom the link trusts for `https://`/`wss://` locators (public roots or
+    /// `--ca-file`).
+    pub locator_tls: Arc<locus_serve::tls::ClientConfig>,
+    /// `--tls-cert`/`--tls-key`: the client-facing server's certificate (plain HTTP when
+    /// `None`).
+    pub tls: Option<Arc<locus_serve::ServerTls>>,
     pub region: String,
     pub edge_id: String,
     pub public_url: String,
@@ -205,6 +225,9 @@ impl Default for Settings {
     fn default() -> Self {
         Settings {
             locators: Vec::new(),
+            locator_tls: locus_serve::tls::client_config(None)
+                .expect("the built-in roots make a TLS client configuration"),
+            tls: None,
             region: String::new(),
             edge_id: String::new(),
             public_url: String::new(),
@@ -226,7 +249,13 @@ impl Default for Settings {
 impl Cli {
     /// The settings, validated.
     pub fn settings(&self) -> Result<Settings, String> {
+        let locator_tls = locus_serve::tls::client_config(self.ca_file.as_deref())
+            .map_err(|e| format!("--ca-file {e}"))?;
+        let tls = locus_serve::tls::from_flags(self.tls_cert.as_deref(), self.tls_key.as_deref())?
+            .map(Arc::new);
         let settings = Settings {
+            locator_tls,
+            tls,
             locators: self
                 .locators
                 .iter()
@@ -347,24 +376,22 @@ pub fn is_valid_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-/// The websocket URL of the edge link at a locator base URL: `http://h:p[/base]` becomes
-/// `ws://h:p[/base]/v1/edge/link`.
-///
-/// `https://` and `wss://` are refused: this build has no TLS client (see the crate
-/// documentation of [`crate::link`]); reach the locator over a private network or a local
-/// TLS-terminating proxy.
+/// The websocket URL of the edge link at a locator base URL: `https://h:p[/base]`
+/// becomes `wss://h:p[/base]/v1/edge/link`, `http://` becomes `ws://`.
 pub fn link_url(base: &str) -> Result<String, String> {
     let base = base.trim().trim_end_matches('/');
-    let rest = if let Some(rest) = base.strip_prefix("http://") {
-        rest
+    let (scheme, rest) = if let Some(rest) = base.strip_prefix("https://") {
+        ("wss", rest)
+    } else if let Some(rest) = base.strip_prefix("wss://") {
+        ("wss", rest)
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        ("ws", rest)
     } else if let Some(rest) = base.strip_prefix("ws://") {
-        rest
-    } else if base.starts_with("https://") || base.starts_with("wss://") {
-        return Err(
-            "TLS to the locator is not built into this edge: use http:// on a private network or a local TLS proxy".into(),
-        );
+        ("ws", rest)
     } else {
-        return Err("give the locator's base URL, e.g. http://127.0.0.1:7400".into());
+        return Err(
+            "give the locator's base URL, e.g. https://locator.example.com or http://127.0.0.1:7400".into(),
+        );
     };
     let rest = rest
         .strip_suffix(locus_protocol::EDGE_LINK_PATH)
@@ -373,7 +400,10 @@ pub fn link_url(base: &str) -> Result<String, String> {
     if host.is_empty() {
         return Err("the URL has no host".into());
     }
-    Ok(format!("ws://{rest}{}", locus_protocol::EDGE_LINK_PATH))
+    Ok(format!(
+        "{scheme}://{rest}{}",
+        locus_protocol::EDGE_LINK_PATH
+    ))
 }
 
 /// This edge's credential (`LOCATOR_EDGE_TOKEN`, printed by `locator edge-credential`).
@@ -492,7 +522,22 @@ mod tests {
             assert!(err.contains(needle), "{err:?} should mention {needle:?}");
         };
         bad(&["--locator", "ftp://x"], "--locator");
-        bad(&["--locator", "https://x"], "TLS");
+        bad(
+            &["--locator", "https://x", "--ca-file", "/nonexistent/ca.pem"],
+            "--ca-file /nonexistent/ca.pem",
+        );
+        bad(
+            &["--locator", "https://x", "--tls-cert", "/nonexistent/c.pem"],
+            "--tls-cert needs --tls-key",
+        );
+        assert_eq!(
+            link_url("https://l.example/base/").as_deref(),
+            Ok("wss://l.example/base/v1/edge/link")
+        );
+        assert_eq!(
+            link_url("http://127.0.0.1:7400").as_deref(),
+            Ok("ws://127.0.0.1:7400/v1/edge/link")
+        );
         bad(
             &["--locator", "http://a:1", "--capacity", "0"],
             "--capacity",

@@ -21,10 +21,13 @@
 //! [`STABLE_LINK`]). A connection that fails moves the edge to the next locator URL; a
 //! link that was up and then dropped is retried on the same URL first. Sessions never wait on any of this: the hub only writes to the spool.
 //!
-//! The link carries no TLS: the edge takes `http://` (or `ws://`) locator URLs, meant for
-//! a private network or a local TLS-terminating proxy. (A TLS client would add rustls
-//! and a certificate store to every build; it is a feature of tokio-tungstenite to turn
-//! on when needed.)
+//! TLS: an `https://` (or `wss://`) locator URL is dialled over rustls with the
+//! configuration of [`crate::config::Settings::locator_tls`]: Mozilla's public roots, or
+//! only the CAs of `--ca-file` (see `locus_serve::tls` for why those roots). A certificate
+//! the edge does not trust fails the connection like any other (logged with rustls'
+//! reason, e.g. "invalid peer certificate: UnknownIssuer"), so the credential is never
+//! sent to an unverified locator. `http://` stays for a private network or a local
+//! TLS-terminating proxy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -248,7 +251,14 @@ async fn connect(state: &EdgeState, url: &str) -> Result<Ws, LinkError> {
         .max_frame_size(Some(MAX_FRAME_BYTES));
     match tokio::time::timeout(
         CONNECT_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(request, Some(config), true),
+        tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(config),
+            true,
+            Some(tokio_tungstenite::Connector::Rustls(
+                state.settings.locator_tls.clone(),
+            )),
+        ),
     )
     .await
     {
@@ -261,8 +271,27 @@ async fn connect(state: &EdgeState, url: &str) -> Result<Ws, LinkError> {
                 Err(LinkError::Connect(format!("HTTP {status}")))
             }
         }
-        Ok(Err(e)) => Err(LinkError::Connect(e.to_string())),
+        Ok(Err(e)) => Err(LinkError::Connect(describe_connect_error(e))),
         Ok(Ok((ws, _))) => Ok(ws),
+    }
+}
+
+/// A connection error as the operator needs it: a certificate the edge does not trust
+/// says where the trust comes from.
+fn describe_connect_error(error: tungstenite::Error) -> String {
+    use locus_serve::tls::rustls;
+    let certificate = match &error {
+        tungstenite::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .filter(|e| matches!(e, rustls::Error::InvalidCertificate(_))),
+        _ => None,
+    };
+    match certificate {
+        Some(e) => format!(
+            "TLS: the locator's certificate is refused ({e}): the edge trusts the public roots, or only the CA certificates of --ca-file when given"
+        ),
+        None => error.to_string(),
     }
 }
 

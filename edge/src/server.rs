@@ -359,11 +359,12 @@ pub async fn run(
         }
     });
     let finished = state.clone();
-    let result = locus_serve::serve(
+    let result = locus_serve::serve_tls(
         listener,
         router(state.clone()),
         state.settings.connections,
         state.http.clone(),
+        state.settings.tls.clone(),
         async move { finished.drain.finished().await },
     )
     .await;

@@ -214,42 +214,6 @@ async fn an_edge_killed_mid_spool_loses_nothing_and_resends_nothing_as_new() {
     locator.kill().await;
 }
 
-/// `POST /v1/sessions` until the locator has an edge for it (both edges register).
-async fn create_room(locator: SocketAddr, key: &str) -> Value {
-    let body = format!(r#"{{"key":"{key}"}}"#);
-    within("the locator to place the room", async {
-        loop {
-            let (status, text) = http(locator, "POST", "/v1/sessions", Some(&body)).await;
-            if status == 201 || status == 200 {
-                return serde_json::from_str(&text).expect("session JSON");
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await
-}
-
-fn with_token(answer: &Value) -> String {
-    format!(
-        "{}?token={}",
-        answer["ws_url"].as_str().expect("ws_url"),
-        answer["join_token"].as_str().expect("join_token")
-    )
-}
-
-async fn presence_of(client: &mut Client, count: usize) -> Value {
-    loop {
-        if let Message::Text(text) = next_frame(client).await
-            && text.starts_with("{\"locus\":\"presence\"")
-        {
-            let value: Value = serde_json::from_str(&text).expect("json");
-            if value["participants"].as_array().map(Vec::len) == Some(count) {
-                return value;
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_moves_the_keyed_room_and_exits_by_the_deadline() {
     let dir = tempfile::tempdir().expect("tempdir");

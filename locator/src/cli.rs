@@ -54,6 +54,13 @@ pub enum Command {
         /// keep-alive one, before it is closed (e.g. 10s, 500ms).
         #[arg(long, default_value = "10s", value_parser = locus_geo::config::parse_duration)]
         header_read_timeout: std::time::Duration,
+        /// Serve HTTPS/WSS with this certificate chain (PEM; with --tls-key). Reloaded
+        /// when the file changes. Not given: plain HTTP (behind a TLS proxy).
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM: PKCS#8, RSA or EC).
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
     },
     /// Validate a regions file (and open its GeoIP database); exit non-zero when invalid.
     CheckConfig {
@@ -124,6 +131,8 @@ pub fn run(cli: Cli) -> ExitCode {
             db_max_connections,
             max_connections,
             header_read_timeout,
+            tls_cert,
+            tls_key,
         } => serve(
             &config,
             &listen,
@@ -134,6 +143,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 max_connections,
                 header_read_timeout,
             },
+            (tls_cert.as_deref(), tls_key.as_deref()),
         ),
         Command::CheckConfig { config, geoip } => check_config(&config, geoip.as_deref()),
         Command::Resolve { config, geoip, ips } => resolve(&config, geoip.as_deref(), &ips),
@@ -368,11 +378,19 @@ fn serve(
     geoip: Option<&str>,
     db_max_connections: u32,
     mut limits: locus_serve::Limits,
+    (tls_cert, tls_key): (Option<&Path>, Option<&Path>),
 ) -> ExitCode {
     if limits.max_connections == 0 || limits.header_read_timeout.is_zero() {
         eprintln!("locator: --max-connections and --header-read-timeout must be more than 0");
         return ExitCode::FAILURE;
     }
+    let tls = match locus_serve::tls::from_flags(tls_cert, tls_key) {
+        Ok(tls) => tls.map(std::sync::Arc::new),
+        Err(message) => {
+            eprintln!("locator: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
     let secrets = match crate::server::Secrets::from_env() {
         Ok(secrets) => secrets,
         Err(message) => {
@@ -438,6 +456,8 @@ fn serve(
         );
         let mut state = crate::server::AppState::new(config, resolver, store, secrets);
         state.connection_limits = limits;
+        let (http, ws) = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
+        state.tls = tls;
         let state = std::sync::Arc::new(state);
         for pool in state.routing.load().turn.status(&state.routing.load().config) {
             if let Some(problem) = &pool.problem {
@@ -448,7 +468,7 @@ fn serve(
             listen = %address,
             database = %state.store.describe().location,
             admin_api = state.secrets.admin_token.is_some(),
-            "locator ready: edges connect to ws://{address}{}, clients call http://{address}/v1/locate",
+            "locator ready: edges connect to {ws}://{address}{}, clients call {http}://{address}/v1/locate",
             locus_protocol::EDGE_LINK_PATH
         );
         match crate::server::run(listener, state, shutdown).await {

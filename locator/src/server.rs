@@ -163,6 +163,8 @@ pub struct AppState {
     pub turn_health: Arc<crate::turn_health::TurnHealth>,
     /// Bounds of the HTTP server (`--max-connections`, `--header-read-timeout`).
     pub connection_limits: locus_serve::Limits,
+    /// `--tls-cert`/`--tls-key`: the server's certificate (plain HTTP when `None`).
+    pub tls: Option<Arc<locus_serve::ServerTls>>,
     /// Open and refused connections (the serve loop's cap).
     pub http: Arc<locus_serve::Counters>,
     /// Per-client buckets of the `limits:` section.
@@ -184,6 +186,7 @@ impl AppState {
             started: Instant::now(),
             turn_health: Arc::default(),
             connection_limits: locus_serve::Limits::default(),
+            tls: None,
             http: Arc::default(),
             rate_limits: crate::rate_limit::RateLimiter::default(),
         }
@@ -404,14 +407,18 @@ pub async fn run(
         tasks.spawn(crate::cluster::follow_loop(state.clone(), cluster));
     }
     let app = crate::api::router(state.clone());
-    let (limits, counters) = (state.connection_limits, state.http.clone());
+    let (limits, counters, tls) = (
+        state.connection_limits,
+        state.http.clone(),
+        state.tls.clone(),
+    );
     // Admin event streams never end by themselves: close them when shutdown starts, or
     // the graceful shutdown would wait for them forever.
     let shutdown = async move {
         shutdown.await;
         state.admin.close_streams();
     };
-    let result = locus_serve::serve(listener, app, limits, counters, shutdown).await;
+    let result = locus_serve::serve_tls(listener, app, limits, counters, tls, shutdown).await;
     tasks.abort_all();
     result
 }

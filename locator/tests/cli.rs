@@ -1,4 +1,5 @@
-//! The `locator` binary's `check-config` and `resolve`, run as a person would run them.
+//! The `locator` binary's `check-config` and `resolve`, and `serve`'s refusals at start,
+//! run as a person would run them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -280,4 +281,38 @@ fn resolve_prints_one_json_line_per_address_and_a_clear_error_for_bad_ones() {
             .expect("detail")
             .contains("private")
     );
+}
+
+#[test]
+fn serve_refuses_half_or_unreadable_tls_flags_before_starting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = dir.path().join("locator.crt");
+    std::fs::write(&cert, "not a certificate").expect("write");
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--tls-cert", "/nonexistent/c.pem"],
+            "--tls-cert needs --tls-key",
+        ),
+        (
+            &["--tls-key", "/nonexistent/k.pem"],
+            "--tls-key needs --tls-cert",
+        ),
+        (
+            &[
+                "--tls-cert",
+                cert.to_str().expect("utf-8"),
+                "--tls-key",
+                "/nonexistent/k.pem",
+            ],
+            "locator.crt: holds no certificate",
+        ),
+    ];
+    for (flags, needle) in cases {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(flags);
+        let output = locator(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{flags:?} started");
+        assert!(stderr.contains(needle), "{flags:?}: {stderr}");
+    }
 }

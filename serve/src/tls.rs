@@ -22,9 +22,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// The rustls the servers and the link are built with (to name its errors).
+pub use rustls;
+pub use rustls::ClientConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{RootCertStore, ServerConfig};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -61,7 +64,8 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, String
 
 /// Reads every certificate of a PEM file; at least one.
 fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let text = std::fs::read(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+    let text =
+        std::fs::read(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
     let certificates = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: not a PEM certificate file: {e}", path.display()))?;
@@ -76,7 +80,8 @@ fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String
 
 /// Reads the private key of a PEM file (PKCS#8, PKCS#1 or SEC1).
 fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    let text = std::fs::read(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+    let text =
+        std::fs::read(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
     PrivateKeyDer::from_pem_slice(&text).map_err(|e| {
         format!(
             "{}: holds no PEM private key (PKCS#8, RSA or EC): {e}",
@@ -175,4 +180,22 @@ fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, String> {
     // Only HTTP/1.1 is served (the loop's header-read timeout is hyper's HTTP/1 one).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// `--tls-cert` and `--tls-key` as both servers take them: both (TLS) or neither (plain
+/// HTTP, behind a TLS-terminating proxy or on a private network). The error names the
+/// flag and the file.
+pub fn from_flags(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<ServerTls>, String> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => ServerTls::load(cert, key)
+            .map(Some)
+            .map_err(|e| format!("--tls-cert/--tls-key: {e}")),
+        (Some(_), None) => Err(
+            "--tls-cert needs --tls-key: give the certificate chain and its private key (PEM), or neither to serve plain HTTP".into(),
+        ),
+        (None, Some(_)) => Err(
+            "--tls-key needs --tls-cert: give the certificate chain and its private key (PEM), or neither to serve plain HTTP".into(),
+        ),
+    }
 }

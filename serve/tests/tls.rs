@@ -94,7 +94,10 @@ async fn answers_over_tls_and_serves_a_renewed_certificate_from_the_next_connect
     second.write(dir.path(), "server");
     let (answer, presented) = get_hello(server.address, &ca_file).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(presented, second.cert_der, "the renewed certificate is served");
+    assert_eq!(
+        presented, second.cert_der,
+        "the renewed certificate is served"
+    );
 
     // A broken renewal (the new certificate with a key that is not its own) is refused
     // and the previous pair stays in service.
@@ -158,14 +161,26 @@ fn bad_files_are_named() {
     let (cert, key) = ca.leaf(&["localhost"]).write(dir.path(), "server");
     let missing = dir.path().join("missing.pem");
     let error = ServerTls::load(&missing, &key).expect_err("no such file");
-    assert!(error.contains("missing.pem") && error.contains("cannot read"), "{error}");
+    assert!(
+        error.contains("missing.pem") && error.contains("cannot read"),
+        "{error}"
+    );
     let error = ServerTls::load(&key, &key).expect_err("a key is not a certificate");
-    assert!(error.contains("server.key") && error.contains("no certificate"), "{error}");
+    assert!(
+        error.contains("server.key") && error.contains("no certificate"),
+        "{error}"
+    );
     let error = ServerTls::load(&cert, &cert).expect_err("a certificate is not a key");
-    assert!(error.contains("server.crt") && error.contains("private key"), "{error}");
+    assert!(
+        error.contains("server.crt") && error.contains("private key"),
+        "{error}"
+    );
     let other = ca.leaf(&["localhost"]).write(dir.path(), "other").1;
     let error = ServerTls::load(&cert, &other).expect_err("mismatched pair");
     assert!(error.contains("does not go with"), "{error}");
     let error = locus_serve::tls::client_config(Some(&key)).expect_err("not a CA file");
-    assert!(error.contains("server.key") && error.contains("no certificate"), "{error}");
+    assert!(
+        error.contains("server.key") && error.contains("no certificate"),
+        "{error}"
+    );
 }

@@ -463,6 +463,43 @@ pub async fn http_with(
     .await
 }
 
+/// `POST /v1/sessions` until the locator has an edge for it (its edges register).
+pub async fn create_room(locator: SocketAddr, key: &str) -> Value {
+    let body = format!(r#"{{"key":"{key}"}}"#);
+    within("the locator to place the room", async {
+        loop {
+            let (status, text) = http(locator, "POST", "/v1/sessions", Some(&body)).await;
+            if status == 201 || status == 200 {
+                return serde_json::from_str(&text).expect("session JSON");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await
+}
+
+pub fn with_token(answer: &Value) -> String {
+    format!(
+        "{}?token={}",
+        answer["ws_url"].as_str().expect("ws_url"),
+        answer["join_token"].as_str().expect("join_token")
+    )
+}
+
+/// Reads until a presence list of `count` participants.
+pub async fn presence_of(client: &mut Client, count: usize) -> Value {
+    loop {
+        if let Message::Text(text) = next_frame(client).await
+            && text.starts_with("{\"locus\":\"presence\"")
+        {
+            let value: Value = serde_json::from_str(&text).expect("json");
+            if value["participants"].as_array().map(Vec::len) == Some(count) {
+                return value;
+            }
+        }
+    }
+}
+
 /// The audit rows the locator stored for an edge, oldest first.
 pub async fn audit_rows(
     store: &locus_locator::store::Store,
