@@ -75,7 +75,7 @@ pub enum StoreError {
     #[error("cannot open the database {location}: {hint}")]
     Open {
         location: String,
-        hint: &'static str,
+        hint: std::borrow::Cow<'static, str>,
         #[source]
         source: sqlx::Error,
     },

@@ -963,16 +963,31 @@ pub(super) fn sqlstate_hint(code: &str) -> &'static str {
     }
 }
 
-/// What to tell an operator when the database cannot be opened.
-fn open_hint(err: &sqlx::Error) -> &'static str {
+/// What to tell an operator when the database cannot be opened. A failed TLS handshake
+/// (rustls' error comes wrapped in an I/O error) says why, and which URL parameters
+/// decide it.
+fn open_hint(err: &sqlx::Error) -> std::borrow::Cow<'static, str> {
+    use locus_serve::tls::rustls;
+    let tls_failure = match err {
+        sqlx::Error::Tls(e) => Some(e.to_string()),
+        sqlx::Error::Io(io) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .map(ToString::to_string),
+        _ => None,
+    };
+    if let Some(why) = tls_failure {
+        return format!(
+            "TLS with the database failed ({why}): check sslmode (disable, prefer, require, \
+             verify-ca, verify-full) and sslrootcert (the CA that signed the server's \
+             certificate) in the URL"
+        )
+        .into();
+    }
     match err {
         sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) => {
             "cannot connect: check the host and port of the URL, that the server runs and \
              accepts TCP connections from this host (listen_addresses, pg_hba.conf)"
-        }
-        sqlx::Error::Tls(_) => {
-            "TLS is not built into this locator: reach Postgres over a trusted network or a \
-             local socket (sslmode=disable or prefer)"
         }
         other => match hint(other) {
             "the database refused the operation" | "unexpected database error" => {
@@ -981,6 +996,7 @@ fn open_hint(err: &sqlx::Error) -> &'static str {
             specific => specific,
         },
     }
+    .into()
 }
 
 /// What to tell an operator when the migrations cannot be applied.

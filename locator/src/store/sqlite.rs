@@ -71,7 +71,7 @@ impl SqliteBackend {
             .foreign_keys(true);
         let open_error = |source: sqlx::Error| StoreError::Open {
             location: location.clone(),
-            hint: open_hint(&source),
+            hint: open_hint(&source).into(),
             source,
         };
         let writer = SqlitePoolOptions::new()

@@ -168,6 +168,8 @@ pub struct PrivatePostgres {
     /// Commands run as the `postgres` user when the tests run as root (Postgres refuses
     /// to run as root).
     as_postgres: bool,
+    /// Server settings beyond the common ones (`-c name=value …`).
+    settings: String,
     _dir: tempfile::TempDir,
 }
 
@@ -175,6 +177,21 @@ impl PrivatePostgres {
     /// `None` when no Postgres installation is found (outside CI: the test is skipped,
     /// loudly; under CI it fails).
     pub fn start(test: &str) -> Option<PrivatePostgres> {
+        PrivatePostgres::start_with(test, None)
+    }
+
+    /// The same with `ssl=on`, serving `leaf` (its files written in the server's folder).
+    pub fn start_tls(
+        test: &str,
+        leaf: &locus_serve::test_certs::TestLeaf,
+    ) -> Option<PrivatePostgres> {
+        PrivatePostgres::start_with(test, Some(leaf))
+    }
+
+    fn start_with(
+        test: &str,
+        tls: Option<&locus_serve::test_certs::TestLeaf>,
+    ) -> Option<PrivatePostgres> {
         let Some(bin) = postgres_bin_dir() else {
             let in_ci = std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"));
             assert!(
@@ -188,6 +205,17 @@ impl PrivatePostgres {
             return None;
         };
         let dir = tempfile::tempdir().expect("temporary folder");
+        let settings = match tls {
+            None => String::new(),
+            Some(leaf) => {
+                let (cert, key) = leaf.write(dir.path(), "server");
+                format!(
+                    " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                    cert.display(),
+                    key.display()
+                )
+            }
+        };
         let as_postgres = is_root();
         if as_postgres {
             run(std::process::Command::new("chown")
@@ -200,6 +228,7 @@ impl PrivatePostgres {
             bin,
             data,
             as_postgres,
+            settings,
             _dir: dir,
         };
         run(server
@@ -244,9 +273,10 @@ impl PrivatePostgres {
             .arg(socket_dir.join("server.log"))
             .arg("-o")
             .arg(format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60",
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60{}",
                 self.port,
-                socket_dir.display()
+                socket_dir.display(),
+                self.settings
             ))
             .args(["-w", "-t", "30", "start"]));
     }
