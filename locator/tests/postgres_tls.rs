@@ -66,8 +66,7 @@ async fn sslmode_is_honoured_and_verify_full_refuses_a_certificate_its_ca_did_no
         stranger_file.display()
     ))
     .await
-    .err()
-    .expect("a certificate the given CA did not sign is refused")
+    .expect_err("a certificate the given CA did not sign is refused")
     .to_string();
     assert!(refused.contains("TLS"), "{refused}");
     assert!(refused.contains("UnknownIssuer"), "{refused}");
