@@ -2,7 +2,8 @@
 //! with a certificate a test CA signed and proxies to a real locator. An edge given that
 //! CA with `--ca-file` registers over wss:// and hosts a session the locator placed; the
 //! same edge without `--ca-file` (public roots only) refuses the certificate, says so,
-//! and never registers.
+//! and never registers. And with no proxy: the locator and the edge serve TLS
+//! themselves (`--tls-cert/--tls-key`), the link and the clients' websockets are wss://.
 
 mod common;
 
@@ -10,7 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use common::*;
+use locus_serve::ServerTls;
 use locus_serve::test_certs::TestCa;
+use tokio_tungstenite::Connector;
+use tokio_tungstenite::tungstenite::Message;
 
 /// An nginx terminating TLS on `port` in front of `upstream`, websockets included.
 struct Nginx {
@@ -150,7 +154,7 @@ async fn an_edge_trusting_the_ca_registers_over_wss_and_one_that_does_not_is_ref
     say(&mut first, "over a locator reached by TLS").await;
     assert_eq!(
         next_data(&mut second).await,
-        tokio_tungstenite::tungstenite::Message::Text("over a locator reached by TLS".into())
+        Message::Text("over a locator reached by TLS".into())
     );
 
     // Without it: the public roots do not include the test CA; the link names the
@@ -168,4 +172,83 @@ async fn an_edge_trusting_the_ca_registers_over_wss_and_one_that_does_not_is_ref
         store.edge("edge-untrusted").await.expect("store").is_none(),
         "the locator never saw the untrusting edge"
     );
+}
+
+/// Opens a client websocket over TLS trusting only `ca_file`.
+async fn connect_tls(url: &str, ca_file: &Path) -> Client {
+    let config = locus_serve::tls::client_config(Some(ca_file)).expect("client TLS config");
+    let opening = tokio_tungstenite::connect_async_tls_with_config(
+        url,
+        None,
+        false,
+        Some(Connector::Rustls(config)),
+    );
+    match within("a wss:// websocket to open", opening).await {
+        Ok((client, _)) => client,
+        Err(e) => panic!("cannot open {url}: {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_locator_and_the_edge_serve_tls_themselves() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = TestCa::new("Locus private test CA");
+    let ca_file = ca.write_cert(dir.path(), "ca.crt");
+    let (locator_cert, locator_key) = ca.leaf(&["localhost"]).write(dir.path(), "locator");
+    let locator = Locator::start_tls(
+        &dir.path().join("locator.sqlite"),
+        ServerTls::load(&locator_cert, &locator_key).expect("the locator's pair"),
+    )
+    .await;
+    let (edge_cert, edge_key) = ca.leaf(&["127.0.0.1"]).write(dir.path(), "edge");
+    let paths = [&ca_file, &edge_cert, &edge_key].map(|p| p.display().to_string());
+    let edge = RtcEdge::spawn_as(
+        dir.path(),
+        "edge-serves-tls",
+        &format!("https://localhost:{}", locator.addr.port()),
+        &[
+            "--ca-file",
+            &paths[0],
+            "--tls-cert",
+            &paths[1],
+            "--tls-key",
+            &paths[2],
+        ],
+    )
+    .await;
+    let store = open_store(&locator.db).await;
+    eventually("the edge to register with the TLS locator", || async {
+        store
+            .edge("edge-serves-tls")
+            .await
+            .expect("store")
+            .is_some_and(|record| record.public_url.starts_with("https://"))
+    })
+    .await;
+
+    // Clients reach the edge over wss:// only.
+    let url = |pid: &str| {
+        format!(
+            "wss://{}/v1/sessions/s-tls/ws?token={}",
+            edge.addr,
+            mint(&edge.id, "s-tls", pid, 300)
+        )
+    };
+    let mut first = connect_tls(&url("a"), &ca_file).await;
+    let mut second = connect_tls(&url("b"), &ca_file).await;
+    presence(&mut first, &["a", "b"]).await;
+    say(&mut second, "end to end over TLS").await;
+    assert_eq!(
+        next_data(&mut first).await,
+        Message::Text("end to end over TLS".into())
+    );
+    let plain = tokio_tungstenite::connect_async(format!(
+        "ws://{}/v1/sessions/s-tls/ws?token={}",
+        edge.addr,
+        mint(&edge.id, "s-tls", "c", 300)
+    ))
+    .await;
+    assert!(plain.is_err(), "a plain websocket to a TLS edge is refused");
+    let log = edge.log();
+    assert!(!log.contains("ERROR"), "{log}");
 }

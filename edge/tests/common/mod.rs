@@ -82,6 +82,7 @@ async fn serve_locator(
     db_path: PathBuf,
     port: u16,
     admin_token: Option<String>,
+    tls: Option<Arc<locus_serve::ServerTls>>,
     ready: oneshot::Sender<SocketAddr>,
 ) {
     let config = locus_geo::Config::parse(REGIONS, Path::new("test-regions.yaml"))
@@ -103,7 +104,7 @@ async fn serve_locator(
         }
     };
     let _ = ready.send(listener.local_addr().expect("addr"));
-    let state = Arc::new(locus_locator::server::AppState::new(
+    let mut state = locus_locator::server::AppState::new(
         config,
         geo,
         store,
@@ -111,7 +112,9 @@ async fn serve_locator(
             edge_keys: vec![KEY.into()],
             admin_token,
         },
-    ));
+    );
+    state.tls = tls;
+    let state = Arc::new(state);
     let _ = locus_locator::server::run(listener, state, std::future::pending()).await;
 }
 
@@ -132,6 +135,20 @@ impl Locator {
 
     /// The same, with the admin API enabled by `admin_token`.
     pub async fn start_with_admin(db: &Path, port: u16, admin_token: Option<&str>) -> Locator {
+        Locator::start_inner(db, port, admin_token, None).await
+    }
+
+    /// A locator serving HTTPS/WSS with `tls` (as `--tls-cert/--tls-key` give it).
+    pub async fn start_tls(db: &Path, tls: locus_serve::ServerTls) -> Locator {
+        Locator::start_inner(db, 0, None, Some(Arc::new(tls))).await
+    }
+
+    async fn start_inner(
+        db: &Path,
+        port: u16,
+        admin_token: Option<&str>,
+        tls: Option<Arc<locus_serve::ServerTls>>,
+    ) -> Locator {
         let admin_token = admin_token.map(str::to_string);
         let (ready, addr) = oneshot::channel();
         let (kill, killed) = oneshot::channel::<()>();
@@ -145,7 +162,7 @@ impl Locator {
                 .expect("locator runtime");
             runtime.block_on(async move {
                 tokio::select! {
-                    () = serve_locator(db_path, port, admin_token, ready) => {}
+                    () = serve_locator(db_path, port, admin_token, tls, ready) => {}
                     _ = killed => {}
                 }
             });
@@ -548,10 +565,16 @@ impl RtcEdge {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let log = dir.join(format!("{id}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
+        // An edge serving TLS itself tells the locator so.
+        let scheme = if extra.contains(&"--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_edge"))
             .args(["--id", id, "--region", "eu-west"])
             .args(["--listen", &addr.to_string()])
-            .args(["--public-url", &format!("http://{addr}")])
+            .args(["--public-url", &format!("{scheme}://{addr}")])
             .args(["--locator", locator])
             .arg("--spool-dir")
             .arg(dir.join(format!("{id}-spool")))
