@@ -65,8 +65,8 @@ use tokio::time::Instant;
 use crate::media::{
     self, DataMessage, DataOut, DataSendError, Media, NotRtc, Outlet, RtcPeer, Signal,
 };
-use crate::problem::Problem;
 use crate::spool::Spool;
+use locus_serve::problem::Problem;
 
 /// Close code: the edge is going away (shutdown).
 pub const CLOSE_GOING_AWAY: u16 = 1001;
@@ -197,7 +197,7 @@ impl Refusal {
     }
 
     fn problem(&self) -> Problem {
-        Problem::new(self.status, self.problem, self.reason.clone())
+        Problem::with_status(self.status, self.problem, self.reason.clone())
     }
 }
 
@@ -915,7 +915,7 @@ fn token_problem(error: &TokenError) -> Problem {
         }
         _ => "",
     };
-    Problem::new(status, code, format!("{error}{hint}"))
+    Problem::with_status(status, code, format!("{error}{hint}"))
 }
 
 /// `GET /v1/sessions/{id}/ws`: token check, admission check, upgrade.
@@ -927,7 +927,7 @@ pub async fn ws_handler(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let Some(token) = query.token.or_else(|| bearer(&headers)) else {
-        return Problem::new(
+        return Problem::with_status(
             StatusCode::UNAUTHORIZED,
             "join-token-missing",
             "a join token is required: open the websocket URL with ?token=<join_token> from the locator's answer",
@@ -949,7 +949,7 @@ pub async fn ws_handler(
         return refusal.problem().into_response();
     }
     let Ok(ws) = ws else {
-        return Problem::new(
+        return Problem::with_status(
             StatusCode::BAD_REQUEST,
             "websocket-required",
             "this is a session websocket: connect with a websocket upgrade",

@@ -41,7 +41,6 @@ pub mod link;
 pub mod load;
 pub mod media;
 pub mod openapi;
-pub mod problem;
 pub mod server;
 pub mod spool;
 

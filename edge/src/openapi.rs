@@ -15,7 +15,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use utoipa::openapi::OpenApi as Document;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use crate::hub::{Hub, JoinQuery};
 
@@ -37,24 +37,7 @@ pub const PROBLEM_KINDS: &[&str] = &[
     "websocket-required",
 ];
 
-/// An error answer (`application/problem+json`, RFC 9457).
-#[derive(Debug, ToSchema)]
-#[schema(as = Problem)]
-#[allow(dead_code)] // Describes what `crate::problem::Problem` writes.
-pub struct ProblemDoc {
-    /// `urn:locus:problem:<kind>`: one of the `ProblemType` values.
-    #[schema(rename = "type", value_type = ProblemTypeDoc)]
-    kind: String,
-    title: String,
-    status: u16,
-    detail: String,
-}
-
-/// Problem type URIs (filled from [`PROBLEM_KINDS`] by [`Additions`]).
-#[derive(Debug, ToSchema)]
-#[schema(as = ProblemType)]
-#[allow(dead_code)]
-pub struct ProblemTypeDoc(String);
+pub use locus_serve::problem::{ProblemDoc, ProblemTypeDoc};
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -84,19 +67,8 @@ impl Modify for Additions {
             "join_token",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
-        let kinds: Vec<String> = PROBLEM_KINDS
-            .iter()
-            .map(|k| format!("urn:locus:problem:{k}"))
-            .collect();
-        components.schemas.insert(
-            "ProblemType".into(),
-            utoipa::openapi::ObjectBuilder::new()
-                .schema_type(utoipa::openapi::schema::Type::String)
-                .enum_values(Some(kinds))
-                .description(Some("The problem's `type`: `urn:locus:problem:<kind>`."))
-                .into(),
-        );
         openapi.components = Some(components);
+        locus_serve::problem::document_problem_types(openapi, PROBLEM_KINDS);
     }
 }
 

@@ -32,8 +32,8 @@ use crate::hub::{Hub, HubConfig};
 use crate::link::LinkHandle;
 use crate::load::LoadMeter;
 use crate::media::Media;
-use crate::problem::Problem;
 use crate::spool::{Spool, SpoolError, SpoolOptions};
+use locus_serve::problem::Problem;
 
 /// Everything the edge's tasks share.
 #[derive(Debug)]
@@ -209,6 +209,9 @@ pub fn router(state: Arc<EdgeState>) -> Router {
         .with_state(state.clone())
         .merge(sessions.with_state(state.hub.clone()))
         .fallback(not_found)
+        .layer(axum::middleware::map_response(
+            locus_serve::problem::rejections_as_problems,
+        ))
         .layer(axum::Extension(document))
 }
 
@@ -320,7 +323,7 @@ async fn metrics(State(state): State<Arc<EdgeState>>) -> Response {
 }
 
 async fn not_found() -> Problem {
-    Problem::new(
+    Problem::with_status(
         StatusCode::NOT_FOUND,
         "no-such-route",
         "no such route: sessions are at /v1/sessions/{id}/ws",

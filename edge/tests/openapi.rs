@@ -82,3 +82,24 @@ async fn the_document_is_served_and_covers_every_route() {
         "a route without its operation"
     );
 }
+
+/// A method a route lacks is answered as a problem too (axum's own empty 405 is rewritten
+/// in one place, locus_serve::problem::rejections_as_problems), keeping `Allow`.
+#[tokio::test]
+async fn a_wrong_method_is_a_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let nowhere = format!("http://127.0.0.1:{}", free_port().await);
+    let edge = Edge::start("edge-a", vec![nowhere], dir.path(), |_| {}).await;
+    let (status, text) = request(edge.addr, "DELETE", "/healthz").await;
+    assert_eq!(status, 405, "{text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-type: application/problem+json"),
+        "{text}"
+    );
+    assert!(lower.contains("allow: get,head"), "{text}");
+    let body = text.split_once("\r\n\r\n").expect("body").1;
+    let problem: Value = serde_json::from_str(body).expect("problem json");
+    assert_eq!(problem["type"], "urn:locus:problem:method-not-allowed");
+    assert_eq!(problem["status"], 405);
+}

@@ -61,10 +61,10 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::api::bearer_matches;
-use crate::problem::Problem;
 use crate::rate_limit::Door;
 use crate::server::{AppState, now_ms};
 use crate::store::{AuditFilter, AuditRecord, MAX_AUDIT_PAGE};
+use locus_serve::problem::Problem;
 use session::Signed;
 use status::{RegionStatus, Summary};
 use traffic::Traffic;
@@ -773,10 +773,7 @@ fn no_store<T: IntoResponse>(body: T) -> Response {
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "The status", body = Status),
-        (status = 401, description = "No or wrong admin token", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The admin API is disabled", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many wrong admin tokens from this address", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 503, description = "The sign-in cannot be checked now", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        crate::openapi::AdminRefusals,
     )
 )]
 async fn status_json(
@@ -786,6 +783,23 @@ async fn status_json(
 ) -> Result<Response, Problem> {
     require_admin(&state, peer, &headers, Access::Read).await?;
     Ok(no_store(Json(build_status(&state))))
+}
+
+/// One server-sent event of `GET /v1/admin/events`, as an event-stream reader parses it
+/// (OpenAPI 3.1 describes each event of a `text/event-stream` with the answer's schema).
+#[derive(Debug, utoipa::ToSchema)]
+#[allow(dead_code)] // Describes what `EventLoop` writes.
+pub struct StatusEvent {
+    /// Always `status`.
+    #[schema(pattern = "^status$")]
+    event: String,
+    /// A `Status` as JSON (what `GET /v1/admin/status` answers).
+    #[schema(content_media_type = "application/json")]
+    data: String,
+    /// Milliseconds a client waits before reconnecting (sent with the first event).
+    retry: Option<u64>,
+    /// Not sent: events carry no id.
+    id: Option<String>,
 }
 
 /// One event stream's state.
@@ -853,11 +867,8 @@ async fn next_event(mut s: EventLoop) -> Option<(Result<Event, Infallible>, Even
     summary = "The status as server-sent events, on change and every second",
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "An event stream of `status` events (each a `Status`)", content_type = "text/event-stream", body = String),
-        (status = 401, description = "No or wrong admin token", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The admin API is disabled", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many wrong admin tokens from this address", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 503, description = "The sign-in cannot be checked now", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        (status = 200, description = "An event stream of `status` events", content_type = "text/event-stream", body = StatusEvent),
+        crate::openapi::AdminRefusals,
     )
 )]
 async fn events(
@@ -942,16 +953,13 @@ fn nonempty(value: Option<String>, what: &str) -> Result<Option<String>, Problem
         ("since" = Option<i64>, Query, description = "Entries at or after (Unix ms)"),
         ("until" = Option<i64>, Query, description = "Entries before (Unix ms)"),
         ("before" = Option<i64>, Query, description = "Cursor: entries older than this id (`next_before`)"),
-        ("limit" = Option<u32>, Query, description = "Page size, 1 to 1000 (default 100)"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 1 to 1000 (default 100)"),
     ),
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "A page of entries", body = AuditPage),
         (status = 400, description = "Bad query", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or wrong admin token", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The admin API is disabled", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many wrong admin tokens from this address", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 503, description = "The sign-in cannot be checked now, or the database cannot be reached", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        crate::openapi::AdminRefusals,
     )
 )]
 async fn audit(

@@ -29,13 +29,13 @@ use utoipa_axum::routes;
 use crate::admin::{Access, require_admin};
 use crate::client_ip::client_ip;
 use crate::metrics::RouteLabel;
-use crate::problem::Problem;
 use crate::rate_limit::Door;
 use crate::selection::{self, Selection};
 use crate::server::{AppState, JOIN_TOKEN_TTL, Routing, now_ms, now_unix};
 use crate::snapshot::{EdgeView, RegistrySnapshot};
 use crate::store::{NewSession, SessionRecord, SessionState};
 use crate::turn::{IceServer, IceServers, TurnFallback};
+use locus_serve::problem::Problem;
 
 type AppRef = Arc<AppState>;
 
@@ -68,6 +68,9 @@ pub fn router(state: AppRef) -> Router {
     let document = crate::openapi::Served::new(&crate::openapi::finish(openapi));
     router
         .fallback(not_found)
+        .layer(axum::middleware::map_response(
+            locus_serve::problem::rejections_as_problems,
+        ))
         .layer(axum::Extension(document))
         .layer(CountRequests(state.clone()))
         .with_state(state)
@@ -415,7 +418,7 @@ fn edge_ref(state: &AppState, edge: &EdgeView) -> EdgeRef {
     responses(
         (status = 200, description = "An edge near the client", body = LocateAnswer),
         (status = 400, description = "Unknown region, bad query, or a forwarded header that is not an address", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many locates from this address (`limits.locates_per_minute`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        crate::openapi::RateLimited,
         (status = 503, description = "No edge is available anywhere", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -594,6 +597,42 @@ fn session_answer(
     }
 }
 
+/// An optional JSON object body, as the OpenAPI document describes it (`Option<T>`): no
+/// body, blanks or `null` give `T::default()`; an object is read as `T`. Anything else is
+/// refused, arrays included (serde would otherwise read `[a, b]` field by field).
+fn optional_object_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    example: &str,
+) -> Result<T, Problem> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let refused = |why: String| {
+        Problem::bad_request(
+            "bad-body",
+            format!("the body must be a JSON object like {example}: {why}"),
+        )
+    };
+    match serde_json::from_slice(body).map_err(|e| refused(e.to_string()))? {
+        serde_json::Value::Null => Ok(T::default()),
+        object @ serde_json::Value::Object(_) => {
+            serde_json::from_value(object).map_err(|e| refused(e.to_string()))
+        }
+        other => Err(refused(format!("got {}", json_kind(&other)))),
+    }
+}
+
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 #[utoipa::path(
     post,
     path = "/v1/sessions",
@@ -604,7 +643,8 @@ fn session_answer(
         (status = 201, description = "A new session", body = SessionAnswer),
         (status = 200, description = "The existing room of `key` (`created: false`)", body = SessionAnswer),
         (status = 400, description = "Bad body, room key or region", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many session creates from this address (`limits.creates_per_minute`)", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        crate::openapi::BodyTooLarge,
+        crate::openapi::RateLimited,
         (status = 503, description = "No edge available, or the database cannot be reached", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     )
 )]
@@ -614,16 +654,8 @@ async fn create_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let request: CreateSession = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateSession::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            Problem::bad_request(
-                "bad-body",
-                format!("the body must be JSON like {{\"key\": \"room-42\", \"region\": \"eu-west\"}}: {e}"),
-            )
-        })?
-    };
+    let request: CreateSession =
+        optional_object_body(&body, r#"{"key": "room-42", "region": "eu-west"}"#)?;
     if let Some(key) = &request.key {
         validate_key(key)?;
     }
@@ -909,10 +941,7 @@ struct ExplainChoice {
     responses(
         (status = 200, description = "The GeoIP record, the rule, the candidates and the choice", body = ExplainAnswer),
         (status = 400, description = "Bad address or region", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or wrong admin token", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The admin API is disabled", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many wrong admin tokens from this address", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 503, description = "The sign-in cannot be checked now", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        crate::openapi::AdminRefusals,
     )
 )]
 async fn explain(
@@ -1041,11 +1070,9 @@ struct AdminActionAnswer {
     responses(
         (status = 200, description = "Done (or already so: `changed: false`)", body = AdminActionAnswer),
         (status = 400, description = "Bad body", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 401, description = "No or wrong admin token", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 403, description = "The admin API is disabled, or the page's CSRF header is missing", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
+        crate::openapi::BodyTooLarge,
         (status = 404, description = "No such edge or action", body = crate::openapi::ProblemDoc, content_type = "application/problem+json"),
-        (status = 429, description = "Too many wrong admin tokens from this address", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
-        (status = 503, description = "The edge is not connected here, or the database cannot be reached", body = crate::openapi::ProblemDoc, content_type = "application/problem+json", headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+        crate::openapi::AdminRefusals,
     )
 )]
 async fn admin_edge_action(
@@ -1056,16 +1083,7 @@ async fn admin_edge_action(
     body: Bytes,
 ) -> Result<Json<AdminActionAnswer>, Problem> {
     let admin = require_admin(&state, peer, &headers, Access::Write).await?;
-    let request: AdminActionBody = if body.iter().all(u8::is_ascii_whitespace) {
-        AdminActionBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            Problem::bad_request(
-                "bad-body",
-                format!("expected {{\"actor\": \"alice\"}}: {e}"),
-            )
-        })?
-    };
+    let request: AdminActionBody = optional_object_body(&body, r#"{"actor": "alice"}"#)?;
     // A page session acts under the name given at sign-in; a bearer caller names itself.
     let actor: String = admin
         .actor()

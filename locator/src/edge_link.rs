@@ -27,9 +27,9 @@ use locus_protocol::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::problem::Problem;
 use crate::server::{AppState, apply_effect, now_ms};
 use crate::store::{EdgeRecord, SessionState};
+use locus_serve::problem::Problem;
 
 /// How long a new link may take to register.
 pub const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -36,7 +36,6 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod openapi;
 pub mod probe;
-pub mod problem;
 pub mod rate_limit;
 pub mod registry;
 pub mod selection;

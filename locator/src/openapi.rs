@@ -4,15 +4,17 @@
 //! utoipa-axum's `routes!` (the router and the document are built by the same calls, see
 //! [`crate::api::router`]), each handler carries its `#[utoipa::path]` (statuses,
 //! headers, security), and the answer types derive their schemas. What is declared here
-//! is what no handler owns: the problem answer, every problem `type` URI, the security
-//! schemes and the `Retry-After` header.
+//! is what no handler owns: every problem `type` URI (the answer and its schema are
+//! `locus_serve::problem`'s), the refusals many routes share ([`AdminRefusals`],
+//! [`RateLimited`]), the security schemes and the `Retry-After` header.
 
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{ComponentsBuilder, OpenApi as Document};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
-/// Every problem `type` this server sends (`urn:locus:problem:<kind>`). The test in
-/// `tests/openapi.rs` checks the source's `Problem` constructors against this list.
+/// Every problem `type` this server sends (`urn:locus:problem:<kind>`), besides axum's
+/// refusals (`locus_serve::problem::REJECTION_KINDS`). The test in `tests/openapi.rs`
+/// checks the source's `Problem` constructors against this list.
 pub const PROBLEM_KINDS: &[&str] = &[
     "admin-disabled",
     "bad-audit-query",
@@ -40,27 +42,53 @@ pub const PROBLEM_KINDS: &[&str] = &[
     "websocket-required",
 ];
 
-/// An error answer (`application/problem+json`, RFC 9457). 429s and 503s carry `Retry-After`.
-#[derive(Debug, ToSchema)]
-#[schema(as = Problem)]
-#[allow(dead_code)] // Describes what `crate::problem::Problem` writes.
-pub struct ProblemDoc {
-    /// `urn:locus:problem:<kind>`: one of the `ProblemType` values.
-    #[schema(rename = "type", value_type = ProblemTypeDoc)]
-    kind: String,
-    /// Short summary of the status (`Bad request`, `Not found`…).
-    title: String,
-    /// The HTTP status.
-    status: u16,
-    /// What went wrong and what to do, for people.
-    detail: String,
+pub use locus_serve::problem::{BodyTooLarge, ProblemDoc, ProblemTypeDoc};
+
+/// The refusals every admin API route can answer before it looks at the request: the
+/// token or the page session is checked first (`crate::admin::require_admin`).
+#[derive(Debug, utoipa::IntoResponses)]
+#[allow(dead_code)] // Describes what `require_admin` answers.
+pub enum AdminRefusals {
+    #[response(
+        status = 401,
+        description = "No or wrong admin token (`unauthorized`)",
+        content_type = "application/problem+json"
+    )]
+    Unauthorized(ProblemDoc),
+    #[response(
+        status = 403,
+        description = "The admin API is disabled (`admin-disabled`), or a change made with the page's cookie lacks its CSRF header (`csrf-header-missing`)",
+        content_type = "application/problem+json"
+    )]
+    Forbidden(ProblemDoc),
+    #[response(
+        status = 429,
+        description = "Too many wrong admin tokens from this address (`rate-limited`): even the right one is refused until `Retry-After`",
+        content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))
+    )]
+    TooManyFailures(ProblemDoc),
+    #[response(
+        status = 503,
+        description = "The sign-in or the database cannot be reached now, or the edge acted on is not connected here",
+        content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))
+    )]
+    Unavailable(ProblemDoc),
 }
 
-/// Problem type URIs (filled from [`PROBLEM_KINDS`] by [`Additions`]).
-#[derive(Debug, ToSchema)]
-#[schema(as = ProblemType)]
-#[allow(dead_code)]
-pub struct ProblemTypeDoc(String);
+/// A client over its request limit (`limits:` in regions.yaml).
+#[derive(Debug, utoipa::IntoResponses)]
+#[allow(dead_code)] // Describes what `crate::rate_limit` answers.
+pub enum RateLimited {
+    #[response(
+        status = 429,
+        description = "Too many requests from this address (`rate-limited`, `limits:` in regions.yaml)",
+        content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))
+    )]
+    TooMany(ProblemDoc),
+}
 
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -107,19 +135,8 @@ impl Modify for Additions {
             "edge_token",
             SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
         );
-        let kinds: Vec<String> = PROBLEM_KINDS
-            .iter()
-            .map(|k| format!("urn:locus:problem:{k}"))
-            .collect();
-        components.schemas.insert(
-            "ProblemType".into(),
-            utoipa::openapi::ObjectBuilder::new()
-                .schema_type(utoipa::openapi::schema::Type::String)
-                .enum_values(Some(kinds))
-                .description(Some("The problem's `type`: `urn:locus:problem:<kind>`."))
-                .into(),
-        );
         openapi.components = Some(components);
+        locus_serve::problem::document_problem_types(openapi, PROBLEM_KINDS);
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use locus_geo::config::RequestLimits;
 use tokio::time::Instant;
 
-use crate::problem::Problem;
+use locus_serve::problem::Problem;
 
 /// What a request asks for; each has its own limit and buckets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

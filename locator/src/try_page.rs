@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::problem::Problem;
+use locus_serve::problem::Problem;
 
 const PAGE_HTML: &str = include_str!("../assets/try.html");
 const TRY_CSS: &str = include_str!("../assets/try.css");
@@ -40,6 +40,7 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> OpenApiRouter<S> {
 #[utoipa::path(
     get,
     path = "/try",
+    operation_id = "try_page",
     tag = "pages",
     summary = "The try page: two browser tabs in one session",
     responses((status = 200, description = "The page", content_type = "text/html; charset=utf-8", body = String)),
@@ -63,6 +64,7 @@ async fn page() -> Response {
 #[utoipa::path(
     get,
     path = "/try/assets/{name}",
+    operation_id = "try_asset",
     tag = "pages",
     params(("name" = String, Path, description = "The file name")),
     responses(

@@ -790,3 +790,38 @@ async fn operations_routes() {
     assert_eq!(bad["status"], 400);
     loc.stop().await;
 }
+
+/// The bodies of `POST /v1/sessions` and the admin edge actions are `Option<object>` in
+/// the OpenAPI document: `null` is no body; an array is refused (serde would read
+/// `[null, null]` as the struct's fields: schemathesis found it answered 201).
+#[tokio::test]
+async fn optional_bodies_take_null_and_refuse_arrays() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let loc = TestLocator::start(dir.path()).await;
+    let mut edge = TestEdge::connect(loc.addr, register("us-1", "us-east", 100)).await;
+    edge.report(0).await;
+    let (status, body) = create(&loc, Value::Null, "8.8.8.8").await;
+    assert_eq!(status, 201, "null is no body: {body}");
+    for refused in [json!([null, null]), json!(["room-1", "us-east"]), json!(42)] {
+        let (status, body) = create(&loc, refused.clone(), "8.8.8.8").await;
+        assert_eq!(status, 400, "{refused}: {body}");
+        assert_eq!(body["type"], "urn:locus:problem:bad-body");
+        assert!(
+            body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("JSON object")),
+            "{body}"
+        );
+    }
+    for (sent, expected) in [(json!(null), 200), (json!(["alice", 5]), 400)] {
+        let response = http()
+            .post(loc.url("/v1/admin/edges/us-1/suspend"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&sent)
+            .send()
+            .await
+            .expect("admin");
+        assert_eq!(response.status().as_u16(), expected, "{sent}");
+    }
+    loc.stop().await;
+}

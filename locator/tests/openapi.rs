@@ -145,8 +145,15 @@ fn problem_kinds_in_source() -> BTreeSet<String> {
             }
         }
     }
+    // Sent by the shared constructors and middleware of locus_serve::problem.
     kinds.insert("unauthorized".into());
     kinds.insert("internal".into());
+    kinds.insert("rate-limited".into());
+    kinds.extend(
+        locus_serve::problem::REJECTION_KINDS
+            .iter()
+            .map(|k| k.to_string()),
+    );
     kinds
 }
 
@@ -192,4 +199,86 @@ fn every_503_problem_documents_retry_after() {
             );
         }
     }
+}
+
+/// Operation ids name generated client methods: two handlers of the same name in two
+/// modules (the admin page's and the try page's `page`, `asset`) must not share one
+/// (openapi-spec-validator refused the document for it).
+#[test]
+fn operation_ids_are_unique() {
+    let doc = serde_json::to_value(locus_locator::api::openapi()).expect("serializes");
+    let mut seen = BTreeSet::new();
+    for (method, path) in operations(&doc) {
+        let id = doc["paths"][&path][&method]["operationId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{method} {path}: no operationId"))
+            .to_string();
+        assert!(
+            seen.insert(id.clone()),
+            "{method} {path}: operationId {id} used twice"
+        );
+    }
+}
+
+/// With the request limits lifted in the other tests (NO_REQUEST_LIMITS), the 429 the
+/// limited routes send is checked here: documented, as a problem, with `Retry-After`.
+#[test]
+fn rate_limited_routes_document_429_with_retry_after() {
+    let doc = serde_json::to_value(locus_locator::api::openapi()).expect("serializes");
+    for (method, path) in [("get", "/v1/locate"), ("post", "/v1/sessions")] {
+        let response = &doc["paths"][path][method]["responses"]["429"];
+        assert!(
+            response["content"]
+                .get("application/problem+json")
+                .is_some(),
+            "{method} {path}: 429 not documented as a problem: {response}"
+        );
+        assert!(
+            response["headers"].get("Retry-After").is_some(),
+            "{method} {path}: 429 without Retry-After"
+        );
+    }
+}
+
+/// axum's own refusals (a method the route lacks, a body over the limit) are problems
+/// too, made in one place (locus_serve::problem::rejections_as_problems), and the 413 of
+/// the routes that take a body is documented.
+#[tokio::test]
+async fn axum_refusals_are_problems() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let loc = TestLocator::start(dir.path()).await;
+    let client = raw_client();
+    let response = client.put(loc.url("/v1/locate")).send().await.expect("put");
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "GET,HEAD");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.expect("problem");
+    assert_eq!(body["type"], "urn:locus:problem:method-not-allowed");
+    let response = client
+        .post(loc.url("/v1/sessions"))
+        .header("content-type", "application/json")
+        .body(vec![b' '; 3 << 20])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/problem+json"
+    );
+    let body: Value = response.json().await.expect("problem");
+    assert_eq!(body["type"], "urn:locus:problem:body-too-large");
+    let doc = serde_json::to_value(locus_locator::api::openapi()).expect("serializes");
+    for path in ["/v1/sessions", "/v1/admin/edges/{id}/{action}"] {
+        assert!(
+            doc["paths"][path]["post"]["responses"]["413"]["content"]
+                .get("application/problem+json")
+                .is_some(),
+            "POST {path}: 413 not documented"
+        );
+    }
+    loc.stop().await;
 }

@@ -1,5 +1,6 @@
-//! The HTTP accept loop the locator and the edge share, so that neither server can be held
-//! open by clients that connect and then say nothing.
+//! What the locator's and the edge's HTTP servers share: the accept loop below, so that
+//! neither server can be held open by clients that connect and then say nothing, and
+//! [`problem`], their `application/problem+json` answers and its OpenAPI schema.
 //!
 //! `axum::serve` accepts every connection and waits for its request forever. This loop is
 //! the same hyper-util connection builder with three bounds added, each written once here:
@@ -20,6 +21,8 @@
 //! connection's task, within the header-read timeout too (a client that opens a socket
 //! and never finishes the handshake holds its place no longer than one that never sends
 //! headers), and the certificate is reloaded when its files change (see [`tls`]).
+
+pub mod problem;
 
 use std::future::Future;
 use std::io;
