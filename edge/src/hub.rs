@@ -87,6 +87,9 @@ pub const CLOSE_PARTICIPANT_CONNECTED: u16 = 4008;
 pub const CLOSE_SESSION_FULL: u16 = 4409;
 /// Close code: the edge takes no new participants now (draining, spool full).
 pub const CLOSE_UNAVAILABLE: u16 = 4503;
+/// Close code: the locator ended the session (its edge had failed, or nobody joined it in
+/// time); a re-join is answered 410 by the locator: start a new session.
+pub const CLOSE_SESSION_ENDED: u16 = 4410;
 
 /// Reason given to a consumer disconnected for falling behind.
 pub const SLOW_CONSUMER: &str = "too slow: send queue full";
@@ -331,6 +334,9 @@ struct Membership {
     started: bool,
     /// Removed from the hub: a joiner holding this session looks again.
     ended: bool,
+    /// The locator ended it: nobody is admitted any more, and it ends when its last
+    /// participant has left (no linger).
+    ended_by_locator: bool,
     /// Bumped on every membership change: a linger timer of an older generation is void.
     generation: u64,
     members: Vec<Peer>,
@@ -601,6 +607,9 @@ impl Hub {
         m: &mut Membership,
         peer: &Peer,
     ) -> Result<(), Refusal> {
+        if m.ended_by_locator {
+            return Err(Refusal::session_ended());
+        }
         if self.closing.load(Ordering::Relaxed) {
             return Err(Refusal::draining());
         }
@@ -667,8 +676,44 @@ impl Hub {
         self.spool_left(session, &peer).await;
         self.presence(session, &m);
         if m.members.is_empty() {
-            self.schedule_end(session, &mut m).await;
+            if m.ended_by_locator {
+                self.end_session(session, &mut m).await;
+            } else {
+                self.schedule_end(session, &mut m).await;
+            }
         }
+    }
+
+    /// The locator ended these sessions (`LocatorMessage::SessionsEnded`): tokens issued
+    /// before now are refused (410 `session-ended`), and the participants of a hosted one
+    /// are closed with [`CLOSE_SESSION_ENDED`]; it ends (spooled) when they have left.
+    /// Returns how many participants were closed.
+    pub async fn end_by_locator(self: &Arc<Self>, session_ids: &[String], reason: &str) -> usize {
+        let reason: String = reason.chars().take(40).collect();
+        let close_reason = format!("session ended by the locator ({reason}): start a new one");
+        let mut closed = 0;
+        for id in session_ids {
+            let id: Arc<str> = id.as_str().into();
+            self.remember_ended(&id);
+            let Some(session) = self.sessions().get(&id).cloned() else {
+                continue;
+            };
+            let mut m = session.membership.lock().await;
+            if m.ended {
+                continue;
+            }
+            m.ended_by_locator = true;
+            m.generation += 1;
+            for peer in &m.members {
+                close_with(peer, None, CLOSE_SESSION_ENDED, &close_reason);
+            }
+            closed += m.members.len();
+            tracing::info!(session = %id, participants = m.members.len(), %reason, "session ended by the locator");
+            if m.members.is_empty() {
+                self.end_session(&session, &mut m).await;
+            }
+        }
+        closed
     }
 
     /// An empty session ends after the linger (at once when shutting down), unless

@@ -338,6 +338,10 @@ fn register(state: &EdgeState) -> Register {
         version: env!("CARGO_PKG_VERSION").to_string(),
         sessions: state.hub.session_ids(),
         draining: state.drain.is_draining(),
+        features: locus_protocol::features::ALL
+            .iter()
+            .map(|f| f.to_string())
+            .collect(),
     }
 }
 
@@ -557,6 +561,13 @@ async fn serve(
                         }
                     }
                     LocatorMessage::RoomsMoved { moves } => state.drain.rooms_moved(moves),
+                    LocatorMessage::SessionsEnded { sessions, reason } => {
+                        // Off the link's loop: closing waits on each session's membership.
+                        let hub = state.hub.clone();
+                        tokio::spawn(async move {
+                            hub.end_by_locator(&sessions, &reason).await;
+                        });
+                    }
                     LocatorMessage::Error { reason } => return Err(LinkError::Refused(reason)),
                     LocatorMessage::Welcome { .. } => {
                         tracing::debug!("ignored a second welcome");
@@ -609,6 +620,7 @@ mod tests {
             version: "1".into(),
             sessions: (0..20_000).map(|i| format!("session-{i:016}")).collect(),
             draining: false,
+            features: vec![],
         };
         let (text, left_out) = register_frame(register.clone());
         assert!(text.len() <= MAX_FRAME_BYTES);

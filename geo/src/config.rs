@@ -125,6 +125,10 @@ pub struct EdgeTiming {
     /// Ceiling of the adaptive suspect timeout: an edge whose heartbeats arrive with
     /// jitter gets more time, never more than this.
     pub suspect_after_max: Duration,
+    /// How long the locator keeps the record of an edge that is `failed` (or drained and
+    /// gone) and silent: after this it leaves the registry and the admin status (the
+    /// audit trail keeps its history). An edge that comes back later registers afresh.
+    pub forget_after: Duration,
 }
 
 impl Default for EdgeTiming {
@@ -138,6 +142,7 @@ impl Default for EdgeTiming {
             heartbeat_interval: Duration::from_millis(250),
             suspect_after: Duration::from_secs(1),
             suspect_after_max: Duration::from_millis(1_500),
+            forget_after: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -182,6 +187,10 @@ pub struct RequestLimits {
     pub creates_per_minute: Option<u32>,
     /// `GET /v1/locate` per minute; `None` is `off`.
     pub locates_per_minute: Option<u32>,
+    /// An ad-hoc session nobody joined within this time ends (`expired-unjoined`): its
+    /// join answers 410 and its edge refuses its tokens. `None` is `off`. Rooms (sessions
+    /// with a key) never expire.
+    pub unjoined_session_ttl: Option<Duration>,
 }
 
 impl Default for RequestLimits {
@@ -189,6 +198,7 @@ impl Default for RequestLimits {
         RequestLimits {
             creates_per_minute: Some(60),
             locates_per_minute: Some(600),
+            unjoined_session_ttl: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -507,6 +517,16 @@ struct RawLimits {
     creates_per_minute: Option<Spanned<RawRate>>,
     #[serde(default)]
     locates_per_minute: Option<Spanned<RawRate>>,
+    #[serde(default)]
+    unjoined_session_ttl: Option<Spanned<RawDurationOrOff>>,
+}
+
+/// A duration, or `off` (which YAML 1.1 readers take for `false`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawDurationOrOff {
+    Switch(bool),
+    Text(String),
 }
 
 /// A per-minute limit: a count, or `off` (which YAML 1.1 readers take for `false`).
@@ -561,6 +581,8 @@ struct RawEdges {
     suspect_after: Option<Spanned<String>>,
     #[serde(default)]
     suspect_after_max: Option<Spanned<String>>,
+    #[serde(default)]
+    forget_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -774,6 +796,32 @@ fn request_limits(issues: &mut Issues, raw: Option<&RawLimits>) -> RequestLimits
             "limits.locates_per_minute",
             defaults.locates_per_minute,
         ),
+        unjoined_session_ttl: match &l.unjoined_session_ttl {
+            None => defaults.unjoined_session_ttl,
+            Some(value) => {
+                let field = "limits.unjoined_session_ttl";
+                let usage = "give a duration such as 10m (how long a session may wait for its first participant), or `off` to keep unjoined sessions open";
+                match &value.value {
+                    RawDurationOrOff::Switch(false) => None,
+                    RawDurationOrOff::Text(w) if w == "off" => None,
+                    RawDurationOrOff::Text(text) => match parse_duration(text) {
+                        Ok(d) if !d.is_zero() => Some(d),
+                        Ok(_) => {
+                            issues.at(value, field, format!("must be longer than zero: {usage}"));
+                            defaults.unjoined_session_ttl
+                        }
+                        Err(message) => {
+                            issues.at(value, field, format!("{message}; {usage}"));
+                            defaults.unjoined_session_ttl
+                        }
+                    },
+                    RawDurationOrOff::Switch(true) => {
+                        issues.at(value, field, usage);
+                        defaults.unjoined_session_ttl
+                    }
+                }
+            }
+        },
     }
 }
 
@@ -938,6 +986,12 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                     &e.suspect_after_max,
                     "edges.suspect_after_max",
                     defaults.suspect_after_max,
+                ),
+                forget_after: duration_field(
+                    &mut issues,
+                    &e.forget_after,
+                    "edges.forget_after",
+                    defaults.forget_after,
                 ),
             };
             check_liveness_timing(&mut issues, e, &timing);
@@ -1520,13 +1574,41 @@ regions:
             RequestLimits {
                 creates_per_minute: Some(5),
                 locates_per_minute: None,
+                ..RequestLimits::default()
             }
         );
+        for (text, ttl) in [
+            ("2s", Some(Duration::from_secs(2))),
+            ("1h30m", Some(Duration::from_secs(5400))),
+            ("off", None),
+        ] {
+            let c =
+                parse(&format!("limits:\n  unjoined_session_ttl: {text}\n{GOOD}")).expect("valid");
+            assert_eq!(c.limits.unjoined_session_ttl, ttl, "{text}");
+        }
         let found = issues(&format!(
-            "limits:\n  creates_per_minute: 0\n  locates_per_minute: lots\n{GOOD}"
+            "limits:\n  creates_per_minute: 0\n  locates_per_minute: lots\n  unjoined_session_ttl: soon\n{GOOD}"
         ));
         let fields: Vec<(&str, Option<u64>)> =
             found.iter().map(|i| (i.field.as_str(), i.line)).collect();
+        let ttl = found
+            .iter()
+            .find(|i| i.field == "limits.unjoined_session_ttl")
+            .expect("the bad TTL is named");
+        assert_eq!(ttl.line, Some(4), "{ttl:?}");
+        assert!(
+            ttl.message.contains("\"soon\"") && ttl.message.contains("`off`"),
+            "{ttl:?}"
+        );
+        for zero in ["0s", "yes"] {
+            let found = issues(&format!("limits:\n  unjoined_session_ttl: {zero}\n{GOOD}"));
+            assert!(
+                found
+                    .iter()
+                    .any(|i| i.field == "limits.unjoined_session_ttl"),
+                "{zero}: {found:#?}"
+            );
+        }
         assert!(
             fields.contains(&("limits.creates_per_minute", Some(2))),
             "{found:#?}"

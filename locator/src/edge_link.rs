@@ -344,6 +344,25 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
         return;
     }
 
+    // Sessions it still hosts that the locator ended meanwhile (while it was failed or
+    // away, or through another locator): it closes them.
+    if !reg.sessions.is_empty() {
+        let state = state.clone();
+        let edge_id = edge_id.clone();
+        let announced = reg.sessions;
+        tokio::spawn(async move {
+            let ended =
+                crate::housekeeping::sessions_ended_among(&state, &edge_id, &announced).await;
+            let mut by_reason: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+            for (id, reason) in ended {
+                by_reason.entry(reason).or_default().push(id);
+            }
+            for (reason, ids) in by_reason {
+                crate::housekeeping::tell_sessions_ended(&state, &edge_id, &ids, &reason);
+            }
+        });
+    }
+
     // 2. The link.
     let conn_id = registered.conn_id;
     let mut last_seq = acked_seq;

@@ -18,6 +18,7 @@
 //! - [`store`]: sessions, rooms, edges, audit and metrics in SQLite or Postgres.
 //! - [`cluster`]: several locators on one Postgres database (edge state published by
 //!   the locator holding each edge, assignments and admin actions sent to all).
+//! - [`housekeeping`]: sessions nobody joined expire; edges failed for long are forgotten.
 //! - [`server`]: shared state, background tasks (state ticks, health probes, GeoIP and
 //!   config reload) and the serve loop.
 //!
@@ -33,6 +34,7 @@ pub mod edge_link;
 pub mod edge_state;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod housekeeping;
 pub mod metrics;
 pub mod openapi;
 pub mod probe;

@@ -153,6 +153,7 @@ mod tests {
         RequestLimits {
             creates_per_minute: Some(creates),
             locates_per_minute: None,
+            ..RequestLimits::default()
         }
     }
 

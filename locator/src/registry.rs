@@ -33,6 +33,8 @@ struct Link {
     /// are signed with a key derived from it, and a registration with another credential
     /// cannot replace this link.
     credential: Arc<str>,
+    /// The edge reads [`LocatorMessage::SessionsEnded`] (it announced the feature).
+    sessions_ended: bool,
 }
 
 #[derive(Debug)]
@@ -55,6 +57,9 @@ struct Entry {
     reports: i64,
     /// Newest published rev applied to a mirror.
     published_rev: i64,
+    /// Since when (by this locator's ticks) the edge has been `failed`: after
+    /// `edges.forget_after` it is forgotten.
+    failed_since: Option<Instant>,
     /// The state changed since it was last taken for publishing (edges held here).
     changed: bool,
 }
@@ -190,6 +195,10 @@ impl Registry {
             conn_id,
             tx,
             credential,
+            sessions_ended: reg
+                .features
+                .iter()
+                .any(|f| f == locus_protocol::features::SESSIONS_ENDED),
         };
         let replaced = match inner.edges.get_mut(&reg.edge_id) {
             Some(entry) => {
@@ -226,6 +235,7 @@ impl Registry {
                         claim_rev,
                         reports: 0,
                         published_rev: 0,
+                        failed_since: None,
                         changed: true,
                     },
                 );
@@ -326,6 +336,11 @@ impl Registry {
                 if effect != Effect::None {
                     e.touch();
                 }
+                if !matches!(e.status.liveness, Liveness::Failed { .. }) {
+                    e.failed_since = None;
+                } else if e.failed_since.is_none() {
+                    e.failed_since = Some(now);
+                }
                 (id.clone(), effect)
             })
             .filter(|(_, effect)| *effect != Effect::None)
@@ -387,6 +402,81 @@ impl Registry {
             .get(edge_id)
             .and_then(|e| e.link.as_ref())
             .is_some_and(|link| link.tx.try_send(message).is_ok())
+    }
+
+    /// Sends the ids of sessions the locator ended to the edge over its current link, in
+    /// messages of at most [`locus_protocol::MAX_SESSIONS_ENDED`]. False when it has no
+    /// link here, does not read the message (an older edge), or its queue is full.
+    pub fn tell_sessions_ended(&self, edge_id: &str, sessions: &[String], reason: &str) -> bool {
+        let inner = self.lock();
+        let Some(link) = inner.edges.get(edge_id).and_then(|e| e.link.as_ref()) else {
+            return false;
+        };
+        if !link.sessions_ended {
+            return false;
+        }
+        sessions
+            .chunks(locus_protocol::MAX_SESSIONS_ENDED)
+            .all(|chunk| {
+                link.tx
+                    .try_send(LocatorMessage::SessionsEnded {
+                        sessions: chunk.to_vec(),
+                        reason: reason.to_string(),
+                    })
+                    .is_ok()
+            })
+    }
+
+    /// Who may expire the unjoined sessions of `edge_id`: this locator when it holds the
+    /// edge (it tells the edge), or when nobody does (the edge is unknown, forgotten or
+    /// failed). Not while the edge is link-lost here (its spool, which records the joins,
+    /// may be behind) nor while another locator holds it.
+    pub fn expires_sessions_of(&self, edge_id: &str) -> bool {
+        let inner = self.lock();
+        match inner.edges.get(edge_id) {
+            None => true,
+            Some(e) => match e.status.liveness {
+                Liveness::Failed { .. } => true,
+                Liveness::LinkLost { .. } => false,
+                _ => e.held_here,
+            },
+        }
+    }
+
+    /// Edges failed for at least `forget_after`, with their claim revs: to forget (their
+    /// records first, then [`Registry::forget`]).
+    pub fn forgettable(
+        &self,
+        now: Instant,
+        forget_after: std::time::Duration,
+    ) -> Vec<(String, i64)> {
+        let inner = self.lock();
+        inner
+            .edges
+            .iter()
+            .filter(|(_, e)| {
+                e.link.is_none()
+                    && e.failed_since
+                        .is_some_and(|since| now.saturating_duration_since(since) >= forget_after)
+            })
+            .map(|(id, e)| (id.clone(), e.claim_rev))
+            .collect()
+    }
+
+    /// Removes an edge that is still failed, unlinked and on claim `claim_rev` (one that
+    /// came back meanwhile is kept). Returns whether it was removed.
+    pub fn forget(&self, edge_id: &str, claim_rev: i64) -> bool {
+        let mut inner = self.lock();
+        let gone = inner.edges.get(edge_id).is_some_and(|e| {
+            e.link.is_none()
+                && e.claim_rev == claim_rev
+                && matches!(e.status.liveness, Liveness::Failed { .. })
+        });
+        if gone {
+            inner.edges.remove(edge_id);
+            self.publish(&inner);
+        }
+        gone
     }
 
     /// The public URL the edge registered with (for health probes).
@@ -502,6 +592,7 @@ impl Registry {
                     claim_rev: row.claim_rev,
                     reports: -1,
                     published_rev: 0,
+                    failed_since: None,
                     changed: false,
                 });
             if entry.held_here {

@@ -302,8 +302,11 @@ async fn edge_failed(state: &Arc<AppState>, edge_id: &str, why: crate::edge_stat
         .end_ad_hoc_sessions_on_edge(edge_id, "edge failed", now_ms())
         .await
     {
-        Ok(n) => {
-            tracing::info!(edge = %edge_id, sessions = n, "ended the ad-hoc sessions of a failed edge; its rooms move on their next join")
+        Ok(ended) => {
+            tracing::info!(edge = %edge_id, sessions = ended.len(), "ended the ad-hoc sessions of a failed edge; its rooms move on their next join");
+            // A failed edge whose link is still up (its /healthz refused, or it was
+            // stalled) hears it now; one that comes back later, at its registration.
+            crate::housekeeping::tell_sessions_ended(state, edge_id, &ended, "edge-failed");
         }
         Err(error) => {
             tracing::error!(edge = %edge_id, %error, "could not end the sessions of a failed edge")
@@ -384,6 +387,8 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(tick_loop(state.clone()));
+    tasks.spawn(crate::housekeeping::unjoined_loop(state.clone()));
+    tasks.spawn(crate::housekeeping::forget_loop(state.clone()));
     tasks.spawn(geoip_reload_loop(state.clone()));
     tasks.spawn(crate::turn_health::check_loop(state.clone()));
     #[cfg(unix)]

@@ -43,6 +43,33 @@ mod postgres;
 mod rows;
 mod sqlite;
 
+/// Statements both backends run as written: `$N` parameters, which SQLite reads as
+/// numbered parameters too, and nothing either dialect lacks. New SQL goes here when it
+/// is the same on both.
+mod sql {
+    /// `$1` session, `$2` the reporting edge, `$3` when (the edge's clock).
+    pub(super) const NOTE_FIRST_JOIN: &str = "UPDATE sessions SET first_joined_at_ms = $3 \
+         WHERE id = $1 AND edge_id = $2 AND first_joined_at_ms IS NULL";
+
+    /// `$1` edge, `$2` reason, `$3` now: the ids ended.
+    pub(super) const END_AD_HOC_ON_EDGE: &str = "UPDATE sessions SET state = 'ended', \
+         ended_at_ms = $3, updated_at_ms = $3, end_reason = $2 \
+         WHERE edge_id = $1 AND state = 'open' AND room_key IS NULL RETURNING id";
+
+    /// `$1` created before (ms), `$2` limit: `(id, edge_id)`, oldest first.
+    pub(super) const UNJOINED_SESSIONS: &str = "SELECT id, edge_id FROM sessions \
+         WHERE state = 'open' AND room_key IS NULL AND first_joined_at_ms IS NULL \
+         AND created_at_ms < $1 ORDER BY created_at_ms, id LIMIT $2";
+
+    /// `$1` session, `$2` now, `$3` reason; changes nothing once joined or ended.
+    pub(super) const EXPIRE_UNJOINED: &str = "UPDATE sessions SET state = 'ended', \
+         ended_at_ms = $2, updated_at_ms = $2, end_reason = $3 \
+         WHERE id = $1 AND state = 'open' AND room_key IS NULL AND first_joined_at_ms IS NULL";
+
+    /// `$1` edge. A suspended edge keeps its row: its suspension holds if it comes back.
+    pub(super) const FORGET_EDGE: &str = "DELETE FROM edges WHERE id = $1 AND NOT suspended";
+}
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -650,17 +677,50 @@ impl Store {
     }
 
     /// Ends the open ad-hoc sessions on an edge (the edge failed); its rooms stay open on
-    /// it until they are reassigned. Returns how many ended.
+    /// it until they are reassigned. Returns the ids of those that ended.
     pub async fn end_ad_hoc_sessions_on_edge(
         &self,
         edge_id: &str,
         reason: &str,
         now_ms: i64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         dispatch!(&self.inner.backend, db => {
             db.end_ad_hoc_sessions_on_edge(edge_id, reason, now_ms)
                 .await
         })
+    }
+
+    /// Open ad-hoc sessions nobody joined (no `session_started` or `participant_joined`
+    /// from their edge's spool yet) created before `created_before_ms`, oldest first, at
+    /// most `limit`: `(session id, edge id)`.
+    pub async fn unjoined_sessions(
+        &self,
+        created_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        dispatch!(&self.inner.backend, db => db.unjoined_sessions(created_before_ms, limit).await)
+    }
+
+    /// Ends those of `ids` still open, ad-hoc and unjoined, in one transaction (a join
+    /// recorded meanwhile keeps its session; of several locators expiring one session,
+    /// one ends it). Returns the ids it ended.
+    pub async fn expire_unjoined(
+        &self,
+        ids: &[&str],
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        dispatch!(&self.inner.backend, db => db.expire_unjoined(ids, reason, now_ms).await)
+    }
+
+    /// Forgets a failed edge's records (its published state, and its registration unless
+    /// suspended); its audit trail and spool progress stay. `claim_rev` is the failed
+    /// claim (Postgres): false when the edge was claimed anew since (it came back).
+    pub async fn forget_edge(&self, edge_id: &str, claim_rev: i64) -> Result<bool, StoreError> {
+        dispatch!(&self.inner.backend, db => db.forget_edge(edge_id, claim_rev).await)
     }
 
     /// The open sessions (ad-hoc and rooms) on an edge, oldest first.

@@ -71,6 +71,8 @@ on_both_backends!(
     audit_pages_and_filters,
     several_stores_on_one_database_agree,
     whether_a_session_runs_on_an_edge_follows_its_reports,
+    only_sessions_nobody_joined_expire,
+    a_forgotten_edge_loses_its_records_but_not_its_history,
 );
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +235,8 @@ fn store_futures_are_send() {
         send(s.end_ad_hoc_sessions_on_edge("e", "failed", 0));
         send(s.record_locator_event("k", None, None, None, 0));
         send(s.get_session("s"));
+        send(s.expire_unjoined(&["s"], "expired", 0));
+        send(s.forget_edge("e", 0));
         send(s.ping());
     };
 }
@@ -676,13 +680,13 @@ async fn a_failed_edge_ends_ad_hoc_sessions_and_rooms_move_by_compare_and_set(
         store
             .end_ad_hoc_sessions_on_edge("e1", "edge failed", 10)
             .await?,
-        1
+        vec!["a1".to_string()]
     );
-    assert_eq!(
+    assert!(
         store
             .end_ad_hoc_sessions_on_edge("e1", "edge failed", 11)
-            .await?,
-        0
+            .await?
+            .is_empty()
     );
     let a1 = store.get_session("a1").await?.ok_or("a1")?;
     assert_eq!(
@@ -734,6 +738,101 @@ async fn a_failed_edge_ends_ad_hoc_sessions_and_rooms_move_by_compare_and_set(
             .reassign_session("a1", "e1", "e3", "eu-west", 30)
             .await?
     );
+    Ok(())
+}
+
+async fn only_sessions_nobody_joined_expire(db: &TestDb) -> TestResult {
+    let store = db.open().await?;
+    store.create_session(ad_hoc("started", "e1", 1)).await?;
+    store.create_session(ad_hoc("joined", "e1", 2)).await?;
+    store.create_session(ad_hoc("alone", "e1", 3)).await?;
+    store.create_session(ad_hoc("elsewhere", "e2", 4)).await?;
+    store.create_session(ad_hoc("late", "e1", 50)).await?;
+    store.create_session(room("r1", "k1", "e1", 5)).await?;
+    // The edge's spool records the joins; another edge cannot mark e1's session joined.
+    store
+        .store_spool(
+            "e1",
+            &[
+                entry(
+                    1,
+                    SpoolBody::SessionStarted {
+                        session_id: "started".into(),
+                    },
+                ),
+                entry(2, joined("joined", "p1")),
+            ],
+        )
+        .await?;
+    store
+        .store_spool("e2", &[entry(1, joined("alone", "p9"))])
+        .await?;
+
+    let candidates = store.unjoined_sessions(10, 100).await?;
+    let mut ids: Vec<&str> = candidates.iter().map(|(id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["alone", "elsewhere"],
+        "rooms, joined and newer ones are not candidates"
+    );
+    assert!(candidates.contains(&("elsewhere".to_string(), "e2".to_string())));
+    assert_eq!(
+        store.unjoined_sessions(10, 1).await?.len(),
+        1,
+        "the limit holds"
+    );
+
+    // A join recorded after the candidates were read keeps its session.
+    store
+        .store_spool("e2", &[entry(2, joined("elsewhere", "p2"))])
+        .await?;
+    let ended = store
+        .expire_unjoined(
+            &["alone", "elsewhere", "joined", "r1"],
+            "expired-unjoined",
+            60,
+        )
+        .await?;
+    assert_eq!(ended, vec!["alone".to_string()]);
+    let alone = store.get_session("alone").await?.ok_or("alone")?;
+    assert_eq!(
+        (alone.state, alone.end_reason.as_deref(), alone.ended_at_ms),
+        (SessionState::Ended, Some("expired-unjoined"), Some(60))
+    );
+    for open in ["started", "joined", "elsewhere", "late", "r1"] {
+        assert_eq!(
+            store.get_session(open).await?.map(|s| s.state),
+            Some(SessionState::Open),
+            "{open}"
+        );
+    }
+    assert!(
+        store
+            .expire_unjoined(&["alone"], "again", 70)
+            .await?
+            .is_empty(),
+        "ended once"
+    );
+    Ok(())
+}
+
+async fn a_forgotten_edge_loses_its_records_but_not_its_history(db: &TestDb) -> TestResult {
+    let store = db.open().await?;
+    store.upsert_edge(&edge("gone", 1)).await?;
+    store.upsert_edge(&edge("held", 1)).await?;
+    store.set_suspended("held", true, "alice", 2).await?;
+    store
+        .record_locator_event("edge_failed", Some("gone"), None, Some("x"), 3)
+        .await?;
+    assert!(store.forget_edge("gone", 0).await?);
+    assert!(store.forget_edge("held", 0).await?);
+    assert_eq!(store.edge("gone").await?, None);
+    assert!(
+        store.edge("held").await?.is_some_and(|e| e.suspended),
+        "a suspended edge keeps its row (and its suspension)"
+    );
+    assert_eq!(store.count_audit(Some("gone")).await?, 1);
     Ok(())
 }
 

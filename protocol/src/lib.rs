@@ -31,6 +31,15 @@
 //! newer edge links to an older locator only while its new fields are empty. For
 //! [`LoadReport`]'s WebRTC figures (`rtc_peers`, `bitrate_in`, …, `max_bitrate`) that means
 //! an edge with no `--max-bitrate` and no WebRTC peer since its previous report.
+//!
+//! # Adding messages (compatibility rule)
+//!
+//! An unknown message type is refused like an unknown field (an edge that cannot read a
+//! locator message closes the link as malformed). So a new [`LocatorMessage`] is sent only
+//! to an edge that announced it in [`Register::features`] (one [`features`] name per
+//! message); an older edge announces none and never receives it. The list is left out of
+//! the register frame while empty; a newer edge announcing features links to a locator
+//! that knows them (upgrade locators before edges, as for fields).
 
 use serde::{Deserialize, Serialize};
 
@@ -52,6 +61,9 @@ pub const MAX_SPOOL_BATCH: usize = 500;
 /// database's i64 limit, so numbering can never overflow. At one entry a microsecond it
 /// lasts 285 years.
 pub const MAX_SPOOL_SEQ: u64 = (1 << 53) - 1;
+
+/// Most session ids in one [`LocatorMessage::SessionsEnded`] (well under the frame limit).
+pub const MAX_SESSIONS_ENDED: usize = 1_000;
 
 /// Path of the locator's edge websocket.
 pub const EDGE_LINK_PATH: &str = "/v1/edge/link";
@@ -92,6 +104,19 @@ pub struct Register {
     /// True when the edge is already draining.
     #[serde(default)]
     pub draining: bool,
+    /// Locator messages added after the first release that this edge understands (names
+    /// from [`features`]); see "Adding messages" in the crate docs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+}
+
+/// Names an edge lists in [`Register::features`].
+pub mod features {
+    /// The edge understands [`LocatorMessage::SessionsEnded`](crate::LocatorMessage::SessionsEnded).
+    pub const SESSIONS_ENDED: &str = "sessions_ended";
+
+    /// Everything this build understands (what its edge announces).
+    pub const ALL: &[&str] = &[SESSIONS_ENDED];
 }
 
 /// Load of an edge, read from the running process.
@@ -250,6 +275,16 @@ pub enum LocatorMessage {
     RoomsMoved { moves: Vec<RoomMove> },
     /// Why the locator is closing the link.
     Error { reason: String },
+    /// The locator ended these sessions (their edge failed meanwhile, or nobody joined
+    /// them in time): the edge closes their participants (close code 4410 with the
+    /// reason) and refuses the join tokens issued before now (410 `session-ended`). At
+    /// most [`MAX_SESSIONS_ENDED`] ids a message; sent only to edges announcing
+    /// [`features::SESSIONS_ENDED`].
+    SessionsEnded {
+        sessions: Vec<String>,
+        /// Why, in a few words (`expired-unjoined`, `edge-failed`…).
+        reason: String,
+    },
 }
 
 /// One room moved off a draining edge.
@@ -432,6 +467,38 @@ mod tests {
             serde_json::from_str::<LoadReport>(&text).expect("parse"),
             full
         );
+    }
+
+    #[test]
+    fn features_are_announced_only_when_there_are_some() {
+        // An older edge's register (no features) reads as announcing none…
+        let old = r#"{"type":"register","protocol":1,"edge_id":"e","region":"r","public_url":"http://e","capacity":1,"version":"1"}"#;
+        let EdgeMessage::Register(register) = serde_json::from_str(old).expect("parse") else {
+            panic!("not a register");
+        };
+        assert!(register.features.is_empty());
+        // …and a register without features is exactly what an older locator accepts.
+        let text = serde_json::to_string(&EdgeMessage::Register(register.clone())).expect("json");
+        assert!(!text.contains("features"), "{text}");
+        let newer = Register {
+            features: features::ALL.iter().map(|f| f.to_string()).collect(),
+            ..register
+        };
+        let text = serde_json::to_string(&EdgeMessage::Register(newer)).expect("json");
+        assert!(text.contains(r#""features":["sessions_ended"]"#), "{text}");
+        // The message those features name round-trips; an older edge's parser refuses an
+        // unknown type, which is why it is sent only to edges that announce it.
+        let ended = LocatorMessage::SessionsEnded {
+            sessions: vec!["s1".into()],
+            reason: "expired-unjoined".into(),
+        };
+        let text = serde_json::to_string(&ended).expect("json");
+        assert!(text.contains(r#""type":"sessions_ended""#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<LocatorMessage>(&text).expect("parse"),
+            ended
+        );
+        assert!(serde_json::from_str::<LocatorMessage>(r#"{"type":"later_message"}"#).is_err());
     }
 
     #[test]

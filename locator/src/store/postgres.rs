@@ -97,7 +97,7 @@ use sqlx::{Connection, Postgres, QueryBuilder, Row};
 use super::rows::{audit_from_row, edge_from_row, metric_from_row, session_from_row};
 use super::{
     AuditFilter, AuditRecord, AuditSource, CreateReply, EdgeRecord, MetricRecord, NewSession,
-    SessionRecord, StoreError, StoreOptions, hint, seq_i64, seq_u64,
+    SessionRecord, StoreError, StoreOptions, hint, seq_i64, seq_u64, sql,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -414,19 +414,92 @@ impl PostgresBackend {
         edge_id: &str,
         reason: &str,
         now_ms: i64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<String>, StoreError> {
         let op = "end_ad_hoc_sessions_on_edge";
-        let done = retry_once!(op, |_retry| sqlx::query(
-            "UPDATE sessions SET state = 'ended', ended_at_ms = $3, updated_at_ms = $3, \
-             end_reason = $2 WHERE edge_id = $1 AND state = 'open' AND room_key IS NULL",
+        // A retry after an unacknowledged commit returns no ids: those sessions ended
+        // all the same (their edge is told when it registers again).
+        retry_once!(op, |_retry| sqlx::query_scalar(sql::END_AD_HOC_ON_EDGE)
+            .bind(edge_id)
+            .bind(reason)
+            .bind(now_ms)
+            .fetch_all(&self.pool)
+            .await)
+        .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn unjoined_sessions(
+        &self,
+        created_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let op = "unjoined_sessions";
+        retry_once!(op, |_retry| sqlx::query_as(sql::UNJOINED_SESSIONS)
+            .bind(created_before_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await)
+        .map_err(StoreError::db(op))
+    }
+
+    pub(super) async fn expire_unjoined(
+        &self,
+        ids: &[&str],
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let op = "expire_unjoined";
+        let db = StoreError::db;
+        let mut tx = self.pool.begin().await.map_err(db(op))?;
+        let mut ended = Vec::new();
+        for id in ids {
+            let done = sqlx::query(sql::EXPIRE_UNJOINED)
+                .bind(id)
+                .bind(now_ms)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(op))?;
+            if done.rows_affected() > 0 {
+                ended.push(id.to_string());
+            }
+        }
+        tx.commit().await.map_err(db(op))?;
+        Ok(ended)
+    }
+
+    /// The published row goes only while it is still the failed claim `claim_rev` (an
+    /// edge that registered again meanwhile is kept), then the registration row.
+    pub(super) async fn forget_edge(
+        &self,
+        edge_id: &str,
+        claim_rev: i64,
+    ) -> Result<bool, StoreError> {
+        let op = "forget_edge";
+        let db = StoreError::db;
+        let mut tx = self.pool.begin().await.map_err(db(op))?;
+        sqlx::query(
+            "DELETE FROM edge_live WHERE edge_id = $1 AND claim_rev = $2 AND liveness = 'failed'",
         )
         .bind(edge_id)
-        .bind(reason)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        Ok(done.rows_affected())
+        .bind(claim_rev)
+        .execute(&mut *tx)
+        .await
+        .map_err(db(op))?;
+        let claimed: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM edge_live WHERE edge_id = $1)")
+                .bind(edge_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db(op))?;
+        if !claimed {
+            sqlx::query(sql::FORGET_EDGE)
+                .bind(edge_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(op))?;
+        }
+        tx.commit().await.map_err(db(op))?;
+        Ok(!claimed)
     }
 
     pub(super) async fn open_sessions_on_edge(
@@ -672,6 +745,16 @@ impl PostgresBackend {
             .await?
             .rows_affected()
                 > 0;
+            if let (true, SpoolBody::SessionStarted { session_id })
+            | (true, SpoolBody::ParticipantJoined { session_id, .. }) = (inserted, &entry.body)
+            {
+                sqlx::query(sql::NOTE_FIRST_JOIN)
+                    .bind(session_id)
+                    .bind(edge_id)
+                    .bind(entry.at_unix_ms)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             if let (true, SpoolBody::SessionEnded { session_id }) = (inserted, &entry.body) {
                 // Only an open ad-hoc session hosted by the reporting edge; rooms stay.
                 sqlx::query(

@@ -33,7 +33,7 @@ use sqlx::{QueryBuilder, Sqlite};
 use super::rows::{audit_from_row, edge_from_row, metric_from_row, session_from_row};
 use super::{
     AuditFilter, AuditRecord, AuditSource, CreateReply, EdgeRecord, MetricRecord, NewSession,
-    SessionRecord, StoreError, StoreOptions, hint, seq_i64, seq_u64,
+    SessionRecord, StoreError, StoreOptions, hint, seq_i64, seq_u64, sql,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -249,18 +249,71 @@ impl SqliteBackend {
         edge_id: &str,
         reason: &str,
         now_ms: i64,
-    ) -> Result<u64, StoreError> {
-        let done = sqlx::query(
-            "UPDATE sessions SET state = 'ended', ended_at_ms = ?3, updated_at_ms = ?3, \
-             end_reason = ?2 WHERE edge_id = ?1 AND state = 'open' AND room_key IS NULL",
-        )
-        .bind(edge_id)
-        .bind(reason)
-        .bind(now_ms)
-        .execute(&self.writer)
-        .await
-        .map_err(StoreError::db("end_ad_hoc_sessions_on_edge"))?;
-        Ok(done.rows_affected())
+    ) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(sql::END_AD_HOC_ON_EDGE)
+            .bind(edge_id)
+            .bind(reason)
+            .bind(now_ms)
+            .fetch_all(&self.writer)
+            .await
+            .map_err(StoreError::db("end_ad_hoc_sessions_on_edge"))
+    }
+
+    pub(super) async fn unjoined_sessions(
+        &self,
+        created_before_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        sqlx::query_as(sql::UNJOINED_SESSIONS)
+            .bind(created_before_ms)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(StoreError::db("unjoined_sessions"))
+    }
+
+    pub(super) async fn expire_unjoined(
+        &self,
+        ids: &[&str],
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        let op = "expire_unjoined";
+        let db = StoreError::db;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db(op))?;
+        let mut ended = Vec::new();
+        for id in ids {
+            let done = sqlx::query(sql::EXPIRE_UNJOINED)
+                .bind(id)
+                .bind(now_ms)
+                .bind(reason)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(op))?;
+            if done.rows_affected() > 0 {
+                ended.push(id.to_string());
+            }
+        }
+        tx.commit().await.map_err(db(op))?;
+        Ok(ended)
+    }
+
+    /// One locator: nothing is published, so only the registration row goes.
+    pub(super) async fn forget_edge(
+        &self,
+        edge_id: &str,
+        _claim_rev: i64,
+    ) -> Result<bool, StoreError> {
+        sqlx::query(sql::FORGET_EDGE)
+            .bind(edge_id)
+            .execute(&self.writer)
+            .await
+            .map_err(StoreError::db("forget_edge"))?;
+        Ok(true)
     }
 
     pub(super) async fn open_sessions_on_edge(
@@ -497,6 +550,16 @@ impl SqliteBackend {
             .await?
             .rows_affected()
                 > 0;
+            if let (true, SpoolBody::SessionStarted { session_id })
+            | (true, SpoolBody::ParticipantJoined { session_id, .. }) = (inserted, &entry.body)
+            {
+                sqlx::query(sql::NOTE_FIRST_JOIN)
+                    .bind(session_id)
+                    .bind(edge_id)
+                    .bind(entry.at_unix_ms)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             if let (true, SpoolBody::SessionEnded { session_id }) = (inserted, &entry.body) {
                 // Only an open ad-hoc session hosted by the reporting edge; rooms stay.
                 sqlx::query(

@@ -132,8 +132,20 @@ impl TestLocator {
         report_interval: &str,
         listen: &str,
     ) -> TestLocator {
+        TestLocator::start_edited(dir, url, grace, report_interval, listen, |yaml| yaml).await
+    }
+
+    /// [`TestLocator::start_on`] with the test `regions.yaml` edited by `edit` first.
+    pub async fn start_edited(
+        dir: &Path,
+        url: &str,
+        grace: &str,
+        report_interval: &str,
+        listen: &str,
+        edit: impl FnOnce(String) -> String,
+    ) -> TestLocator {
         let db = write_geoip(dir);
-        let yaml = regions_yaml_with(&db, grace, report_interval);
+        let yaml = edit(regions_yaml_with(&db, grace, report_interval));
         let config = Config::parse(&yaml, &dir.join("regions.yaml")).expect("test config");
         let geo = GeoResolver::open(&config).expect("geoip");
         let database = PathBuf::from(url);
@@ -216,6 +228,7 @@ pub fn register(id: &str, region: &str, capacity: u32) -> Register {
         version: "test".into(),
         sessions: vec![],
         draining: false,
+        features: vec![],
     }
 }
 
@@ -401,6 +414,17 @@ impl Drop for EdgeProcess {
 /// test --workspace` (the README's test command) builds every binary before running any
 /// test. Returns the process and its public URL.
 pub fn spawn_edge(locators: &[SocketAddr], id: &str, region: &str, spool: &Path) -> EdgeProcess {
+    spawn_edge_with_capacity(locators, id, region, spool, 100)
+}
+
+/// [`spawn_edge`] with another `--capacity`.
+pub fn spawn_edge_with_capacity(
+    locators: &[SocketAddr],
+    id: &str,
+    region: &str,
+    spool: &Path,
+    capacity: u32,
+) -> EdgeProcess {
     let binary = std::env::var_os("LOCUS_EDGE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| target_dir().join("debug").join("edge"));
@@ -423,7 +447,8 @@ pub fn spawn_edge(locators: &[SocketAddr], id: &str, region: &str, spool: &Path)
                 .collect::<Vec<_>>()
                 .join(","),
         ])
-        .args(["--region", region, "--id", id, "--capacity", "100"])
+        .args(["--region", region, "--id", id])
+        .args(["--capacity", &capacity.to_string()])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--public-url", &format!("http://127.0.0.1:{port}")])
         .arg("--spool-dir")
