@@ -1,7 +1,7 @@
 //! What the locator ends or forgets by itself (issue 16, findings 4 and 9), against an
 //! in-process locator over real sockets and real `edge` processes:
 //!
-//! - sessions nobody joins expire after `limits.unjoined_session_ttl`: their joins answer
+//! - sessions nobody joins expire after `limits.unjoined_session_ttl` (4 s here): their joins answer
 //!   410 at the locator and at the edge, a joined one stays, and the region's clients are
 //!   served at home again;
 //! - a session the locator ends while its edge hosts it (the edge failed while its
@@ -131,7 +131,7 @@ async fn sessions_nobody_joins_expire_and_stop_counting_as_load() {
     let loc = TestLocator::start_edited(dir.path(), &url, "30s", "1s", "127.0.0.1:0", |yaml| {
         yaml.replace(
             "locates_per_minute: off",
-            "locates_per_minute: off, unjoined_session_ttl: 3s",
+            "locates_per_minute: off, unjoined_session_ttl: 4s",
         )
     })
     .await;
@@ -161,6 +161,22 @@ async fn sessions_nobody_joins_expire_and_stop_counting_as_load() {
     let joined = create(&loc).await;
     assert_eq!(joined["edge"]["id"], "us-east-1", "{joined}");
     let mut participant = join(&joined).await;
+    // The join reaches the locator through the edge's spool (that is what keeps the
+    // session from expiring): wait for it rather than race the TTL.
+    let joined_id = joined["session_id"].as_str().expect("id").to_string();
+    eventually("the join relayed to the locator", || async {
+        let audit: Value = http()
+            .get(loc.url(&format!("/v1/admin/audit?session={joined_id}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("audit")
+            .json()
+            .await
+            .expect("json");
+        audit.to_string().contains("participant_joined")
+    })
+    .await;
     let mut unjoined = Vec::new();
     for _ in 0..20 {
         unjoined.push(create(&loc).await);
@@ -170,8 +186,10 @@ async fn sessions_nobody_joins_expire_and_stop_counting_as_load() {
         .filter(|a| a["edge"]["id"] == "us-east-1")
         .collect();
     assert!(!at_home.is_empty(), "some went to the home edge");
-    // Within the TTL they are open sessions a client could still join.
-    let (status, _) = session_status(&loc, unjoined[0]["session_id"].as_str().expect("id")).await;
+    // Within the TTL they are open sessions a client could still join (the youngest, so
+    // that a slow machine does not race the TTL).
+    let youngest = unjoined.last().expect("created");
+    let (status, _) = session_status(&loc, youngest["session_id"].as_str().expect("id")).await;
     assert_eq!(status, 200);
 
     // After the TTL every unjoined one has ended, like an ended session.
