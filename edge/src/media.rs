@@ -264,7 +264,7 @@ pub struct MediaStats {
 }
 
 /// A point-in-time reading of the media plane.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct MediaSnapshot {
     pub peers: usize,
     pub bytes_in: u64,

@@ -118,7 +118,6 @@ pub struct RtcView {
     pub rooms: usize,
     /// The media plane's counters (offers, answers, tracks, packets…).
     #[serde(flatten)]
-    #[schema(value_type = Object)]
     pub counters: crate::media::MediaSnapshot,
 }
 

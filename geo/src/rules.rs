@@ -16,6 +16,7 @@ use crate::special::special_purpose;
 
 /// Which rule placed the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum Rule {
     /// A `networks:` entry of a region (longest prefix).
@@ -87,6 +88,7 @@ pub struct Resolution {
 
 /// A resolution as printed by `locator resolve` and shown by explain.
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ResolutionView {
     pub ip: String,
     pub country: Option<&'static str>,
@@ -103,6 +105,7 @@ pub struct ResolutionView {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LocationView {
     pub lat: f64,
     pub lon: f64,

@@ -705,10 +705,8 @@ pub struct Status {
     /// How long the traffic figures of each region cover (see [`traffic`]).
     pub traffic_window_secs: u64,
     /// Counts of regions and edges by state.
-    #[schema(value_type = Object)]
     pub summary: Summary,
     /// Each region: state, edges, TURN pool, fallback, traffic.
-    #[schema(value_type = Vec<Object>)]
     pub regions: Vec<RegionStatus>,
 }
 
@@ -925,7 +923,6 @@ pub struct AuditQuery {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct AuditPage {
     /// Audit entries (`id`, `at_ms`, `edge_id`, `session_id`, `kind`, `actor`, `detail`…).
-    #[schema(value_type = Vec<Object>)]
     entries: Vec<AuditRecord>,
     /// Pass as `before` for the next (older) page; `None` on the last page.
     next_before: Option<i64>,

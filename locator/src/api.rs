@@ -900,7 +900,6 @@ struct CandidateView {
     why_not: Option<&'static str>,
     report_age_ms: Option<u64>,
     /// The edge's last load report (`cpu`, `lag_ms`, `connections`, `sessions`…).
-    #[schema(value_type = Option<Object>)]
     load: Option<locus_protocol::LoadReport>,
     pending_assignments: u32,
 }
@@ -909,7 +908,6 @@ struct CandidateView {
 struct ExplainAnswer {
     /// The GeoIP record and the rule that placed the address (as `locator resolve`
     /// prints it).
-    #[schema(value_type = Object)]
     geoip: ResolutionView,
     database: Option<DatabaseView>,
     preferred_region: String,
@@ -1043,7 +1041,28 @@ struct AdminActionBody {
     /// Who is acting (recorded in the audit log); defaults to `admin`.
     actor: Option<String>,
     /// Drain only: seconds before the edge's rooms move (default: `edges.drain_deadline`).
+    #[serde(default, deserialize_with = "whole_number")]
     deadline_secs: Option<u64>,
+}
+
+/// An optional whole number ≥ 0. JSON Schema counts `5.0` as an integer, so the document's
+/// `integer` promises it is taken; serde's `u64` alone refuses it (schemathesis found it).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    number
+        .as_u64()
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f))
+                .map(|f| f as u64)
+        })
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!("expected a whole number ≥ 0, got {number}"))
+        })
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

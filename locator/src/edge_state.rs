@@ -47,7 +47,7 @@ pub enum Liveness {
 }
 
 /// Why an edge was declared failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailReason {
     /// The link stayed lost for the whole grace period.
@@ -88,7 +88,7 @@ impl FailReason {
 }
 
 /// The derived state, as shown on the admin page and in metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum EdgeState {
     Active,

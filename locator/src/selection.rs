@@ -190,7 +190,7 @@ pub struct Selection {
 
 /// The dimension of an edge's load that sets its score (the largest; ties go to the
 /// first in this order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Bottleneck {
     Sessions,

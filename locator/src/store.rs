@@ -281,7 +281,7 @@ pub struct EdgeRecord {
 }
 
 /// Who wrote an audit row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AuditSource {
     /// Relayed from an edge's spool (has `edge_id` and `seq`).
@@ -312,7 +312,7 @@ impl AuditSource {
 }
 
 /// One audit row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     /// Increasing, never reused: the pagination cursor.
     pub id: i64,

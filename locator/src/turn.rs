@@ -116,7 +116,7 @@ pub struct TurnFallback {
 }
 
 /// A server as the admin page and explain show it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ServerRow {
     pub url: String,
     /// `up`, `down`, or `unchecked` (handed out until its first check).
@@ -260,7 +260,7 @@ impl std::fmt::Debug for TurnPools {
 }
 
 /// A region's TURN status, for logs, `/readyz` and the admin page.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PoolStatus {
     pub region: String,
     pub stun: Vec<String>,

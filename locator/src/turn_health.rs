@@ -52,7 +52,7 @@ impl ServerKey {
 }
 
 /// Whether a server is handed out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServerState {
     /// Not checked yet: handed out (a new locator or a new server is not held back).
@@ -78,7 +78,7 @@ impl ServerState {
 }
 
 /// What went wrong, by the operator problem it points at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ErrorKind {
     /// No answer within `turn.check_timeout` (server down, packets dropped).
@@ -116,7 +116,7 @@ impl ErrorKind {
 }
 
 /// A failed check: its kind and, for people, what happened and what to look at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct CheckError {
     pub kind: ErrorKind,
     pub message: String,

@@ -813,7 +813,14 @@ async fn optional_bodies_take_null_and_refuse_arrays() {
             "{body}"
         );
     }
-    for (sent, expected) in [(json!(null), 200), (json!(["alice", 5]), 400)] {
+    // `5.0` is an integer to JSON Schema (the document says `integer`); `1.5` is not.
+    for (sent, expected) in [
+        (json!(null), 200),
+        (json!(["alice", 5]), 400),
+        (json!({"deadline_secs": 5.0}), 200),
+        (json!({"deadline_secs": 1.5}), 400),
+        (json!({"deadline_secs": -1}), 400),
+    ] {
         let response = http()
             .post(loc.url("/v1/admin/edges/us-1/suspend"))
             .bearer_auth(ADMIN_TOKEN)

@@ -126,6 +126,7 @@ pub mod features {
 /// Rates are averages over the report interval; bits count payload (RTP payloads and
 /// data-channel messages), not packet headers or SRTP/SCTP overhead.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LoadReport {
     /// CPU used by the edge process since the last report, as a fraction of the machine

@@ -34,7 +34,7 @@ use crate::snapshot::{EdgeView, RegistrySnapshot};
 use crate::turn::PoolStatus;
 
 /// A region's state on the page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RegionState {
     Healthy,
@@ -56,7 +56,7 @@ impl RegionState {
 }
 
 /// One edge row.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EdgeRow {
     pub id: String,
     pub state: EdgeState,
@@ -91,7 +91,7 @@ pub struct EdgeRow {
 }
 
 /// Where new sessions of a region's clients go when not home.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ServedBy {
     pub region: String,
     pub edge: String,
@@ -100,7 +100,7 @@ pub struct ServedBy {
 }
 
 /// Answers to a region's clients over the traffic window.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RegionTraffic {
     /// Answers that placed a client of this region.
     pub answers: u64,
@@ -114,20 +114,20 @@ pub struct RegionTraffic {
     pub absorbed: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Flow {
     pub region: String,
     pub answers: u64,
 }
 
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct Location {
     pub lat: f64,
     pub lon: f64,
 }
 
 /// One region card.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RegionStatus {
     pub id: String,
     pub name: String,
@@ -155,7 +155,7 @@ pub struct RegionStatus {
 }
 
 /// Counts for the page header.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct Summary {
     pub regions: BTreeMap<&'static str, u32>,
     pub edges: BTreeMap<&'static str, u32>,
