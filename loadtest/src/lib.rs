@@ -14,12 +14,16 @@
 //!   `edge-stall`, `slow-link`, `link-partition`, `link-flap`, `region-outage`,
 //!   `locator-restart`, `rolling-drain`, `mixed`); the failure detector's faults are
 //!   watched on every locator ([`topology::Topology::watch_edge`]).
+//! - [`fleet`]: `loadtest fleet`, thousands of simulated edges speaking the real link
+//!   protocol against real locators: what a fleet costs a locator, selection latency, and
+//!   how fast a report reaches selection and the other locators.
 //! - [`run`]: one run end to end, including the audit log read back from the locator.
 //! - [`report`]: figures and invariants, JSON and terminal table; [`html`]: the HTML
 //!   report with inline SVG charts.
 
 pub mod addresses;
 pub mod client;
+pub mod fleet;
 pub mod html;
 pub mod proxy;
 pub mod record;

@@ -42,6 +42,74 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Simulate a fleet of edges (real link protocol, real websockets) against locators
+    /// started here; writes `fleet-<N>.json` and fails when a goal is missed.
+    Fleet(FleetArgs),
+}
+
+/// `loadtest fleet`.
+#[derive(Debug, Args)]
+struct FleetArgs {
+    /// Simulated edges (one of them is the probe edge of region `probe`).
+    #[arg(long, default_value_t = 1_000)]
+    edges: usize,
+    /// How often each edge reports (the locators' `edges.report_interval`), e.g. 1s, 500ms.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    report_interval: Duration,
+    /// `postgres://…`: the locators share this database (needed for --replicas > 1).
+    #[arg(long)]
+    database: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// How long the fleet runs before measuring, once every edge is registered.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    warmup: Duration,
+    /// Length of the edge-only window and of the client window.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    window: Duration,
+    /// Client requests per second in the client window (70% session creates and joins,
+    /// 30% locates).
+    #[arg(long, default_value_t = 200)]
+    request_rate: u32,
+    /// Each edge relays a spool entry this often.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    spool_every: Duration,
+    /// Report-to-snapshot samples (flips of the probe edge).
+    #[arg(long, default_value_t = 100)]
+    probes: usize,
+    /// Folder of the `locator` binary (default: this binary's folder).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Where `fleet-<N>.json` goes.
+    #[arg(long, default_value = "target/loadtest")]
+    out: PathBuf,
+    /// Folder for the locators' logs and SQLite file (default: a temporary folder, kept
+    /// when a goal is missed).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    #[arg(long)]
+    keep: bool,
+}
+
+/// `1s`, `500ms`, `2m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((text, ""), |i| text.split_at(i));
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: a duration such as 1s, 500ms or 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1e3,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: a duration such as 1s, 500ms or 2m")),
+    };
+    if !(seconds > 0.0 && seconds < 86_400.0) {
+        return Err(format!("{text:?}: more than 0 and less than a day"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 /// Run a scenario (the default command).
@@ -187,7 +255,97 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::Fleet(args)) => fleet(args),
         None => run(cli.run),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("loadtest: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn bin_dir_or_default(bin_dir: Option<PathBuf>) -> PathBuf {
+    bin_dir.unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("target/release"))
+    })
+}
+
+fn fleet(args: FleetArgs) -> ExitCode {
+    if args.replicas > 1
+        && !args
+            .database
+            .as_deref()
+            .is_some_and(|d| d.starts_with("postgres"))
+    {
+        eprintln!(
+            "loadtest fleet: --replicas {} needs --database postgres://… (replicas share one database)",
+            args.replicas
+        );
+        return ExitCode::from(2);
+    }
+    let options = locus_loadtest::fleet::FleetOptions {
+        edges: args.edges,
+        report_interval: args.report_interval,
+        database: args.database,
+        replicas: args.replicas.max(1),
+        bin_dir: bin_dir_or_default(args.bin_dir),
+        work_dir: args.work_dir,
+        keep: args.keep,
+        warmup: args.warmup,
+        window: args.window,
+        request_rate: args.request_rate,
+        spool_every: args.spool_every,
+        probes: args.probes.max(2),
+        goals: locus_loadtest::fleet::Goals::default(),
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            outcome = locus_loadtest::fleet::run(options) => outcome,
+            _ = tokio::signal::ctrl_c() => Err("interrupted: the locators were stopped".to_string()),
+        }
+    });
+    let (report, kept) = match outcome {
+        Ok(done) => done,
+        Err(message) => {
+            eprintln!("loadtest fleet: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", locus_loadtest::fleet::terminal(&report));
+    match locus_loadtest::fleet::write_report(&report, &args.out) {
+        Ok(path) => println!("\nreport: {}", path.display()),
+        Err(message) => {
+            eprintln!("loadtest fleet: {message}");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Some(dir) = kept {
+        println!("logs and database: {}", dir.display());
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        let failed: Vec<&str> = report
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name.as_str())
+            .collect();
+        eprintln!("loadtest fleet: goals missed: {}", failed.join("; "));
+        ExitCode::from(1)
     }
 }
 
@@ -211,12 +369,7 @@ fn run(args: RunArgs) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from("target/release"))
-    });
+    let bin_dir = bin_dir_or_default(args.bin_dir.clone());
     let options = RunOptions {
         scenario: args.scenario.clone(),
         url: args.url.clone(),
@@ -255,15 +408,9 @@ fn run(args: RunArgs) -> ExitCode {
         work_dir: args.work_dir.clone(),
         keep: args.keep,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("loadtest: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     // Ctrl-C drops the run, and with it the topology, whose drop stops every child.
     let outcome = runtime.block_on(async {

@@ -285,6 +285,14 @@ impl Topology {
     }
 
     /// The edges' `--drain-deadline`.
+    /// Process ids of the running locators, in the replicas' order.
+    pub fn locator_pids(&self) -> Vec<u32> {
+        self.locators
+            .iter()
+            .filter_map(|l| l.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     pub fn drain_deadline(&self) -> Duration {
         self.options.edge_drain_deadline
     }
