@@ -141,6 +141,10 @@ pub struct FleetReport {
     /// Client answers by status (`"error"`: no answer).
     pub client_statuses: std::collections::BTreeMap<String, u64>,
     pub client_p99_ms: Option<f64>,
+    /// Time until every edge had registered (64 at a time, retrying as edges do), and the
+    /// attempts that had to be retried.
+    pub registration_s: f64,
+    pub register_retries: u64,
     /// Edges whose link failed during the run, with the last reason.
     pub link_failures: u64,
     pub last_link_error: Option<String>,
@@ -162,6 +166,9 @@ struct FleetCounters {
     registered: AtomicUsize,
     messages: AtomicU64,
     acked: AtomicU64,
+    /// Attempts to register that failed before the edge first registered (it retries).
+    register_retries: AtomicU64,
+    /// Links that failed after registering.
     failures: AtomicU64,
     last_error: std::sync::Mutex<Option<String>>,
 }
@@ -371,10 +378,10 @@ fn load(share: f64, rng: &mut StdRng) -> LoadReport {
     }
 }
 
-/// Runs one simulated edge until `stop` turns true. `forced`, for the probe edge, holds
-/// the load share to report (sent at once when it changes); the others draw theirs.
-/// `registering` is released once the edge is registered (or failed): it bounds how many
-/// edges register at once.
+/// Runs one simulated edge until `stop` turns true, reconnecting with back-off as a real
+/// edge does. `forced`, for the probe edge, holds the load share to report (sent at once
+/// when it changes); the others draw theirs. `registering` is held until the edge first
+/// registered: it bounds how many edges register at once.
 async fn run_edge(
     edge: SimEdge,
     counters: Arc<FleetCounters>,
@@ -384,16 +391,52 @@ async fn run_edge(
     seed: u64,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut request = match format!("ws://{}{EDGE_LINK_PATH}", edge.locator).into_client_request() {
-        Ok(request) => request,
-        Err(e) => return counters.failed(&edge.id, e.to_string()),
-    };
-    match format!("Bearer {}", edge.credential).parse() {
-        Ok(value) => {
-            request.headers_mut().insert("authorization", value);
+    let mut registering = Some(registering);
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let outcome = link_once(
+            &edge,
+            &counters,
+            &mut forced,
+            &mut stop,
+            &mut registering,
+            &mut rng,
+        )
+        .await;
+        let error = match outcome {
+            Ok(()) => return,
+            Err(error) => error,
+        };
+        if registering.is_some() {
+            counters.register_retries.fetch_add(1, Ordering::Relaxed);
+        } else {
+            counters.failed(&edge.id, error);
         }
-        Err(_) => return counters.failed(&edge.id, "credential is not a header value".into()),
+        let wait = backoff.mul_f64(rng.random_range(0.5..1.5));
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
     }
+}
+
+/// One link of a simulated edge: `Ok` when stopped, `Err` with what ended it.
+async fn link_once(
+    edge: &SimEdge,
+    counters: &FleetCounters,
+    forced: &mut Option<watch::Receiver<f64>>,
+    stop: &mut watch::Receiver<bool>,
+    registering: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    rng: &mut StdRng,
+) -> Result<(), String> {
+    let mut request = format!("ws://{}{EDGE_LINK_PATH}", edge.locator)
+        .into_client_request()
+        .map_err(|e| e.to_string())?;
+    let bearer = format!("Bearer {}", edge.credential)
+        .parse()
+        .map_err(|_| "credential is not a header value".to_string())?;
+    request.headers_mut().insert("authorization", bearer);
     let mut ws = match tokio::time::timeout(
         Duration::from_secs(30),
         tokio_tungstenite::connect_async(request),
@@ -401,8 +444,8 @@ async fn run_edge(
     .await
     {
         Ok(Ok((ws, _))) => ws,
-        Ok(Err(e)) => return counters.failed(&edge.id, format!("connect: {e}")),
-        Err(_) => return counters.failed(&edge.id, "connect: timed out".into()),
+        Ok(Err(e)) => return Err(format!("connect: {e}")),
+        Err(_) => return Err("connect: timed out".into()),
     };
     let register = EdgeMessage::Register(Register {
         protocol: PROTOCOL_VERSION,
@@ -417,9 +460,9 @@ async fn run_edge(
     let send = |message: &EdgeMessage| {
         Message::Text(serde_json::to_string(message).unwrap_or_default().into())
     };
-    if let Err(e) = ws.send(send(&register)).await {
-        return counters.failed(&edge.id, format!("register: {e}"));
-    }
+    ws.send(send(&register))
+        .await
+        .map_err(|e| format!("register: {e}"))?;
     let welcome = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(frame) = ws.next().await {
             if let Ok(Message::Text(text)) = frame {
@@ -435,39 +478,40 @@ async fn run_edge(
             heartbeat_interval_ms,
             ..
         })) => (acked_seq, heartbeat_interval_ms),
-        Ok(Some(LocatorMessage::Error { reason })) => {
-            return counters.failed(&edge.id, format!("refused: {reason}"));
-        }
-        _ => return counters.failed(&edge.id, "no welcome".into()),
+        Ok(Some(LocatorMessage::Error { reason })) => return Err(format!("refused: {reason}")),
+        Ok(_) => return Err("no welcome".into()),
+        Err(_) => return Err("no welcome within 30 s".into()),
     };
-    counters.registered.fetch_add(1, Ordering::Relaxed);
-    drop(registering);
+    if registering.take().is_some() {
+        counters.registered.fetch_add(1, Ordering::Relaxed);
+    }
     let mut next_seq = acked_seq + 1;
     // Spread the fleet's reports and spool entries over their intervals.
     let offset = |every: Duration, rng: &mut StdRng| {
         Instant::now() + every.mul_f64(rng.random_range(0.0..1.0))
     };
     let (report_interval, spool_every) = (edge.report_interval, edge.spool_every);
-    let mut reports = tokio::time::interval_at(offset(report_interval, &mut rng), report_interval);
+    let mut reports = tokio::time::interval_at(offset(report_interval, rng), report_interval);
     let heartbeat_every = Duration::from_millis(heartbeat_ms.max(50));
-    let mut heartbeats =
-        tokio::time::interval_at(offset(heartbeat_every, &mut rng), heartbeat_every);
-    let mut spool = tokio::time::interval_at(offset(spool_every, &mut rng), spool_every);
+    let mut heartbeats = tokio::time::interval_at(offset(heartbeat_every, rng), heartbeat_every);
+    let mut spool = tokio::time::interval_at(offset(spool_every, rng), spool_every);
     for timer in [&mut reports, &mut heartbeats, &mut spool] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     let mut share: f64 = rng.random_range(0.05..0.6);
+    // The probe edge measures the report path: no spool writes queue ahead of its reports.
+    let spooling = forced.is_none();
     let mut session = 0u64;
     loop {
         let message = tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.changed() => return Ok(()),
             _ = reports.tick() => {
-                if let Some(forced) = &forced {
+                if let Some(forced) = forced.as_ref() {
                     share = *forced.borrow();
                 } else {
                     share = (share + rng.random_range(-0.05..0.05)).clamp(0.01, 0.8);
                 }
-                send(&EdgeMessage::Report(load(share, &mut rng)))
+                send(&EdgeMessage::Report(load(share, rng)))
             }
             changed = async {
                 match forced.as_mut() {
@@ -476,14 +520,14 @@ async fn run_edge(
                 }
             } => {
                 if !changed {
-                    forced = None;
+                    *forced = None;
                     continue;
                 }
                 share = forced.as_ref().map_or(share, |rx| *rx.borrow());
-                send(&EdgeMessage::Report(load(share, &mut rng)))
+                send(&EdgeMessage::Report(load(share, rng)))
             }
             _ = heartbeats.tick() => Message::Ping(Default::default()),
-            _ = spool.tick() => {
+            _ = spool.tick(), if spooling => {
                 session += 1;
                 let body = if session % 2 == 1 {
                     SpoolBody::SessionStarted { session_id: format!("{}-s{}", edge.id, session / 2) }
@@ -502,25 +546,23 @@ async fn run_edge(
                                 counters.acked.fetch_add(1, Ordering::Relaxed);
                             }
                             Ok(LocatorMessage::Error { reason }) => {
-                                return counters.failed(&edge.id, format!("closed: {reason}"));
+                                return Err(format!("closed: {reason}"));
                             }
                             _ => {}
                         }
                         continue;
                     }
                     Some(Ok(Message::Close(frame))) => {
-                        return counters.failed(&edge.id, format!("closed by the locator: {frame:?}"));
+                        return Err(format!("closed by the locator: {frame:?}"));
                     }
                     Some(Ok(_)) => continue,
-                    Some(Err(e)) => return counters.failed(&edge.id, format!("link: {e}")),
-                    None => return counters.failed(&edge.id, "link ended".into()),
+                    Some(Err(e)) => return Err(format!("link: {e}")),
+                    None => return Err("link ended".into()),
                 }
             }
         };
         counters.messages.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = ws.send(message).await {
-            return counters.failed(&edge.id, format!("send: {e}"));
-        }
+        ws.send(message).await.map_err(|e| format!("send: {e}"))?;
     }
 }
 
@@ -761,10 +803,7 @@ async fn measure(options: &FleetOptions, topology: &Topology) -> Result<FleetRep
     let deadline = Instant::now()
         + Duration::from_secs(120)
         + Duration::from_millis(20 * options.edges as u64);
-    while counters.registered.load(Ordering::Relaxed)
-        + (counters.failures.load(Ordering::Relaxed) as usize)
-        < options.edges
-    {
+    while counters.registered.load(Ordering::Relaxed) < options.edges {
         if Instant::now() > deadline {
             break;
         }
@@ -774,9 +813,9 @@ async fn measure(options: &FleetOptions, topology: &Topology) -> Result<FleetRep
     if registered < options.edges {
         let _ = stop_tx.send(true);
         return Err(format!(
-            "{registered} of {} simulated edges registered ({} failed; last: {})",
+            "{registered} of {} simulated edges registered ({} attempts failed; last: {})",
             options.edges,
-            counters.failures.load(Ordering::Relaxed),
+            counters.register_retries.load(Ordering::Relaxed),
             counters
                 .last_error
                 .lock()
@@ -785,9 +824,10 @@ async fn measure(options: &FleetOptions, topology: &Topology) -> Result<FleetRep
                 .unwrap_or_else(|| "none".into())
         ));
     }
+    let registration_s = started.elapsed().as_secs_f64();
+    let register_retries = counters.register_retries.load(Ordering::Relaxed);
     eprintln!(
-        "fleet: {registered} edges registered in {:.1} s; warming up {:?}",
-        started.elapsed().as_secs_f64(),
+        "fleet: {registered} edges registered in {registration_s:.1} s ({register_retries} attempts retried); warming up {:?}",
         options.warmup
     );
     tokio::time::sleep(options.warmup).await;
@@ -954,6 +994,8 @@ async fn measure(options: &FleetOptions, topology: &Topology) -> Result<FleetRep
         client_requests_per_s: client_requests as f64 / clients_elapsed,
         client_statuses: statuses,
         client_p99_ms: percentile(&mut client_latencies, 0.99),
+        registration_s,
+        register_retries,
         link_failures: counters.failures.load(Ordering::Relaxed),
         last_link_error: counters
             .last_error

@@ -430,20 +430,32 @@ impl Metrics {
     }
 }
 
-/// Upper bounds of [`ShardedHistogram`]'s buckets: 1 µs × 4ⁿ, n = 0…10 (1 µs … ~1 s),
-/// then +Inf.
-const BOUNDS: [f64; 12] = [
+/// Upper bounds of [`ShardedHistogram`]'s buckets: 1, 2 and 5 µs × 10ⁿ up to 10 s, then
+/// +Inf. Fine enough that a goal such as "selection p99 under 50 µs" is a bucket edge, so
+/// it is read exactly, not interpolated (`loadtest fleet` does).
+const BOUNDS: [f64; 23] = [
     1e-6,
-    4e-6,
-    1.6e-5,
-    6.4e-5,
-    2.56e-4,
-    1.024e-3,
-    4.096e-3,
-    1.6384e-2,
-    6.5536e-2,
-    0.262_144,
-    1.048_576,
+    2e-6,
+    5e-6,
+    1e-5,
+    2e-5,
+    5e-5,
+    1e-4,
+    2e-4,
+    5e-4,
+    1e-3,
+    2e-3,
+    5e-3,
+    1e-2,
+    2e-2,
+    5e-2,
+    0.1,
+    0.2,
+    0.5,
+    1.0,
+    2.0,
+    5.0,
+    10.0,
     f64::INFINITY,
 ];
 
@@ -605,7 +617,7 @@ mod tests {
                     for _ in 0..1000 {
                         histogram.observe(Duration::from_micros(3));
                     }
-                    histogram.observe(Duration::from_secs(5));
+                    histogram.observe(Duration::from_secs(20));
                 })
             })
             .collect();
@@ -614,8 +626,8 @@ mod tests {
         }
         let (sum, count, buckets) = histogram.totals();
         assert_eq!(count, 4004);
-        assert!((sum - (4.0 * 5.0 + 4000.0 * 3e-6)).abs() < 1e-9, "{sum}");
-        assert_eq!(buckets[1], (4e-6, 4000), "3 µs falls in (1 µs, 4 µs]");
+        assert!((sum - (4.0 * 20.0 + 4000.0 * 3e-6)).abs() < 1e-9, "{sum}");
+        assert_eq!(buckets[2], (5e-6, 4000), "3 µs falls in (2 µs, 5 µs]");
         assert_eq!(buckets[BOUNDS.len() - 1], (f64::INFINITY, 4), "+Inf");
 
         let mut registry = Registry::default();
@@ -624,7 +636,7 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         assert!(text.contains("selection_seconds_count 4004"), "{text}");
         assert!(
-            text.contains("selection_seconds_bucket{le=\"0.000004\"} 4000"),
+            text.contains("selection_seconds_bucket{le=\"0.000005\"} 4000"),
             "{text}"
         );
         assert!(

@@ -9,10 +9,19 @@
 //! until a newer claim (the edge registered with another locator since) arrives; then
 //! the local link is dropped. The edges held here collect what changed for publishing
 //! ([`Registry::take_changed`]).
+//!
+//! Load reports are the one frequent change (every edge, every report interval). The
+//! snapshot is rebuilt for a report at once unless the previous rebuild is more recent
+//! than [`REBUILD_GAP_PER_EDGE`] × the number of edges; then it is rebuilt once that gap
+//! has passed, carrying every report that arrived meanwhile. A few hundred edges are never
+//! held back more than a fraction of a millisecond; 5,000 edges reporting every second cost
+//! at most 100 rebuilds a second instead of 5,000 (each a copy of every edge), and a report
+//! reaches selection within 10 ms.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use locus_geo::config::EdgeTiming;
@@ -73,9 +82,17 @@ impl Entry {
     }
 }
 
+/// Minimum time between two snapshot rebuilds for load reports, per edge known (see the
+/// module documentation): 2 µs × 5,000 edges = 10 ms.
+pub const REBUILD_GAP_PER_EDGE: Duration = Duration::from_micros(2);
+
 #[derive(Debug, Default)]
 struct Inner {
     edges: HashMap<String, Entry>,
+    /// When the snapshot was last rebuilt.
+    published_at: Option<Instant>,
+    /// A load report arrived since, and a rebuild is scheduled for it.
+    rebuild_scheduled: bool,
     /// Region ids in config order: an edge's region index is looked up at each rebuild,
     /// so a reloaded config that reorders regions never leaves stale indices.
     regions: Vec<String>,
@@ -129,7 +146,9 @@ impl Registry {
         self.changes.subscribe()
     }
 
-    fn publish(&self, inner: &Inner) {
+    fn publish(&self, inner: &mut Inner) {
+        inner.published_at = Some(Instant::now());
+        inner.rebuild_scheduled = false;
         let mut edges: Vec<EdgeView> = inner
             .edges
             .values()
@@ -160,7 +179,7 @@ impl Registry {
     pub fn set_regions(&self, regions: Vec<String>) {
         let mut inner = self.lock();
         inner.regions = regions;
-        self.publish(&inner);
+        self.publish(&mut inner);
     }
 
     /// The credential of the live link of `edge_id`, if this locator holds one.
@@ -242,7 +261,7 @@ impl Registry {
                 false
             }
         };
-        self.publish(&inner);
+        self.publish(&mut inner);
         Ok(Registered { conn_id, replaced })
     }
 
@@ -258,21 +277,56 @@ impl Registry {
             return None;
         }
         let out = f(entry);
-        self.publish(&inner);
+        self.publish(&mut inner);
         Some(out)
     }
 
     /// A load report over link `conn_id`. Resets the edge's count of assignments since
-    /// its last report: the report's `sessions` now carries what the edge has.
-    pub fn report(&self, edge_id: &str, conn_id: u64, report: LoadReport, now: Instant) -> bool {
-        self.with_current_link(edge_id, conn_id, |entry| {
-            entry.load = Some(report);
-            entry.assigned_since_report.store(0, Ordering::Relaxed);
-            entry.status.on_report(now);
-            entry.reports += 1;
-            entry.touch();
-        })
-        .is_some()
+    /// its last report: the report's `sessions` now carries what the edge has. The
+    /// snapshot carries it at once or within the rebuild gap (module documentation).
+    pub fn report(
+        self: &Arc<Self>,
+        edge_id: &str,
+        conn_id: u64,
+        report: LoadReport,
+        now: Instant,
+    ) -> bool {
+        let mut inner = self.lock();
+        let Some(entry) = inner.edges.get_mut(edge_id) else {
+            return false;
+        };
+        if entry.link.as_ref().map(|l| l.conn_id) != Some(conn_id) {
+            return false;
+        }
+        entry.load = Some(report);
+        entry.assigned_since_report.store(0, Ordering::Relaxed);
+        let before = entry.status.state();
+        entry.status.on_report(now);
+        let state_changed = entry.status.state() != before;
+        entry.reports += 1;
+        entry.touch();
+        let gap = REBUILD_GAP_PER_EDGE * u32::try_from(inner.edges.len()).unwrap_or(u32::MAX);
+        let due = inner.published_at.map_or(now, |at| at + gap);
+        if state_changed || due <= now {
+            self.publish(&mut inner);
+        } else if !inner.rebuild_scheduled {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    inner.rebuild_scheduled = true;
+                    let registry = self.clone();
+                    runtime.spawn(async move {
+                        tokio::time::sleep_until(due).await;
+                        let mut inner = registry.lock();
+                        // Done already when another change rebuilt it meanwhile.
+                        if inner.rebuild_scheduled {
+                            registry.publish(&mut inner);
+                        }
+                    });
+                }
+                Err(_) => self.publish(&mut inner),
+            }
+        }
+        true
     }
 
     /// A heartbeat (`heartbeat: true`, the edge's websocket ping) or another frame
@@ -302,7 +356,7 @@ impl Registry {
         }
         if entry.status.state() != before {
             entry.touch();
-            self.publish(&inner);
+            self.publish(&mut inner);
         }
     }
 
@@ -346,7 +400,7 @@ impl Registry {
             .filter(|(_, effect)| *effect != Effect::None)
             .collect();
         if !effects.is_empty() {
-            self.publish(&inner);
+            self.publish(&mut inner);
         }
         effects
     }
@@ -359,7 +413,7 @@ impl Registry {
         };
         let effect = entry.status.on_probe(probe);
         entry.touch();
-        self.publish(&inner);
+        self.publish(&mut inner);
         effect
     }
 
@@ -373,7 +427,7 @@ impl Registry {
         };
         entry.status.on_draining();
         entry.touch();
-        self.publish(&inner);
+        self.publish(&mut inner);
         true
     }
 
@@ -389,7 +443,7 @@ impl Registry {
             entry.status.on_resume();
         }
         entry.touch();
-        self.publish(&inner);
+        self.publish(&mut inner);
         true
     }
 
@@ -622,7 +676,7 @@ impl Registry {
             changed = true;
         }
         if changed {
-            self.publish(&inner);
+            self.publish(&mut inner);
         }
         moved
     }
