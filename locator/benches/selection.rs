@@ -66,10 +66,7 @@ fn snapshot(regions: usize, sessions: u32, eu_west_sessions: u32) -> RegistrySna
             });
         }
     }
-    RegistrySnapshot {
-        edges,
-        taken_at: now,
-    }
+    RegistrySnapshot::new(edges)
 }
 
 /// The baseline: least-loaded active edge of the region, nothing else.

@@ -168,10 +168,7 @@ impl Registry {
             .collect();
         // Stable order: selection is deterministic for a given seed.
         edges.sort_by(|a, b| a.id.cmp(&b.id));
-        self.snapshot.store(Arc::new(RegistrySnapshot {
-            edges,
-            taken_at: Instant::now(),
-        }));
+        self.snapshot.store(Arc::new(RegistrySnapshot::new(edges)));
         self.changes.send_modify(|n| *n += 1);
     }
 

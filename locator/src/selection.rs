@@ -358,10 +358,8 @@ pub fn candidates(
 ) -> Vec<Candidate> {
     let mut out = Vec::with_capacity(snapshot.edges.len());
     for &region in plan.order(preferred_region) {
-        for (i, edge) in snapshot.edges.iter().enumerate() {
-            if edge.region != region {
-                continue;
-            }
+        for &i in snapshot.in_region(region) {
+            let edge = &snapshot.edges[i];
             let state = edge.status.state();
             let utilisation = utilisation(edge);
             let score = utilisation.score();
@@ -451,66 +449,77 @@ impl Tally {
 }
 
 struct Survey {
-    seen: Vec<Seen>,
+    /// The edges read: their index into the snapshot's edges and what was seen, in
+    /// snapshot order.
+    seen: Vec<(usize, Seen)>,
     tally: Vec<Tally>,
 }
 
 impl Survey {
-    /// Reads every edge (`only`: `None`), or only the edges of one region: the others
-    /// are left out (failed, in no region) and their regions' tallies stay empty. The
-    /// common answer needs nothing but the client's region, and reading an edge (its
-    /// score, its live assignment count) is most of what selection costs.
+    /// Reads every edge (`only`: `None`), or only the edges of one region (the snapshot's
+    /// index of it): the others' regions' tallies stay empty. The common answer needs
+    /// nothing but the client's region, and reading an edge (its score, its live
+    /// assignment count) is most of what selection costs.
     fn new(snapshot: &RegistrySnapshot, regions: usize, only: Option<usize>) -> Survey {
         let mut tally = vec![Tally::default(); regions];
-        let seen = snapshot
-            .edges
-            .iter()
-            .map(|edge| {
-                if only.is_some_and(|r| r != edge.region) {
-                    return Seen {
-                        region: usize::MAX,
-                        state: EdgeState::Failed,
-                        score: f64::INFINITY,
-                        pending: 0,
-                    };
-                }
-                let pending = edge.pending_assignments();
-                let s = Seen {
-                    region: edge.region,
-                    state: edge.status.state(),
-                    score: score_with(edge, pending),
-                    pending,
-                };
-                // Edges of a region the plan does not know (a stale index) are ignored.
-                if let Some(t) = tally.get_mut(s.region) {
-                    match s.state {
-                        EdgeState::Active => {
-                            t.active += 1;
-                            if s.eligible() {
-                                t.with_headroom += 1;
-                                t.headroom += headroom_of(s.score);
-                            }
+        let mut read = |i: usize| {
+            let edge = &snapshot.edges[i];
+            let pending = edge.pending_assignments();
+            let s = Seen {
+                region: edge.region,
+                state: edge.status.state(),
+                score: score_with(edge, pending),
+                pending,
+            };
+            // Edges of a region the plan does not know (a stale index) are ignored.
+            if let Some(t) = tally.get_mut(s.region) {
+                match s.state {
+                    EdgeState::Active => {
+                        t.active += 1;
+                        if s.eligible() {
+                            t.with_headroom += 1;
+                            t.headroom += headroom_of(s.score);
                         }
-                        EdgeState::Suspended => t.suspended += 1,
-                        EdgeState::Draining => t.draining += 1,
-                        EdgeState::Suspect => t.suspect += 1,
-                        EdgeState::LinkLost => t.link_lost += 1,
-                        EdgeState::Failed => t.failed += 1,
                     }
+                    EdgeState::Suspended => t.suspended += 1,
+                    EdgeState::Draining => t.draining += 1,
+                    EdgeState::Suspect => t.suspect += 1,
+                    EdgeState::LinkLost => t.link_lost += 1,
+                    EdgeState::Failed => t.failed += 1,
                 }
-                s
-            })
-            .collect();
+            }
+            (i, s)
+        };
+        let seen = match only {
+            Some(region) => snapshot
+                .in_region(region)
+                .iter()
+                .map(|&i| read(i))
+                .collect(),
+            None => (0..snapshot.edges.len()).map(read).collect(),
+        };
         Survey { seen, tally }
+    }
+
+    /// What was seen of edge `i`; an edge this survey did not read is out of reach.
+    fn seen(&self, i: usize) -> &Seen {
+        const UNREAD: Seen = Seen {
+            region: usize::MAX,
+            state: EdgeState::Failed,
+            score: f64::INFINITY,
+            pending: 0,
+        };
+        self.seen
+            .binary_search_by_key(&i, |(index, _)| *index)
+            .map_or(&UNREAD, |at| &self.seen[at].1)
     }
 
     /// Edges of `region` with headroom (active), in snapshot order.
     fn eligible_in(&self, region: usize) -> impl Iterator<Item = usize> + '_ {
         self.seen
             .iter()
-            .enumerate()
             .filter(move |(_, s)| s.region == region && s.eligible())
-            .map(|(i, _)| i)
+            .map(|(i, _)| *i)
     }
 
     /// Power of two choices among the eligible edges of `region` (which has at least
@@ -536,10 +545,10 @@ impl Survey {
         let b = self.draw(
             region,
             Some(a),
-            total - headroom_of(self.seen[a].score),
+            total - headroom_of(self.seen(a).score),
             rng,
         );
-        let chosen = if self.seen[b].better_than(b, &self.seen[a], a) {
+        let chosen = if self.seen(b).better_than(b, self.seen(a), a) {
             b
         } else {
             a
@@ -556,7 +565,7 @@ impl Survey {
             if Some(i) == exclude {
                 continue;
             }
-            let h = headroom_of(self.seen[i].score);
+            let h = headroom_of(self.seen(i).score);
             if x < h {
                 return i;
             }
@@ -573,11 +582,11 @@ impl Survey {
             .iter()
             .find(|&&r| self.tally.get(r).is_some_and(|t| t.count(state) > 0))?;
         let mut best: Option<usize> = None;
-        for (i, s) in self.seen.iter().enumerate() {
+        for (i, s) in &self.seen {
             if s.region == region && s.state == state {
                 match best {
-                    Some(b) if !s.better_than(i, &self.seen[b], b) => {}
-                    _ => best = Some(i),
+                    Some(b) if !s.better_than(*i, self.seen(b), b) => {}
+                    _ => best = Some(*i),
                 }
             }
         }
@@ -740,7 +749,7 @@ pub fn select_edge(
     // Picks in `region` and appends how to `detail`.
     let pick_in = |region: usize, rng: &mut _, detail: &mut Detail| {
         let (edge, how) = survey.two_choices(region, rng);
-        detail.picked(name(edge), survey.seen[edge].score, how);
+        detail.picked(name(edge), survey.seen(edge).score, how);
         edge
     };
     let mut detail = Detail::new();
@@ -854,7 +863,7 @@ pub fn select_edge(
 
     // No headroom anywhere.
     if let Some(edge) = survey.least_loaded(order, EdgeState::Active) {
-        let region = survey.seen[edge].region;
+        let region = survey.seen(edge).region;
         let rid = region_id(regions, region);
         if region == preferred_region {
             detail
@@ -877,7 +886,7 @@ pub fn select_edge(
             .s("; picked ")
             .s(name(edge))
             .s(" (load ")
-            .percent(survey.seen[edge].score)
+            .percent(survey.seen(edge).score)
             .s("), the least loaded active edge of ")
             .s(rid);
         return answer(edge, SelectReason::AllSaturated, detail);
@@ -892,7 +901,7 @@ pub fn select_edge(
         (EdgeState::Draining, SelectReason::OnlyDraining, "draining"),
     ] {
         if let Some(edge) = survey.least_loaded(order, state) {
-            let rid = region_id(regions, survey.seen[edge].region);
+            let rid = region_id(regions, survey.seen(edge).region);
             detail
                 .s("no edge anywhere takes new sessions (")
                 .s(pref_id)
@@ -901,7 +910,7 @@ pub fn select_edge(
                 .s("); picked ")
                 .s(name(edge))
                 .s(" (load ")
-                .percent(survey.seen[edge].score)
+                .percent(survey.seen(edge).score)
                 .s("), the least loaded ")
                 .s(what)
                 .s(" edge of ")
@@ -1028,10 +1037,7 @@ mod tests {
         });
         let mut calm = edge(100, report(0.2, 5.0, 200, 60), 0);
         calm.id = "calm".into();
-        let snapshot = RegistrySnapshot {
-            edges: vec![busy, calm],
-            taken_at: Instant::now(),
-        };
+        let snapshot = RegistrySnapshot::new(vec![busy, calm]);
         let text = r#"
 default_region: a
 regions:

@@ -1,11 +1,16 @@
 //! An immutable snapshot of the edge registry: what selection reads.
 //!
+//! It carries two indices built once per snapshot: each region's edges, so selection
+//! reads the client's region without scanning the fleet, and edges by id, so a join finds
+//! its session's edge without a scan.
+//!
 //! The registry rebuilds a snapshot on every change (registration, report, state change)
 //! and swaps it in whole; selection never sees a half-updated registry and never takes a
 //! lock. The one live value inside is each edge's count of sessions assigned since its
 //! last report (an atomic shared with the registry), so a burst between two reports
 //! spreads instead of herding onto the edge that looked least loaded.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -48,19 +53,43 @@ impl EdgeView {
 pub struct RegistrySnapshot {
     pub edges: Vec<EdgeView>,
     pub taken_at: Instant,
+    /// Indices into `edges` of each region's edges, ascending (by region index).
+    by_region: Vec<Vec<usize>>,
+    by_id: HashMap<Arc<str>, usize>,
 }
 
 impl RegistrySnapshot {
+    /// The snapshot of `edges`, taken now, with its indices.
+    pub fn new(edges: Vec<EdgeView>) -> RegistrySnapshot {
+        let mut by_region: Vec<Vec<usize>> = Vec::new();
+        let mut by_id = HashMap::with_capacity(edges.len());
+        for (i, edge) in edges.iter().enumerate() {
+            if by_region.len() <= edge.region {
+                by_region.resize_with(edge.region + 1, Vec::new);
+            }
+            by_region[edge.region].push(i);
+            by_id.insert(edge.id.clone(), i);
+        }
+        RegistrySnapshot {
+            edges,
+            taken_at: Instant::now(),
+            by_region,
+            by_id,
+        }
+    }
+
     /// An empty registry.
     pub fn empty() -> RegistrySnapshot {
-        RegistrySnapshot {
-            edges: Vec::new(),
-            taken_at: Instant::now(),
-        }
+        RegistrySnapshot::new(Vec::new())
     }
 
     /// The edge with this id.
     pub fn edge(&self, id: &str) -> Option<&EdgeView> {
-        self.edges.iter().find(|e| &*e.id == id)
+        self.by_id.get(id).map(|&i| &self.edges[i])
+    }
+
+    /// Indices into `edges` of the edges of `region`, ascending.
+    pub fn in_region(&self, region: usize) -> &[usize] {
+        self.by_region.get(region).map_or(&[], Vec::as_slice)
     }
 }

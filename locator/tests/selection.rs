@@ -116,10 +116,7 @@ fn edge_with(
 }
 
 fn snapshot(edges: Vec<EdgeView>) -> RegistrySnapshot {
-    RegistrySnapshot {
-        edges,
-        taken_at: Instant::now(),
-    }
+    RegistrySnapshot::new(edges)
 }
 
 struct World {

@@ -262,7 +262,11 @@ pub fn regions(
         .iter()
         .enumerate()
         .map(|(r, region)| {
-            let edges: Vec<&EdgeView> = snapshot.edges.iter().filter(|e| e.region == r).collect();
+            let edges: Vec<&EdgeView> = snapshot
+                .in_region(r)
+                .iter()
+                .map(|&i| &snapshot.edges[i])
+                .collect();
             let rows: Vec<EdgeRow> = edges.iter().map(|e| edge_row(e, now)).collect();
             let counted = rows.iter().filter(|row| !row.retired);
             let (mut n, mut taking, mut serving) = (0u32, 0u32, 0u32);
@@ -460,10 +464,7 @@ regions:
 
     fn build_with(edges: Vec<EdgeView>, window: &Window) -> Vec<RegionStatus> {
         let config = config();
-        let snapshot = RegistrySnapshot {
-            edges,
-            taken_at: Instant::now(),
-        };
+        let snapshot = RegistrySnapshot::new(edges);
         regions(
             &snapshot,
             &config,
