@@ -456,6 +456,8 @@ async fn link_once(
         version: concat!("fleet-sim-", env!("CARGO_PKG_VERSION")).into(),
         sessions: Vec::new(),
         draining: false,
+        // It hosts no sessions: nothing the locator could end on it.
+        features: Vec::new(),
     });
     let send = |message: &EdgeMessage| {
         Message::Text(serde_json::to_string(message).unwrap_or_default().into())

@@ -525,7 +525,7 @@ impl Registry {
         });
         if gone {
             inner.edges.remove(edge_id);
-            self.publish(&inner);
+            self.publish(&mut inner);
         }
         gone
     }
