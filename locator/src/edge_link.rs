@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use locus_protocol::edge_credential::EdgeCredential;
 use locus_protocol::{
     EdgeMessage, LocatorMessage, MAX_FRAME_BYTES, MAX_SPOOL_BATCH, MAX_SPOOL_SEQ, PROTOCOL_VERSION,
-    Register, RoomMove,
+    Register, RoomMove, SpoolEntry,
 };
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -366,9 +366,39 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
     // 2. The link.
     let conn_id = registered.conn_id;
     let mut last_seq = acked_seq;
-    let mut budget = SpoolBudget::new();
+    // One spool batch is stored at a time (the edge relays the next after its ack); its
+    // budget travels with it.
+    let mut budget = Some(SpoolBudget::new());
+    let mut storing: Option<Storing> = None;
+    let mut queued: Option<Vec<SpoolEntry>> = None;
     let outcome: Result<(), Refusal> = loop {
         tokio::select! {
+            stored = async {
+                match storing.as_mut() {
+                    Some(batch) => batch.await,
+                    None => std::future::pending().await,
+                }
+            }, if storing.is_some() => {
+                let (spent, result) = stored;
+                match result {
+                    Ok(acked) => {
+                        last_seq = acked;
+                        if send(&mut socket, &LocatorMessage::Ack { seq: acked }).await.is_err() {
+                            break Ok(());
+                        }
+                    }
+                    Err(refusal) => break Err(refusal),
+                }
+                match queued.take() {
+                    Some(entries) => {
+                        storing = Some(store_batch(state.clone(), edge_id.clone(), last_seq, spent, entries));
+                    }
+                    None => {
+                        storing = None;
+                        budget = Some(spent);
+                    }
+                }
+            },
             outgoing = rx.recv() => match outgoing {
                 Some(message) => {
                     if send(&mut socket, &message).await.is_err() {
@@ -401,7 +431,16 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
                         Ok(m) => m,
                         Err(e) => break Err(Refusal(format!("malformed message: {e}"))),
                     };
-                    match handle(&state, &edge_id, conn_id, &mut last_seq, &mut budget, message).await {
+                    if let EdgeMessage::Spool { entries } = message {
+                        if storing.is_none() {
+                            let spent = budget.take().unwrap_or_else(SpoolBudget::new);
+                            storing = Some(store_batch(state.clone(), edge_id.clone(), last_seq, spent, entries));
+                        } else if queued.replace(entries).is_some() {
+                            break Err(Refusal("spool batches relayed without waiting for their acks".into()));
+                        }
+                        continue;
+                    }
+                    match handle(&state, &edge_id, conn_id, message).await {
                         Ok(Some(reply)) => {
                             if send(&mut socket, &reply).await.is_err() {
                                 break Ok(());
@@ -523,12 +562,85 @@ async fn refuse_spool(state: &Arc<AppState>, edge_id: &str, expected: u64, got: 
     Refusal(reason)
 }
 
+/// A spool batch being stored while the link goes on: the budget it spent and the
+/// sequence to acknowledge.
+type Storing = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (SpoolBudget, Result<u64, Refusal>)> + Send>,
+>;
+
+/// Stores a spool batch of `edge_id` whose stored sequence is `last_seq`: the link loop
+/// polls it beside the socket, so heartbeats and reports are read while the database
+/// writes (a slow commit must not make a healthy edge look silent).
+fn store_batch(
+    state: Arc<AppState>,
+    edge_id: String,
+    last_seq: u64,
+    mut budget: SpoolBudget,
+    entries: Vec<SpoolEntry>,
+) -> Storing {
+    Box::pin(async move {
+        let result = store_entries(&state, &edge_id, last_seq, &mut budget, entries).await;
+        (budget, result)
+    })
+}
+
+async fn store_entries(
+    state: &Arc<AppState>,
+    edge_id: &str,
+    last_seq: u64,
+    budget: &mut SpoolBudget,
+    entries: Vec<SpoolEntry>,
+) -> Result<u64, Refusal> {
+    if entries.len() > MAX_SPOOL_BATCH {
+        return Err(Refusal(format!(
+            "spool batch of {} entries exceeds {MAX_SPOOL_BATCH}",
+            entries.len()
+        )));
+    }
+    // Entries the locator already stored may come again (the edge resends what it had no
+    // ack for): they are skipped. The others must continue the stored sequence without a
+    // gap, strictly increasing, below MAX_SPOOL_SEQ: one forged number can neither end
+    // the edge's audit trail (acknowledged, it would make every later entry a
+    // "duplicate") nor overflow it.
+    let mut previous = 0;
+    for entry in &entries {
+        if entry.seq <= previous {
+            return Err(Refusal(format!(
+                "spool entries out of order: {} after {previous}",
+                entry.seq
+            )));
+        }
+        previous = entry.seq;
+    }
+    let mut expected = last_seq + 1;
+    let mut fresh = 0_u64;
+    for entry in &entries {
+        if entry.seq <= last_seq {
+            continue;
+        }
+        if entry.seq != expected || entry.seq > MAX_SPOOL_SEQ {
+            return Err(refuse_spool(state, edge_id, expected, entry.seq).await);
+        }
+        expected += 1;
+        fresh += 1;
+    }
+    budget.spend(fresh).await;
+    let acked = state
+        .store
+        .store_spool(edge_id, &entries)
+        .await
+        .map_err(|e| {
+            tracing::error!(edge = %edge_id, error = %e, "could not store spool entries");
+            Refusal("locator database unavailable; reconnect and resend".into())
+        })?;
+    state.metrics.spool_entries.inc_by(entries.len() as u64);
+    Ok(acked)
+}
+
 async fn handle(
     state: &Arc<AppState>,
     edge_id: &str,
     conn_id: u64,
-    last_seq: &mut u64,
-    budget: &mut SpoolBudget,
     message: EdgeMessage,
 ) -> Result<Option<LocatorMessage>, Refusal> {
     match message {
@@ -548,53 +660,8 @@ async fn handle(
                 .report(edge_id, conn_id, report, Instant::now());
             Ok(None)
         }
-        EdgeMessage::Spool { entries } => {
-            if entries.len() > MAX_SPOOL_BATCH {
-                return Err(Refusal(format!(
-                    "spool batch of {} entries exceeds {MAX_SPOOL_BATCH}",
-                    entries.len()
-                )));
-            }
-            // Entries the locator already stored may come again (the edge resends what it
-            // had no ack for): they are skipped. The others must continue the stored
-            // sequence without a gap, strictly increasing, below MAX_SPOOL_SEQ: one
-            // forged number can neither end the edge's audit trail (acknowledged, it
-            // would make every later entry a "duplicate") nor overflow it.
-            let mut previous = 0;
-            for entry in &entries {
-                if entry.seq <= previous {
-                    return Err(Refusal(format!(
-                        "spool entries out of order: {} after {previous}",
-                        entry.seq
-                    )));
-                }
-                previous = entry.seq;
-            }
-            let mut expected = *last_seq + 1;
-            let mut fresh = 0_u64;
-            for entry in &entries {
-                if entry.seq <= *last_seq {
-                    continue;
-                }
-                if entry.seq != expected || entry.seq > MAX_SPOOL_SEQ {
-                    return Err(refuse_spool(state, edge_id, expected, entry.seq).await);
-                }
-                expected += 1;
-                fresh += 1;
-            }
-            budget.spend(fresh).await;
-            let acked = state
-                .store
-                .store_spool(edge_id, &entries)
-                .await
-                .map_err(|e| {
-                    tracing::error!(edge = %edge_id, error = %e, "could not store spool entries");
-                    Refusal("locator database unavailable; reconnect and resend".into())
-                })?;
-            state.metrics.spool_entries.inc_by(entries.len() as u64);
-            *last_seq = acked;
-            Ok(Some(LocatorMessage::Ack { seq: acked }))
-        }
+        // Taken by the link loop (`store_batch`), which keeps reading meanwhile.
+        EdgeMessage::Spool { .. } => Ok(None),
         EdgeMessage::Draining { deadline_unix_ms } => {
             state.registry.draining(edge_id, conn_id);
             tracing::info!(edge = %edge_id, deadline_unix_ms, "edge is draining: no new sessions");
