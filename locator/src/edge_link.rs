@@ -365,38 +365,22 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
 
     // 2. The link.
     let conn_id = registered.conn_id;
-    let mut last_seq = acked_seq;
-    // One spool batch is stored at a time (the edge relays the next after its ack); its
-    // budget travels with it.
-    let mut budget = Some(SpoolBudget::new());
-    let mut storing: Option<Storing> = None;
-    let mut queued: Option<Vec<SpoolEntry>> = None;
+    let mut spool = SpoolRelay::new(acked_seq);
     let outcome: Result<(), Refusal> = loop {
         tokio::select! {
             stored = async {
-                match storing.as_mut() {
+                match spool.storing.as_mut() {
                     Some(batch) => batch.await,
                     None => std::future::pending().await,
                 }
-            }, if storing.is_some() => {
-                let (spent, result) = stored;
-                match result {
+            }, if spool.storing.is_some() => {
+                match spool.finished(stored, &state, &edge_id) {
                     Ok(acked) => {
-                        last_seq = acked;
                         if send(&mut socket, &LocatorMessage::Ack { seq: acked }).await.is_err() {
                             break Ok(());
                         }
                     }
                     Err(refusal) => break Err(refusal),
-                }
-                match queued.take() {
-                    Some(entries) => {
-                        storing = Some(store_batch(state.clone(), edge_id.clone(), last_seq, spent, entries));
-                    }
-                    None => {
-                        storing = None;
-                        budget = Some(spent);
-                    }
                 }
             },
             outgoing = rx.recv() => match outgoing {
@@ -432,13 +416,33 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
                         Err(e) => break Err(Refusal(format!("malformed message: {e}"))),
                     };
                     if let EdgeMessage::Spool { entries } = message {
-                        if storing.is_none() {
-                            let spent = budget.take().unwrap_or_else(SpoolBudget::new);
-                            storing = Some(store_batch(state.clone(), edge_id.clone(), last_seq, spent, entries));
-                        } else if queued.replace(entries).is_some() {
-                            break Err(Refusal("spool batches relayed without waiting for their acks".into()));
+                        if let Err(refusal) = spool.relay(&state, &edge_id, entries) {
+                            break Err(refusal);
                         }
                         continue;
+                    }
+                    // Anything but a report may write to the database or depend on what the
+                    // batches store (a drain's rooms): the batches first, in arrival order.
+                    if !matches!(message, EdgeMessage::Report(_)) {
+                        let mut ended = None;
+                        while let Some(batch) = spool.storing.as_mut() {
+                            let stored = batch.await;
+                            match spool.finished(stored, &state, &edge_id) {
+                                Ok(acked) => {
+                                    if send(&mut socket, &LocatorMessage::Ack { seq: acked }).await.is_err() {
+                                        ended = Some(Ok(()));
+                                        break;
+                                    }
+                                }
+                                Err(refusal) => {
+                                    ended = Some(Err(refusal));
+                                    break;
+                                }
+                            }
+                        }
+                        if let Some(end) = ended {
+                            break end;
+                        }
                     }
                     match handle(&state, &edge_id, conn_id, message).await {
                         Ok(Some(reply)) => {
@@ -562,26 +566,82 @@ async fn refuse_spool(state: &Arc<AppState>, edge_id: &str, expected: u64, got: 
     Refusal(reason)
 }
 
-/// A spool batch being stored while the link goes on: the budget it spent and the
-/// sequence to acknowledge.
-type Storing = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (SpoolBudget, Result<u64, Refusal>)> + Send>,
->;
+/// A spool batch being stored: the budget it spent and the sequence to acknowledge.
+type Storing = tokio::task::JoinHandle<(SpoolBudget, Result<u64, Refusal>)>;
 
-/// Stores a spool batch of `edge_id` whose stored sequence is `last_seq`: the link loop
-/// polls it beside the socket, so heartbeats and reports are read while the database
-/// writes (a slow commit must not make a healthy edge look silent).
-fn store_batch(
-    state: Arc<AppState>,
-    edge_id: String,
+/// The spool side of one link. A batch is stored by a task of its own, which the link
+/// loop awaits beside the socket: heartbeats and reports are read while the database
+/// writes (a slow commit must not make a healthy edge look silent), and the transaction
+/// progresses whatever the loop awaits meanwhile. One batch is stored at a time (the edge
+/// relays the next after its ack); one relayed early waits, a second is refused.
+struct SpoolRelay {
+    /// The highest sequence stored (acknowledged).
     last_seq: u64,
-    mut budget: SpoolBudget,
-    entries: Vec<SpoolEntry>,
-) -> Storing {
-    Box::pin(async move {
-        let result = store_entries(&state, &edge_id, last_seq, &mut budget, entries).await;
-        (budget, result)
-    })
+    /// The link's budget, travelling with the batch being stored.
+    budget: Option<SpoolBudget>,
+    storing: Option<Storing>,
+    queued: Option<Vec<SpoolEntry>>,
+}
+
+impl SpoolRelay {
+    fn new(acked_seq: u64) -> SpoolRelay {
+        SpoolRelay {
+            last_seq: acked_seq,
+            budget: Some(SpoolBudget::new()),
+            storing: None,
+            queued: None,
+        }
+    }
+
+    /// A batch relayed by the edge: stored now, or after the one being stored.
+    fn relay(
+        &mut self,
+        state: &Arc<AppState>,
+        edge_id: &str,
+        entries: Vec<SpoolEntry>,
+    ) -> Result<(), Refusal> {
+        if self.storing.is_none() {
+            self.start(state, edge_id, entries);
+            Ok(())
+        } else if self.queued.replace(entries).is_some() {
+            Err(Refusal(
+                "spool batches relayed without waiting for their acks".into(),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn start(&mut self, state: &Arc<AppState>, edge_id: &str, entries: Vec<SpoolEntry>) {
+        let mut budget = self.budget.take().unwrap_or_else(SpoolBudget::new);
+        let (state, edge_id, last_seq) = (state.clone(), edge_id.to_string(), self.last_seq);
+        self.storing = Some(tokio::spawn(async move {
+            let result = store_entries(&state, &edge_id, last_seq, &mut budget, entries).await;
+            (budget, result)
+        }));
+    }
+
+    /// The batch being stored is done: returns the sequence to acknowledge, and starts
+    /// the queued batch.
+    fn finished(
+        &mut self,
+        stored: Result<(SpoolBudget, Result<u64, Refusal>), tokio::task::JoinError>,
+        state: &Arc<AppState>,
+        edge_id: &str,
+    ) -> Result<u64, Refusal> {
+        self.storing = None;
+        let (budget, result) = stored.map_err(|error| {
+            tracing::error!(edge = %edge_id, %error, "storing spool entries failed");
+            Refusal("locator error while storing the spool; reconnect and resend".into())
+        })?;
+        self.budget = Some(budget);
+        let acked = result?;
+        self.last_seq = acked;
+        if let Some(entries) = self.queued.take() {
+            self.start(state, edge_id, entries);
+        }
+        Ok(acked)
+    }
 }
 
 async fn store_entries(
