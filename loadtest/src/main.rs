@@ -260,12 +260,28 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs `job` to its end on a fresh runtime. Ctrl-C drops it, and with it the processes it
+/// started (their drops stop them). `Err`: the exit code, the reason printed after `name`.
+fn run_to_end<T>(
+    name: &str,
+    job: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| {
-            eprintln!("loadtest: cannot start the async runtime: {e}");
+            eprintln!("{name}: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })?;
+    runtime
+        .block_on(async {
+            tokio::select! {
+                outcome = job => outcome,
+                _ = tokio::signal::ctrl_c() => Err("interrupted: the processes it started were stopped".to_string()),
+            }
+        })
+        .map_err(|message| {
+            eprintln!("{name}: {message}");
             ExitCode::FAILURE
         })
 }
@@ -307,22 +323,9 @@ fn fleet(args: FleetArgs) -> ExitCode {
         probes: args.probes.max(2),
         goals: locus_loadtest::fleet::Goals::default(),
     };
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    let outcome = runtime.block_on(async {
-        tokio::select! {
-            outcome = locus_loadtest::fleet::run(options) => outcome,
-            _ = tokio::signal::ctrl_c() => Err("interrupted: the locators were stopped".to_string()),
-        }
-    });
-    let (report, kept) = match outcome {
+    let (report, kept) = match run_to_end("loadtest fleet", locus_loadtest::fleet::run(options)) {
         Ok(done) => done,
-        Err(message) => {
-            eprintln!("loadtest fleet: {message}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     print!("{}", locus_loadtest::fleet::terminal(&report));
     match locus_loadtest::fleet::write_report(&report, &args.out) {
@@ -408,23 +411,9 @@ fn run(args: RunArgs) -> ExitCode {
         work_dir: args.work_dir.clone(),
         keep: args.keep,
     };
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(code) => return code,
-    };
-    // Ctrl-C drops the run, and with it the topology, whose drop stops every child.
-    let outcome = runtime.block_on(async {
-        tokio::select! {
-            outcome = locus_loadtest::run::run(options) => outcome,
-            _ = tokio::signal::ctrl_c() => Err("interrupted: the topology was stopped".to_string()),
-        }
-    });
-    let (report, kept) = match outcome {
+    let (report, kept) = match run_to_end("loadtest", locus_loadtest::run::run(options)) {
         Ok(done) => done,
-        Err(message) => {
-            eprintln!("loadtest: {message}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     print!("{}", locus_loadtest::report::terminal(&report));
     if let Err(e) = std::fs::create_dir_all(&args.out) {
