@@ -39,9 +39,13 @@
 //! (a persistent room) has exactly one row per key, forever, enforced by the database,
 //! and never ends: when its edge fails it is reassigned ([`Store::reassign_session`]).
 
+mod error;
 mod postgres;
 mod rows;
 mod sqlite;
+
+use error::Fault;
+pub use error::StoreError;
 
 /// Statements both backends run as written: `$N` parameters, which SQLite reads as
 /// numbered parameters too, and nothing either dialect lacks. New SQL goes here when it
@@ -83,126 +87,6 @@ pub const MAX_AUDIT_PAGE: u32 = 1000;
 
 /// Audit rows returned when [`AuditFilter::limit`] is 0.
 pub const DEFAULT_AUDIT_PAGE: u32 = 100;
-
-/// Why a storage operation failed. The message names the operation and what to do; it
-/// never contains SQL text or connection secrets. The database error, when there is one,
-/// is the [`source`](std::error::Error::source) (for logs).
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("invalid database URL: {reason}")]
-    InvalidUrl { reason: String },
-
-    #[error("cannot create the folder {path} for the SQLite database: {source}")]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-
-    #[error("cannot open the database {location}: {hint}")]
-    Open {
-        location: String,
-        hint: std::borrow::Cow<'static, str>,
-        #[source]
-        source: sqlx::Error,
-    },
-
-    #[error("cannot apply the database migrations to {location}: {hint}")]
-    Migrate {
-        location: String,
-        hint: &'static str,
-        #[source]
-        source: sqlx::migrate::MigrateError,
-    },
-
-    #[error("database error during {op}: {hint}")]
-    Database {
-        op: &'static str,
-        hint: &'static str,
-        #[source]
-        source: sqlx::Error,
-    },
-
-    /// A grouped write failed: every caller of the batch gets the same error.
-    #[error("database error during {op} (batched write): {hint}")]
-    Batch {
-        op: &'static str,
-        hint: &'static str,
-        #[source]
-        source: Arc<sqlx::Error>,
-    },
-
-    #[error("{what} {id:?} already exists")]
-    Conflict { what: &'static str, id: String },
-
-    #[error("{what} {id:?} not found")]
-    NotFound { what: &'static str, id: String },
-
-    #[error("invalid {what}: {reason}")]
-    Invalid { what: &'static str, reason: String },
-
-    #[error("the storage writer stopped; the locator must be restarted")]
-    WriterStopped,
-}
-
-impl StoreError {
-    pub(crate) fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-        move |source| StoreError::Database {
-            op,
-            hint: hint(&source),
-            source,
-        }
-    }
-
-    fn invalid(what: &'static str, reason: impl Into<String>) -> StoreError {
-        StoreError::Invalid {
-            what,
-            reason: reason.into(),
-        }
-    }
-}
-
-/// What to tell an operator about a database error (no SQL, no secrets).
-pub(crate) fn hint(err: &sqlx::Error) -> &'static str {
-    match err {
-        sqlx::Error::PoolTimedOut => {
-            "timed out waiting for a database connection (database unreachable, overloaded \
-             or stuck)"
-        }
-        sqlx::Error::PoolClosed => "the store is closed",
-        sqlx::Error::Io(_) => {
-            "I/O error talking to the database (Postgres: connection refused or lost; the \
-             locator reconnects by itself)"
-        }
-        sqlx::Error::Tls(_) => "TLS error talking to the database",
-        sqlx::Error::Protocol(_) => "the database connection broke (protocol error)",
-        sqlx::Error::WorkerCrashed => "the database worker thread crashed",
-        sqlx::Error::Database(db) => {
-            if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-                return postgres::sqlstate_hint(pg.code());
-            }
-            let code = db
-                .code()
-                .and_then(|c| c.parse::<i32>().ok())
-                .map_or(-1, |c| c & 0xff);
-            match code {
-                5 | 6 => {
-                    "the database is locked: another process holds it (only one locator may \
-                     use a SQLite file; use Postgres for several)"
-                }
-                8 => "the database file or its folder is read-only: fix its permissions",
-                10 => "disk I/O error: check the disk and the file system",
-                11 => "the database file is corrupt: restore it from a backup or start a new file",
-                13 => "the disk is full: free space",
-                14 => "cannot open the file: check the path and the permissions of its folder",
-                19 => "a constraint of the schema was violated",
-                26 => "the file is not a SQLite database: check the path",
-                _ => "the database refused the operation",
-            }
-        }
-        _ => "unexpected database error",
-    }
-}
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -1113,18 +997,6 @@ fn seq_u64(seq: i64) -> u64 {
     u64::try_from(seq).unwrap_or(0)
 }
 
-/// Whether an error says the database cannot be reached at all (as opposed to refusing
-/// one operation): the group-commit writer then fails the queued creations at once.
-fn is_unreachable(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(db) => db
-            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-            .is_some_and(|pg| postgres::is_connection_state(pg.code())),
-        _ => false,
-    }
-}
-
 /// The group-commit writer: takes every pending creation (up to `max_batch`), commits
 /// them in one transaction, answers each caller. Ends when every [`Store`] is dropped.
 ///
@@ -1148,14 +1020,14 @@ async fn create_writer(backend: Backend, mut rx: mpsc::Receiver<CreateJob>, max_
                 }
             }
             Err(source) => {
-                if is_unreachable(&source) {
+                if Fault::of(&source).is_unreachable() {
                     // They would each wait for the same unreachable database in turn.
                     while let Ok(job) = rx.try_recv() {
                         jobs.push(job);
                     }
                 }
                 tracing::error!(error = %source, batch = jobs.len(), "session creation batch failed");
-                let hint = hint(&source);
+                let hint = Fault::of(&source).hint();
                 let source = Arc::new(source);
                 for job in jobs.drain(..) {
                     let _ = job.reply.send(Err(StoreError::Batch {

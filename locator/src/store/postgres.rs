@@ -94,10 +94,11 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{Connection, Postgres, QueryBuilder, Row};
 
+use super::error::{Fault, migrate_hint};
 use super::rows::{audit_from_row, edge_from_row, metric_from_row, session_from_row};
 use super::{
     AuditFilter, AuditRecord, AuditSource, CreateReply, EdgeRecord, MetricRecord, NewSession,
-    SessionRecord, StoreError, StoreOptions, hint, seq_i64, seq_u64, sql,
+    SessionRecord, StoreError, StoreOptions, seq_i64, seq_u64, sql,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -120,7 +121,7 @@ macro_rules! retry_once {
         let mut $retry = false;
         loop {
             match $body {
-                Err(error) if !$retry && is_retryable(&error) => {
+                Err(error) if !$retry && Fault::of(&error).is_transient() => {
                     tracing::warn!(
                         op = $op,
                         %error,
@@ -173,7 +174,7 @@ impl PostgresBackend {
             pool.close().await;
             return Err(StoreError::Migrate {
                 location,
-                hint: migrate_hint(&source),
+                hint: migrate_hint(&source, false),
                 source,
             });
         }
@@ -976,76 +977,6 @@ fn password_in(url: &str) -> Option<&str> {
     userinfo.split_once(':').map(|(_, password)| password)
 }
 
-/// Whether a SQLSTATE says the connection failed or the server is going away or coming up.
-pub(super) fn is_connection_state(code: &str) -> bool {
-    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
-}
-
-/// Errors after which running an idempotent operation once more is safe and may succeed:
-/// the connection broke (the server restarted, the pool had a dead connection), or the
-/// server rolled the transaction back because of a deadlock or serialization failure.
-fn is_retryable(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db
-            .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
-            .is_some_and(|pg| {
-                let code = pg.code();
-                is_connection_state(code) || matches!(code, "40001" | "40P01")
-            }),
-        _ => false,
-    }
-}
-
-/// What to tell an operator about a Postgres error code (SQLSTATE).
-pub(super) fn sqlstate_hint(code: &str) -> &'static str {
-    match code {
-        "28P01" | "28000" => {
-            "authentication failed: check the user and password of the database URL (or \
-             PGPASSWORD) and the server's pg_hba.conf"
-        }
-        "3D000" => {
-            "the database does not exist: create it (createdb NAME) or fix the database \
-             name in the URL"
-        }
-        "42501" => {
-            "the database user lacks a privilege: the locator creates its tables on first \
-             start, then reads and writes them"
-        }
-        "53300" => {
-            "the database server has no free connection slot: lower the locators' pool \
-             size or raise the server's max_connections"
-        }
-        "53100" => "the database server's disk is full: free space",
-        "57014" => {
-            "a statement ran longer than the statement timeout (database overloaded, or \
-             blocked by a long transaction)"
-        }
-        "55P03" => {
-            "timed out waiting for a lock held by another connection (another locator, or \
-             a long transaction)"
-        }
-        "40P01" | "40001" => {
-            "the transaction conflicted with a concurrent one (deadlock or serialization \
-             failure) twice: try again"
-        }
-        "25006" => "the database is read-only (a standby?): point the URL at the primary",
-        "57P01" | "57P02" | "57P03" => {
-            "the database server is shutting down or starting: the locator reconnects by \
-             itself"
-        }
-        c if c.starts_with("08") => {
-            "the connection to the database failed or broke: the locator reconnects by itself"
-        }
-        c if c.starts_with("23") => "a constraint of the schema was violated",
-        c if c.starts_with("42") => {
-            "the database schema does not match this locator (a table or column is missing \
-             or differs)"
-        }
-        _ => "the database refused the operation",
-    }
-}
-
 /// What to tell an operator when the database cannot be opened. A failed TLS handshake
 /// (rustls' error comes wrapped in an I/O error) says why, and which URL parameters
 /// decide it.
@@ -1072,39 +1003,14 @@ fn open_hint(err: &sqlx::Error) -> std::borrow::Cow<'static, str> {
             "cannot connect: check the host and port of the URL, that the server runs and \
              accepts TCP connections from this host (listen_addresses, pg_hba.conf)"
         }
-        other => match hint(other) {
-            "the database refused the operation" | "unexpected database error" => {
+        other => match Fault::of(other) {
+            fault if fault.is_unspecific() => {
                 "check the database URL: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
             }
-            specific => specific,
+            fault => fault.hint(),
         },
     }
     .into()
-}
-
-/// What to tell an operator when the migrations cannot be applied.
-fn migrate_hint(err: &sqlx::migrate::MigrateError) -> &'static str {
-    use sqlx::migrate::MigrateError as M;
-    match err {
-        M::VersionMissing(_) | M::VersionNotPresent(_) | M::VersionTooNew(..) => {
-            "the database was migrated by a newer locator: run that version, or use another \
-             database"
-        }
-        M::VersionMismatch(_) => {
-            "a migration already applied to this database has been modified: run the \
-             locator version that created the database, or use another database"
-        }
-        M::Dirty(_) => "a migration was interrupted: restore the database from a backup",
-        M::Execute(e) | M::ExecuteMigration(e, _) => match e {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03") => {
-                "timed out waiting for the migration lock or a table lock: another locator \
-                 is migrating this database (or hangs doing so), or a long transaction holds \
-                 a table"
-            }
-            other => hint(other),
-        },
-        _ => "the migrations could not be applied: check the database and the locator version",
-    }
 }
 
 /// The answer to a creation whose INSERT did nothing, given the rows with its id or its
@@ -1125,15 +1031,8 @@ fn answer_without_insert(new: &NewSession, existing: &[SessionRecord], retry: bo
             .iter()
             .find(|s| s.room_key.as_ref() == Some(key))
             .map(|s| (s.clone(), false))
-            .ok_or_else(|| conflict(&new.id)),
-        None => Err(conflict(&new.id)),
-    }
-}
-
-fn conflict(id: &str) -> StoreError {
-    StoreError::Conflict {
-        what: "session id",
-        id: id.to_string(),
+            .ok_or_else(|| StoreError::session_conflict(&new.id)),
+        None => Err(StoreError::session_conflict(&new.id)),
     }
 }
 

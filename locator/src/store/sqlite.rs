@@ -30,10 +30,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Sqlite};
 
+use super::error::{Fault, migrate_hint};
 use super::rows::{audit_from_row, edge_from_row, metric_from_row, session_from_row};
 use super::{
     AuditFilter, AuditRecord, AuditSource, CreateReply, EdgeRecord, MetricRecord, NewSession,
-    SessionRecord, StoreError, StoreOptions, hint, seq_i64, seq_u64, sql,
+    SessionRecord, StoreError, StoreOptions, seq_i64, seq_u64, sql,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -87,7 +88,7 @@ impl SqliteBackend {
             .await
             .map_err(|source| StoreError::Migrate {
                 location: location.clone(),
-                hint: migrate_hint(&source),
+                hint: migrate_hint(&source, true),
                 source,
             })?;
         let reader = SqlitePoolOptions::new()
@@ -156,13 +157,13 @@ impl SqliteBackend {
                     match existing {
                         Some(row) => (session_from_row(&row)?, false),
                         None => {
-                            replies.push(Err(conflict(&new.id)));
+                            replies.push(Err(StoreError::session_conflict(&new.id)));
                             continue;
                         }
                     }
                 }
                 (None, None) => {
-                    replies.push(Err(conflict(&new.id)));
+                    replies.push(Err(StoreError::session_conflict(&new.id)));
                     continue;
                 }
             };
@@ -770,39 +771,14 @@ impl SqliteBackend {
     }
 }
 
-fn conflict(id: &str) -> StoreError {
-    StoreError::Conflict {
-        what: "session id",
-        id: id.to_string(),
-    }
-}
-
 /// What to tell an operator when the database cannot be opened.
 fn open_hint(err: &sqlx::Error) -> &'static str {
-    match hint(err) {
-        "the database refused the operation" | "unexpected database error" => {
-            "check that the path names a SQLite database file (or a new file) that the \
-             locator may read and write, in a folder it may write (the write-ahead log \
-             files are created beside it)"
-        }
-        specific => specific,
-    }
-}
-
-/// What to tell an operator when the migrations cannot be applied.
-fn migrate_hint(err: &sqlx::migrate::MigrateError) -> &'static str {
-    use sqlx::migrate::MigrateError as M;
-    match err {
-        M::VersionMissing(_) | M::VersionNotPresent(_) | M::VersionTooNew(..) => {
-            "the database was migrated by a newer locator: run that version, or use another \
-             database file"
-        }
-        M::VersionMismatch(_) => {
-            "a migration already applied to this database has been modified: run the \
-             locator version that created the database, or use another database file"
-        }
-        M::Dirty(_) => "a migration was interrupted: restore the database from a backup",
-        M::Execute(e) | M::ExecuteMigration(e, _) => hint(e),
-        _ => "the migrations could not be applied: check the database file and the locator version",
+    let fault = Fault::of(err);
+    if fault.is_unspecific() {
+        "check that the path names a SQLite database file (or a new file) that the \
+         locator may read and write, in a folder it may write (the write-ahead log \
+         files are created beside it)"
+    } else {
+        fault.hint()
     }
 }
