@@ -26,7 +26,9 @@ use locus_protocol::{EdgeMessage, RoomMove};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::server::EdgeState;
+use crate::hub::Hub;
+use crate::link_handle::LinkHandle;
+use crate::spool::Spool;
 
 /// How long the edge waits for `RoomsMoved` after `DrainDeadline`.
 pub const MOVES_WAIT: Duration = Duration::from_secs(5);
@@ -109,9 +111,10 @@ impl Drain {
     }
 }
 
-/// Waits for a drain to start, then carries it out (see the module docs).
-pub async fn supervise(state: Arc<EdgeState>) {
-    let mut phase = state.drain.phase.subscribe();
+/// Waits for a drain to start, then carries it out (see the module docs) over the
+/// sessions (`hub`), the link to the locator and the spool.
+pub async fn supervise(drain: Arc<Drain>, hub: Arc<Hub>, link: Arc<LinkHandle>, spool: Spool) {
+    let mut phase = drain.phase.subscribe();
     let deadline_unix_ms = match phase
         .wait_for(|p| matches!(p, Phase::Draining { .. }))
         .await
@@ -120,7 +123,6 @@ pub async fn supervise(state: Arc<EdgeState>) {
         Ok(Phase::Draining { deadline_unix_ms }) => deadline_unix_ms,
         _ => return,
     };
-    let hub = &state.hub;
     hub.set_draining();
     let remaining = Duration::from_millis(deadline_unix_ms.saturating_sub(crate::now_unix_ms()));
     tracing::info!(
@@ -128,7 +130,7 @@ pub async fn supervise(state: Arc<EdgeState>) {
         deadline_in_s = remaining.as_secs_f32(),
         "draining: no new sessions; existing ones go on until they end or the deadline"
     );
-    state.link.send(EdgeMessage::Draining { deadline_unix_ms });
+    link.send(EdgeMessage::Draining { deadline_unix_ms });
 
     let mut sessions = hub.subscribe_sessions();
     let deadline = Instant::now() + remaining;
@@ -141,10 +143,8 @@ pub async fn supervise(state: Arc<EdgeState>) {
             sessions = open.len(),
             "drain deadline passed: asking the locator to move the rooms"
         );
-        let mut answer = state.drain.moves.subscribe();
-        state
-            .link
-            .send(EdgeMessage::DrainDeadline { sessions: open });
+        let mut answer = drain.moves.subscribe();
+        link.send(EdgeMessage::DrainDeadline { sessions: open });
         match tokio::time::timeout(MOVES_WAIT, answer.wait_for(Option::is_some)).await {
             Ok(Ok(m)) => moves = m.clone().unwrap_or_default(),
             _ => tracing::warn!(
@@ -159,25 +159,25 @@ pub async fn supervise(state: Arc<EdgeState>) {
     let mut connections = hub.subscribe_connections();
     let _ = tokio::time::timeout(CLOSE_WAIT, connections.wait_for(|n| *n == 0)).await;
     // Relay the last audit entries if the locator is there.
-    if state.link.is_connected() {
-        let mut spool = state.spool.subscribe();
-        let _ = tokio::time::timeout(SPOOL_FLUSH_WAIT, spool.wait_for(|s| s.len == 0)).await;
+    if link.is_connected() {
+        let mut progress = spool.subscribe();
+        let _ = tokio::time::timeout(SPOOL_FLUSH_WAIT, progress.wait_for(|s| s.len == 0)).await;
     }
     // An edge with nothing left to do gets here within microseconds of the signal: make
     // sure the locator got `Draining`, so it sees a drained edge leave, not a failure.
-    if state.link.is_connected() && !state.link.flushed(SPOOL_FLUSH_WAIT).await {
+    if link.is_connected() && !link.flushed(SPOOL_FLUSH_WAIT).await {
         tracing::warn!("the locator may not have received the drain announcement");
     }
-    let left = state.spool.len();
+    let left = spool.len();
     if left > 0 {
         tracing::warn!(
             entries = left,
-            spool = %state.spool.path().display(),
+            spool = %spool.path().display(),
             "spool entries not yet acknowledged stay in the spool: they are relayed at the next start"
         );
     }
     tracing::info!("drain finished: exiting");
-    state.drain.finish();
+    drain.finish();
 }
 
 #[cfg(test)]

@@ -6,9 +6,11 @@
 //!
 //! - [`config`]: the `edge` command line and the validated [`config::Settings`]; the
 //!   edge token read from `LOCATOR_EDGE_TOKEN` (never logged).
-//! - [`server`]: the shared [`server::EdgeState`], the HTTP routes (`/healthz`,
-//!   `/readyz`, `/v1/status`, the session websocket) and `run(listener, state,
-//!   shutdown)`, which takes a bound listener so tests bind `127.0.0.1:0`.
+//! - [`server`]: the top: the HTTP routes (`/healthz`, `/readyz`, `/v1/status`, the
+//!   session websocket) and `run(listener, state, shutdown)`, which takes a bound
+//!   listener so tests bind `127.0.0.1:0` and starts the tasks.
+//! - [`state`]: the shared [`state::EdgeState`]: settings, token and one handle per
+//!   component; it imports only the modules defining those handles.
 //! - [`hub`]: sessions: join-token checks, participants with bounded send queues,
 //!   relay in order per sender, presence, linger, slow-consumer eviction.
 //! - [`media`]: the media plane: one WebRTC peer per participant that asks (signalled
@@ -18,15 +20,22 @@
 //!   with group commit, idempotency keys (edge id + sequence) and a size bound.
 //! - [`link`]: the locator link (tokio-tungstenite client): register, reports, spool
 //!   relay with acknowledgements, reconnection with jittered back-off over several
-//!   locator URLs.
+//!   locator URLs; [`link_handle`]: what the rest of the edge sees of it (outbox,
+//!   connected, flushed).
 //! - [`load`]: real load figures of the process (CPU from `/proc/self/stat`, event-loop
 //!   lag from a ticking task) and the sampler that reports and spools them.
 //! - [`drain`]: the drain on SIGTERM or on the locator's request: no new sessions,
 //!   deadline, rooms moved to other edges, clients told where to go.
-//! - [`problem`]: HTTP refusals as `application/problem+json`.
+//! - [`openapi`]: the OpenAPI document of the routes.
 //!
 //! The binary (`src/main.rs`) only parses flags, reads the token, binds the listener and
 //! turns the first SIGTERM into a drain and the second into an immediate exit.
+//!
+//! Layering (no import cycle, checked by `loadtest/tests/import_graph.rs`): `server`
+//! imports anything; `link` (the task) imports `state`; `state` imports only the
+//! component modules (`config`, `hub`, `media`, `spool`, `load`, `drain`, `link_handle`);
+//! the drain and the load sampler take the narrow handles they use, not the state; `media`
+//! and `link_handle` import no sibling. Clocks live here at the root.
 //!
 //! Invariants: link trouble never touches sessions (the hub never waits on the link);
 //! every queue a client drives is bounded; an audit entry is committed to the spool
@@ -38,11 +47,13 @@ pub mod drain;
 pub mod fuzzing;
 pub mod hub;
 pub mod link;
+pub mod link_handle;
 pub mod load;
 pub mod media;
 pub mod openapi;
 pub mod server;
 pub mod spool;
+pub mod state;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_unix_ms() -> u64 {

@@ -39,7 +39,7 @@ use locus_protocol::{
 };
 use rand::Rng;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, header};
@@ -47,8 +47,8 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::server::EdgeState;
 use crate::spool::SpoolError;
+use crate::state::EdgeState;
 
 /// First reconnection delay bound.
 pub const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -62,79 +62,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(10);
 /// One frame write.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Messages the drain may queue for the link.
-const OUTBOX: usize = 64;
 /// Websocket buffers of the link (one connection: a little larger than a client's).
 const LINK_BUFFER: usize = 16 * 1024;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// What the rest of the edge sees of the link.
-#[derive(Debug)]
-pub struct LinkHandle {
-    outbox: mpsc::Sender<EdgeMessage>,
-    connected: watch::Sender<Option<String>>,
-    /// Messages queued in the outbox so far, and of those, written to a locator: the
-    /// drain waits for its `Draining` to be written before the process exits.
-    queued: std::sync::atomic::AtomicU64,
-    written: watch::Sender<u64>,
-}
-
-impl LinkHandle {
-    /// The handle and the outbox the link task reads.
-    pub fn new() -> (LinkHandle, mpsc::Receiver<EdgeMessage>) {
-        let (outbox, rx) = mpsc::channel(OUTBOX);
-        (
-            LinkHandle {
-                outbox,
-                connected: watch::channel(None).0,
-                queued: std::sync::atomic::AtomicU64::new(0),
-                written: watch::channel(0).0,
-            },
-            rx,
-        )
-    }
-
-    /// Queues a message for the locator: sent now, or after the next `Welcome`. False
-    /// when the outbox is full.
-    pub fn send(&self, message: EdgeMessage) -> bool {
-        // Counted before the message can be taken, so `written` never passes `queued`.
-        self.queued
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let sent = self.outbox.try_send(message).is_ok();
-        if !sent {
-            self.queued
-                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        }
-        sent
-    }
-
-    /// Waits (at most `within`) until every message queued so far has been written to
-    /// a locator (or lost with a link that broke while writing it). False when the time
-    /// ran out (no link, or a slow one).
-    pub async fn flushed(&self, within: Duration) -> bool {
-        let target = self.queued.load(std::sync::atomic::Ordering::SeqCst);
-        let mut written = self.written.subscribe();
-        tokio::time::timeout(within, written.wait_for(|n| *n >= target))
-            .await
-            .is_ok_and(|r| r.is_ok())
-    }
-
-    /// True between `Welcome` and the end of that connection.
-    pub fn is_connected(&self) -> bool {
-        self.connected.borrow().is_some()
-    }
-
-    /// The link URL of the locator currently connected.
-    pub fn locator(&self) -> Option<String> {
-        self.connected.borrow().clone()
-    }
-
-    /// Changes when the link comes up (`Some(url)`) or goes down.
-    pub fn subscribe(&self) -> watch::Receiver<Option<String>> {
-        self.connected.subscribe()
-    }
-}
 
 /// Exponential back-off with full jitter: each delay is uniform in `0..=bound`, and the
 /// bound doubles from `base` up to `cap`.
@@ -213,7 +144,7 @@ pub async fn run(state: Arc<EdgeState>, mut outbox: mpsc::Receiver<EdgeMessage>)
         let mut established = false;
         let began = Instant::now();
         let error = connect_and_serve(&state, url, &mut outbox, &mut established).await;
-        state.link.connected.send_replace(None);
+        state.link.set_connected(None);
         if established {
             tracing::warn!(locator = %url, %error, "locator link lost; reconnecting (sessions go on)");
             // Only a link that held for a while starts the back-off over: one that fails
@@ -449,7 +380,7 @@ async fn connect_and_serve(
         ms => Duration::from_millis(ms.clamp(20, 3_600_000)).min(interval),
     };
     *established = true;
-    state.link.connected.send_replace(Some(url.to_string()));
+    state.link.set_connected(Some(url.to_string()));
     tracing::info!(
         locator = %url,
         acked_seq,
@@ -519,7 +450,7 @@ async fn serve(
                 let Some(message) = message else { return Ok(()) };
                 let result = send(ws, &message).await;
                 // Counted even when the write failed: that message went with the link.
-                state.link.written.send_modify(|n| *n += 1);
+                state.link.note_written();
                 result?;
             }
             _ = heartbeat.tick() => {

@@ -30,7 +30,9 @@ use std::time::Duration;
 
 use locus_protocol::LoadReport;
 
-use crate::media::MediaSnapshot;
+use crate::hub::Hub;
+use crate::media::{Media, MediaSnapshot};
+use crate::spool::Spool;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -251,17 +253,15 @@ pub async fn run_lag_ticker(meter: Arc<LoadMeter>) {
     }
 }
 
-/// Takes a sample every report interval: published for the link (`Report`) and spooled
-/// as a metrics sample.
-pub async fn run_sampler(state: Arc<crate::server::EdgeState>) {
+/// Takes a sample every report interval of the hub's counters and the media plane's:
+/// published for the link (`Report`) and spooled as a metrics sample.
+pub async fn run_sampler(meter: Arc<LoadMeter>, hub: Arc<Hub>, media: Arc<Media>, spool: Spool) {
     loop {
-        tokio::time::sleep(state.load.interval()).await;
-        let sessions = u32::try_from(state.hub.session_count()).unwrap_or(u32::MAX);
-        let report = state
-            .load
-            .sample(state.hub.connections(), sessions, state.media.snapshot());
-        state.load.publish(report);
-        if !state.spool.record_metrics(report) {
+        tokio::time::sleep(meter.interval()).await;
+        let sessions = u32::try_from(hub.session_count()).unwrap_or(u32::MAX);
+        let report = meter.sample(hub.connections(), sessions, media.snapshot());
+        meter.publish(report);
+        if !spool.record_metrics(report) {
             tracing::debug!("metrics sample not spooled (spool at half its bound or busy)");
         }
     }

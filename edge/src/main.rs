@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use locus_edge::config::{Cli, EdgeToken};
-use locus_edge::server::{self, EdgeState};
+use locus_edge::server;
+use locus_edge::state::EdgeState;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -1,4 +1,4 @@
-//! The running edge: shared state, HTTP routes and the serve loop.
+//! The running edge: HTTP routes and the serve loop, the top of the crate.
 //!
 //! `run(listener, state, shutdown)` takes a bound listener and a shutdown future (as
 //! mini-redis does): tests bind `127.0.0.1:0`; the binary passes its first SIGTERM.
@@ -11,86 +11,21 @@
 //! spool backlog is only visible here, since it grows while the locator is unreachable).
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use locus_protocol::EdgeMessage;
-use locus_protocol::join_token::JoinKey;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::config::{EdgeToken, Settings};
-use crate::drain::Drain;
-use crate::hub::{Hub, HubConfig};
-use crate::link::LinkHandle;
-use crate::load::LoadMeter;
-use crate::media::Media;
-use crate::spool::{Spool, SpoolError, SpoolOptions};
+use crate::hub::Hub;
+use crate::state::EdgeState;
 use locus_serve::problem::Problem;
-
-/// Everything the edge's tasks share.
-#[derive(Debug)]
-pub struct EdgeState {
-    pub settings: Settings,
-    pub token: EdgeToken,
-    pub hub: Arc<Hub>,
-    pub media: Arc<Media>,
-    pub spool: Spool,
-    pub load: Arc<LoadMeter>,
-    pub drain: Drain,
-    pub link: LinkHandle,
-    /// Open and refused client connections (the serve loop's cap).
-    pub http: Arc<locus_serve::Counters>,
-    outbox: Mutex<Option<mpsc::Receiver<EdgeMessage>>>,
-}
-
-impl EdgeState {
-    /// Opens the spool and builds the state (nothing runs until [`run`]).
-    pub async fn open(settings: Settings, token: EdgeToken) -> Result<Arc<EdgeState>, SpoolError> {
-        let spool = Spool::open(
-            &settings.spool_dir,
-            SpoolOptions {
-                max_entries: settings.spool_max_entries,
-                ..SpoolOptions::default()
-            },
-        )
-        .await?;
-        let media = Media::new(settings.media.clone());
-        let hub = Hub::new(
-            HubConfig {
-                edge_id: settings.edge_id.clone(),
-                max_message_bytes: settings.max_message_bytes,
-                max_participants: settings.max_participants,
-                send_queue: settings.send_queue,
-                linger: settings.linger,
-            },
-            JoinKey::from_edge_token(token.expose()),
-            spool.clone(),
-            media.clone(),
-        );
-        let (link, outbox) = LinkHandle::new();
-        let load = Arc::new(LoadMeter::with_max_bitrate(settings.max_bitrate));
-        Ok(Arc::new(EdgeState {
-            drain: Drain::new(settings.drain_deadline),
-            settings,
-            token,
-            hub,
-            media,
-            spool,
-            load,
-            link,
-            http: Arc::default(),
-            outbox: Mutex::new(Some(outbox)),
-        }))
-    }
-}
 
 /// `GET /v1/status`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -336,21 +271,29 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let outbox = state
-        .outbox
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
+        .take_outbox()
         .ok_or_else(|| std::io::Error::other("this edge state is already running"))?;
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(crate::link::run(state.clone(), outbox));
     tasks.spawn(crate::load::run_lag_ticker(state.load.clone()));
-    tasks.spawn(crate::load::run_sampler(state.clone()));
-    let supervisor = state.clone();
+    tasks.spawn(crate::load::run_sampler(
+        state.load.clone(),
+        state.hub.clone(),
+        state.media.clone(),
+        state.spool.clone(),
+    ));
+    let drain = state.drain.clone();
+    let supervisor = crate::drain::supervise(
+        drain.clone(),
+        state.hub.clone(),
+        state.link.clone(),
+        state.spool.clone(),
+    );
     tasks.spawn(async move {
         // A drain that failed must not leave the edge running forever.
-        if let Err(error) = tokio::spawn(crate::drain::supervise(supervisor.clone())).await {
+        if let Err(error) = tokio::spawn(supervisor).await {
             tracing::error!(%error, "the drain failed: stopping now");
-            supervisor.drain.finish();
+            drain.finish();
         }
     });
     let on_shutdown = state.clone();

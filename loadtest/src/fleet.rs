@@ -42,8 +42,8 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::run::unix_ms;
 use crate::topology::{Topology, TopologyOptions};
+use crate::unix_ms;
 
 /// Regions of the fleet, with the demo GeoIP networks' countries (so clients spread), and
 /// `probe`, which holds only the probe edge and no country.

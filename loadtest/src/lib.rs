@@ -20,6 +20,12 @@
 //! - [`run`]: one run end to end, including the audit log read back from the locator.
 //! - [`report`]: figures and invariants, JSON and terminal table; [`html`]: the HTML
 //!   report with inline SVG charts.
+//!
+//! Layering (no import cycle, checked by `tests/import_graph.rs`): the commands `run` and
+//! `fleet` are the top; `run` drives `scenario`, `client` and `topology` and hands what was
+//! recorded to `report`, which imports only `record` and `scenario` (the data it sums up,
+//! never the run); `html` renders a `report`; `record`, `proxy` and `addresses` import no
+//! sibling. The clock lives here at the root.
 
 pub mod addresses;
 pub mod client;
@@ -31,3 +37,10 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod topology;
+
+/// Milliseconds since the Unix epoch (the run's start, audit times, spool entries).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

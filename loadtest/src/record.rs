@@ -209,3 +209,7 @@ pub fn reason_class(code: Option<&str>, reason: &str, fallback: bool) -> &'stati
         "in-region"
     }
 }
+
+/// Sessions each edge reported, sampled once a second from the locator's admin status:
+/// `(second of the run, [(edge, region, sessions)])`.
+pub type EdgeSamples = Vec<(u64, Vec<(String, String, u64)>)>;

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::record::Records;
+use crate::record::{EdgeSamples, Records};
 use crate::scenario::{Fault, PhaseRun};
 
 /// Where the load went.
@@ -255,8 +255,8 @@ pub struct Inputs {
     /// `(id, region)` of the edges running during the burst (empty: the edges its
     /// answers named).
     pub burst_edges: Vec<(String, String)>,
-    /// Sessions each edge reported, once a second (see [`crate::run::EdgeSamples`]).
-    pub edge_sessions: crate::run::EdgeSamples,
+    /// Sessions each edge reported, once a second (see [`EdgeSamples`]).
+    pub edge_sessions: EdgeSamples,
     /// How long after a fault is healed a disruption still counts as caused by it.
     pub disruption_slack_ms: u64,
     pub notes: Vec<String>,

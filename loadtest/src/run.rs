@@ -6,14 +6,14 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use locus_geo::config::Config;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::client::{ClientOptions, Clients};
-use crate::record::Recorder;
+use crate::record::{EdgeSamples, Recorder};
 use crate::report::{self, AuditRows, Report, Target};
 use crate::scenario::{self, PhaseOptions, Runner};
 use crate::topology::{Topology, TopologyOptions, admin_status, status_edges};
@@ -73,12 +73,6 @@ pub fn addresses(
     }
 }
 
-pub(crate) fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Runs the scenario and builds the report (not written yet).
 pub async fn run(options: RunOptions) -> Result<(Report, Option<PathBuf>), String> {
     let steps = scenario::phases(&options.scenario).ok_or_else(|| {
@@ -111,7 +105,7 @@ pub async fn run(options: RunOptions) -> Result<(Report, Option<PathBuf>), Strin
         return Err("no client address could be drawn".into());
     }
 
-    let started_unix_ms = unix_ms();
+    let started_unix_ms = crate::unix_ms();
     let run_id = format!("lt{}", started_unix_ms % 100_000_000);
     let work_dir = options.work_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("locus-loadtest-{}-{run_id}", std::process::id()))
@@ -452,10 +446,6 @@ async fn progress_line(recorder: Arc<Recorder>, current: Arc<std::sync::Mutex<&'
         let _ = err.flush();
     }
 }
-
-/// Sessions each edge reported, sampled once a second from the locator's admin status:
-/// `(second of the run, [(edge, region, sessions)])`.
-pub type EdgeSamples = Vec<(u64, Vec<(String, String, u64)>)>;
 
 async fn sample_edges(
     locators: Vec<String>,

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::proxy::LinkProxy;
 use crate::record::Recorder;
-use crate::run::unix_ms;
+use crate::unix_ms;
 
 /// How to start the topology.
 #[derive(Debug, Clone)]

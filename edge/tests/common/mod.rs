@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use locus_edge::config::{EdgeToken, Settings};
-use locus_edge::server::EdgeState;
+use locus_edge::state::EdgeState;
 use locus_protocol::join_token::{JoinClaims, JoinKey};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
