@@ -9,6 +9,25 @@
 //! Every rule that must hold across locators is enforced by the database (unique
 //! indexes, compare-and-set updates, idempotency keys), never only in a process.
 //!
+//! # Written once, per dialect only where the dialects differ
+//!
+//! - **SQL** both dialects accept is written once, in `sql.rs` (`$N` parameters, which
+//!   SQLite reads too), with the column list of each record.
+//! - **Operations** are written once, here: each method of [`Store`] runs its statements
+//!   through `shared!`, which compiles the body once per driver (so each is checked
+//!   against that driver's types) and applies the backend's policy: on Postgres an
+//!   idempotent operation runs once more after a transient fault (a broken connection,
+//!   a deadlock); SQLite has nothing to retry.
+//! - **Rows** become records in one place, `rows.rs`, for both drivers' rows.
+//! - **Errors** are classified once, by code, in `error.rs` ([`StoreError`], the hints).
+//! - **Per dialect** (`sqlite.rs`, `postgres.rs`): opening and tuning connections,
+//!   migrations, how a write transaction starts, the group commit of session creations
+//!   (row by row on SQLite, one `UNNEST` statement on Postgres) and forgetting an edge
+//!   (Postgres also drops its published row).
+//! - **Several locators** (`edge_live`, notifications) exist only on Postgres: their
+//!   operations are methods of [`ClusterStore`], which only a Postgres store gives
+//!   ([`Store::cluster`]), so they cannot be called on SQLite.
+//!
 //! Queries are runtime queries (`sqlx::query` with binds), never the compile-time
 //! `query!` macros: the build needs no database. Migrations are embedded in the binary and
 //! applied by [`Store::open`].
@@ -42,43 +61,20 @@
 mod error;
 mod postgres;
 mod rows;
+mod sql;
 mod sqlite;
 
 use error::Fault;
 pub use error::StoreError;
 
-/// Statements both backends run as written: `$N` parameters, which SQLite reads as
-/// numbered parameters too, and nothing either dialect lacks. New SQL goes here when it
-/// is the same on both.
-mod sql {
-    /// `$1` session, `$2` the reporting edge, `$3` when (the edge's clock).
-    pub(super) const NOTE_FIRST_JOIN: &str = "UPDATE sessions SET first_joined_at_ms = $3 \
-         WHERE id = $1 AND edge_id = $2 AND first_joined_at_ms IS NULL";
-
-    /// `$1` edge, `$2` reason, `$3` now: the ids ended.
-    pub(super) const END_AD_HOC_ON_EDGE: &str = "UPDATE sessions SET state = 'ended', \
-         ended_at_ms = $3, updated_at_ms = $3, end_reason = $2 \
-         WHERE edge_id = $1 AND state = 'open' AND room_key IS NULL RETURNING id";
-
-    /// `$1` created before (ms), `$2` limit: `(id, edge_id)`, oldest first.
-    pub(super) const UNJOINED_SESSIONS: &str = "SELECT id, edge_id FROM sessions \
-         WHERE state = 'open' AND room_key IS NULL AND first_joined_at_ms IS NULL \
-         AND created_at_ms < $1 ORDER BY created_at_ms, id LIMIT $2";
-
-    /// `$1` session, `$2` now, `$3` reason; changes nothing once joined or ended.
-    pub(super) const EXPIRE_UNJOINED: &str = "UPDATE sessions SET state = 'ended', \
-         ended_at_ms = $2, updated_at_ms = $2, end_reason = $3 \
-         WHERE id = $1 AND state = 'open' AND room_key IS NULL AND first_joined_at_ms IS NULL";
-
-    /// `$1` edge. A suspended edge keeps its row: its suspension holds if it comes back.
-    pub(super) const FORGET_EDGE: &str = "DELETE FROM edges WHERE id = $1 AND NOT suspended";
-}
-
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use locus_protocol::SpoolEntry;
+use locus_protocol::{SpoolBody, SpoolEntry};
+use sqlx::QueryBuilder;
+
+use rows::{audit_from_row, edge_from_row, metric_from_row, session_from_row};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -333,6 +329,34 @@ macro_rules! dispatch {
     };
 }
 
+/// Runs an operation written once for both dialects: `$body`, a block yielding
+/// `Result<_, sqlx::Error>` with `$db` bound to the store's backend, whose `reader()`,
+/// `writer()` and `begin_write()` give the connections for it; a database error becomes
+/// [`StoreError::Database`] of operation `$op`. The block is compiled once per backend, so
+/// the statements are checked against each driver's types.
+///
+/// - `retried`: the operation is idempotent; on Postgres it runs once more after a
+///   transient fault (a broken connection, a deadlock; see [`postgres::retry_once`]).
+///   SQLite has no connection to lose and one writer, so nothing there to retry.
+/// - `once`: each run writes anew (an audit row), or the caller handles a failure.
+macro_rules! shared {
+    ($store:expr, $op:expr, $policy:ident, |$db:ident| $body:block) => {
+        match &$store.inner.backend {
+            Backend::Sqlite($db) => shared!(@run once, $op, $body),
+            Backend::Postgres($db) => shared!(@run $policy, $op, $body),
+        }
+        .map_err(StoreError::db($op))
+    };
+    (@run once, $op:expr, $body:block) => {{
+        // Annotated: the body's `?` converts into sqlx's error.
+        let result: Result<_, sqlx::Error> = async { $body }.await;
+        result
+    }};
+    (@run retried, $op:expr, $body:block) => {
+        postgres::retry_once!($op, |_retry| async { $body }.await)
+    };
+}
+
 impl Backend {
     /// One group-commit batch (see [`Store::create_session`]).
     async fn create_sessions(&self, news: &[&NewSession]) -> Result<Vec<CreateReply>, sqlx::Error> {
@@ -469,7 +493,9 @@ impl Store {
     /// unreachable (Postgres: within [`StoreOptions::acquire_timeout`]); succeeds again
     /// once it is back, without a restart of the locator.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        dispatch!(&self.inner.backend, db => db.ping().await)
+        shared!(self, "ping", once, |db| {
+            sqlx::query("SELECT 1").execute(db.reader()).await.map(drop)
+        })
     }
 
     /// The backend and where its data lives (no secrets).
@@ -524,12 +550,24 @@ impl Store {
 
     /// A session by id, open or ended; `None` when unknown.
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        dispatch!(&self.inner.backend, db => db.get_session(id).await)
+        shared!(self, "get_session", retried, |db| {
+            let row = sqlx::query(sql::SESSION_BY_ID)
+                .bind(id)
+                .fetch_optional(db.reader())
+                .await?;
+            row.as_ref().map(session_from_row).transpose()
+        })
     }
 
     /// The room with this key, if it exists.
     pub async fn get_room(&self, room_key: &str) -> Result<Option<SessionRecord>, StoreError> {
-        dispatch!(&self.inner.backend, db => db.get_room(room_key).await)
+        shared!(self, "get_room", retried, |db| {
+            let row = sqlx::query(sql::SESSION_BY_ROOM)
+                .bind(room_key)
+                .fetch_optional(db.reader())
+                .await?;
+            row.as_ref().map(session_from_row).transpose()
+        })
     }
 
     /// Ends an open ad-hoc session; returns whether it changed. Rooms never end: for a
@@ -540,7 +578,15 @@ impl Store {
         reason: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        dispatch!(&self.inner.backend, db => db.end_session(id, reason, now_ms).await)
+        shared!(self, "end_session", retried, |db| {
+            let done = sqlx::query(sql::END_SESSION)
+                .bind(id)
+                .bind(reason)
+                .bind(now_ms)
+                .execute(db.writer())
+                .await?;
+            Ok(done.rows_affected() > 0)
+        })
     }
 
     /// Moves an open session (typically a room) from `from_edge` to `to_edge`, only if it
@@ -554,9 +600,16 @@ impl Store {
         region: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        dispatch!(&self.inner.backend, db => {
-            db.reassign_session(id, from_edge, to_edge, region, now_ms)
-                .await
+        shared!(self, "reassign_session", retried, |db| {
+            let done = sqlx::query(sql::REASSIGN_SESSION)
+                .bind(id)
+                .bind(from_edge)
+                .bind(to_edge)
+                .bind(region)
+                .bind(now_ms)
+                .execute(db.writer())
+                .await?;
+            Ok(done.rows_affected() > 0)
         })
     }
 
@@ -568,8 +621,14 @@ impl Store {
         reason: &str,
         now_ms: i64,
     ) -> Result<Vec<String>, StoreError> {
-        dispatch!(&self.inner.backend, db => {
-            db.end_ad_hoc_sessions_on_edge(edge_id, reason, now_ms)
+        // A retry after an unacknowledged commit returns no ids: those sessions ended
+        // all the same (their edge is told when it registers again).
+        shared!(self, "end_ad_hoc_sessions_on_edge", retried, |db| {
+            sqlx::query_scalar(sql::END_AD_HOC_ON_EDGE)
+                .bind(edge_id)
+                .bind(reason)
+                .bind(now_ms)
+                .fetch_all(db.writer())
                 .await
         })
     }
@@ -582,7 +641,13 @@ impl Store {
         created_before_ms: i64,
         limit: u32,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        dispatch!(&self.inner.backend, db => db.unjoined_sessions(created_before_ms, limit).await)
+        shared!(self, "unjoined_sessions", retried, |db| {
+            sqlx::query_as(sql::UNJOINED_SESSIONS)
+                .bind(created_before_ms)
+                .bind(i64::from(limit))
+                .fetch_all(db.reader())
+                .await
+        })
     }
 
     /// Ends those of `ids` still open, ad-hoc and unjoined, in one transaction (a join
@@ -597,7 +662,23 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        dispatch!(&self.inner.backend, db => db.expire_unjoined(ids, reason, now_ms).await)
+        shared!(self, "expire_unjoined", once, |db| {
+            let mut tx = db.begin_write().await?;
+            let mut ended = Vec::new();
+            for id in ids {
+                let done = sqlx::query(sql::EXPIRE_UNJOINED)
+                    .bind(id)
+                    .bind(now_ms)
+                    .bind(reason)
+                    .execute(&mut *tx)
+                    .await?;
+                if done.rows_affected() > 0 {
+                    ended.push(id.to_string());
+                }
+            }
+            tx.commit().await?;
+            Ok(ended)
+        })
     }
 
     /// Forgets a failed edge's records (its published state, and its registration unless
@@ -612,7 +693,13 @@ impl Store {
         &self,
         edge_id: &str,
     ) -> Result<Vec<SessionRecord>, StoreError> {
-        dispatch!(&self.inner.backend, db => db.open_sessions_on_edge(edge_id).await)
+        shared!(self, "open_sessions_on_edge", retried, |db| {
+            let rows = sqlx::query(sql::OPEN_SESSIONS_ON_EDGE)
+                .bind(edge_id)
+                .fetch_all(db.reader())
+                .await?;
+            rows.iter().map(session_from_row).collect()
+        })
     }
 
     /// Whether the edge's own record says the session is running there: its latest
@@ -624,14 +711,33 @@ impl Store {
         session_id: &str,
         edge_id: &str,
     ) -> Result<bool, StoreError> {
-        dispatch!(&self.inner.backend, db => db.session_running_on_edge(session_id, edge_id).await)
+        shared!(self, "session_running_on_edge", retried, |db| {
+            let kind: Option<String> = sqlx::query_scalar(sql::LAST_START_OR_END)
+                .bind(session_id)
+                .bind(edge_id)
+                .fetch_optional(db.reader())
+                .await?;
+            Ok(kind.as_deref() == Some("session_started"))
+        })
     }
 
     /// Inserts or updates an edge's registration (region, URL, capacity, version,
     /// last seen). The suspension columns and `first_seen_ms` of an existing edge are
     /// kept. Returns the stored edge, with its suspension.
     pub async fn upsert_edge(&self, edge: &EdgeRecord) -> Result<EdgeRecord, StoreError> {
-        dispatch!(&self.inner.backend, db => db.upsert_edge(edge).await)
+        shared!(self, "upsert_edge", retried, |db| {
+            let row = sqlx::query(sql::UPSERT_EDGE)
+                .bind(&edge.id)
+                .bind(&edge.region)
+                .bind(&edge.public_url)
+                .bind(i64::from(edge.capacity))
+                .bind(&edge.version)
+                .bind(edge.first_seen_ms)
+                .bind(edge.last_seen_ms)
+                .fetch_one(db.writer())
+                .await?;
+            edge_from_row(&row)
+        })
     }
 
     /// Suspends or resumes an edge; returns whether it changed. A real change writes an
@@ -646,19 +752,64 @@ impl Store {
         actor: &str,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        dispatch!(&self.inner.backend, db => {
-            db.set_suspended(edge_id, suspended, actor, now_ms).await
+        let changed = shared!(self, "set_suspended", retried, |db| {
+            let mut tx = db.begin_write().await?;
+            let changed = sqlx::query(sql::SET_SUSPENDED)
+                .bind(edge_id)
+                .bind(suspended)
+                .bind(suspended.then_some(actor))
+                .bind(suspended.then_some(now_ms))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+            if !changed {
+                let known = sqlx::query(sql::EDGE_EXISTS)
+                    .bind(edge_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .is_some();
+                // Nothing written: dropping the transaction rolls it back.
+                return Ok(known.then_some(false));
+            }
+            let kind = if suspended {
+                "edge_suspended"
+            } else {
+                "edge_resumed"
+            };
+            sqlx::query(sql::INSERT_ADMIN_AUDIT)
+                .bind(edge_id)
+                .bind(now_ms)
+                .bind(kind)
+                .bind(actor)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(Some(true))
+        })?;
+        changed.ok_or_else(|| StoreError::NotFound {
+            what: "edge",
+            id: edge_id.to_string(),
         })
     }
 
     /// One edge, with its suspension.
     pub async fn edge(&self, edge_id: &str) -> Result<Option<EdgeRecord>, StoreError> {
-        dispatch!(&self.inner.backend, db => db.edge(edge_id).await)
+        shared!(self, "edge", retried, |db| {
+            let row = sqlx::query(sql::EDGE_BY_ID)
+                .bind(edge_id)
+                .fetch_optional(db.reader())
+                .await?;
+            row.as_ref().map(edge_from_row).transpose()
+        })
     }
 
     /// Every known edge, by id, with its suspension.
     pub async fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError> {
-        dispatch!(&self.inner.backend, db => db.edges().await)
+        shared!(self, "edges", retried, |db| {
+            let rows = sqlx::query(sql::EDGES).fetch_all(db.reader()).await?;
+            rows.iter().map(edge_from_row).collect()
+        })
     }
 
     /// Records an admin action (e.g. `edge_drained`); returns the audit row id.
@@ -670,18 +821,16 @@ impl Store {
         detail: Option<&str>,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
-        dispatch!(&self.inner.backend, db => {
-            db.record_audit(
-                AuditSource::Admin,
-                kind,
-                edge_id,
-                None,
-                Some(actor),
-                detail,
-                now_ms,
-            )
-            .await
-        })
+        self.record_audit(
+            AuditSource::Admin,
+            kind,
+            edge_id,
+            None,
+            Some(actor),
+            detail,
+            now_ms,
+        )
+        .await
     }
 
     /// Records a decision of the locator (e.g. `room_reassigned`, `edge_failed`); returns
@@ -694,18 +843,16 @@ impl Store {
         detail: Option<&str>,
         now_ms: i64,
     ) -> Result<i64, StoreError> {
-        dispatch!(&self.inner.backend, db => {
-            db.record_audit(
-                AuditSource::Locator,
-                kind,
-                edge_id,
-                session_id,
-                None,
-                detail,
-                now_ms,
-            )
-            .await
-        })
+        self.record_audit(
+            AuditSource::Locator,
+            kind,
+            edge_id,
+            session_id,
+            None,
+            detail,
+            now_ms,
+        )
+        .await
     }
 
     /// Stores spool entries relayed by an edge, in one transaction, and returns the
@@ -732,23 +879,108 @@ impl Store {
         entries: &[SpoolEntry],
     ) -> Result<u64, StoreError> {
         validate_spool(edge_id, entries)?;
-        dispatch!(&self.inner.backend, db => db.store_spool(edge_id, entries).await)
+        if entries.is_empty() {
+            return self.acked_seq(edge_id).await;
+        }
+        shared!(self, "store_spool", retried, |db| {
+            let mut tx = db.begin_write().await?;
+            let acked: i64 = sqlx::query_scalar(sql::LOCK_SPOOL_PROGRESS)
+                .bind(edge_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let mut high = acked;
+            for entry in entries {
+                let seq = seq_i64(entry.seq);
+                if seq <= acked {
+                    continue; // Relayed again: stored before.
+                }
+                high = high.max(seq);
+                if let SpoolBody::Metrics(m) = &entry.body {
+                    sqlx::query(sql::INSERT_METRIC)
+                        .bind(edge_id)
+                        .bind(seq)
+                        .bind(entry.at_unix_ms)
+                        .bind(f64::from(m.cpu))
+                        .bind(f64::from(m.lag_ms))
+                        .bind(i64::from(m.connections))
+                        .bind(i64::from(m.sessions))
+                        .execute(&mut *tx)
+                        .await?;
+                    continue;
+                }
+                let inserted = sqlx::query(sql::INSERT_EDGE_AUDIT)
+                    .bind(edge_id)
+                    .bind(seq)
+                    .bind(entry.at_unix_ms)
+                    .bind(entry.body.audit_kind().unwrap_or("unknown"))
+                    .bind(entry.body.session_id())
+                    .bind(entry.body.participant())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    > 0;
+                if let (true, SpoolBody::SessionStarted { session_id })
+                | (true, SpoolBody::ParticipantJoined { session_id, .. }) =
+                    (inserted, &entry.body)
+                {
+                    sqlx::query(sql::NOTE_FIRST_JOIN)
+                        .bind(session_id)
+                        .bind(edge_id)
+                        .bind(entry.at_unix_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if let (true, SpoolBody::SessionEnded { session_id }) = (inserted, &entry.body) {
+                    sqlx::query(sql::END_REPORTED_SESSION)
+                        .bind(session_id)
+                        .bind(edge_id)
+                        .bind(entry.at_unix_ms)
+                        .bind(ENDED_BY_EDGE)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            if high > acked {
+                sqlx::query(sql::ADVANCE_SPOOL_PROGRESS)
+                    .bind(edge_id)
+                    .bind(high)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(seq_u64(high))
+        })
     }
 
     /// The highest spool sequence stored for an edge (0: none).
     pub async fn acked_seq(&self, edge_id: &str) -> Result<u64, StoreError> {
-        dispatch!(&self.inner.backend, db => db.acked_seq(edge_id).await)
+        let acked: Option<i64> = shared!(self, "acked_seq", retried, |db| {
+            sqlx::query_scalar(sql::ACKED_SEQ)
+                .bind(edge_id)
+                .fetch_optional(db.reader())
+                .await
+        })?;
+        Ok(acked.map_or(0, seq_u64))
     }
 
     /// Audit rows matching the filter, newest first (by id). For the next page, pass the
     /// last returned id as `before_id`.
     pub async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        dispatch!(&self.inner.backend, db => db.audit(filter).await)
+        shared!(self, "audit", retried, |db| {
+            let rows = audit_query(filter).build().fetch_all(db.reader()).await?;
+            rows.iter().map(audit_from_row).collect()
+        })
     }
 
     /// How many audit rows there are (about one edge, or all).
     pub async fn count_audit(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
-        dispatch!(&self.inner.backend, db => db.count_audit(edge_id).await)
+        let count: i64 = shared!(self, "count_audit", retried, |db| {
+            sqlx::query_scalar(sql::COUNT_AUDIT)
+                .bind(edge_id)
+                .fetch_one(db.reader())
+                .await
+        })?;
+        Ok(seq_u64(count))
     }
 
     /// The most recent metrics samples of an edge, newest first (by sequence).
@@ -758,12 +990,25 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<MetricRecord>, StoreError> {
         let limit = limit.min(MAX_AUDIT_PAGE);
-        dispatch!(&self.inner.backend, db => db.recent_metrics(edge_id, limit).await)
+        shared!(self, "recent_metrics", retried, |db| {
+            let rows = sqlx::query(sql::RECENT_METRICS)
+                .bind(edge_id)
+                .bind(i64::from(limit))
+                .fetch_all(db.reader())
+                .await?;
+            rows.iter().map(metric_from_row).collect()
+        })
     }
 
     /// How many metrics samples there are (of one edge, or all).
     pub async fn count_metrics(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
-        dispatch!(&self.inner.backend, db => db.count_metrics(edge_id).await)
+        let count: i64 = shared!(self, "count_metrics", retried, |db| {
+            sqlx::query_scalar(sql::COUNT_METRICS)
+                .bind(edge_id)
+                .fetch_one(db.reader())
+                .await
+        })?;
+        Ok(seq_u64(count))
     }
 
     /// Signs an admin in: stores the page session by the SHA-256 of its cookie value
@@ -777,9 +1022,24 @@ impl Store {
         expires_at_ms: i64,
         max_sessions: u32,
     ) -> Result<(), StoreError> {
-        dispatch!(&self.inner.backend, db => {
-            db.create_admin_session(token_sha256, name, now_ms, expires_at_ms, max_sessions)
-                .await
+        shared!(self, "create_admin_session", once, |db| {
+            let mut tx = db.begin_write().await?;
+            sqlx::query(sql::DELETE_EXPIRED_ADMIN_SESSIONS)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sql::INSERT_ADMIN_SESSION)
+                .bind(token_sha256)
+                .bind(name)
+                .bind(now_ms)
+                .bind(expires_at_ms)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(sql::TRIM_ADMIN_SESSIONS)
+                .bind(i64::from(max_sessions))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
         })
     }
 
@@ -789,12 +1049,54 @@ impl Store {
         token_sha256: &str,
         now_ms: i64,
     ) -> Result<Option<String>, StoreError> {
-        dispatch!(&self.inner.backend, db => db.admin_session(token_sha256, now_ms).await)
+        shared!(self, "admin_session", retried, |db| {
+            sqlx::query_scalar(sql::ADMIN_SESSION)
+                .bind(token_sha256)
+                .bind(now_ms)
+                .fetch_optional(db.reader())
+                .await
+        })
     }
 
     /// Signs out: the session ends on every locator.
     pub async fn delete_admin_session(&self, token_sha256: &str) -> Result<(), StoreError> {
-        dispatch!(&self.inner.backend, db => db.delete_admin_session(token_sha256).await)
+        shared!(self, "delete_admin_session", retried, |db| {
+            sqlx::query(sql::DELETE_ADMIN_SESSION)
+                .bind(token_sha256)
+                .execute(db.writer())
+                .await
+                .map(drop)
+        })
+    }
+
+    /// Not retried: every call inserts a new row, and a retry after an unacknowledged
+    /// commit would store it twice.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_audit(
+        &self,
+        source: AuditSource,
+        kind: &str,
+        edge_id: Option<&str>,
+        session_id: Option<&str>,
+        actor: Option<&str>,
+        detail: Option<&str>,
+        at_ms: i64,
+    ) -> Result<i64, StoreError> {
+        if kind.is_empty() {
+            return Err(StoreError::invalid("audit entry", "empty kind"));
+        }
+        shared!(self, "record_audit", once, |db| {
+            sqlx::query_scalar(sql::INSERT_AUDIT)
+                .bind(source.as_str())
+                .bind(edge_id)
+                .bind(at_ms)
+                .bind(kind)
+                .bind(session_id)
+                .bind(actor)
+                .bind(detail)
+                .fetch_one(db.writer())
+                .await
+        })
     }
 
     /// Whether several locators may share this database (Postgres): then each publishes
@@ -962,6 +1264,60 @@ impl ChangeFeed {
             }
         }
     }
+}
+
+/// The answer to a creation whose INSERT did nothing, given the rows with its id or its
+/// room key (in this transaction's view): the room of its key (joined), or a conflict on
+/// its id. On a retry, a row with its id, room key and creation time is its own first
+/// attempt, committed before the connection broke: created (see the module
+/// documentation).
+fn answer_without_insert(new: &NewSession, existing: &[SessionRecord], retry: bool) -> CreateReply {
+    if retry
+        && let Some(own) = existing
+            .iter()
+            .find(|s| s.id == new.id && s.room_key == new.room_key && s.created_at_ms == new.now_ms)
+    {
+        return Ok((own.clone(), true));
+    }
+    match &new.room_key {
+        Some(key) => existing
+            .iter()
+            .find(|s| s.room_key.as_ref() == Some(key))
+            .map(|s| (s.clone(), false))
+            .ok_or_else(|| StoreError::session_conflict(&new.id)),
+        None => Err(StoreError::session_conflict(&new.id)),
+    }
+}
+
+/// Why a session ended when its edge reported the end.
+const ENDED_BY_EDGE: &str = "ended_on_edge";
+
+/// The audit page a filter asks for, in either dialect (the builder numbers the
+/// parameters as the dialect wants).
+fn audit_query<DB: sqlx::Database>(filter: &AuditFilter) -> QueryBuilder<DB>
+where
+    for<'q> String: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    for<'q> i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut q = QueryBuilder::new(sql::AUDIT_PAGE);
+    if let Some(edge_id) = &filter.edge_id {
+        q.push(" AND edge_id = ").push_bind(edge_id.clone());
+    }
+    if let Some(session_id) = &filter.session_id {
+        q.push(" AND session_id = ").push_bind(session_id.clone());
+    }
+    if let Some(since) = filter.since_ms {
+        q.push(" AND at_ms >= ").push_bind(since);
+    }
+    if let Some(until) = filter.until_ms {
+        q.push(" AND at_ms < ").push_bind(until);
+    }
+    if let Some(before) = filter.before_id {
+        q.push(" AND id < ").push_bind(before);
+    }
+    q.push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(filter.page_size()));
+    q
 }
 
 fn validate_spool(edge_id: &str, entries: &[SpoolEntry]) -> Result<(), StoreError> {

@@ -1,7 +1,12 @@
 //! The Postgres backend: several locators on one database.
 //!
-//! Same tables, same semantics and same method signatures as the SQLite backend; only
-//! what differs is described here.
+//! Same tables and same semantics as the SQLite backend. Most operations are written
+//! once for both in the facade (`store.rs`, SQL in `sql.rs`); this file keeps what only
+//! Postgres does or says differently: its connections and session settings, migrations
+//! under an advisory lock, the retry of idempotent operations ([`retry_once!`]), the
+//! group commit as one `UNNEST` statement, and forgetting an edge's published row. The
+//! operations of several locators on one database (`edge_live`, notifications) are in
+//! `cluster.rs`, on a type only a Postgres store gives.
 //!
 //! # Connections and timeouts
 //!
@@ -32,7 +37,7 @@
 //! An operation that fails on a broken connection (the server restarted under it), on a
 //! deadlock or on a serialization failure is retried once, when it is idempotent:
 //!
-//! - reads, [`upsert_edge`](PostgresBackend::upsert_edge), the ending and moving of
+//! - reads, [`upsert_edge`](super::Store::upsert_edge), the ending and moving of
 //!   sessions (conditional updates: a second run changes nothing; it may then report
 //!   "not changed" although the first, unacknowledged, run changed it);
 //! - spool batches: idempotent by `(edge_id, seq)`;
@@ -44,7 +49,8 @@
 //!   first attempt committed before the connection broke and the creation is answered as
 //!   created (not as a conflict, nor as a join of the room it created itself).
 //!
-//! Audit rows written by [`record_audit`](PostgresBackend::record_audit) are not retried:
+//! Audit rows ([`record_admin_action`](super::Store::record_admin_action) and
+//! [`record_locator_event`](super::Store::record_locator_event)) are not retried:
 //! each call inserts a new row, and a retry after an unacknowledged commit would store it
 //! twice.
 //!
@@ -89,22 +95,39 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use locus_protocol::{SpoolBody, SpoolEntry};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres, QueryBuilder, Row};
+use sqlx::{Connection, Postgres, Row, Transaction};
 
 use super::error::{Fault, migrate_hint};
-use super::rows::{audit_from_row, edge_from_row, metric_from_row, session_from_row};
+use super::rows::{edge_from_row, session_from_row};
+use super::sql::{self, session_columns};
 use super::{
-    AuditFilter, AuditRecord, AuditSource, CreateReply, EdgeRecord, MetricRecord, NewSession,
-    SessionRecord, StoreError, StoreOptions, seq_i64, seq_u64, sql,
+    CreateReply, NewSession, SessionRecord, StoreError, StoreOptions, answer_without_insert,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
-/// Why a session ended when its edge reported the end.
-const ENDED_BY_EDGE: &str = "ended_on_edge";
+/// `$1` ids, `$2` room keys, `$3` regions, `$4` edges, `$5` times: a whole group-commit
+/// batch in one statement, inserted in the order given (SQLite, without arrays, inserts
+/// row by row).
+const INSERT_SESSIONS: &str = concat!(
+    "INSERT INTO sessions (id, room_key, region, edge_id, state, created_at_ms, \
+     updated_at_ms) \
+     SELECT id, room_key, region, edge_id, 'open', at_ms, at_ms \
+     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
+     WITH ORDINALITY AS t (id, room_key, region, edge_id, at_ms, ord) \
+     ORDER BY ord \
+     ON CONFLICT DO NOTHING RETURNING ",
+    session_columns!()
+);
+
+/// `$1` ids, `$2` room keys: the rows of the creations of a batch that inserted nothing.
+const SESSIONS_BY_IDS_OR_ROOMS: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM sessions WHERE id = ANY($1::text[]) OR room_key = ANY($2::text[])"
+);
 
 /// Longest a transaction may sit idle with locks held before the server ends it.
 const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -113,15 +136,20 @@ const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 /// table lock).
 const MIGRATION_LOCK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs `$body` (which yields a `Result<_, sqlx::Error>`) and, when it fails with an
-/// error after which a second run is safe and may succeed, runs it once more with
-/// `$retry` set. Only for idempotent operations (see the module documentation).
+/// Runs `$body` (an expression yielding `Result<_, sqlx::Error>`) and, when it fails
+/// with a transient fault ([`Fault::is_transient`]: a second run is safe and may
+/// succeed), runs it once more with `$retry` set. Only for idempotent operations (see
+/// the module documentation). A macro, not a function taking a closure: the body borrows
+/// the caller's arguments across `.await`s, and the futures must stay `Send`.
 macro_rules! retry_once {
     ($op:expr, |$retry:ident| $body:expr) => {{
         let mut $retry = false;
         loop {
-            match $body {
-                Err(error) if !$retry && Fault::of(&error).is_transient() => {
+            let result: Result<_, sqlx::Error> = $body;
+            match result {
+                Err(error)
+                    if !$retry && $crate::store::error::Fault::of(&error).is_transient() =>
+                {
                     tracing::warn!(
                         op = $op,
                         %error,
@@ -135,6 +163,7 @@ macro_rules! retry_once {
         }
     }};
 }
+pub(super) use retry_once;
 
 #[derive(Debug, Clone)]
 pub(super) struct PostgresBackend {
@@ -201,12 +230,18 @@ impl PostgresBackend {
         &self.location
     }
 
-    pub(super) async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::db("ping"))?;
-        Ok(())
+    /// Reads and single-statement writes share the pool.
+    pub(super) fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(super) fn writer(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// A write transaction (READ COMMITTED; row locks and conditions decide races).
+    pub(super) async fn begin_write(&self) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+        self.pool.begin().await
     }
 
     pub(super) async fn close(&self) {
@@ -274,24 +309,14 @@ impl PostgresBackend {
         let edges: Vec<&str> = order.iter().map(|&i| news[i].edge_id.as_str()).collect();
         let times: Vec<i64> = order.iter().map(|&i| news[i].now_ms).collect();
 
-        let inserted = sqlx::query(
-            "INSERT INTO sessions (id, room_key, region, edge_id, state, created_at_ms, \
-             updated_at_ms) \
-             SELECT id, room_key, region, edge_id, 'open', at_ms, at_ms \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[]) \
-             WITH ORDINALITY AS t (id, room_key, region, edge_id, at_ms, ord) \
-             ORDER BY ord \
-             ON CONFLICT DO NOTHING \
-             RETURNING id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
-             ended_at_ms, end_reason",
-        )
-        .bind(&ids)
-        .bind(&keys)
-        .bind(&regions)
-        .bind(&edges)
-        .bind(&times)
-        .fetch_all(&mut *conn)
-        .await?;
+        let inserted = sqlx::query(INSERT_SESSIONS)
+            .bind(&ids)
+            .bind(&keys)
+            .bind(&regions)
+            .bind(&edges)
+            .bind(&times)
+            .fetch_all(&mut *conn)
+            .await?;
         let mut inserted: std::collections::HashMap<String, SessionRecord> = inserted
             .iter()
             .map(|row| session_from_row(row).map(|s| (s.id.clone(), s)))
@@ -313,15 +338,11 @@ impl PostgresBackend {
                 .iter()
                 .filter_map(|&i| news[i].room_key.as_deref())
                 .collect();
-            let rows = sqlx::query(
-                "SELECT id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
-                 ended_at_ms, end_reason FROM sessions \
-                 WHERE id = ANY($1::text[]) OR room_key = ANY($2::text[])",
-            )
-            .bind(&ids)
-            .bind(&keys)
-            .fetch_all(&mut *conn)
-            .await?;
+            let rows = sqlx::query(SESSIONS_BY_IDS_OR_ROOMS)
+                .bind(&ids)
+                .bind(&keys)
+                .fetch_all(&mut *conn)
+                .await?;
             let existing = rows
                 .iter()
                 .map(session_from_row)
@@ -334,138 +355,6 @@ impl PostgresBackend {
             .into_iter()
             .map(|reply| reply.unwrap_or_else(|| Err(StoreError::WriterStopped)))
             .collect())
-    }
-
-    pub(super) async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let op = "get_session";
-        let row = retry_once!(op, |_retry| sqlx::query(
-            "SELECT id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
-             ended_at_ms, end_reason FROM sessions WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        row.map(|row| session_from_row(&row))
-            .transpose()
-            .map_err(StoreError::db(op))
-    }
-
-    pub(super) async fn get_room(&self, key: &str) -> Result<Option<SessionRecord>, StoreError> {
-        let op = "get_room";
-        let row = retry_once!(op, |_retry| sqlx::query(
-            "SELECT id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
-             ended_at_ms, end_reason FROM sessions WHERE room_key = $1",
-        )
-        .bind(key)
-        .fetch_optional(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        row.map(|row| session_from_row(&row))
-            .transpose()
-            .map_err(StoreError::db(op))
-    }
-
-    pub(super) async fn end_session(
-        &self,
-        id: &str,
-        reason: &str,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let op = "end_session";
-        let done = retry_once!(op, |_retry| sqlx::query(
-            "UPDATE sessions SET state = 'ended', ended_at_ms = $3, updated_at_ms = $3, \
-             end_reason = $2 WHERE id = $1 AND state = 'open' AND room_key IS NULL",
-        )
-        .bind(id)
-        .bind(reason)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    pub(super) async fn reassign_session(
-        &self,
-        id: &str,
-        from_edge: &str,
-        to_edge: &str,
-        region: &str,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let op = "reassign_session";
-        let done = retry_once!(op, |_retry| sqlx::query(
-            "UPDATE sessions SET edge_id = $3, region = $4, updated_at_ms = $5 \
-             WHERE id = $1 AND edge_id = $2 AND state = 'open'",
-        )
-        .bind(id)
-        .bind(from_edge)
-        .bind(to_edge)
-        .bind(region)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    pub(super) async fn end_ad_hoc_sessions_on_edge(
-        &self,
-        edge_id: &str,
-        reason: &str,
-        now_ms: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        let op = "end_ad_hoc_sessions_on_edge";
-        // A retry after an unacknowledged commit returns no ids: those sessions ended
-        // all the same (their edge is told when it registers again).
-        retry_once!(op, |_retry| sqlx::query_scalar(sql::END_AD_HOC_ON_EDGE)
-            .bind(edge_id)
-            .bind(reason)
-            .bind(now_ms)
-            .fetch_all(&self.pool)
-            .await)
-        .map_err(StoreError::db(op))
-    }
-
-    pub(super) async fn unjoined_sessions(
-        &self,
-        created_before_ms: i64,
-        limit: u32,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let op = "unjoined_sessions";
-        retry_once!(op, |_retry| sqlx::query_as(sql::UNJOINED_SESSIONS)
-            .bind(created_before_ms)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await)
-        .map_err(StoreError::db(op))
-    }
-
-    pub(super) async fn expire_unjoined(
-        &self,
-        ids: &[&str],
-        reason: &str,
-        now_ms: i64,
-    ) -> Result<Vec<String>, StoreError> {
-        let op = "expire_unjoined";
-        let db = StoreError::db;
-        let mut tx = self.pool.begin().await.map_err(db(op))?;
-        let mut ended = Vec::new();
-        for id in ids {
-            let done = sqlx::query(sql::EXPIRE_UNJOINED)
-                .bind(id)
-                .bind(now_ms)
-                .bind(reason)
-                .execute(&mut *tx)
-                .await
-                .map_err(db(op))?;
-            if done.rows_affected() > 0 {
-                ended.push(id.to_string());
-            }
-        }
-        tx.commit().await.map_err(db(op))?;
-        Ok(ended)
     }
 
     /// The published row goes only while it is still the failed claim `claim_rev` (an
@@ -502,380 +391,6 @@ impl PostgresBackend {
         tx.commit().await.map_err(db(op))?;
         Ok(!claimed)
     }
-
-    pub(super) async fn open_sessions_on_edge(
-        &self,
-        edge_id: &str,
-    ) -> Result<Vec<SessionRecord>, StoreError> {
-        let op = "open_sessions_on_edge";
-        let rows = retry_once!(op, |_retry| sqlx::query(
-            "SELECT id, room_key, region, edge_id, state, created_at_ms, updated_at_ms, \
-             ended_at_ms, end_reason FROM sessions WHERE edge_id = $1 AND state = 'open' \
-             ORDER BY created_at_ms, id",
-        )
-        .bind(edge_id)
-        .fetch_all(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        rows.iter()
-            .map(session_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::db(op))
-    }
-
-    pub(super) async fn upsert_edge(&self, edge: &EdgeRecord) -> Result<EdgeRecord, StoreError> {
-        let op = "upsert_edge";
-        let row = retry_once!(op, |_retry| sqlx::query(
-            "INSERT INTO edges (id, region, public_url, capacity, version, suspended, \
-             first_seen_ms, last_seen_ms) VALUES ($1, $2, $3, $4, $5, FALSE, $6, $7) \
-             ON CONFLICT (id) DO UPDATE SET region = excluded.region, \
-             public_url = excluded.public_url, capacity = excluded.capacity, \
-             version = excluded.version, last_seen_ms = excluded.last_seen_ms \
-             RETURNING id, region, public_url, capacity, version, suspended, suspended_by, \
-             suspended_at_ms, first_seen_ms, last_seen_ms",
-        )
-        .bind(&edge.id)
-        .bind(&edge.region)
-        .bind(&edge.public_url)
-        .bind(i64::from(edge.capacity))
-        .bind(&edge.version)
-        .bind(edge.first_seen_ms)
-        .bind(edge.last_seen_ms)
-        .fetch_one(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        edge_from_row(&row).map_err(StoreError::db(op))
-    }
-
-    pub(super) async fn set_suspended(
-        &self,
-        edge_id: &str,
-        suspended: bool,
-        actor: &str,
-        now_ms: i64,
-    ) -> Result<bool, StoreError> {
-        let op = "set_suspended";
-        let outcome = retry_once!(op, |_retry| self
-            .set_suspended_tx(edge_id, suspended, actor, now_ms)
-            .await)
-        .map_err(StoreError::db(op))?;
-        outcome.ok_or_else(|| StoreError::NotFound {
-            what: "edge",
-            id: edge_id.to_string(),
-        })
-    }
-
-    /// `None`: no such edge.
-    async fn set_suspended_tx(
-        &self,
-        edge_id: &str,
-        suspended: bool,
-        actor: &str,
-        now_ms: i64,
-    ) -> Result<Option<bool>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let changed = sqlx::query(
-            "UPDATE edges SET suspended = $2, suspended_by = $3, suspended_at_ms = $4 \
-             WHERE id = $1 AND suspended <> $2",
-        )
-        .bind(edge_id)
-        .bind(suspended)
-        .bind(suspended.then_some(actor))
-        .bind(suspended.then_some(now_ms))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        if !changed {
-            let known = sqlx::query("SELECT 1 FROM edges WHERE id = $1")
-                .bind(edge_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .is_some();
-            // Nothing written: dropping the transaction rolls it back.
-            return Ok(known.then_some(false));
-        }
-        let kind = if suspended {
-            "edge_suspended"
-        } else {
-            "edge_resumed"
-        };
-        sqlx::query(
-            "INSERT INTO audit (source, edge_id, at_ms, kind, actor) \
-             VALUES ('admin', $1, $2, $3, $4)",
-        )
-        .bind(edge_id)
-        .bind(now_ms)
-        .bind(kind)
-        .bind(actor)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Some(true))
-    }
-
-    pub(super) async fn edge(&self, edge_id: &str) -> Result<Option<EdgeRecord>, StoreError> {
-        let op = "edge";
-        let row = retry_once!(op, |_retry| sqlx::query(
-            "SELECT id, region, public_url, capacity, version, suspended, suspended_by, \
-             suspended_at_ms, first_seen_ms, last_seen_ms FROM edges WHERE id = $1",
-        )
-        .bind(edge_id)
-        .fetch_optional(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        row.map(|row| edge_from_row(&row))
-            .transpose()
-            .map_err(StoreError::db(op))
-    }
-
-    pub(super) async fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError> {
-        let op = "edges";
-        let rows = retry_once!(op, |_retry| sqlx::query(
-            "SELECT id, region, public_url, capacity, version, suspended, suspended_by, \
-             suspended_at_ms, first_seen_ms, last_seen_ms FROM edges ORDER BY id",
-        )
-        .fetch_all(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        rows.iter()
-            .map(edge_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::db(op))
-    }
-
-    /// Not retried: every call inserts a new row (see the module documentation).
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn record_audit(
-        &self,
-        source: AuditSource,
-        kind: &str,
-        edge_id: Option<&str>,
-        session_id: Option<&str>,
-        actor: Option<&str>,
-        detail: Option<&str>,
-        at_ms: i64,
-    ) -> Result<i64, StoreError> {
-        if kind.is_empty() {
-            return Err(StoreError::Invalid {
-                what: "audit entry",
-                reason: "empty kind".into(),
-            });
-        }
-        sqlx::query_scalar::<_, i64>(
-            "INSERT INTO audit (source, edge_id, at_ms, kind, session_id, actor, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(source.as_str())
-        .bind(edge_id)
-        .bind(at_ms)
-        .bind(kind)
-        .bind(session_id)
-        .bind(actor)
-        .bind(detail)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(StoreError::db("record_audit"))
-    }
-
-    pub(super) async fn store_spool(
-        &self,
-        edge_id: &str,
-        entries: &[SpoolEntry],
-    ) -> Result<u64, StoreError> {
-        if entries.is_empty() {
-            return self.acked_seq(edge_id).await;
-        }
-        let op = "store_spool";
-        retry_once!(op, |_retry| self.store_spool_tx(edge_id, entries).await)
-            .map_err(StoreError::db(op))
-    }
-
-    async fn store_spool_tx(
-        &self,
-        edge_id: &str,
-        entries: &[SpoolEntry],
-    ) -> Result<u64, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        // Locks the edge's progress row (creating it): relays of one edge's spool through
-        // several locators are applied one after the other, each seeing the last one's
-        // acknowledged sequence.
-        let acked: i64 = sqlx::query_scalar(
-            "INSERT INTO spool_progress (edge_id, acked_seq) VALUES ($1, 0) \
-             ON CONFLICT (edge_id) DO UPDATE SET acked_seq = spool_progress.acked_seq \
-             RETURNING acked_seq",
-        )
-        .bind(edge_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let mut high = acked;
-        for entry in entries {
-            let seq = seq_i64(entry.seq);
-            if seq <= acked {
-                continue; // Relayed again: stored before.
-            }
-            high = high.max(seq);
-            if let SpoolBody::Metrics(m) = &entry.body {
-                sqlx::query(
-                    "INSERT INTO metrics (edge_id, seq, at_ms, cpu, lag_ms, connections, \
-                     sessions) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-                )
-                .bind(edge_id)
-                .bind(seq)
-                .bind(entry.at_unix_ms)
-                .bind(f64::from(m.cpu))
-                .bind(f64::from(m.lag_ms))
-                .bind(i64::from(m.connections))
-                .bind(i64::from(m.sessions))
-                .execute(&mut *tx)
-                .await?;
-                continue;
-            }
-            let kind = entry.body.audit_kind().unwrap_or("unknown");
-            let inserted = sqlx::query(
-                "INSERT INTO audit (source, edge_id, seq, at_ms, kind, session_id, participant) \
-                 VALUES ('edge', $1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-            )
-            .bind(edge_id)
-            .bind(seq)
-            .bind(entry.at_unix_ms)
-            .bind(kind)
-            .bind(entry.body.session_id())
-            .bind(entry.body.participant())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                > 0;
-            if let (true, SpoolBody::SessionStarted { session_id })
-            | (true, SpoolBody::ParticipantJoined { session_id, .. }) = (inserted, &entry.body)
-            {
-                sqlx::query(sql::NOTE_FIRST_JOIN)
-                    .bind(session_id)
-                    .bind(edge_id)
-                    .bind(entry.at_unix_ms)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            if let (true, SpoolBody::SessionEnded { session_id }) = (inserted, &entry.body) {
-                // Only an open ad-hoc session hosted by the reporting edge; rooms stay.
-                sqlx::query(
-                    "UPDATE sessions SET state = 'ended', ended_at_ms = $3, \
-                     updated_at_ms = GREATEST(updated_at_ms, $3), end_reason = $4 \
-                     WHERE id = $1 AND edge_id = $2 AND state = 'open' AND room_key IS NULL",
-                )
-                .bind(session_id)
-                .bind(edge_id)
-                .bind(entry.at_unix_ms)
-                .bind(ENDED_BY_EDGE)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        if high > acked {
-            sqlx::query("UPDATE spool_progress SET acked_seq = $2 WHERE edge_id = $1")
-                .bind(edge_id)
-                .bind(high)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(seq_u64(high))
-    }
-
-    pub(super) async fn acked_seq(&self, edge_id: &str) -> Result<u64, StoreError> {
-        let op = "acked_seq";
-        let acked: Option<i64> = retry_once!(op, |_retry| sqlx::query_scalar(
-            "SELECT acked_seq FROM spool_progress WHERE edge_id = $1"
-        )
-        .bind(edge_id)
-        .fetch_optional(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        Ok(acked.map_or(0, seq_u64))
-    }
-
-    pub(super) async fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
-        let op = "audit";
-        let rows = retry_once!(op, |_retry| audit_query(filter)
-            .build()
-            .fetch_all(&self.pool)
-            .await)
-        .map_err(StoreError::db(op))?;
-        rows.iter()
-            .map(audit_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::db(op))
-    }
-
-    pub(super) async fn count_audit(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
-        let op = "count_audit";
-        let count: i64 = retry_once!(op, |_retry| sqlx::query_scalar(
-            "SELECT COUNT(*) FROM audit WHERE $1::text IS NULL OR edge_id = $1"
-        )
-        .bind(edge_id)
-        .fetch_one(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        Ok(seq_u64(count))
-    }
-
-    pub(super) async fn recent_metrics(
-        &self,
-        edge_id: &str,
-        limit: u32,
-    ) -> Result<Vec<MetricRecord>, StoreError> {
-        let op = "recent_metrics";
-        let rows = retry_once!(op, |_retry| sqlx::query(
-            "SELECT edge_id, seq, at_ms, cpu, lag_ms, connections, sessions FROM metrics \
-             WHERE edge_id = $1 ORDER BY seq DESC LIMIT $2",
-        )
-        .bind(edge_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        rows.iter()
-            .map(metric_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(StoreError::db(op))
-    }
-
-    pub(super) async fn count_metrics(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
-        let op = "count_metrics";
-        let count: i64 = retry_once!(op, |_retry| sqlx::query_scalar(
-            "SELECT COUNT(*) FROM metrics WHERE $1::text IS NULL OR edge_id = $1"
-        )
-        .bind(edge_id)
-        .fetch_one(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        Ok(seq_u64(count))
-    }
-}
-
-fn audit_query(filter: &AuditFilter) -> QueryBuilder<Postgres> {
-    let mut q = QueryBuilder::<Postgres>::new(
-        "SELECT id, source, edge_id, seq, at_ms, kind, session_id, participant, actor, \
-         detail FROM audit WHERE TRUE",
-    );
-    if let Some(edge_id) = &filter.edge_id {
-        q.push(" AND edge_id = ").push_bind(edge_id.clone());
-    }
-    if let Some(session_id) = &filter.session_id {
-        q.push(" AND session_id = ").push_bind(session_id.clone());
-    }
-    if let Some(since) = filter.since_ms {
-        q.push(" AND at_ms >= ").push_bind(since);
-    }
-    if let Some(until) = filter.until_ms {
-        q.push(" AND at_ms < ").push_bind(until);
-    }
-    if let Some(before) = filter.before_id {
-        q.push(" AND id < ").push_bind(before);
-    }
-    q.push(" ORDER BY id DESC LIMIT ")
-        .push_bind(i64::from(filter.page_size()));
-    q
 }
 
 /// Applies the session settings of every pooled connection (see the module
@@ -1013,50 +528,6 @@ fn open_hint(err: &sqlx::Error) -> std::borrow::Cow<'static, str> {
     .into()
 }
 
-/// The answer to a creation whose INSERT did nothing, given the rows with its id or its
-/// room key (in this transaction's view): the room of its key (joined), or a conflict on
-/// its id. On a retry, a row with its id, room key and creation time is its own first
-/// attempt, committed before the connection broke: created (see the module
-/// documentation).
-fn answer_without_insert(new: &NewSession, existing: &[SessionRecord], retry: bool) -> CreateReply {
-    if retry
-        && let Some(own) = existing
-            .iter()
-            .find(|s| s.id == new.id && s.room_key == new.room_key && s.created_at_ms == new.now_ms)
-    {
-        return Ok((own.clone(), true));
-    }
-    match &new.room_key {
-        Some(key) => existing
-            .iter()
-            .find(|s| s.room_key.as_ref() == Some(key))
-            .map(|s| (s.clone(), false))
-            .ok_or_else(|| StoreError::session_conflict(&new.id)),
-        None => Err(StoreError::session_conflict(&new.id)),
-    }
-}
-
-/// What edges report about their sessions.
-impl PostgresBackend {
-    pub(super) async fn session_running_on_edge(
-        &self,
-        session_id: &str,
-        edge_id: &str,
-    ) -> Result<bool, StoreError> {
-        let op = "session_running_on_edge";
-        let kind: Option<String> = retry_once!(op, |_retry| sqlx::query_scalar(
-            "SELECT kind FROM audit WHERE session_id = $1 AND edge_id = $2 AND source = 'edge' \
-             AND kind IN ('session_started', 'session_ended') ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(session_id)
-        .bind(edge_id)
-        .fetch_optional(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        Ok(kind.as_deref() == Some("session_started"))
-    }
-}
-
 /// `edge_live.liveness` and `fail_reason` as written by `publish_edges`. A value this
 /// locator does not know (written by a newer one) reads as failed: never routed to.
 fn published_liveness(liveness: String, fail_reason: Option<String>) -> super::PublishedLiveness {
@@ -1071,74 +542,6 @@ fn published_liveness(liveness: String, fail_reason: Option<String>) -> super::P
                 .and_then(FailReason::from_name)
                 .unwrap_or(FailReason::GraceExpired),
         ),
-    }
-}
-
-/// Admin page sessions.
-impl PostgresBackend {
-    pub(super) async fn create_admin_session(
-        &self,
-        token_sha256: &str,
-        name: &str,
-        now_ms: i64,
-        expires_at_ms: i64,
-        max_sessions: u32,
-    ) -> Result<(), StoreError> {
-        let op = "create_admin_session";
-        let mut tx = self.pool.begin().await.map_err(StoreError::db(op))?;
-        sqlx::query("DELETE FROM admin_sessions WHERE expires_at_ms <= $1")
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::db(op))?;
-        sqlx::query(
-            "INSERT INTO admin_sessions (token_sha256, name, created_at_ms, expires_at_ms) \
-             VALUES ($1, $2, $3, $4)",
-        )
-        .bind(token_sha256)
-        .bind(name)
-        .bind(now_ms)
-        .bind(expires_at_ms)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::db(op))?;
-        sqlx::query(
-            "DELETE FROM admin_sessions WHERE token_sha256 IN (SELECT token_sha256 FROM \
-             admin_sessions ORDER BY created_at_ms DESC, token_sha256 OFFSET $1)",
-        )
-        .bind(i64::from(max_sessions))
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::db(op))?;
-        tx.commit().await.map_err(StoreError::db(op))
-    }
-
-    pub(super) async fn admin_session(
-        &self,
-        token_sha256: &str,
-        now_ms: i64,
-    ) -> Result<Option<String>, StoreError> {
-        let op = "admin_session";
-        retry_once!(op, |_retry| sqlx::query_scalar(
-            "SELECT name FROM admin_sessions WHERE token_sha256 = $1 AND expires_at_ms > $2",
-        )
-        .bind(token_sha256)
-        .bind(now_ms)
-        .fetch_optional(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))
-    }
-
-    pub(super) async fn delete_admin_session(&self, token_sha256: &str) -> Result<(), StoreError> {
-        let op = "delete_admin_session";
-        retry_once!(op, |_retry| sqlx::query(
-            "DELETE FROM admin_sessions WHERE token_sha256 = $1"
-        )
-        .bind(token_sha256)
-        .execute(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        Ok(())
     }
 }
 
