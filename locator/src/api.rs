@@ -1138,9 +1138,7 @@ async fn admin_edge_action(
                 .map_err(|e| Problem::internal("record the suspension", &e))?;
             state.registry.set_suspended(&edge_id, suspend);
             if let Some(cluster) = &state.cluster
-                && let Err(error) = cluster
-                    .broadcast_admin(&state.store, &edge_id, &action, None)
-                    .await
+                && let Err(error) = cluster.broadcast_admin(&edge_id, &action, None).await
             {
                 // Persisted already: the others see it at their next full read.
                 tracing::warn!(edge = %edge_id, %error, "could not tell the other locators at once");
@@ -1174,7 +1172,7 @@ async fn admin_edge_action(
                 };
                 let broadcast = match &state.cluster {
                     Some(cluster) if reachable => cluster
-                        .broadcast_admin(&state.store, &edge_id, "drain", Some(deadline_unix_ms))
+                        .broadcast_admin(&edge_id, "drain", Some(deadline_unix_ms))
                         .await
                         .is_ok(),
                     _ => false,

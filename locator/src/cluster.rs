@@ -4,7 +4,7 @@
 //! Design (write-through with change notifications):
 //!
 //! - **Edge state.** The locator an edge registers with *claims* it
-//!   ([`Store::claim_edge`](crate::store::Store::claim_edge), a row in `edge_live` with a
+//!   ([`ClusterStore::claim_edge`], a row in `edge_live` with a
 //!   rev from a sequence) and from then on publishes the edge's liveness, draining flag and
 //!   last load report after every report or state change ([`publish_loop`], batched every
 //!   [`PUBLISH_COALESCE`]), with a `NOTIFY locus_edges` in the same transaction. The others
@@ -17,7 +17,7 @@
 //!   the usual `report_interval × missed_reports` (the holder died with the edge, or lost
 //!   the database), then is probed and failed like an edge whose link is lost here.
 //!   Several locators may then find the same failure: the first to mark the failed claim
-//!   handled in the database ([`Store::claim_edge_failure`](crate::store::Store::claim_edge_failure))
+//!   handled in the database ([`ClusterStore::claim_edge_failure`])
 //!   ends the edge's ad-hoc sessions and records it; the others only follow.
 //! - **Assignments.** Each session a locator assigns is counted against the edge at once
 //!   on that locator, and sent to the others (`NOTIFY locus_assignments`, coalesced while
@@ -44,7 +44,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::server::AppState;
-use crate::store::{Channel, Store, StoreError};
+use crate::store::{Channel, ClusterStore, Store, StoreError};
 
 /// How long the publisher waits after a change to publish it with the changes that
 /// follow (reports of many edges arrive close together).
@@ -62,8 +62,16 @@ pub struct Cluster {
     /// This process among the locators: random at each start (a restarted locator
     /// claims its edges anew).
     pub id: String,
-    pending_assignments: Mutex<HashMap<Arc<str>, u32>>,
-    assignments_waiting: Notify,
+    /// The operations on the shared database (only a Postgres store has them).
+    pub store: ClusterStore,
+    assignments: Assignments,
+}
+
+/// Sessions this locator assigned, waiting to be sent to the others.
+#[derive(Debug, Default)]
+struct Assignments {
+    pending: Mutex<HashMap<Arc<str>, u32>>,
+    waiting: Notify,
 }
 
 /// An admin action sent to every locator.
@@ -81,33 +89,25 @@ pub struct AdminBroadcast {
 impl Cluster {
     /// The cluster side of a locator on `store`, when the store is shared (Postgres).
     pub fn for_store(store: &Store) -> Option<Arc<Cluster>> {
-        store.is_shared().then(|| {
+        store.cluster().map(|store| {
             use rand::Rng;
             let id: u64 = rand::rng().random();
             Arc::new(Cluster {
                 id: format!("locator-{id:016x}"),
-                pending_assignments: Mutex::default(),
-                assignments_waiting: Notify::new(),
+                store,
+                assignments: Assignments::default(),
             })
         })
     }
 
     /// Counts a session assigned to `edge_id` by this locator, for the others.
     pub fn note_assignment(&self, edge_id: &Arc<str>) {
-        {
-            let mut pending = self
-                .pending_assignments
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            *pending.entry(edge_id.clone()).or_default() += 1;
-        }
-        self.assignments_waiting.notify_one();
+        self.assignments.note(edge_id);
     }
 
     /// Sends an admin action to every locator.
     pub async fn broadcast_admin(
         &self,
-        store: &Store,
         edge: &str,
         action: &str,
         deadline_unix_ms: Option<u64>,
@@ -119,17 +119,22 @@ impl Cluster {
             deadline_unix_ms,
         };
         let payload = serde_json::to_string(&message).unwrap_or_default();
-        store.notify(Channel::Admin, &payload).await
+        self.store.notify(Channel::Admin, &payload).await
+    }
+}
+
+impl Assignments {
+    fn note(&self, edge_id: &Arc<str>) {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            *pending.entry(edge_id.clone()).or_default() += 1;
+        }
+        self.waiting.notify_one();
     }
 
-    /// The pending assignments as notification payloads (`<id> <edge>=<n>,…`).
-    fn take_assignment_payloads(&self) -> Vec<String> {
-        let pending = std::mem::take(
-            &mut *self
-                .pending_assignments
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
+    /// The pending assignments as notification payloads (`<from> <edge>=<n>,…`).
+    fn take_payloads(&self, from: &str) -> Vec<String> {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
         let mut payloads = Vec::new();
         let mut current = String::new();
         for (edge, n) in pending {
@@ -146,7 +151,7 @@ impl Cluster {
         }
         payloads
             .into_iter()
-            .map(|p| format!("{} {p}", self.id))
+            .map(|p| format!("{from} {p}"))
             .collect()
     }
 }
@@ -176,7 +181,7 @@ pub async fn sync(
     cluster: &Cluster,
     ids: Option<&[String]>,
 ) -> Result<(), StoreError> {
-    let rows = state.store.live_edges(ids).await?;
+    let rows = cluster.store.live_edges(ids).await?;
     for moved in state
         .registry
         .apply_published(&rows, &cluster.id, Instant::now())
@@ -202,7 +207,7 @@ pub async fn publish_loop(state: Arc<AppState>, cluster: Arc<Cluster>) {
             failing = false;
             continue;
         }
-        match state.store.publish_edges(&cluster.id, &edges).await {
+        match cluster.store.publish_edges(&cluster.id, &edges).await {
             Ok(_) => {
                 if failing {
                     tracing::info!("publishing edge state to the other locators again");
@@ -223,11 +228,11 @@ pub async fn publish_loop(state: Arc<AppState>, cluster: Arc<Cluster>) {
 }
 
 /// Sends this locator's assignments to the others as they happen.
-pub async fn assignments_loop(state: Arc<AppState>, cluster: Arc<Cluster>) {
+pub async fn assignments_loop(cluster: Arc<Cluster>) {
     loop {
-        cluster.assignments_waiting.notified().await;
-        for payload in cluster.take_assignment_payloads() {
-            if let Err(error) = state.store.notify(Channel::Assignments, &payload).await {
+        cluster.assignments.waiting.notified().await;
+        for payload in cluster.assignments.take_payloads(&cluster.id) {
+            if let Err(error) = cluster.store.notify(Channel::Assignments, &payload).await {
                 // Counts are a hint until the edges' next reports: dropping them is safe.
                 tracing::debug!(%error, "assignment counts not sent to the other locators");
             }
@@ -240,7 +245,7 @@ pub async fn assignments_loop(state: Arc<AppState>, cluster: Arc<Cluster>) {
 pub async fn follow_loop(state: Arc<AppState>, cluster: Arc<Cluster>) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let mut feed = match state.store.change_feed().await {
+        let mut feed = match cluster.store.change_feed().await {
             Ok(feed) => feed,
             Err(error) => {
                 tracing::warn!(%error, "cannot listen to the other locators' changes; retrying");
@@ -345,28 +350,24 @@ mod tests {
 
     #[test]
     fn payloads_round_trip() {
-        let cluster = Cluster {
-            id: "locator-1".into(),
-            pending_assignments: Mutex::default(),
-            assignments_waiting: Notify::new(),
-        };
+        let cluster = Assignments::default();
         for _ in 0..3 {
-            cluster.note_assignment(&Arc::from("edge-a"));
+            cluster.note(&Arc::from("edge-a"));
         }
-        cluster.note_assignment(&Arc::from("edge-b"));
-        let payloads = cluster.take_assignment_payloads();
+        cluster.note(&Arc::from("edge-b"));
+        let payloads = cluster.take_payloads("locator-1");
         assert_eq!(payloads.len(), 1);
         let (from, mut pairs) = parse_assignments(&payloads[0]).expect("parses");
         pairs.sort();
         assert_eq!(from, "locator-1");
         assert_eq!(pairs, vec![("edge-a", 3), ("edge-b", 1)]);
-        assert!(cluster.take_assignment_payloads().is_empty());
+        assert!(cluster.take_payloads("locator-1").is_empty());
 
         // Many edges: split below Postgres's payload limit, nothing lost.
         for i in 0..2_000 {
-            cluster.note_assignment(&Arc::from(format!("edge-with-a-long-name-{i:04}")));
+            cluster.note(&Arc::from(format!("edge-with-a-long-name-{i:04}")));
         }
-        let payloads = cluster.take_assignment_payloads();
+        let payloads = cluster.take_payloads("locator-1");
         assert!(payloads.len() > 1);
         assert!(payloads.iter().all(|p| p.len() < 8_000));
         let total: u32 = payloads

@@ -269,7 +269,7 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
         // Several locators: this one holds the edge's link from now on (newest claim).
         let claim_rev = match &state.cluster {
             Some(cluster) => {
-                state
+                cluster
                     .store
                     .claim_edge(&edge_id, &cluster.id, reg.draining)
                     .await?

@@ -277,10 +277,10 @@ pub async fn apply_effect(state: &Arc<AppState>, edge_id: &str, effect: Effect) 
 /// An edge became unavailable: its ad-hoc sessions end; its rooms move on their next
 /// join.
 async fn edge_failed(state: &Arc<AppState>, edge_id: &str, why: crate::edge_state::FailReason) {
-    if state.cluster.is_some() {
+    if let Some(cluster) = &state.cluster {
         // Several locators may notice one failure: one of them handles it.
         let claim_rev = state.registry.claim_rev(edge_id);
-        match state.store.claim_edge_failure(edge_id, claim_rev).await {
+        match cluster.store.claim_edge_failure(edge_id, claim_rev).await {
             Ok(true) => {}
             Ok(false) => {
                 tracing::info!(edge = %edge_id, reason = why.describe(), "edge failed (handled by another locator)");
@@ -405,10 +405,7 @@ pub async fn run(
         }
         tracing::info!(locator = %cluster.id, "sharing the database with other locators");
         tasks.spawn(crate::cluster::publish_loop(state.clone(), cluster.clone()));
-        tasks.spawn(crate::cluster::assignments_loop(
-            state.clone(),
-            cluster.clone(),
-        ));
+        tasks.spawn(crate::cluster::assignments_loop(cluster.clone()));
         tasks.spawn(crate::cluster::follow_loop(state.clone(), cluster));
     }
     let app = crate::api::router(state.clone());

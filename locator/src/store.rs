@@ -58,12 +58,14 @@
 //! (a persistent room) has exactly one row per key, forever, enforced by the database,
 //! and never ends: when its edge fails it is reassigned ([`Store::reassign_session`]).
 
+mod cluster;
 mod error;
 mod postgres;
 mod rows;
 mod sql;
 mod sqlite;
 
+pub use cluster::{ChangeFeed, Channel, ClusterStore, LiveEdge, PublishedEdge, PublishedLiveness};
 use error::Fault;
 pub use error::StoreError;
 
@@ -1099,169 +1101,13 @@ impl Store {
         })
     }
 
-    /// Whether several locators may share this database (Postgres): then each publishes
-    /// the state of the edges it holds ([`Store::claim_edge`], [`Store::publish_edges`])
-    /// and follows the others' through a [`ChangeFeed`]. SQLite: one locator, none of it.
-    pub fn is_shared(&self) -> bool {
-        matches!(self.inner.backend, Backend::Postgres(_))
-    }
-
-    fn shared(&self, op: &'static str) -> Result<&postgres::PostgresBackend, StoreError> {
+    /// The operations of several locators sharing the database (`edge_live`, change
+    /// notifications): `Some` only on Postgres. SQLite has one locator and none of it, so
+    /// these operations cannot be called there.
+    pub fn cluster(&self) -> Option<ClusterStore> {
         match &self.inner.backend {
-            Backend::Postgres(db) => Ok(db),
-            Backend::Sqlite(_) => Err(StoreError::invalid(
-                op,
-                "only a Postgres database is shared by several locators",
-            )),
-        }
-    }
-
-    /// Records that locator `holder` now holds the edge's link: returns the claim's rev
-    /// (newer claims have larger revs; the newest wins). The others are notified.
-    pub async fn claim_edge(
-        &self,
-        edge_id: &str,
-        holder: &str,
-        draining: bool,
-    ) -> Result<i64, StoreError> {
-        self.shared("claim_edge")?
-            .claim_edge(edge_id, holder, draining)
-            .await
-    }
-
-    /// Writes the state of edges `holder` holds (rows whose newest claim is not
-    /// `holder`'s are left alone) and notifies the others. Returns the ids written.
-    pub async fn publish_edges(
-        &self,
-        holder: &str,
-        edges: &[PublishedEdge],
-    ) -> Result<Vec<String>, StoreError> {
-        if edges.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.shared("publish_edges")?
-            .publish_edges(holder, edges)
-            .await
-    }
-
-    /// Takes on handling the failure of claim `claim_rev` of an edge: true for exactly
-    /// one caller across all locators (it ends the edge's ad-hoc sessions and records the
-    /// failure); false when another did, or the edge was claimed again since.
-    pub async fn claim_edge_failure(
-        &self,
-        edge_id: &str,
-        claim_rev: i64,
-    ) -> Result<bool, StoreError> {
-        self.shared("claim_edge_failure")?
-            .claim_edge_failure(edge_id, claim_rev)
-            .await
-    }
-
-    /// The published state of the edges named (all of them for `None`).
-    pub async fn live_edges(&self, ids: Option<&[String]>) -> Result<Vec<LiveEdge>, StoreError> {
-        self.shared("live_edges")?.live_edges(ids).await
-    }
-
-    /// Sends a change notification to every locator on the database.
-    pub async fn notify(&self, channel: Channel, payload: &str) -> Result<(), StoreError> {
-        self.shared("notify")?.notify(channel, payload).await
-    }
-
-    /// Starts following the change notifications of every locator on the database.
-    pub async fn change_feed(&self) -> Result<ChangeFeed, StoreError> {
-        self.shared("change_feed")?.change_feed().await
-    }
-}
-
-/// The notification channels between locators sharing a database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Channel {
-    /// `<holder> <edge id>,…`: edges whose published state changed.
-    Edges,
-    /// `<locator> <edge id>=<n>,…`: sessions a locator just assigned to edges.
-    Assignments,
-    /// JSON: an admin action for every locator (and the holder of the edge's link).
-    Admin,
-}
-
-impl Channel {
-    pub const ALL: [Channel; 3] = [Channel::Edges, Channel::Assignments, Channel::Admin];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Channel::Edges => "locus_edges",
-            Channel::Assignments => "locus_assignments",
-            Channel::Admin => "locus_admin",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Channel> {
-        Channel::ALL.into_iter().find(|c| c.name() == name)
-    }
-}
-
-/// Liveness of an edge as published by the locator holding its link.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PublishedLiveness {
-    Connected,
-    Suspect,
-    LinkLost,
-    Failed(crate::edge_state::FailReason),
-}
-
-/// What a locator publishes about an edge it holds.
-#[derive(Debug, Clone)]
-pub struct PublishedEdge {
-    pub edge_id: String,
-    pub claim_rev: i64,
-    pub liveness: PublishedLiveness,
-    pub draining: bool,
-    /// The last load report.
-    pub load: Option<locus_protocol::LoadReport>,
-    pub report_seq: i64,
-}
-
-/// An edge's published state, with its registration.
-#[derive(Debug, Clone)]
-pub struct LiveEdge {
-    pub edge: EdgeRecord,
-    pub holder: String,
-    pub claim_rev: i64,
-    pub rev: i64,
-    pub liveness: PublishedLiveness,
-    pub draining: bool,
-    pub load: Option<locus_protocol::LoadReport>,
-    pub report_seq: i64,
-    /// How long ago it was written, by the database's clock (no skew between locators).
-    pub age_ms: i64,
-}
-
-/// The change notifications of the locators sharing a database
-/// ([`Store::change_feed`]).
-pub struct ChangeFeed {
-    listener: sqlx::postgres::PgListener,
-}
-
-impl std::fmt::Debug for ChangeFeed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChangeFeed").finish_non_exhaustive()
-    }
-}
-
-impl ChangeFeed {
-    /// The next notification. `Ok(None)`: the connection was lost and is being
-    /// re-established: notifications sent meanwhile are lost, so re-read what matters.
-    pub async fn next(&mut self) -> Result<Option<(Channel, String)>, StoreError> {
-        loop {
-            match self.listener.try_recv().await {
-                Ok(Some(n)) => {
-                    if let Some(channel) = Channel::from_name(n.channel()) {
-                        return Ok(Some((channel, n.payload().to_string())));
-                    }
-                }
-                Ok(None) => return Ok(None),
-                Err(source) => return Err(StoreError::db("change_feed")(source)),
-            }
+            Backend::Postgres(db) => Some(ClusterStore::new(db.clone())),
+            Backend::Sqlite(_) => None,
         }
     }
 }

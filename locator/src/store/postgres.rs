@@ -97,10 +97,10 @@ use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{Connection, Postgres, Row, Transaction};
+use sqlx::{Connection, Postgres, Transaction};
 
 use super::error::{Fault, migrate_hint};
-use super::rows::{edge_from_row, session_from_row};
+use super::rows::session_from_row;
 use super::sql::{self, session_columns};
 use super::{
     CreateReply, NewSession, SessionRecord, StoreError, StoreOptions, answer_without_insert,
@@ -228,6 +228,10 @@ impl PostgresBackend {
 
     pub(super) fn location(&self) -> &str {
         &self.location
+    }
+
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// Reads and single-statement writes share the pool.
@@ -526,215 +530,6 @@ fn open_hint(err: &sqlx::Error) -> std::borrow::Cow<'static, str> {
         },
     }
     .into()
-}
-
-/// `edge_live.liveness` and `fail_reason` as written by `publish_edges`. A value this
-/// locator does not know (written by a newer one) reads as failed: never routed to.
-fn published_liveness(liveness: String, fail_reason: Option<String>) -> super::PublishedLiveness {
-    use crate::edge_state::FailReason;
-    match liveness.as_str() {
-        "connected" => super::PublishedLiveness::Connected,
-        "suspect" => super::PublishedLiveness::Suspect,
-        "link-lost" => super::PublishedLiveness::LinkLost,
-        _ => super::PublishedLiveness::Failed(
-            fail_reason
-                .as_deref()
-                .and_then(FailReason::from_name)
-                .unwrap_or(FailReason::GraceExpired),
-        ),
-    }
-}
-
-/// Most edge ids named in one notification (its payload stays far below Postgres's
-/// 8,000-byte limit: ids are at most 64 characters).
-const EDGES_PER_NOTIFICATION: usize = 100;
-
-/// Several locators on one database: `edge_live` and the change notifications.
-impl PostgresBackend {
-    pub(super) async fn claim_edge(
-        &self,
-        edge_id: &str,
-        holder: &str,
-        draining: bool,
-    ) -> Result<i64, StoreError> {
-        let op = "claim_edge";
-        // A retried claim makes a newer claim by the same holder: harmless.
-        retry_once!(op, |_retry| sqlx::query_scalar::<_, i64>(
-            "WITH claimed AS (
-               INSERT INTO edge_live (edge_id, holder, claim_rev, rev, liveness, draining,
-                                      load, report_seq, updated_at_ms)
-               SELECT $1, $2, r, r, 'connected', $3, NULL, 0, (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT
-               FROM (SELECT nextval('edge_live_rev') AS r) AS next
-               ON CONFLICT (edge_id) DO UPDATE SET holder = excluded.holder,
-                 claim_rev = excluded.claim_rev, rev = excluded.rev, liveness = 'connected',
-                 fail_reason = NULL, draining = excluded.draining, load = NULL,
-                 report_seq = 0, updated_at_ms = excluded.updated_at_ms
-               RETURNING claim_rev)
-             SELECT claim_rev FROM claimed, LATERAL pg_notify('locus_edges', $2 || ' ' || $1) AS n",
-        )
-        .bind(edge_id)
-        .bind(holder)
-        .bind(draining)
-        .fetch_one(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))
-    }
-
-    pub(super) async fn publish_edges(
-        &self,
-        holder: &str,
-        edges: &[super::PublishedEdge],
-    ) -> Result<Vec<String>, StoreError> {
-        let op = "publish_edges";
-        let mut written = Vec::with_capacity(edges.len());
-        for chunk in edges.chunks(EDGES_PER_NOTIFICATION) {
-            let mut ids = Vec::with_capacity(chunk.len());
-            let mut claims = Vec::with_capacity(chunk.len());
-            let mut liveness = Vec::with_capacity(chunk.len());
-            let mut reasons: Vec<Option<&str>> = Vec::with_capacity(chunk.len());
-            let mut draining = Vec::with_capacity(chunk.len());
-            let mut loads: Vec<Option<String>> = Vec::with_capacity(chunk.len());
-            let mut report_seqs = Vec::with_capacity(chunk.len());
-            for edge in chunk {
-                ids.push(edge.edge_id.as_str());
-                claims.push(edge.claim_rev);
-                let (state, reason) = match edge.liveness {
-                    super::PublishedLiveness::Connected => ("connected", None),
-                    super::PublishedLiveness::Suspect => ("suspect", None),
-                    super::PublishedLiveness::LinkLost => ("link-lost", None),
-                    super::PublishedLiveness::Failed(why) => ("failed", Some(why.as_str())),
-                };
-                liveness.push(state);
-                reasons.push(reason);
-                draining.push(edge.draining);
-                // JSON text: only locators read it back.
-                loads.push(edge.load.and_then(|l| serde_json::to_string(&l).ok()));
-                report_seqs.push(edge.report_seq);
-            }
-            // Only rows whose newest claim is this holder's: a locator whose claim was
-            // overtaken (the edge reconnected elsewhere) writes nothing.
-            let ids_written: Vec<String> = retry_once!(op, |_retry| sqlx::query_scalar(
-                "WITH updated AS (
-                   UPDATE edge_live AS l SET rev = nextval('edge_live_rev'),
-                     liveness = u.liveness, fail_reason = u.fail_reason,
-                     draining = u.draining, load = u.load, report_seq = u.report_seq,
-                     updated_at_ms = (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT
-                   FROM UNNEST($2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[],
-                               $6::BOOLEAN[], $7::TEXT[], $8::BIGINT[])
-                     AS u(edge_id, claim_rev, liveness, fail_reason, draining, load, report_seq)
-                   WHERE l.edge_id = u.edge_id AND l.holder = $1 AND l.claim_rev = u.claim_rev
-                   RETURNING l.edge_id),
-                 notified AS (
-                   SELECT pg_notify('locus_edges', $1 || ' ' || string_agg(edge_id, ',')) AS n
-                   FROM updated HAVING count(*) > 0)
-                 SELECT edge_id FROM updated, (SELECT count(*) FROM notified) AS n",
-            )
-            .bind(holder)
-            .bind(&ids)
-            .bind(&claims)
-            .bind(&liveness)
-            .bind(&reasons)
-            .bind(&draining)
-            .bind(&loads)
-            .bind(&report_seqs)
-            .fetch_all(&self.pool)
-            .await)
-            .map_err(StoreError::db(op))?;
-            written.extend(ids_written);
-        }
-        Ok(written)
-    }
-
-    pub(super) async fn claim_edge_failure(
-        &self,
-        edge_id: &str,
-        claim_rev: i64,
-    ) -> Result<bool, StoreError> {
-        let op = "claim_edge_failure";
-        // A retry after an unacknowledged commit answers false: the failure is then not
-        // handled by anyone; the next locator to notice the failure (or a join of one of
-        // its sessions) handles it.
-        let claimed = retry_once!(op, |_retry| sqlx::query(
-            "UPDATE edge_live SET failure_handled_claim = claim_rev \
-             WHERE edge_id = $1 AND claim_rev = $2 \
-             AND failure_handled_claim IS DISTINCT FROM claim_rev",
-        )
-        .bind(edge_id)
-        .bind(claim_rev)
-        .execute(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        Ok(claimed.rows_affected() == 1)
-    }
-
-    pub(super) async fn live_edges(
-        &self,
-        ids: Option<&[String]>,
-    ) -> Result<Vec<super::LiveEdge>, StoreError> {
-        let op = "live_edges";
-        let rows = retry_once!(op, |_retry| sqlx::query(
-            "SELECT e.id, e.region, e.public_url, e.capacity, e.version, e.suspended,
-                    e.suspended_by, e.suspended_at_ms, e.first_seen_ms, e.last_seen_ms,
-                    l.holder, l.claim_rev, l.rev, l.liveness, l.fail_reason, l.draining,
-                    l.load, l.report_seq, (extract(epoch FROM clock_timestamp()) * 1000)::BIGINT - l.updated_at_ms AS age_ms
-             FROM edge_live AS l JOIN edges AS e ON e.id = l.edge_id
-             WHERE $1::TEXT[] IS NULL OR l.edge_id = ANY($1)
-             ORDER BY l.edge_id",
-        )
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await)
-        .map_err(StoreError::db(op))?;
-        rows.iter()
-            .map(|row| {
-                Ok(super::LiveEdge {
-                    edge: edge_from_row(row)?,
-                    holder: row.try_get("holder")?,
-                    claim_rev: row.try_get("claim_rev")?,
-                    rev: row.try_get("rev")?,
-                    liveness: published_liveness(
-                        row.try_get("liveness")?,
-                        row.try_get("fail_reason")?,
-                    ),
-                    draining: row.try_get("draining")?,
-                    // An unreadable report counts as none: the next report replaces it.
-                    load: row
-                        .try_get::<Option<String>, _>("load")?
-                        .and_then(|l| serde_json::from_str(&l).ok()),
-                    report_seq: row.try_get("report_seq")?,
-                    age_ms: row.try_get("age_ms")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::db(op))
-    }
-
-    pub(super) async fn notify(
-        &self,
-        channel: super::Channel,
-        payload: &str,
-    ) -> Result<(), StoreError> {
-        let op = "notify";
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(channel.name())
-            .bind(payload)
-            .execute(&self.pool)
-            .await
-            .map_err(StoreError::db(op))?;
-        Ok(())
-    }
-
-    pub(super) async fn change_feed(&self) -> Result<super::ChangeFeed, StoreError> {
-        let op = "change_feed";
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
-            .await
-            .map_err(StoreError::db(op))?;
-        listener
-            .listen_all(super::Channel::ALL.map(super::Channel::name))
-            .await
-            .map_err(StoreError::db(op))?;
-        Ok(super::ChangeFeed { listener })
-    }
 }
 
 #[cfg(test)]
