@@ -68,6 +68,7 @@ mod sqlite;
 pub use cluster::{ChangeFeed, Channel, ClusterStore, LiveEdge, PublishedEdge, PublishedLiveness};
 use error::Fault;
 pub use error::StoreError;
+pub use rows::{Columns, Record};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -76,7 +77,7 @@ use std::time::Duration;
 use locus_protocol::{SpoolBody, SpoolEntry};
 use sqlx::QueryBuilder;
 
-use rows::{audit_from_row, edge_from_row, metric_from_row, session_from_row};
+use rows::{audit_from_row, edge_from_row, session_from_row};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -561,17 +562,6 @@ impl Store {
         })
     }
 
-    /// The room with this key, if it exists.
-    pub async fn get_room(&self, room_key: &str) -> Result<Option<SessionRecord>, StoreError> {
-        shared!(self, "get_room", retried, |db| {
-            let row = sqlx::query(sql::SESSION_BY_ROOM)
-                .bind(room_key)
-                .fetch_optional(db.reader())
-                .await?;
-            row.as_ref().map(session_from_row).transpose()
-        })
-    }
-
     /// Ends an open ad-hoc session; returns whether it changed. Rooms never end: for a
     /// room (or an unknown or already ended session) this returns `false`.
     pub async fn end_session(
@@ -690,20 +680,6 @@ impl Store {
         dispatch!(&self.inner.backend, db => db.forget_edge(edge_id, claim_rev).await)
     }
 
-    /// The open sessions (ad-hoc and rooms) on an edge, oldest first.
-    pub async fn open_sessions_on_edge(
-        &self,
-        edge_id: &str,
-    ) -> Result<Vec<SessionRecord>, StoreError> {
-        shared!(self, "open_sessions_on_edge", retried, |db| {
-            let rows = sqlx::query(sql::OPEN_SESSIONS_ON_EDGE)
-                .bind(edge_id)
-                .fetch_all(db.reader())
-                .await?;
-            rows.iter().map(session_from_row).collect()
-        })
-    }
-
     /// Whether the edge's own record says the session is running there: its latest
     /// `session_started` / `session_ended` audit entry for the session is a start. A
     /// draining edge admits joins only of the sessions it still runs, so a room it no
@@ -803,14 +779,6 @@ impl Store {
                 .fetch_optional(db.reader())
                 .await?;
             row.as_ref().map(edge_from_row).transpose()
-        })
-    }
-
-    /// Every known edge, by id, with its suspension.
-    pub async fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError> {
-        shared!(self, "edges", retried, |db| {
-            let rows = sqlx::query(sql::EDGES).fetch_all(db.reader()).await?;
-            rows.iter().map(edge_from_row).collect()
         })
     }
 
@@ -974,45 +942,6 @@ impl Store {
         })
     }
 
-    /// How many audit rows there are (about one edge, or all).
-    pub async fn count_audit(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
-        let count: i64 = shared!(self, "count_audit", retried, |db| {
-            sqlx::query_scalar(sql::COUNT_AUDIT)
-                .bind(edge_id)
-                .fetch_one(db.reader())
-                .await
-        })?;
-        Ok(seq_u64(count))
-    }
-
-    /// The most recent metrics samples of an edge, newest first (by sequence).
-    pub async fn recent_metrics(
-        &self,
-        edge_id: &str,
-        limit: u32,
-    ) -> Result<Vec<MetricRecord>, StoreError> {
-        let limit = limit.min(MAX_AUDIT_PAGE);
-        shared!(self, "recent_metrics", retried, |db| {
-            let rows = sqlx::query(sql::RECENT_METRICS)
-                .bind(edge_id)
-                .bind(i64::from(limit))
-                .fetch_all(db.reader())
-                .await?;
-            rows.iter().map(metric_from_row).collect()
-        })
-    }
-
-    /// How many metrics samples there are (of one edge, or all).
-    pub async fn count_metrics(&self, edge_id: Option<&str>) -> Result<u64, StoreError> {
-        let count: i64 = shared!(self, "count_metrics", retried, |db| {
-            sqlx::query_scalar(sql::COUNT_METRICS)
-                .bind(edge_id)
-                .fetch_one(db.reader())
-                .await
-        })?;
-        Ok(seq_u64(count))
-    }
-
     /// Signs an admin in: stores the page session by the SHA-256 of its cookie value
     /// (never the value), in the same transaction ending expired sessions and, beyond
     /// `max_sessions`, the oldest ones.
@@ -1099,6 +1028,40 @@ impl Store {
                 .fetch_one(db.writer())
                 .await
         })
+    }
+
+    /// Reads records with SQL of the caller's: `SELECT <R::COLUMNS> <from>`, where
+    /// `from` is the rest of the statement (`FROM sessions WHERE room_key = $1`) in the
+    /// SQL both dialects share, with text parameters `binds`. For tests and diagnostics:
+    /// the locator's own queries are methods of the store. `from` is a literal, so no
+    /// input can become SQL.
+    pub async fn select<R: Record>(
+        &self,
+        from: &'static str,
+        binds: &[&str],
+    ) -> Result<Vec<R>, StoreError> {
+        let statement = format!("SELECT {} {from}", R::COLUMNS);
+        shared!(self, "select", retried, |db| {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(statement.as_str()));
+            for value in binds {
+                query = query.bind(*value);
+            }
+            let rows = query.fetch_all(db.reader()).await?;
+            rows.iter().map(R::from_row).collect()
+        })
+    }
+
+    /// `SELECT COUNT(*) <from>`, as [`Store::select`].
+    pub async fn count(&self, from: &'static str, binds: &[&str]) -> Result<u64, StoreError> {
+        let statement = format!("SELECT COUNT(*) {from}");
+        let count: i64 = shared!(self, "count", retried, |db| {
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(statement.as_str()));
+            for value in binds {
+                query = query.bind(*value);
+            }
+            query.fetch_one(db.reader()).await
+        })?;
+        Ok(seq_u64(count))
     }
 
     /// The operations of several locators sharing the database (`edge_live`, change

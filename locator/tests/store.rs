@@ -20,8 +20,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use locus_locator::store::{
-    AuditFilter, AuditSource, EdgeRecord, NewSession, SessionState, Store, StoreError, StoreInfo,
-    StoreOptions,
+    AuditFilter, AuditSource, EdgeRecord, MetricRecord, NewSession, SessionRecord, SessionState,
+    Store, StoreError, StoreInfo, StoreOptions,
 };
 use locus_protocol::{LoadReport, SpoolBody, SpoolEntry};
 use sqlx::Connection as _;
@@ -32,6 +32,65 @@ mod postgres_support;
 use postgres_support::{Scratch, ddl, password_of, postgres_server, with_database};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+// ---------------------------------------------------------------------------------------
+// Reads only the tests make: SQL of the tests' own, through `Store::select` and
+// `Store::count` (the store has no methods for them)
+// ---------------------------------------------------------------------------------------
+
+trait TestReads {
+    async fn get_room(&self, key: &str) -> Result<Option<SessionRecord>, StoreError>;
+    async fn open_sessions_on_edge(&self, edge: &str) -> Result<Vec<SessionRecord>, StoreError>;
+    async fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError>;
+    async fn recent_metrics(&self, edge: &str) -> Result<Vec<MetricRecord>, StoreError>;
+    async fn count_audit(&self, edge: Option<&str>) -> Result<u64, StoreError>;
+    async fn count_metrics(&self, edge: Option<&str>) -> Result<u64, StoreError>;
+}
+
+impl TestReads for Store {
+    async fn get_room(&self, key: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let rows = self
+            .select("FROM sessions WHERE room_key = $1", &[key])
+            .await?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Oldest first.
+    async fn open_sessions_on_edge(&self, edge: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        self.select(
+            "FROM sessions WHERE edge_id = $1 AND state = 'open' ORDER BY created_at_ms, id",
+            &[edge],
+        )
+        .await
+    }
+
+    async fn edges(&self) -> Result<Vec<EdgeRecord>, StoreError> {
+        self.select("FROM edges ORDER BY id", &[]).await
+    }
+
+    /// The ten newest.
+    async fn recent_metrics(&self, edge: &str) -> Result<Vec<MetricRecord>, StoreError> {
+        self.select(
+            "FROM metrics WHERE edge_id = $1 ORDER BY seq DESC LIMIT 10",
+            &[edge],
+        )
+        .await
+    }
+
+    async fn count_audit(&self, edge: Option<&str>) -> Result<u64, StoreError> {
+        match edge {
+            Some(edge) => self.count("FROM audit WHERE edge_id = $1", &[edge]).await,
+            None => self.count("FROM audit", &[]).await,
+        }
+    }
+
+    async fn count_metrics(&self, edge: Option<&str>) -> Result<u64, StoreError> {
+        match edge {
+            Some(edge) => self.count("FROM metrics WHERE edge_id = $1", &[edge]).await,
+            None => self.count("FROM metrics", &[]).await,
+        }
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // The two backends
@@ -488,7 +547,7 @@ async fn spool_batches_are_stored_once(db: &TestDb) -> TestResult {
     assert_eq!(p2.participant.as_deref(), Some("p2"));
     assert_eq!(p2.session_id.as_deref(), Some("s1"));
     assert_eq!(p2.at_ms, 1_006);
-    let samples = store.recent_metrics("e1", 10).await?;
+    let samples = store.recent_metrics("e1").await?;
     assert_eq!(samples.iter().map(|m| m.seq).collect::<Vec<_>>(), [8, 5, 3]);
     assert_eq!(
         (

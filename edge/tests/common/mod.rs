@@ -212,6 +212,29 @@ pub async fn open_store(db: &Path) -> locus_locator::store::Store {
         .expect("open the locator database")
 }
 
+/// How many audit rows the locator stored about an edge (the tests' own SQL: the store
+/// has no method for reads only tests make).
+pub async fn count_audit(store: &locus_locator::store::Store, edge: &str) -> u64 {
+    store
+        .count("FROM audit WHERE edge_id = $1", &[edge])
+        .await
+        .expect("count audit rows")
+}
+
+/// The ten newest load samples the locator stored for an edge.
+pub async fn recent_metrics(
+    store: &locus_locator::store::Store,
+    edge: &str,
+) -> Vec<locus_locator::store::MetricRecord> {
+    store
+        .select(
+            "FROM metrics WHERE edge_id = $1 ORDER BY seq DESC LIMIT 10",
+            &[edge],
+        )
+        .await
+        .expect("metrics")
+}
+
 /// A free port on 127.0.0.1 (bound, then released).
 pub async fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -1,15 +1,47 @@
 //! Rows to records, once for both backends: the tables have the same columns with the
 //! same types on both (see `migrations/`), so only the reading of one column differs,
-//! and [`Columns`] hides it.
+//! and [`Columns`] hides it. Each mapper reads the column list of its record in
+//! `sql.rs`; [`Record`] pairs the two for reads written outside the store (tests).
 
 use sqlx::Row;
 
+use super::sql::{audit_columns, edge_columns, metric_columns, session_columns};
 use super::{
     AuditRecord, AuditSource, EdgeRecord, MetricRecord, SessionRecord, SessionState, seq_u64,
 };
 
+/// A stored record: the columns it is read from and how (the same on both backends).
+/// [`Store::select`](super::Store::select) reads any of them with SQL of the caller's.
+pub trait Record: Sized {
+    /// The select list, in the order of the table.
+    const COLUMNS: &'static str;
+
+    /// Reads one row of either backend.
+    fn from_row(row: &impl Columns) -> Result<Self, sqlx::Error>;
+}
+
+/// Pairs each record with its column list and mapper.
+macro_rules! records {
+    ($($record:ty => $columns:ident, $mapper:ident;)*) => {$(
+        impl Record for $record {
+            const COLUMNS: &'static str = $columns!();
+
+            fn from_row(row: &impl Columns) -> Result<Self, sqlx::Error> {
+                $mapper(row)
+            }
+        }
+    )*};
+}
+
+records! {
+    SessionRecord => session_columns, session_from_row;
+    EdgeRecord => edge_columns, edge_from_row;
+    AuditRecord => audit_columns, audit_from_row;
+    MetricRecord => metric_columns, metric_from_row;
+}
+
 /// The column reads the mappers need, on either backend's rows.
-pub(super) trait Columns {
+pub trait Columns {
     fn text(&self, column: &str) -> Result<String, sqlx::Error>;
     fn text_opt(&self, column: &str) -> Result<Option<String>, sqlx::Error>;
     fn int(&self, column: &str) -> Result<i64, sqlx::Error>;

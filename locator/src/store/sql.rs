@@ -39,7 +39,7 @@ macro_rules! metric_columns {
     };
 }
 
-pub(super) use session_columns;
+pub(super) use {audit_columns, edge_columns, metric_columns, session_columns};
 
 // --- Sessions ---------------------------------------------------------------------------
 
@@ -55,13 +55,6 @@ pub(super) const SESSION_BY_ROOM: &str = concat!(
     "SELECT ",
     session_columns!(),
     " FROM sessions WHERE room_key = $1"
-);
-
-/// `$1` edge: its open sessions, oldest first.
-pub(super) const OPEN_SESSIONS_ON_EDGE: &str = concat!(
-    "SELECT ",
-    session_columns!(),
-    " FROM sessions WHERE edge_id = $1 AND state = 'open' ORDER BY created_at_ms, id"
 );
 
 /// `$1` id, `$2` reason, `$3` now; only an open ad-hoc session.
@@ -117,9 +110,6 @@ pub(super) const UPSERT_EDGE: &str = concat!(
 pub(super) const EDGE_BY_ID: &str =
     concat!("SELECT ", edge_columns!(), " FROM edges WHERE id = $1");
 
-/// Every edge, by id.
-pub(super) const EDGES: &str = concat!("SELECT ", edge_columns!(), " FROM edges ORDER BY id");
-
 /// `$1` id.
 pub(super) const EDGE_EXISTS: &str = "SELECT 1 FROM edges WHERE id = $1";
 
@@ -143,10 +133,6 @@ pub(super) const INSERT_AUDIT: &str = "INSERT INTO audit (source, edge_id, at_ms
 
 /// The start of an audit page; the filter's conditions follow (`AND …`).
 pub(super) const AUDIT_PAGE: &str = concat!("SELECT ", audit_columns!(), " FROM audit WHERE TRUE");
-
-/// `$1` edge, or NULL for all.
-pub(super) const COUNT_AUDIT: &str =
-    "SELECT COUNT(*) FROM audit WHERE CAST($1 AS TEXT) IS NULL OR edge_id = $1";
 
 /// `$1` session, `$2` edge: the kind of the edge's latest start or end of the session.
 pub(super) const LAST_START_OR_END: &str = "SELECT kind FROM audit WHERE session_id = $1 \
@@ -183,17 +169,6 @@ pub(super) const INSERT_METRIC: &str = concat!(
 pub(super) const INSERT_EDGE_AUDIT: &str = "INSERT INTO audit (source, edge_id, seq, at_ms, \
      kind, session_id, participant) VALUES ('edge', $1, $2, $3, $4, $5, $6) \
      ON CONFLICT DO NOTHING";
-
-/// `$1` edge, `$2` limit: newest first.
-pub(super) const RECENT_METRICS: &str = concat!(
-    "SELECT ",
-    metric_columns!(),
-    " FROM metrics WHERE edge_id = $1 ORDER BY seq DESC LIMIT $2"
-);
-
-/// `$1` edge, or NULL for all.
-pub(super) const COUNT_METRICS: &str =
-    "SELECT COUNT(*) FROM metrics WHERE CAST($1 AS TEXT) IS NULL OR edge_id = $1";
 
 // --- Admin page sessions ----------------------------------------------------------------
 
