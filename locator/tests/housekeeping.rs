@@ -367,17 +367,25 @@ async fn an_edge_failed_for_forget_after_is_forgotten() {
             .expect("store")
             .is_none()
     );
-    let audit = loc
-        .state
-        .store
-        .audit(&locus_locator::store::AuditFilter {
-            edge_id: Some("gone-1".into()),
-            ..Default::default()
-        })
-        .await
-        .expect("audit");
-    let kinds: Vec<&str> = audit.iter().map(|r| r.kind.as_str()).collect();
-    assert!(kinds.contains(&"edge_forgotten"), "{kinds:?}");
+    let audit_kinds = || async {
+        let audit = loc
+            .state
+            .store
+            .audit(&locus_locator::store::AuditFilter {
+                edge_id: Some("gone-1".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("audit");
+        audit.into_iter().map(|r| r.kind).collect::<Vec<String>>()
+    };
+    // The registry forgets the edge before the audit row is written: wait for the row.
+    eventually("the forgetting audited", || async {
+        audit_kinds().await.iter().any(|k| k == "edge_forgotten")
+    })
+    .await;
+    let kinds = audit_kinds().await;
+    let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
     assert!(
         kinds.contains(&"edge_failed"),
         "the history stays: {kinds:?}"

@@ -304,7 +304,7 @@ pub struct LiveEdge {
 }
 
 /// The change notifications of the locators sharing a database
-/// ([`Store::change_feed`]).
+/// ([`ClusterStore::change_feed`]).
 pub struct ChangeFeed {
     listener: sqlx::postgres::PgListener,
 }
