@@ -27,6 +27,8 @@
 //! - **Several locators** (`edge_live`, notifications) exist only on Postgres: their
 //!   operations are methods of [`ClusterStore`], which only a Postgres store gives
 //!   ([`Store::cluster`]), so they cannot be called on SQLite.
+//! - **Reads only tests make** are not methods: the tests write that SQL themselves and
+//!   run it through [`Store::select`] and [`Store::count`].
 //!
 //! Queries are runtime queries (`sqlx::query` with binds), never the compile-time
 //! `query!` macros: the build needs no database. Migrations are embedded in the binary and
@@ -68,7 +70,7 @@ mod sqlite;
 pub use cluster::{ChangeFeed, Channel, ClusterStore, LiveEdge, PublishedEdge, PublishedLiveness};
 use error::Fault;
 pub use error::StoreError;
-pub use rows::{Columns, Record};
+pub use rows::Record;
 
 use std::path::PathBuf;
 use std::sync::Arc;
