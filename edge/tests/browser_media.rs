@@ -491,7 +491,7 @@ impl Coturn {
         let mut coturn = Coturn { port, child, log };
         // Ready when it answers a STUN Binding, as the locator checks it.
         let target = locus_locator::turn::CheckTarget {
-            key: locus_locator::turn_health::ServerKey::new(
+            key: locus_locator::turn::health::ServerKey::new(
                 "test",
                 &format!("stun:127.0.0.1:{port}"),
             ),
@@ -501,7 +501,7 @@ impl Coturn {
         loop {
             let answered = tokio::time::timeout(
                 Duration::from_millis(500),
-                locus_locator::turn_health::probe::check(&target, 0),
+                locus_locator::turn::health::probe::check(&target, 0),
             )
             .await;
             if matches!(answered, Ok(Ok(_))) {

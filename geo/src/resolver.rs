@@ -20,12 +20,12 @@ use crate::rules::{DefaultReason, RegionRules, Resolution};
 #[derive(Debug)]
 struct Snapshot {
     database: Option<Arc<GeoDatabase>>,
-    rules: RegionRules,
+    rules: Arc<RegionRules>,
     cache: Option<moka::sync::Cache<IpAddr, Resolution>>,
 }
 
 impl Snapshot {
-    fn new(database: Option<Arc<GeoDatabase>>, rules: RegionRules, cache_size: u64) -> Self {
+    fn new(database: Option<Arc<GeoDatabase>>, rules: Arc<RegionRules>, cache_size: u64) -> Self {
         let cache = (cache_size > 0).then(|| moka::sync::Cache::new(cache_size));
         Snapshot {
             database,
@@ -34,8 +34,8 @@ impl Snapshot {
         }
     }
 
-    fn resolve_uncached(&self, ip: IpAddr) -> Resolution {
-        self.rules.resolve(ip, |ip| match &self.database {
+    fn resolve_uncached(&self, rules: &RegionRules, ip: IpAddr) -> Resolution {
+        rules.resolve(ip, |ip| match &self.database {
             None => Err(DefaultReason::NoDatabase),
             Some(db) => match db.lookup(ip) {
                 Ok(Some(record)) => Ok(record),
@@ -114,7 +114,7 @@ impl GeoResolver {
         Ok(GeoResolver {
             snapshot: ArcSwap::from_pointee(Snapshot::new(
                 database,
-                RegionRules::new(config),
+                Arc::new(RegionRules::new(config)),
                 config.geoip.cache_size,
             )),
             database_path,
@@ -128,7 +128,7 @@ impl GeoResolver {
         GeoResolver {
             snapshot: ArcSwap::from_pointee(Snapshot::new(
                 database.map(Arc::new),
-                RegionRules::new(config),
+                Arc::new(RegionRules::new(config)),
                 config.geoip.cache_size,
             )),
             database_path: None,
@@ -137,20 +137,32 @@ impl GeoResolver {
         }
     }
 
-    /// The region for a client address.
+    /// The region for a client address, under the rules installed last.
     pub fn resolve(&self, ip: IpAddr) -> Resolution {
         let snapshot = self.snapshot.load();
+        Self::resolve_in(&snapshot, &snapshot.rules, ip)
+    }
+
+    /// The region for a client address under `rules` (its index is into the regions of
+    /// the config `rules` were compiled from), whatever rules were installed since: a
+    /// caller holding one generation of the config gets an answer of that generation.
+    /// The cache serves only the rules installed last ([`GeoResolver::set_compiled_rules`]).
+    pub fn resolve_for(&self, rules: &Arc<RegionRules>, ip: IpAddr) -> Resolution {
+        Self::resolve_in(&self.snapshot.load(), rules, ip)
+    }
+
+    fn resolve_in(snapshot: &Snapshot, rules: &Arc<RegionRules>, ip: IpAddr) -> Resolution {
         match &snapshot.cache {
-            None => snapshot.resolve_uncached(ip),
-            Some(cache) => {
+            Some(cache) if Arc::ptr_eq(rules, &snapshot.rules) => {
                 let ip = ip.to_canonical();
                 if let Some(hit) = cache.get(&ip) {
                     return hit;
                 }
-                let answer = snapshot.resolve_uncached(ip);
+                let answer = snapshot.resolve_uncached(rules, ip);
                 cache.insert(ip, answer);
                 answer
             }
+            _ => snapshot.resolve_uncached(rules, ip),
         }
     }
 
@@ -165,10 +177,16 @@ impl GeoResolver {
 
     /// Installs new rules (a reloaded `regions.yaml`), keeping the database.
     pub fn set_rules(&self, config: &Config) {
+        self.set_compiled_rules(Arc::new(RegionRules::new(config)));
+    }
+
+    /// Installs rules already compiled (the locator keeps them with its config, see
+    /// [`GeoResolver::resolve_for`]).
+    pub fn set_compiled_rules(&self, rules: Arc<RegionRules>) {
         let current = self.snapshot.load();
         self.snapshot.store(Arc::new(Snapshot::new(
             current.database.clone(),
-            RegionRules::new(config),
+            rules,
             self.cache_size,
         )));
     }

@@ -38,7 +38,6 @@
 
 pub mod session;
 pub mod status;
-pub mod traffic;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -60,14 +59,12 @@ use tokio::time::Instant;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::api::bearer_matches;
 use crate::rate_limit::Door;
-use crate::server::{AppState, now_ms};
+use crate::state::{AppState, now_ms};
 use crate::store::{AuditFilter, AuditRecord, MAX_AUDIT_PAGE};
 use locus_serve::problem::Problem;
 use session::Signed;
 use status::{RegionStatus, Summary};
-use traffic::Traffic;
 
 type AppRef = Arc<AppState>;
 
@@ -81,26 +78,16 @@ pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// move on the page even when nothing changes.
 pub const TICK: Duration = Duration::from_secs(1);
 
-/// Admin state kept by the locator: page sessions, answer counters, and the signal that
-/// ends event streams on shutdown.
-#[derive(Debug)]
-pub struct AdminState {
-    pub traffic: Traffic,
-    closing: watch::Sender<bool>,
-}
-
-impl AdminState {
-    pub fn new(regions: Vec<String>) -> AdminState {
-        AdminState {
-            traffic: Traffic::new(regions),
-            closing: watch::channel(false).0,
-        }
-    }
-
-    /// Ends every event stream (graceful shutdown would otherwise wait for them forever).
-    pub fn close_streams(&self) {
-        self.closing.send_replace(true);
-    }
+/// Checks `Authorization: Bearer <token>` in constant time.
+pub fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    given.as_bytes().ct_eq(expected.as_bytes()).into()
 }
 
 /// What a request wants to do.
@@ -157,7 +144,7 @@ pub async fn require_admin(
         .is_some_and(|v| v.as_bytes().starts_with(b"Bearer "));
     if bearer_given {
         let client = admin_client(state, peer, headers);
-        let limits = &state.routing.load().config.limits;
+        let limits = &state.routing().config.limits;
         // Over the limit, even the right token is refused: a guesser learns nothing.
         state.rate_limits.peek(Door::AdminFailure, client, limits)?;
         if bearer_matches(headers, expected) {
@@ -454,7 +441,7 @@ struct LoginForm {
 /// The client an admin attempt is counted against: the address the trusted-proxy rules
 /// give, or the peer itself when its forwarding headers are malformed.
 fn admin_client(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> std::net::IpAddr {
-    let routing = state.routing.load();
+    let routing = state.routing();
     let config = &routing.config;
     crate::client_ip::client_ip(
         peer.ip(),
@@ -470,8 +457,7 @@ fn admin_client(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> std:
 fn came_over_https(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> bool {
     let peer = peer.ip().to_canonical();
     let trusted = state
-        .routing
-        .load()
+        .routing()
         .config
         .trusted_proxies
         .iter()
@@ -564,7 +550,7 @@ async fn login(
     };
     let name = session::clean_name(&form.name);
     let client = admin_client(&state, peer, &headers);
-    let limits = state.routing.load().config.limits.clone();
+    let limits = state.routing().config.limits.clone();
     if let Err(problem) = state.rate_limits.peek(Door::AdminFailure, client, &limits) {
         tracing::warn!(%client, "admin sign-in refused: too many wrong tokens");
         return login_page(
@@ -713,13 +699,14 @@ pub struct Status {
 /// The status of every region now.
 pub fn build_status(state: &AppState) -> Status {
     let now = Instant::now();
-    let routing = state.routing.load();
+    // One generation: the snapshot's region indices are the config's.
+    let generation = state.generation();
+    let (routing, snapshot) = (&generation.routing, &generation.edges);
     let config = &routing.config;
-    let snapshot = state.registry.snapshot();
     let ids: Vec<String> = config.regions.iter().map(|r| r.id.clone()).collect();
     let window = state.admin.traffic.window(&ids, now);
     let pools = routing.turn.status(config);
-    let regions = status::regions(&snapshot, config, &routing.plan, &pools, &window, now);
+    let regions = status::regions(snapshot, config, &routing.plan, &pools, &window, now);
     let store = state.store.describe();
     Status {
         generated_at_ms: now_ms(),

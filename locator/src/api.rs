@@ -21,7 +21,6 @@ use locus_geo::{Rule, rules::ResolutionView};
 use locus_protocol::join_token::JoinClaims;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -30,9 +29,12 @@ use crate::admin::{Access, require_admin};
 use crate::client_ip::client_ip;
 use crate::metrics::RouteLabel;
 use crate::rate_limit::Door;
-use crate::selection::{self, Selection};
-use crate::server::{AppState, JOIN_TOKEN_TTL, Routing, now_ms, now_unix};
-use crate::snapshot::{EdgeView, RegistrySnapshot};
+use crate::ops::{self, ActionError, EdgeAction, MoveError, MovedRoom};
+use crate::registry::Generation;
+use crate::routing::Routing;
+use crate::selection;
+use crate::snapshot::EdgeView;
+use crate::state::{AppState, JOIN_TOKEN_TTL, now_ms, now_unix};
 use crate::store::{NewSession, SessionRecord, SessionState};
 use crate::turn::{IceServer, IceServers, TurnFallback};
 use locus_serve::problem::Problem;
@@ -342,7 +344,7 @@ fn place(
     )
     .map_err(|e| Problem::bad_request("bad-forwarded-header", e.to_string()))?;
     state.rate_limits.check(door, ip, &config.limits)?;
-    let resolution = state.geo.resolve(ip);
+    let resolution = state.geo.resolve_for(&routing.rules, ip);
     let region = match requested_region {
         None => resolution.region,
         Some(id) => config.region_index(id).ok_or_else(|| {
@@ -364,45 +366,19 @@ fn place(
     Ok(Placement { ip, region, rule })
 }
 
-fn choose(
-    state: &AppState,
-    routing: &Routing,
-    snapshot: &RegistrySnapshot,
-    preferred: usize,
-) -> Result<Selection, Problem> {
-    let started = std::time::Instant::now();
-    let chosen = selection::select_edge(
-        snapshot,
-        &routing.plan,
-        &routing.config.regions,
-        preferred,
-        &mut rand::rng(),
-    );
-    state.metrics.selection_seconds.observe(started.elapsed());
-    let chosen = chosen.ok_or_else(|| {
-        Problem::unavailable(
-            "no-edge-available",
-            "no edge is available in any region; retry shortly",
-            2,
-        )
-    })?;
-    state.admin.traffic.record(preferred, chosen.region);
-    if chosen.fallback {
-        state.metrics.fallback(chosen.reason);
-    }
-    Ok(chosen)
+fn no_edge_available() -> Problem {
+    Problem::unavailable(
+        "no-edge-available",
+        "no edge is available in any region; retry shortly",
+        2,
+    )
 }
 
-fn edge_ref(state: &AppState, edge: &EdgeView) -> EdgeRef {
-    let routing = state.routing.load();
+/// `edge` is of the generation `routing` belongs to.
+fn edge_ref(routing: &Routing, edge: &EdgeView) -> EdgeRef {
     EdgeRef {
         id: edge.id.to_string(),
-        region: routing
-            .config
-            .regions
-            .get(edge.region)
-            .map(|r| r.id.clone())
-            .unwrap_or_default(),
+        region: routing.region_id(edge.region).to_string(),
         url: edge.public_url.to_string(),
     }
 }
@@ -447,20 +423,24 @@ fn locate_answer(
     headers: &HeaderMap,
     requested_region: Option<&str>,
 ) -> Result<Response, Problem> {
-    // One config for the whole answer, even if a reload lands meanwhile.
-    let routing = state.routing.load();
+    // One generation for the whole answer, even if a reload lands meanwhile.
+    let generation = state.generation();
+    let routing = &generation.routing;
     let placement = place(
         state,
-        &routing,
+        routing,
         peer,
         headers,
         requested_region,
         Door::Locate,
     )?;
-    let snapshot = state.registry.snapshot();
-    let chosen = choose(state, &routing, &snapshot, placement.region)?;
-    let edge = &snapshot.edges[chosen.edge];
-    let region_id = |i: usize| routing.config.regions.get(i).map_or("", |r| r.id.as_str());
+    let chosen = ops::select(state, &generation, placement.region).ok_or_else(no_edge_available)?;
+    let edge = generation
+        .edges
+        .edges
+        .get(chosen.edge)
+        .ok_or_else(no_edge_available)?;
+    let region_id = |i: usize| routing.region_id(i);
     let answer = LocateAnswer {
         region: region_id(placement.region),
         rule: placement.rule,
@@ -554,22 +534,33 @@ fn shortened(text: &str) -> String {
     }
 }
 
-/// Builds the answer for a session on `edge`, with a fresh join token.
+/// Why a session answer names its edge.
+struct AnswerWhy {
+    fallback: bool,
+    reason: String,
+    code: &'static str,
+}
+
+/// Builds the answer for a session on `edge` (of the generation `routing` belongs to),
+/// with a fresh join token.
 fn session_answer(
     state: &AppState,
+    routing: &Routing,
     record: &SessionRecord,
     edge: &EdgeView,
     created: bool,
-    fallback: bool,
-    reason: String,
-    reason_code: &'static str,
+    why: AnswerWhy,
 ) -> SessionAnswer {
-    let routing = state.routing.load();
+    let AnswerWhy {
+        fallback,
+        reason,
+        code: reason_code,
+    } = why;
     let ice = routing
         .turn
         .ice_servers_for(edge.region, now_unix(), || record.id.clone());
     let expires = now_unix() + JOIN_TOKEN_TTL.as_secs();
-    let join_token = state.join_key_for(edge).sign(&JoinClaims {
+    let join_token = state.join_key_for(routing, edge).sign(&JoinClaims {
         sid: record.id.clone(),
         eid: edge.id.to_string(),
         pid: new_id(),
@@ -579,16 +570,11 @@ fn session_answer(
         session_id: record.id.clone(),
         key: record.room_key.clone(),
         created,
-        region: routing
-            .config
-            .regions
-            .get(edge.region)
-            .map(|r| r.id.clone())
-            .unwrap_or_default(),
+        region: routing.region_id(edge.region).to_string(),
         fallback,
         reason,
         reason_code,
-        edge: edge_ref(state, edge),
+        edge: edge_ref(routing, edge),
         ws_url: locus_protocol::session_ws_url(&edge.public_url, &record.id),
         join_token,
         join_token_expires_at: expires,
@@ -659,29 +645,29 @@ async fn create_session(
     if let Some(key) = &request.key {
         validate_key(key)?;
     }
-    let snapshot = state.registry.snapshot();
-    let (placement, chosen, region_id) = {
-        let routing = state.routing.load();
-        let placement = place(
-            &state,
-            &routing,
-            peer,
-            &headers,
-            request.region.as_deref(),
-            Door::Create,
-        )?;
-        let chosen = choose(&state, &routing, &snapshot, placement.region)?;
-        let region = snapshot.edges[chosen.edge].region;
-        let region_id = routing.config.regions[region].id.clone();
-        (placement, chosen, region_id)
-    };
-    let edge = &snapshot.edges[chosen.edge];
+    // One generation for the whole answer, even if a reload lands meanwhile.
+    let generation = state.generation();
+    let routing = &generation.routing;
+    let placement = place(
+        &state,
+        routing,
+        peer,
+        &headers,
+        request.region.as_deref(),
+        Door::Create,
+    )?;
+    let chosen = ops::select(&state, &generation, placement.region).ok_or_else(no_edge_available)?;
+    let edge = generation
+        .edges
+        .edges
+        .get(chosen.edge)
+        .ok_or_else(no_edge_available)?;
     let (record, created) = state
         .store
         .create_session(NewSession {
             id: new_id(),
             room_key: request.key.clone(),
-            region: region_id,
+            region: routing.region_id(edge.region).to_string(),
             edge_id: edge.id.to_string(),
             now_ms: now_ms(),
         })
@@ -692,17 +678,20 @@ async fn create_session(
         state.note_assignment(edge);
         let answer = session_answer(
             &state,
+            routing,
             &record,
             edge,
             true,
-            chosen.fallback,
-            chosen.detail,
-            chosen.reason.as_str(),
+            AnswerWhy {
+                fallback: chosen.fallback,
+                reason: chosen.detail,
+                code: chosen.reason.as_str(),
+            },
         );
         return Ok((StatusCode::CREATED, Json(answer)).into_response());
     }
     // An existing room: join it where it lives, unless its edge is gone.
-    let answer = join_existing(&state, &snapshot, record, Some(placement.region)).await?;
+    let answer = join_existing(&state, &generation, record, Some(placement.region)).await?;
     Ok((StatusCode::OK, Json(answer)).into_response())
 }
 
@@ -711,10 +700,11 @@ async fn create_session(
 /// edge has ended (410).
 async fn join_existing(
     state: &AppState,
-    snapshot: &RegistrySnapshot,
+    generation: &Generation,
     record: SessionRecord,
     preferred: Option<usize>,
 ) -> Result<SessionAnswer, Problem> {
+    let (routing, snapshot) = (&generation.routing, &generation.edges);
     let home = snapshot.edge(&record.edge_id);
     let mut move_why = "unavailable";
     if let Some(edge) = home.filter(|e| e.status.serves_existing_sessions()) {
@@ -735,18 +725,20 @@ async fn join_existing(
             );
             return Ok(session_answer(
                 state,
+                routing,
                 &record,
                 edge,
                 false,
-                false,
-                reason,
-                "existing-session",
+                AnswerWhy {
+                    fallback: false,
+                    reason,
+                    code: "existing-session",
+                },
             ));
         }
         move_why = "draining";
     }
-    let timing = state.routing.load().config.edges.clone();
-    if home.is_none() && state.started.elapsed() < timing.grace_period {
+    if home.is_none() && state.started.elapsed() < routing.config.edges.grace_period {
         // Just restarted: the edge has probably not reconnected yet.
         return Err(Problem::unavailable(
             "edge-reconnecting",
@@ -764,27 +756,17 @@ async fn join_existing(
     }
     // A room: move it to a newly selected edge (compare-and-set: of several concurrent
     // joins, one moves it and the others follow).
-    let routing = state.routing.load();
-    let preferred = preferred
-        .or_else(|| routing.config.region_index(&record.region))
-        .unwrap_or(routing.config.default_region);
-    let chosen = choose(state, &routing, snapshot, preferred)?;
-    let target = &snapshot.edges[chosen.edge];
-    let region_id = routing.config.regions[target.region].id.clone();
-    drop(routing);
-    let moved = state
-        .store
-        .reassign_session(
-            &record.id,
-            &record.edge_id,
-            &target.id,
-            &region_id,
-            now_ms(),
-        )
+    let MovedRoom {
+        target,
+        chosen,
+        moved,
+    } = ops::move_room(state, generation, &record, preferred)
         .await
-        .map_err(|e| Problem::internal("move the room", &e))?;
+        .map_err(|e| match e {
+            MoveError::NoEdge => no_edge_available(),
+            MoveError::Store(e) => Problem::internal("move the room", &e),
+        })?;
     if moved {
-        state.note_assignment(target);
         tracing::info!(session = %record.id, from = %record.edge_id, to = %target.id, why = move_why, "room moved off its edge");
     }
     let current = state
@@ -802,12 +784,15 @@ async fn join_existing(
     );
     Ok(session_answer(
         state,
+        routing,
         &current,
         edge,
         false,
-        chosen.fallback,
-        reason,
-        "room-moved",
+        AnswerWhy {
+            fallback: chosen.fallback,
+            reason,
+            code: "room-moved",
+        },
     ))
 }
 
@@ -856,20 +841,9 @@ async fn get_session(
     if record.state == SessionState::Ended {
         return Err(session_gone(&id));
     }
-    let snapshot = state.registry.snapshot();
-    Ok(Json(join_existing(&state, &snapshot, record, None).await?))
-}
-
-/// Checks `Authorization: Bearer <token>` in constant time.
-pub fn bearer_matches(headers: &HeaderMap, expected: &str) -> bool {
-    let Some(given) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    given.as_bytes().ct_eq(expected.as_bytes()).into()
+    Ok(Json(
+        join_existing(&state, &state.generation(), record, None).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -959,24 +933,25 @@ async fn explain(
             ),
         )
     })?;
-    let routing = state.routing.load();
+    // One generation for the whole answer, even if a reload lands meanwhile.
+    let generation = state.generation();
+    let (routing, snapshot) = (&generation.routing, &generation.edges);
     let config = &routing.config;
-    let resolution = state.geo.resolve(ip);
+    let resolution = state.geo.resolve_for(&routing.rules, ip);
     let preferred = match query.region.as_deref() {
         Some(id) => config.region_index(id).ok_or_else(|| {
             Problem::bad_request("unknown-region", format!("region \"{id}\" does not exist"))
         })?,
         None => resolution.region,
     };
-    let snapshot = state.registry.snapshot();
     let now = tokio::time::Instant::now();
-    let candidates = selection::candidates(&snapshot, &routing.plan, preferred)
+    let candidates = selection::candidates(snapshot, &routing.plan, preferred)
         .into_iter()
         .map(|c| {
             let edge = &snapshot.edges[c.edge];
             CandidateView {
                 edge: edge.id.to_string(),
-                region: config.regions[c.region].id.clone(),
+                region: routing.region_id(c.region).to_string(),
                 state: c.state.as_str(),
                 score: c.score,
                 headroom: c.headroom,
@@ -991,7 +966,7 @@ async fn explain(
         })
         .collect();
     let answer = selection::select_edge(
-        &snapshot,
+        snapshot,
         &routing.plan,
         &config.regions,
         preferred,
@@ -999,7 +974,7 @@ async fn explain(
     )
     .map(|s| ExplainChoice {
         edge: snapshot.edges[s.edge].id.to_string(),
-        region: config.regions[s.region].id.clone(),
+        region: routing.region_id(s.region).to_string(),
         fallback: s.fallback,
         reason_code: s.reason.as_str(),
         reason: s.detail,
@@ -1028,7 +1003,7 @@ async fn explain(
     Ok(Json(ExplainAnswer {
         geoip: resolution.view(config),
         database,
-        preferred_region: config.regions[preferred].id.clone(),
+        preferred_region: routing.region_id(preferred).to_string(),
         candidates,
         turn_fallback,
         answer,
@@ -1114,12 +1089,10 @@ async fn admin_edge_action(
         .filter(|c| !c.is_control())
         .take(64)
         .collect();
-    let known = state
-        .store
-        .edge(&edge_id)
+    let known = ops::edge_known(&state, &edge_id)
         .await
         .map_err(|e| Problem::internal("read the edge", &e))?;
-    if known.is_none() {
+    if !known {
         return Err(Problem::not_found(
             "edge-not-found",
             format!(
@@ -1128,91 +1101,28 @@ async fn admin_edge_action(
             ),
         ));
     }
-    let changed = match action.as_str() {
-        "suspend" | "resume" => {
-            let suspend = action == "suspend";
-            let changed = state
-                .store
-                .set_suspended(&edge_id, suspend, &actor, now_ms())
-                .await
-                .map_err(|e| Problem::internal("record the suspension", &e))?;
-            state.registry.set_suspended(&edge_id, suspend);
-            if let Some(cluster) = &state.cluster
-                && let Err(error) = cluster.broadcast_admin(&edge_id, &action, None).await
-            {
-                // Persisted already: the others see it at their next full read.
-                tracing::warn!(edge = %edge_id, %error, "could not tell the other locators at once");
-            }
-            tracing::info!(edge = %edge_id, %actor, action = %action, changed, "admin action");
-            changed
-        }
-        "drain" => {
-            let deadline = request
-                .deadline_secs
-                .map(std::time::Duration::from_secs)
-                .unwrap_or(state.routing.load().config.edges.drain_deadline);
-            let deadline_unix_ms = (now_ms() as u64).saturating_add(deadline.as_millis() as u64);
-            let snapshot = state.registry.snapshot();
-            let already = snapshot.edge(&edge_id).is_some_and(|e| e.status.draining);
-            if !already {
-                // The locator holding the edge's link tells it; with several locators
-                // the others learn it from the broadcast (and the holder, when it is
-                // another one, tells the edge).
-                let held_here = state.registry.holds(&edge_id);
-                let reachable = if held_here {
-                    state.registry.send(
-                        &edge_id,
-                        locus_protocol::LocatorMessage::Drain { deadline_unix_ms },
-                    )
-                } else {
-                    state.cluster.is_some()
-                        && snapshot.edge(&edge_id).is_some_and(|e| {
-                            e.status.liveness == crate::edge_state::Liveness::Connected
-                        })
-                };
-                let broadcast = match &state.cluster {
-                    Some(cluster) if reachable => cluster
-                        .broadcast_admin(&edge_id, "drain", Some(deadline_unix_ms))
-                        .await
-                        .is_ok(),
-                    _ => false,
-                };
-                if !reachable || !(held_here || broadcast) {
-                    return Err(Problem::unavailable(
-                        "edge-not-connected",
-                        format!(
-                            "edge {edge_id} is not connected to a locator now: it cannot be told to drain"
-                        ),
-                        2,
-                    ));
-                }
-                // No new sessions from now on, and a repeated request changes nothing.
-                state.registry.set_draining(&edge_id);
-                state
-                    .store
-                    .record_admin_action(
-                        "edge_drain_requested",
-                        Some(&edge_id),
-                        &actor,
-                        Some(&format!("deadline in {} s", deadline.as_secs())),
-                        now_ms(),
-                    )
-                    .await
-                    .map_err(|e| Problem::internal("record the drain", &e))?;
-                tracing::info!(edge = %edge_id, %actor, "admin asked an edge to drain");
-            }
-            !already
-        }
-        other => {
-            return Err(Problem::not_found(
-                "no-such-action",
-                format!(
-                    "unknown action \"{}\": use suspend, resume or drain",
-                    other.chars().take(32).collect::<String>()
-                ),
-            ));
-        }
+    let Some(edge_action) = EdgeAction::parse(&action) else {
+        return Err(Problem::not_found(
+            "no-such-action",
+            format!(
+                "unknown action \"{}\": use suspend, resume or drain",
+                action.chars().take(32).collect::<String>()
+            ),
+        ));
     };
+    let deadline = request.deadline_secs.map(std::time::Duration::from_secs);
+    let changed = ops::apply_edge_action(&state, &edge_id, edge_action, &actor, deadline)
+        .await
+        .map_err(|e| match e {
+            ActionError::NotConnected => Problem::unavailable(
+                "edge-not-connected",
+                format!(
+                    "edge {edge_id} is not connected to a locator now: it cannot be told to drain"
+                ),
+                2,
+            ),
+            ActionError::Store { doing, error } => Problem::internal(doing, &error),
+        })?;
     Ok(Json(AdminActionAnswer {
         state: state
             .registry
@@ -1260,7 +1170,7 @@ async fn readiness(state: &AppState) -> Readiness {
         }
         Err(e) => Err(e.to_string()),
     };
-    let routing = state.routing.load();
+    let routing = state.routing();
     let geoip = match (&routing.config.geoip.database, state.geo.database_info()) {
         (locus_geo::config::GeoIpSource::Off, _) => {
             Ok("off (every client to the default region)".to_string())

@@ -172,7 +172,7 @@ fn edge_credential(
     id: &str,
     region: Option<&str>,
 ) -> Result<String, String> {
-    let secrets = crate::server::Secrets::from_env()?;
+    let secrets = crate::state::Secrets::from_env()?;
     let config = Config::load(path).map_err(|e| e.to_string())?;
     let id_ok = !id.is_empty()
         && id.len() <= 64
@@ -391,7 +391,7 @@ fn serve(
             return ExitCode::FAILURE;
         }
     };
-    let secrets = match crate::server::Secrets::from_env() {
+    let secrets = match crate::state::Secrets::from_env() {
         Ok(secrets) => secrets,
         Err(message) => {
             eprintln!("locator: {message}");
@@ -454,12 +454,12 @@ fn serve(
             limits.max_connections,
             128 + db_max_connections as usize,
         );
-        let mut state = crate::server::AppState::new(config, resolver, store, secrets);
+        let mut state = crate::state::AppState::new(config, resolver, store, secrets);
         state.connection_limits = limits;
         let (http, ws) = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
         state.tls = tls;
         let state = std::sync::Arc::new(state);
-        for pool in state.routing.load().turn.status(&state.routing.load().config) {
+        for pool in state.routing().turn.status(&state.routing().config) {
             if let Some(problem) = &pool.problem {
                 tracing::warn!(region = %pool.region, relay_from = ?pool.relay_from, "TURN pool: {problem}");
             }

@@ -6,9 +6,9 @@
 //! - **Edge state.** The locator an edge registers with *claims* it
 //!   ([`ClusterStore::claim_edge`], a row in `edge_live` with a
 //!   rev from a sequence) and from then on publishes the edge's liveness, draining flag and
-//!   last load report after every report or state change ([`publish_loop`], batched every
+//!   last load report after every report or state change ([`publish_loop`](crate::cluster_sync::publish_loop), batched every
 //!   [`PUBLISH_COALESCE`]), with a `NOTIFY locus_edges` in the same transaction. The others
-//!   re-read the rows named ([`follow_loop`]) and keep a *mirror* of the edge in their
+//!   re-read the rows named ([`follow_loop`](crate::cluster_sync::follow_loop)) and keep a *mirror* of the edge in their
 //!   registry, so selection on any locator sees every edge within milliseconds of a report,
 //!   well inside one report interval. A newer claim wins: when the edge reconnects to
 //!   another locator, the old holder's updates change nothing and its local link is
@@ -32,6 +32,10 @@
 //!   connection is re-established (database restart), the state is read whole again, and
 //!   every [`FULL_SYNC_EVERY`] anyway.
 //!
+//! This module is the handle ([`Cluster`], with the task sending assignments) and the
+//! notification formats, a leaf below [`crate::state`]; the tasks that publish and
+//! follow edge state are in [`crate::cluster_sync`].
+//!
 //! Sessions, rooms, suspensions and the audit trail need none of this: they are rows, and
 //! every locator reads them from the database.
 
@@ -41,9 +45,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tokio::time::Instant;
 
-use crate::server::AppState;
 use crate::store::{Channel, ClusterStore, Store, StoreError};
 
 /// How long the publisher waits after a change to publish it with the changes that
@@ -175,58 +177,6 @@ pub fn parse_edges(payload: &str) -> Option<(&str, Vec<String>)> {
     Some((from, rest.split(',').map(str::to_string).collect()))
 }
 
-/// Reads the published state of `ids` (every edge for `None`) and applies it.
-pub async fn sync(
-    state: &AppState,
-    cluster: &Cluster,
-    ids: Option<&[String]>,
-) -> Result<(), StoreError> {
-    let rows = cluster.store.live_edges(ids).await?;
-    for moved in state
-        .registry
-        .apply_published(&rows, &cluster.id, Instant::now())
-    {
-        tracing::info!(edge = %moved, "edge registered with another locator: its link here is dropped");
-    }
-    Ok(())
-}
-
-/// Publishes the state of the edges held here whenever it changes.
-pub async fn publish_loop(state: Arc<AppState>, cluster: Arc<Cluster>) {
-    let mut changes = state.registry.subscribe();
-    let mut failing = false;
-    loop {
-        // After a failure, try again without waiting for another change.
-        if !failing && changes.changed().await.is_err() {
-            return;
-        }
-        tokio::time::sleep(PUBLISH_COALESCE).await;
-        changes.borrow_and_update();
-        let edges = state.registry.take_changed();
-        if edges.is_empty() {
-            failing = false;
-            continue;
-        }
-        match cluster.store.publish_edges(&cluster.id, &edges).await {
-            Ok(_) => {
-                if failing {
-                    tracing::info!("publishing edge state to the other locators again");
-                    failing = false;
-                }
-            }
-            Err(error) => {
-                if !failing {
-                    tracing::warn!(%error, "cannot publish edge state to the other locators; retrying");
-                    failing = true;
-                }
-                let ids: Vec<String> = edges.into_iter().map(|e| e.edge_id).collect();
-                state.registry.retake(&ids);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
-    }
-}
-
 /// Sends this locator's assignments to the others as they happen.
 pub async fn assignments_loop(cluster: Arc<Cluster>) {
     loop {
@@ -237,110 +187,6 @@ pub async fn assignments_loop(cluster: Arc<Cluster>) {
                 tracing::debug!(%error, "assignment counts not sent to the other locators");
             }
         }
-    }
-}
-
-/// Follows the other locators' notifications; re-reads everything after a reconnection
-/// and every [`FULL_SYNC_EVERY`].
-pub async fn follow_loop(state: Arc<AppState>, cluster: Arc<Cluster>) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let mut feed = match cluster.store.change_feed().await {
-            Ok(feed) => feed,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen to the other locators' changes; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(200);
-        if let Err(error) = sync(&state, &cluster, None).await {
-            tracing::warn!(%error, "cannot read the edges' published state");
-        }
-        let mut full_sync = tokio::time::interval(FULL_SYNC_EVERY);
-        full_sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        full_sync.reset();
-        loop {
-            let next = tokio::select! {
-                next = feed.next() => next,
-                _ = full_sync.tick() => {
-                    let _ = sync(&state, &cluster, None).await;
-                    continue;
-                }
-            };
-            match next {
-                Ok(Some((channel, payload))) => handle(&state, &cluster, channel, &payload).await,
-                // Reconnecting: whatever was sent meanwhile is lost; read it all again.
-                Ok(None) => {
-                    tracing::warn!(
-                        "lost the connection listening to the other locators; reading their state again"
-                    );
-                    let _ = sync(&state, &cluster, None).await;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "listening to the other locators failed; reconnecting");
-                    tokio::time::sleep(backoff).await;
-                    break;
-                }
-            }
-        }
-    }
-}
-
-async fn handle(state: &Arc<AppState>, cluster: &Cluster, channel: Channel, payload: &str) {
-    match channel {
-        Channel::Edges => {
-            let Some((from, ids)) = parse_edges(payload) else {
-                return;
-            };
-            if from != cluster.id
-                && let Err(error) = sync(state, cluster, Some(&ids)).await
-            {
-                tracing::warn!(%error, "cannot read the edges' published state");
-            }
-        }
-        Channel::Assignments => {
-            if let Some((from, pairs)) = parse_assignments(payload)
-                && from != cluster.id
-            {
-                for (edge, n) in pairs {
-                    state.registry.add_assignments(edge, n);
-                }
-            }
-        }
-        Channel::Admin => {
-            let Ok(message) = serde_json::from_str::<AdminBroadcast>(payload) else {
-                return;
-            };
-            if message.from == cluster.id {
-                return;
-            }
-            apply_admin(state, &message);
-        }
-    }
-}
-
-/// Applies an admin action another locator received.
-fn apply_admin(state: &AppState, message: &AdminBroadcast) {
-    match message.action.as_str() {
-        "suspend" | "resume" => {
-            state
-                .registry
-                .set_suspended(&message.edge, message.action == "suspend");
-        }
-        "drain" => {
-            if state.registry.holds(&message.edge) {
-                let deadline_unix_ms = message.deadline_unix_ms.unwrap_or_default();
-                let sent = state.registry.send(
-                    &message.edge,
-                    locus_protocol::LocatorMessage::Drain { deadline_unix_ms },
-                );
-                tracing::info!(edge = %message.edge, sent, from = %message.from, "drain asked through another locator");
-            }
-            state.registry.set_draining(&message.edge);
-        }
-        _ => {}
     }
 }
 

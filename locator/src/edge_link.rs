@@ -27,7 +27,8 @@ use locus_protocol::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::server::{AppState, apply_effect, now_ms};
+use crate::ops::{self, MovedRoom, apply_effect};
+use crate::state::{AppState, now_ms};
 use crate::store::{EdgeRecord, SessionState};
 use locus_serve::problem::Problem;
 
@@ -108,7 +109,7 @@ fn still_valid(
     region: &str,
     generation: u32,
 ) -> Result<(), String> {
-    let policy = state.routing.load().config.edge_credential_policy(edge_id);
+    let policy = state.routing().config.edge_credential_policy(edge_id);
     if policy.revoked {
         return Err(format!(
             "the credentials of edge \"{edge_id}\" are revoked (regions.yaml edge_credentials)"
@@ -168,7 +169,7 @@ fn validate_register(state: &AppState, reg: &Register) -> Result<(), String> {
     if !id_ok {
         return Err("edge_id must be 1-64 characters of letters, digits, '-', '_', '.'".into());
     }
-    let routing = state.routing.load();
+    let routing = state.routing();
     if routing.config.region_index(&reg.region).is_none() {
         return Err(format!(
             "region \"{}\" is not in the locator's regions.yaml",
@@ -320,8 +321,7 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
     let welcome = LocatorMessage::Welcome {
         protocol: PROTOCOL_VERSION,
         report_interval_ms: state
-            .routing
-            .load()
+            .routing()
             .config
             .edges
             .report_interval
@@ -329,8 +329,7 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
         acked_seq,
         suspended,
         heartbeat_interval_ms: state
-            .routing
-            .load()
+            .routing()
             .config
             .edges
             .heartbeat_interval
@@ -473,7 +472,7 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
 /// A frame (`heartbeat`: the edge's ping) arrived over link `conn_id`, judged with the
 /// current config's timing.
 fn heard(state: &AppState, edge_id: &str, conn_id: u64, heartbeat: bool) {
-    let timing = &state.routing.load().config.edges;
+    let timing = &state.routing().config.edges;
     state
         .registry
         .heard(edge_id, conn_id, heartbeat, Instant::now(), timing);
@@ -747,7 +746,7 @@ async fn handle(
 /// Moves the keyed rooms among `sessions` off a draining edge; ad-hoc sessions end.
 async fn move_rooms(state: &Arc<AppState>, edge_id: &str, sessions: &[String]) -> Vec<RoomMove> {
     let mut moves = Vec::new();
-    let snapshot = state.registry.snapshot();
+    let generation = state.generation();
     for session_id in sessions.iter().take(100_000) {
         let Ok(Some(record)) = state.store.get_session(session_id).await else {
             continue;
@@ -762,31 +761,12 @@ async fn move_rooms(state: &Arc<AppState>, edge_id: &str, sessions: &[String]) -
                 .await;
             continue;
         }
-        let routing = state.routing.load();
-        let preferred = routing
-            .config
-            .region_index(&record.region)
-            .unwrap_or(routing.config.default_region);
-        let Some(chosen) = crate::selection::select_edge(
-            &snapshot,
-            &routing.plan,
-            &routing.config.regions,
-            preferred,
-            &mut rand::rng(),
-        ) else {
-            continue;
-        };
-        let target = &snapshot.edges[chosen.edge];
-        if &*target.id == edge_id {
-            continue;
-        }
-        let region = routing.config.regions[target.region].id.clone();
-        if let Ok(true) = state
-            .store
-            .reassign_session(session_id, edge_id, &target.id, &region, now_ms())
-            .await
+        if let Ok(MovedRoom {
+            target,
+            moved: true,
+            ..
+        }) = ops::move_room(state, &generation, &record, None).await
         {
-            state.note_assignment(target);
             moves.push(RoomMove {
                 session_id: session_id.clone(),
                 edge_id: target.id.to_string(),

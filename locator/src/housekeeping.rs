@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::server::{AppState, now_ms};
+use crate::state::{AppState, now_ms};
 
 /// `end_reason` (and the edge's close reason) of a session nobody joined in time.
 pub const EXPIRED_UNJOINED: &str = "expired-unjoined";
@@ -41,7 +41,7 @@ fn sweep_every(ttl: Duration) -> Duration {
 /// sweep, so a reload applies).
 pub async fn unjoined_loop(state: Arc<AppState>) {
     loop {
-        let ttl = state.routing.load().config.limits.unjoined_session_ttl;
+        let ttl = state.routing().config.limits.unjoined_session_ttl;
         let Some(ttl) = ttl else {
             tokio::time::sleep(Duration::from_secs(5)).await;
             continue;
@@ -162,7 +162,7 @@ pub async fn forget_loop(state: Arc<AppState>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         interval.tick().await;
-        let forget_after = state.routing.load().config.edges.forget_after;
+        let forget_after = state.routing().config.edges.forget_after;
         for (edge_id, claim_rev) in state.registry.forgettable(Instant::now(), forget_after) {
             // The records first: a full re-read of the published state in between must
             // not bring the edge back.

@@ -8,6 +8,8 @@
 //! (only those that have counted something) as if every request went through
 //! `Family::get_or_create`.
 
+pub mod traffic;
+
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 

@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::edge_state::{EdgeStatus, Effect, Liveness, Probe, PublishedStatus};
+use crate::routing::Routing;
 use crate::snapshot::{EdgeView, RegistrySnapshot};
 use crate::store::{LiveEdge, PublishedEdge, PublishedLiveness};
 
@@ -86,24 +87,34 @@ impl Entry {
 /// module documentation): 2 µs × 5,000 edges = 10 ms.
 pub const REBUILD_GAP_PER_EDGE: Duration = Duration::from_micros(2);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     edges: HashMap<String, Entry>,
     /// When the snapshot was last rebuilt.
     published_at: Option<Instant>,
     /// A load report arrived since, and a rebuild is scheduled for it.
     rebuild_scheduled: bool,
-    /// Region ids in config order: an edge's region index is looked up at each rebuild,
-    /// so a reloaded config that reorders regions never leaves stale indices.
-    regions: Vec<String>,
+    /// The routing generation snapshots are built for: an edge's region index is looked
+    /// up in its regions at each rebuild, so a reloaded config that reorders regions
+    /// never leaves stale indices.
+    routing: Arc<Routing>,
     next_conn_id: u64,
+}
+
+/// One routing generation and the registry snapshot built for it, published together:
+/// the region indices of `edges` (and of selection's plan, and of GeoIP resolutions under
+/// `routing.rules`) all refer to `routing.config.regions`. Load one per answer.
+#[derive(Debug)]
+pub struct Generation {
+    pub routing: Arc<Routing>,
+    pub edges: Arc<RegistrySnapshot>,
 }
 
 /// Every edge this locator knows.
 #[derive(Debug)]
 pub struct Registry {
     inner: Mutex<Inner>,
-    snapshot: ArcSwap<RegistrySnapshot>,
+    published: ArcSwap<Generation>,
     changes: watch::Sender<u64>,
 }
 
@@ -121,13 +132,19 @@ pub struct Registered {
 pub struct HeldByAnotherCredential;
 
 impl Registry {
-    pub fn new(regions: Vec<String>) -> Registry {
+    pub fn new(routing: Arc<Routing>) -> Registry {
         Registry {
-            inner: Mutex::new(Inner {
-                regions,
-                ..Inner::default()
+            published: ArcSwap::from_pointee(Generation {
+                routing: routing.clone(),
+                edges: Arc::new(RegistrySnapshot::empty()),
             }),
-            snapshot: ArcSwap::from_pointee(RegistrySnapshot::empty()),
+            inner: Mutex::new(Inner {
+                edges: HashMap::new(),
+                published_at: None,
+                rebuild_scheduled: false,
+                routing,
+                next_conn_id: 0,
+            }),
             changes: watch::channel(0).0,
         }
     }
@@ -136,9 +153,20 @@ impl Registry {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The current snapshot (cheap: an `Arc` clone).
+    /// The current generation: routing and edges of one config (cheap: an `Arc` clone).
+    pub fn generation(&self) -> Arc<Generation> {
+        self.published.load_full()
+    }
+
+    /// The current routing (settings that do not index regions; for an answer, use
+    /// [`Registry::generation`]).
+    pub fn routing(&self) -> Arc<Routing> {
+        self.published.load().routing.clone()
+    }
+
+    /// The current snapshot of the edges (cheap: an `Arc` clone).
     pub fn snapshot(&self) -> Arc<RegistrySnapshot> {
-        self.snapshot.load_full()
+        self.published.load().edges.clone()
     }
 
     /// A receiver that changes whenever the registry does (for live admin views).
@@ -149,11 +177,12 @@ impl Registry {
     fn publish(&self, inner: &mut Inner) {
         inner.published_at = Some(Instant::now());
         inner.rebuild_scheduled = false;
+        let regions = &inner.routing.config.regions;
         let mut edges: Vec<EdgeView> = inner
             .edges
             .values()
             .filter_map(|e| {
-                let region = inner.regions.iter().position(|r| *r == e.region)?;
+                let region = regions.iter().position(|r| r.id == e.region)?;
                 Some(EdgeView {
                     id: e.id.clone(),
                     region,
@@ -168,14 +197,18 @@ impl Registry {
             .collect();
         // Stable order: selection is deterministic for a given seed.
         edges.sort_by(|a, b| a.id.cmp(&b.id));
-        self.snapshot.store(Arc::new(RegistrySnapshot::new(edges)));
+        self.published.store(Arc::new(Generation {
+            routing: inner.routing.clone(),
+            edges: Arc::new(RegistrySnapshot::new(edges)),
+        }));
         self.changes.send_modify(|n| *n += 1);
     }
 
-    /// Installs the region list of a (re)loaded config.
-    pub fn set_regions(&self, regions: Vec<String>) {
+    /// Installs a (re)loaded config: the next generation, published at once with the
+    /// edges indexed by its regions.
+    pub fn set_routing(&self, routing: Arc<Routing>) {
         let mut inner = self.lock();
-        inner.regions = regions;
+        inner.routing = routing;
         self.publish(&mut inner);
     }
 

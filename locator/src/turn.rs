@@ -2,7 +2,7 @@
 //! (`use-auth-secret`): `username = "<expiry unix time>:<id>"`,
 //! `credential = base64(HMAC-SHA1(secret, username))`.
 //!
-//! What a region hands out follows the checks of [`crate::turn_health`]: only servers that
+//! What a region hands out follows the checks of [`health`]: only servers that
 //! are up (or not checked yet), fastest first. A region whose own pool has no TURN server
 //! up (none listed, its secret variable unset, or every one down) gets the relays of the
 //! first region of its fallback order (configured fallbacks, then the others by distance)
@@ -18,6 +18,8 @@
 //! all of them (`static-auth-secret` lines), so credentials minted with a retiring one keep
 //! working until they expire.
 
+pub mod health;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,7 +31,7 @@ use locus_geo::Config;
 use serde::Serialize;
 
 use crate::selection::RegionPlan;
-use crate::turn_health::{CheckError, ServerHealth, ServerKey, ServerState};
+use health::{CheckError, ServerHealth, ServerKey, ServerState};
 
 type HmacSha1 = hmac::Hmac<sha1::Sha1>;
 
@@ -590,7 +592,7 @@ pub fn turn_credential(secret: &[u8], username: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::turn_health::ErrorKind;
+    use super::health::ErrorKind;
     use std::path::Path;
 
     const YAML: &str = r#"

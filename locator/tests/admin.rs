@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use locus_geo::{Config, GeoResolver};
-use locus_locator::server::{AppState, Secrets};
+use locus_locator::state::{AppState, Secrets};
 use locus_locator::store::Store;
 use locus_protocol::{EdgeMessage, LocatorMessage, SpoolBody, SpoolEntry};
 use serde_json::{Value, json};

@@ -134,7 +134,7 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     let mut edge = TestEdge::connect(loc.addr, register("eu-1", "eu-west", 100)).await;
     edge.report(0).await;
     // Make loopback untrusted by installing a config without trusted proxies.
-    let mut config = loc.state.routing.load().config.clone();
+    let mut config = loc.state.routing().config.clone();
     config.trusted_proxies.clear();
     loc.state.apply_config(config);
     let (_, body) = locate(&loc, Some("81.2.69.142")).await;
@@ -144,7 +144,7 @@ async fn forwarded_for_from_an_untrusted_peer_is_ignored() {
     );
     assert_eq!(body["rule"], "default");
     // Garbage in the header from a trusted proxy is a clear 400.
-    let mut config = loc.state.routing.load().config.clone();
+    let mut config = loc.state.routing().config.clone();
     config.trusted_proxies = vec!["127.0.0.0/8".parse().expect("net")];
     loc.state.apply_config(config);
     let (status, body) = locate(&loc, Some("81.2.69.142, <script>")).await;

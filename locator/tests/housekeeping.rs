@@ -326,7 +326,7 @@ async fn an_edge_failed_for_forget_after_is_forgotten() {
     })
     .await;
     assert_eq!(
-        loc.state.routing.load().config.edges.forget_after,
+        loc.state.routing().config.edges.forget_after,
         Duration::from_secs(2)
     );
     let mut gone = TestEdge::connect(loc.addr, register("gone-1", "eu-west", 10)).await;

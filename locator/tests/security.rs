@@ -10,7 +10,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use locus_geo::{Config, GeoResolver};
-use locus_locator::server::{AppState, Secrets};
+use locus_locator::state::{AppState, Secrets};
 use locus_locator::store::Store;
 use locus_protocol::edge_credential::derive;
 use locus_protocol::{EdgeMessage, LocatorMessage};
@@ -259,14 +259,15 @@ async fn during_a_rotation_both_master_keys_are_accepted_and_join_tokens_follow_
     assert!(error.contains("401"), "{error}");
 
     // Join tokens for eu-1 are signed with the key its own credential gives it.
-    let snapshot = state.registry.snapshot();
-    let eu1_view = snapshot
+    let generation = state.generation();
+    let eu1_view = generation
+        .edges
         .edges
         .iter()
         .find(|e| &*e.id == "eu-1")
         .expect("eu-1");
     let token = state
-        .join_key_for(eu1_view)
+        .join_key_for(&generation.routing, eu1_view)
         .sign(&locus_protocol::join_token::JoinClaims {
             sid: "s1".into(),
             eid: "eu-1".into(),

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use locus_locator::turn::CheckTarget;
-use locus_locator::turn_health::{ServerKey, probe};
+use locus_locator::turn::health::{ServerKey, probe};
 use serde_json::Value;
 use support::*;
 use tokio::time::Instant;

@@ -104,11 +104,11 @@ async fn serve_locator(
         }
     };
     let _ = ready.send(listener.local_addr().expect("addr"));
-    let mut state = locus_locator::server::AppState::new(
+    let mut state = locus_locator::state::AppState::new(
         config,
         geo,
         store,
-        locus_locator::server::Secrets {
+        locus_locator::state::Secrets {
             edge_keys: vec![KEY.into()],
             admin_token,
         },

@@ -27,7 +27,7 @@ use rand::rngs::StdRng;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::traffic::Window;
+use crate::metrics::traffic::Window;
 use crate::edge_state::{EdgeState, FailReason, Liveness};
 use crate::selection::{Bottleneck, RegionPlan, select_edge, utilisation};
 use crate::snapshot::{EdgeView, RegistrySnapshot};

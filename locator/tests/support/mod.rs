@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use locus_geo::mmdb_writer::{MmdbWriter, Value};
 use locus_geo::{Config, GeoResolver};
-use locus_locator::server::{AppState, Secrets};
+use locus_locator::state::{AppState, Secrets};
 use locus_locator::store::Store;
 use locus_protocol::{EdgeMessage, LoadReport, LocatorMessage, PROTOCOL_VERSION, Register};
 use tokio::net::TcpStream;

@@ -31,7 +31,7 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 
 /// Counters for one region list (`regions.len()²` cells, row = client region).
 #[derive(Debug)]
-/// The counts, one block per thread shard (see [`crate::metrics::shard`]): worker
+/// The counts, one block per thread shard (see [`super::shard`]): worker
 /// threads counting answers do not share cache lines.
 struct Matrix {
     regions: Vec<String>,
@@ -49,7 +49,7 @@ impl Matrix {
         let stride = (n * n).div_ceil(LINE) * LINE;
         Matrix {
             regions,
-            counts: (0..stride * crate::metrics::SHARDS)
+            counts: (0..stride * super::SHARDS)
                 .map(|_| AtomicU64::new(0))
                 .collect(),
             stride,
@@ -57,7 +57,7 @@ impl Matrix {
     }
 
     fn add(&self, cell: usize) {
-        let at = crate::metrics::shard() * self.stride + cell;
+        let at = super::shard() * self.stride + cell;
         if let Some(count) = self.counts.get(at) {
             count.fetch_add(1, Ordering::Relaxed);
         }

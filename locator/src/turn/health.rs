@@ -9,10 +9,10 @@
 //! until its first check, which makes it `up` or `down`; an `up` server is `down` after
 //! `turn.down_after` failed checks in a row, a `down` one `up` again after `turn.up_after`
 //! successes in a row. After every result the pools' choice is recomputed
-//! ([`crate::turn::TurnPools::apply_health`]), so answers follow within one check.
+//! ([`super::TurnPools::apply_health`]), so answers follow within one check.
 //!
 //! The loop ([`run_checks`]) talks to the rest of the program through [`CheckerEnv`]: the
-//! locator's implementation ([`AppChecker`]) probes for real, exports metrics and writes an
+//! locator's implementation (`AppChecker`, in [`crate::server`]) probes for real, exports metrics and writes an
 //! audit entry on a state change; the tests drive it with scripted results under paused
 //! time. Several locators each check on their own (nothing is shared): they agree within a
 //! check interval because they look at the same servers.
@@ -31,8 +31,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::server::AppState;
-use crate::turn::CheckTarget;
+use super::CheckTarget;
 
 /// A server of a region's pool (the same URL in two pools is two servers: each is
 /// checked with its own pool's credential).
@@ -267,7 +266,7 @@ impl TurnHealth {
     }
 
     /// Recomputes what the pools hand out from the records.
-    pub fn apply(&self, pools: &crate::turn::TurnPools) {
+    pub fn apply(&self, pools: &super::TurnPools) {
         pools.apply_health(&self.book());
     }
 }
@@ -375,102 +374,6 @@ pub async fn run_checks<E: CheckerEnv>(health: Arc<TurnHealth>, env: Arc<E>) {
             _ = tokio::time::sleep_until(next) => {}
         }
     }
-}
-
-/// The locator's checker: real probes, metrics, audit entries, answers.
-#[derive(Debug)]
-pub struct AppChecker {
-    state: Arc<AppState>,
-}
-
-impl AppChecker {
-    pub fn new(state: Arc<AppState>) -> AppChecker {
-        AppChecker { state }
-    }
-}
-
-impl CheckerEnv for AppChecker {
-    fn targets(&self) -> (TurnChecks, Vec<CheckTarget>) {
-        let routing = self.state.routing.load();
-        (routing.config.turn.clone(), routing.turn.check_targets())
-    }
-
-    fn probe(&self, target: &CheckTarget) -> BoxFuture<'static, CheckResult> {
-        let target = target.clone();
-        Box::pin(async move { probe::check(&target, crate::server::now_unix()).await })
-    }
-
-    fn checked(
-        &self,
-        target: &CheckTarget,
-        result: &CheckResult,
-        elapsed: Duration,
-        transition: Option<Transition>,
-        health: &ServerHealth,
-    ) {
-        let key = &target.key;
-        self.state
-            .metrics
-            .turn_checked(&key.region, &key.url, health.state.hands_out(), elapsed);
-        if let Err(error) = result {
-            tracing::debug!(region = %key.region, server = %key.url, %error, "TURN server check failed");
-        }
-        let Some(Transition { from, to }) = transition else {
-            return;
-        };
-        // Unchecked → up is every server's first check: not news.
-        if from == ServerState::Unchecked && to == ServerState::Up {
-            return;
-        }
-        let detail = match (to, result) {
-            (ServerState::Down, Err(error)) => format!(
-                "{} of {} is down after {} failed check(s): {error}",
-                key.url, key.region, health.fails_in_row
-            ),
-            _ => format!(
-                "{} of {} is up after {} successful check(s)",
-                key.url, key.region, health.oks_in_row
-            ),
-        };
-        if to == ServerState::Down {
-            tracing::warn!(region = %key.region, server = %key.url, "{detail}");
-        } else {
-            tracing::info!(region = %key.region, server = %key.url, "{detail}");
-        }
-        let kind = if to == ServerState::Down {
-            "turn_server_down"
-        } else {
-            "turn_server_up"
-        };
-        let state = self.state.clone();
-        tokio::spawn(async move {
-            if let Err(error) = state
-                .store
-                .record_locator_event(kind, None, None, Some(&detail), crate::server::now_ms())
-                .await
-            {
-                tracing::warn!(%error, "could not write the audit entry of a TURN server's change of state");
-            }
-        });
-    }
-
-    fn removed(&self, key: &ServerKey) {
-        self.state.metrics.turn_removed(&key.region, &key.url);
-    }
-
-    fn apply(&self, health: &TurnHealth) {
-        health.apply(&self.state.routing.load().turn);
-    }
-
-    fn now_ms(&self) -> i64 {
-        crate::server::now_ms()
-    }
-}
-
-/// The locator's check loop (started by [`crate::server::run`]).
-pub async fn check_loop(state: Arc<AppState>) {
-    let health = state.turn_health.clone();
-    run_checks(health, Arc::new(AppChecker::new(state))).await;
 }
 
 #[cfg(test)]

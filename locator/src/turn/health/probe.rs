@@ -505,7 +505,7 @@ mod tests {
     async fn a_silent_udp_server_times_out_after_retransmissions() {
         let silent = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let target = CheckTarget {
-            key: crate::turn_health::ServerKey::new(
+            key: crate::turn::health::ServerKey::new(
                 "r",
                 &format!("stun:{}", silent.local_addr().expect("addr")),
             ),
@@ -530,7 +530,7 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         drop(listener);
         let target = CheckTarget {
-            key: crate::turn_health::ServerKey::new("r", &format!("turn:{addr}?transport=tcp")),
+            key: crate::turn::health::ServerKey::new("r", &format!("turn:{addr}?transport=tcp")),
             minter: None,
         };
         let error = check(&target, 0).await.expect_err("closed port");

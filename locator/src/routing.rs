@@ -1,0 +1,59 @@
+//! One generation of routing: everything derived from one `regions.yaml` (the config,
+//! its compiled GeoIP rules, the fallback plan, the TURN pools, the answer counters),
+//! built once and never changed.
+//!
+//! Region indices (`usize` into `config.regions`, as `locus-geo` and selection use them)
+//! are valid only within the generation that produced them: a reload may reorder, add
+//! or remove regions. So an answer is computed from one [`crate::registry::Generation`]
+//! (a `Routing` and the registry snapshot built for it, published together), and a
+//! region index is turned into a region only through [`Routing::region`] of that same
+//! generation. This module imports nothing of the locator but the pure pieces a
+//! generation is made of.
+
+use std::sync::Arc;
+
+use locus_geo::{Config, Region, RegionRules};
+
+use crate::metrics::AnswerCounters;
+use crate::selection::RegionPlan;
+use crate::turn::TurnPools;
+
+/// Everything derived from one `regions.yaml`, swapped whole on reload.
+#[derive(Debug)]
+pub struct Routing {
+    pub config: Config,
+    /// The GeoIP rules of `config` (region indices into `config.regions`).
+    pub rules: Arc<RegionRules>,
+    pub plan: RegionPlan,
+    pub turn: TurnPools,
+    /// `locator_answers_total` handles for this config's regions.
+    pub answers: AnswerCounters,
+}
+
+impl Routing {
+    pub fn new(config: Config) -> Routing {
+        Routing {
+            rules: Arc::new(RegionRules::new(&config)),
+            plan: RegionPlan::new(&config),
+            answers: AnswerCounters::new(config.regions.len()),
+            turn: TurnPools::new(&config, |name| std::env::var(name).ok()),
+            config,
+        }
+    }
+
+    /// The region at `index` of this generation (`None` for an index of another one
+    /// that is out of range here: never a panic).
+    pub fn region(&self, index: usize) -> Option<&Region> {
+        self.config.regions.get(index)
+    }
+
+    /// The id of the region at `index` ("" when out of range, see [`Routing::region`]).
+    pub fn region_id(&self, index: usize) -> &str {
+        self.region(index).map_or("", |r| r.id.as_str())
+    }
+
+    /// The region ids in config order (the registry's index of edges by region).
+    pub fn region_ids(&self) -> Vec<String> {
+        self.config.regions.iter().map(|r| r.id.clone()).collect()
+    }
+}
