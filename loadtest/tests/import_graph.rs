@@ -17,7 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// `(crate folder, modules including the root, at least this many edges)`.
-const CRATES: &[(&str, usize, usize)] = &[("edge", 13, 28), ("loadtest", 11, 16)];
+const CRATES: &[(&str, usize, usize)] =
+    &[("edge", 13, 28), ("loadtest", 11, 16), ("locator", 25, 75)];
 
 /// The node of files that are the crate root.
 const ROOT: &str = "(root)";

@@ -28,8 +28,8 @@ use utoipa_axum::routes;
 use crate::admin::{Access, require_admin};
 use crate::client_ip::client_ip;
 use crate::metrics::RouteLabel;
-use crate::rate_limit::Door;
 use crate::ops::{self, ActionError, EdgeAction, MoveError, MovedRoom};
+use crate::rate_limit::Door;
 use crate::registry::Generation;
 use crate::routing::Routing;
 use crate::selection;
@@ -656,7 +656,8 @@ async fn create_session(
         request.region.as_deref(),
         Door::Create,
     )?;
-    let chosen = ops::select(&state, &generation, placement.region).ok_or_else(no_edge_available)?;
+    let chosen =
+        ops::select(&state, &generation, placement.region).ok_or_else(no_edge_available)?;
     let edge = generation
         .edges
         .edges

@@ -320,20 +320,10 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
     );
     let welcome = LocatorMessage::Welcome {
         protocol: PROTOCOL_VERSION,
-        report_interval_ms: state
-            .routing()
-            .config
-            .edges
-            .report_interval
-            .as_millis() as u64,
+        report_interval_ms: state.routing().config.edges.report_interval.as_millis() as u64,
         acked_seq,
         suspended,
-        heartbeat_interval_ms: state
-            .routing()
-            .config
-            .edges
-            .heartbeat_interval
-            .as_millis() as u64,
+        heartbeat_interval_ms: state.routing().config.edges.heartbeat_interval.as_millis() as u64,
     };
     if send(&mut socket, &welcome).await.is_err() {
         let effect = state

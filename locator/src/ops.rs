@@ -219,11 +219,7 @@ pub async fn apply_edge_action(
             };
             let broadcast = match &state.cluster {
                 Some(cluster) if reachable => cluster
-                    .broadcast_admin(
-                        edge_id,
-                        EdgeAction::Drain.as_str(),
-                        Some(deadline_unix_ms),
-                    )
+                    .broadcast_admin(edge_id, EdgeAction::Drain.as_str(), Some(deadline_unix_ms))
                     .await
                     .is_ok(),
                 _ => false,
@@ -354,4 +350,3 @@ async fn edge_failed(state: &Arc<AppState>, edge_id: &str, why: FailReason) {
         )
         .await;
 }
-

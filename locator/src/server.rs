@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use crate::state::{AppState, now_ms, now_unix};
 use crate::turn::CheckTarget;
 use crate::turn::health::{
-    CheckResult, CheckerEnv, ServerHealth, ServerKey, ServerState, Transition, TurnHealth,
-    probe, run_checks,
+    CheckResult, CheckerEnv, ServerHealth, ServerKey, ServerState, Transition, TurnHealth, probe,
+    run_checks,
 };
 
 /// How often the registry's clocks tick: the granularity of the failure detector
@@ -196,7 +196,10 @@ pub async fn run(
             Err(_) => tracing::warn!("reading the edges other locators hold timed out"),
         }
         tracing::info!(locator = %cluster.id, "sharing the database with other locators");
-        tasks.spawn(crate::cluster_sync::publish_loop(state.clone(), cluster.clone()));
+        tasks.spawn(crate::cluster_sync::publish_loop(
+            state.clone(),
+            cluster.clone(),
+        ));
         tasks.spawn(crate::cluster::assignments_loop(cluster.clone()));
         tasks.spawn(crate::cluster_sync::follow_loop(state.clone(), cluster));
     }

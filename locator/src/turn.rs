@@ -591,8 +591,8 @@ pub fn turn_credential(secret: &[u8], username: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use super::health::ErrorKind;
+    use super::*;
     use std::path::Path;
 
     const YAML: &str = r#"

@@ -266,14 +266,14 @@ async fn during_a_rotation_both_master_keys_are_accepted_and_join_tokens_follow_
         .iter()
         .find(|e| &*e.id == "eu-1")
         .expect("eu-1");
-    let token = state
-        .join_key_for(&generation.routing, eu1_view)
-        .sign(&locus_protocol::join_token::JoinClaims {
+    let token = state.join_key_for(&generation.routing, eu1_view).sign(
+        &locus_protocol::join_token::JoinClaims {
             sid: "s1".into(),
             eid: "eu-1".into(),
             pid: "p1".into(),
             exp: 2_000_000_000,
-        });
+        },
+    );
     let edge_key = locus_protocol::join_token::JoinKey::from_edge_token(&old_credential);
     assert!(
         edge_key

@@ -27,8 +27,8 @@ use rand::rngs::StdRng;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::metrics::traffic::Window;
 use crate::edge_state::{EdgeState, FailReason, Liveness};
+use crate::metrics::traffic::Window;
 use crate::selection::{Bottleneck, RegionPlan, select_edge, utilisation};
 use crate::snapshot::{EdgeView, RegistrySnapshot};
 use crate::turn::PoolStatus;
