@@ -25,7 +25,7 @@
 //!
 //! What the status means: region states (healthy, degraded, down, served by fallback)
 //! are defined in [`status`]; "how much of its traffic goes elsewhere" is counted by
-//! [`traffic`] (answers by client region and serving region over a recent window, per
+//! [`crate::metrics::traffic`] (answers by client region and serving region over a recent window, per
 //! locator process). The event stream sends the status on every registry change
 //! (coalesced over [`DEBOUNCE`]) and at least every [`TICK`]; it ends on sign-out, session
 //! expiry and shutdown, and the page reconnects by itself, showing "connection lost"
@@ -688,7 +688,7 @@ pub struct Status {
     pub default_region: String,
     /// How often edges report, so the page can tell a late report from a fresh one.
     pub edge_timing: EdgeTimingView,
-    /// How long the traffic figures of each region cover (see [`traffic`]).
+    /// How long the traffic figures of each region cover (see [`crate::metrics::traffic`]).
     pub traffic_window_secs: u64,
     /// Counts of regions and edges by state.
     pub summary: Summary,

@@ -1,26 +1,29 @@
 //! `locus-locator`: the locator service and its command line.
 //!
-//! - [`cli`]: the `locator` command (`check-config`, `resolve`, `serve`).
-//! - [`edge_state`]: the pure state machine of one edge (active, suspended, draining,
-//!   link-lost, failed).
-//! - [`snapshot`]: the immutable registry snapshot that selection reads.
-//! - [`selection`]: pure choice of an edge: least-loaded in region, no herding, fallback
-//!   and spill by headroom.
-//! - [`registry`]: the live edge registry (links, statuses, reports) publishing snapshots.
-//! - [`edge_link`]: the websocket edges keep to the locator.
-//! - [`admin`]: the admin page (embedded assets, sign-in, live status over server-sent
-//!   events) and its JSON API (status, audit log), with the one admin auth check.
-//! - [`api`]: the HTTP routes; [`problem`] their errors; [`client_ip`] the client address
-//!   behind trusted proxies; [`turn`] ICE servers and TURN credentials, chosen by the
-//!   checks of [`turn_health`] (STUN Binding / TURN Allocate against every pool's servers).
-//! - [`try_page`]: the "try it" page (`/try`), built on the client library of `clients/js`.
-//! - [`rate_limit`]: per-client limits on session creates and locates.
-//! - [`store`]: sessions, rooms, edges, audit and metrics in SQLite or Postgres.
-//! - [`cluster`]: several locators on one Postgres database (edge state published by
-//!   the locator holding each edge, assignments and admin actions sent to all).
-//! - [`housekeeping`]: sessions nobody joined expire; edges failed for long are forgotten.
-//! - [`server`]: shared state, background tasks (state ticks, health probes, GeoIP and
-//!   config reload) and the serve loop.
+//! Layers, bottom up (a module imports only modules of its own layer or below; no import
+//! cycle, checked by `cargo test -p locus-loadtest --test import_graph`):
+//!
+//! 1. Pure pieces and storage: [`edge_state`] (the state machine of one edge),
+//!    [`snapshot`] (the immutable registry snapshot selection reads), [`selection`]
+//!    (choice of an edge), [`client_ip`] (the client behind trusted proxies),
+//!    [`rate_limit`], [`probe`], [`metrics`] (with the admin page's traffic matrix),
+//!    [`turn`] (ICE servers, TURN credentials and their health checks), [`store`]
+//!    (SQLite or Postgres), [`openapi`].
+//! 2. [`routing`]: one generation of routing (config, GeoIP rules, plan, TURN pools);
+//!    [`registry`]: the live edges, publishing each snapshot together with the routing
+//!    generation it is indexed for; [`cluster`]: the handle of a locator sharing its
+//!    database with others.
+//! 3. [`state`]: the shared state ([`state::AppState`]), secrets and clocks. A leaf:
+//!    it holds the pieces above and imports nothing that acts on them.
+//! 4. [`ops`]: the domain operations (selection with its metrics, moving a room, admin
+//!    actions on edges with the drain policy, what a state change of an edge does),
+//!    written once with typed inputs.
+//! 5. Drivers, which turn the outside world into operations: [`api`] (HTTP routes),
+//!    [`admin`] (admin page and API, the one admin auth check), [`try_page`],
+//!    [`edge_link`] (the websocket edges keep), [`cluster_sync`] (publishing and
+//!    following the other locators), [`housekeeping`] (expiries).
+//! 6. [`server`] (background tasks and the serve loop) and [`cli`] (the `locator`
+//!    command), the top.
 //!
 //! The region decision itself lives in `locus-geo`; this crate wires it to the outside
 //! world (files, flags, HTTP, websockets and the database).
