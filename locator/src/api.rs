@@ -698,13 +698,58 @@ async fn create_session(
 
 /// The answer for an existing open session: its edge if that still serves it; a keyed
 /// room whose edge failed moves to a newly selected edge; an ad-hoc session on a failed
-/// edge has ended (410).
+/// edge has ended (410). `preferred` is a region index of `generation`.
+///
+/// A room another join has just moved to an edge `generation` does not have is answered
+/// once more from the current generation: the edge is there when the move was made
+/// under a newer config, and the room moves on when the edge's region is gone from the
+/// config (an edge this locator knows, missing from the snapshot). An edge not known here
+/// at all was just chosen by another locator: 503, retry shortly.
 async fn join_existing(
+    state: &AppState,
+    generation: &Arc<Generation>,
+    record: SessionRecord,
+    preferred: Option<usize>,
+) -> Result<SessionAnswer, Problem> {
+    match join_in(state, generation, record, preferred).await? {
+        Joined::Answer(answer) => Ok(answer),
+        Joined::Elsewhere(current) => {
+            let latest = state.generation();
+            if Arc::ptr_eq(&latest.routing, &generation.routing)
+                && !state.registry.knows(&current.edge_id)
+            {
+                return Err(edge_reconnecting());
+            }
+            // The preferred region by id: its index in the other generation may differ.
+            let preferred = preferred
+                .and_then(|p| generation.routing.region(p))
+                .and_then(|r| latest.routing.config.region_index(&r.id));
+            match join_in(state, &latest, current, preferred).await? {
+                Joined::Answer(answer) => Ok(answer),
+                Joined::Elsewhere(_) => Err(edge_reconnecting()),
+            }
+        }
+    }
+}
+
+fn edge_reconnecting() -> Problem {
+    Problem::unavailable("edge-reconnecting", "retry shortly", 1)
+}
+
+/// What [`join_in`] found.
+enum Joined {
+    Answer(SessionAnswer),
+    /// The room is on an edge the generation does not have (moved by a concurrent join).
+    Elsewhere(SessionRecord),
+}
+
+/// [`join_existing`] within one generation.
+async fn join_in(
     state: &AppState,
     generation: &Generation,
     record: SessionRecord,
     preferred: Option<usize>,
-) -> Result<SessionAnswer, Problem> {
+) -> Result<Joined, Problem> {
     let (routing, snapshot) = (&generation.routing, &generation.edges);
     let home = snapshot.edge(&record.edge_id);
     let mut move_why = "unavailable";
@@ -724,7 +769,7 @@ async fn join_existing(
                 edge.id,
                 edge.status.state()
             );
-            return Ok(session_answer(
+            return Ok(Joined::Answer(session_answer(
                 state,
                 routing,
                 &record,
@@ -735,7 +780,7 @@ async fn join_existing(
                     reason,
                     code: "existing-session",
                 },
-            ));
+            )));
         }
         move_why = "draining";
     }
@@ -776,14 +821,14 @@ async fn join_existing(
         .await
         .map_err(|e| Problem::internal("read the session", &e))?
         .ok_or_else(|| session_not_found(&record.id))?;
-    let edge = snapshot
-        .edge(&current.edge_id)
-        .ok_or_else(|| Problem::unavailable("edge-reconnecting", "retry shortly", 1))?;
+    let Some(edge) = snapshot.edge(&current.edge_id) else {
+        return Ok(Joined::Elsewhere(current));
+    };
     let reason = format!(
         "room moved from {move_why} edge {} to {}: {}",
         record.edge_id, edge.id, chosen.detail
     );
-    Ok(session_answer(
+    Ok(Joined::Answer(session_answer(
         state,
         routing,
         &current,
@@ -794,7 +839,7 @@ async fn join_existing(
             reason,
             code: "room-moved",
         },
-    ))
+    )))
 }
 
 fn session_not_found(id: &str) -> Problem {

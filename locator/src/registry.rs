@@ -585,6 +585,12 @@ impl Registry {
         self.lock().edges.get(edge_id).is_some_and(|e| e.held_here)
     }
 
+    /// Whether the edge is known here (held or mirrored), whatever its region: an edge
+    /// known but missing from a snapshot is in a region the current config does not have.
+    pub fn knows(&self, edge_id: &str) -> bool {
+        self.lock().edges.contains_key(edge_id)
+    }
+
     /// The state of the edges held here that changed since the last call, for
     /// publishing. What could not be published is given back with [`Registry::retake`].
     pub fn take_changed(&self) -> Vec<PublishedEdge> {
