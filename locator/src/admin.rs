@@ -455,14 +455,7 @@ fn admin_client(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> std:
 /// Whether the browser reached us over HTTPS: only a trusted proxy is believed
 /// (`X-Forwarded-Proto: https` or `Forwarded: proto=https`).
 fn came_over_https(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> bool {
-    let peer = peer.ip().to_canonical();
-    let trusted = state
-        .routing()
-        .config
-        .trusted_proxies
-        .iter()
-        .any(|net| net.contains(&peer));
-    if !trusted {
+    if !crate::client_ip::is_trusted_proxy(peer.ip(), &state.routing().config.trusted_proxies) {
         return false;
     }
     let x_proto = headers

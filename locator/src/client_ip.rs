@@ -23,6 +23,12 @@ fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     proxies.iter().any(|net| net.contains(&ip))
 }
 
+/// Whether `peer` is one of the trusted proxies (whose forwarding headers are believed):
+/// the one check behind [`client_ip`] and the admin page's HTTPS detection.
+pub fn is_trusted_proxy(peer: IpAddr, proxies: &[IpNet]) -> bool {
+    trusted(peer.to_canonical(), proxies)
+}
+
 /// Parses one hop: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]:443`, quoted
 /// or not.
 fn parse_hop(raw: &str) -> Option<IpAddr> {

@@ -48,7 +48,7 @@ pub fn forwarded(data: &[u8]) {
         };
         headers.append(name, value);
     }
-    let trusted = proxies.iter().any(|net| net.contains(&peer.to_canonical()));
+    let trusted = crate::client_ip::is_trusted_proxy(peer, &proxies);
     // The header the proxies are said to set comes from the control byte too.
     let forwarded_header = if control & 0x80 == 0 {
         locus_geo::config::ForwardedHeader::XForwardedFor

@@ -493,7 +493,12 @@ async fn locators_recover_from_a_database_restart_under_load_without_a_restart()
         .collect();
     let count = || acknowledged.lock().expect("lock").len();
     let before = count();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while count() < before + 50 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "50 creations before the restart"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::task::block_in_place(|| server.stop());
