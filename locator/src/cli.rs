@@ -172,7 +172,7 @@ fn edge_credential(
     id: &str,
     region: Option<&str>,
 ) -> Result<String, String> {
-    let secrets = crate::state::Secrets::from_env()?;
+    let secrets = crate::state::Secrets::from_env().map_err(|e| e.to_string())?;
     let config = Config::load(path).map_err(|e| e.to_string())?;
     let id_ok = !id.is_empty()
         && id.len() <= 64

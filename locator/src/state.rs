@@ -75,22 +75,17 @@ impl Secrets {
     }
 
     /// Reads `LOCATOR_EDGE_KEY`, `LOCATOR_EDGE_KEY_PREVIOUS` and `LOCATOR_ADMIN_TOKEN`.
-    pub fn from_env() -> Result<Secrets, String> {
+    pub fn from_env() -> Result<Secrets, SecretsError> {
         Secrets::from_vars(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
     }
 
     /// As [`Secrets::from_env`], reading variables through `var`.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Secrets, String> {
-        let min = locus_protocol::edge_credential::MIN_MASTER_KEY_LEN;
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Secrets, SecretsError> {
         let Some(edge_key) = var("LOCATOR_EDGE_KEY") else {
             return Err(if var("LOCATOR_EDGE_TOKEN").is_some() {
-                format!(
-                    "LOCATOR_EDGE_TOKEN (one token shared by every edge) is no longer accepted: set LOCATOR_EDGE_KEY to a random master key of at least {min} characters (e.g. `openssl rand -hex 32`) and give each edge its own credential, printed by `locator edge-credential --config regions.yaml --id EDGE_ID` (README \"Security\")"
-                )
+                SecretsError::SharedEdgeToken
             } else {
-                format!(
-                    "LOCATOR_EDGE_KEY is not set: set it to a random master key of at least {min} characters (e.g. `openssl rand -hex 32`); each edge gets its own credential from `locator edge-credential --config regions.yaml --id EDGE_ID`"
-                )
+                SecretsError::NoEdgeKey
             });
         };
         let mut edge_keys = vec![edge_key];
@@ -101,25 +96,46 @@ impl Secrets {
             .iter()
             .zip(&edge_keys)
         {
-            if key.len() < min {
-                return Err(format!(
-                    "{name} is too short: use a random master key of at least {min} characters (e.g. `openssl rand -hex 32`)"
-                ));
+            if key.len() < locus_protocol::edge_credential::MIN_MASTER_KEY_LEN {
+                return Err(SecretsError::ShortEdgeKey(name));
             }
         }
         let admin_token = var("LOCATOR_ADMIN_TOKEN");
         if let Some(token) = &admin_token
             && (token.len() < MIN_TOKEN_LEN || strength_bits(token) < MIN_TOKEN_BITS)
         {
-            return Err(format!(
-                "LOCATOR_ADMIN_TOKEN is too weak: use at least {MIN_TOKEN_LEN} random characters (e.g. `openssl rand -hex 32`), or unset it to disable the admin API"
-            ));
+            return Err(SecretsError::WeakAdminToken);
         }
         Ok(Secrets {
             edge_keys,
             admin_token,
         })
     }
+}
+
+/// Why the secrets in the environment cannot be used (the message says what to do).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SecretsError {
+    #[error(
+        "LOCATOR_EDGE_TOKEN (one token shared by every edge) is no longer accepted: set LOCATOR_EDGE_KEY to a random master key of at least {min} characters (e.g. `openssl rand -hex 32`) and give each edge its own credential, printed by `locator edge-credential --config regions.yaml --id EDGE_ID` (README \"Security\")",
+        min = locus_protocol::edge_credential::MIN_MASTER_KEY_LEN
+    )]
+    SharedEdgeToken,
+    #[error(
+        "LOCATOR_EDGE_KEY is not set: set it to a random master key of at least {min} characters (e.g. `openssl rand -hex 32`); each edge gets its own credential from `locator edge-credential --config regions.yaml --id EDGE_ID`",
+        min = locus_protocol::edge_credential::MIN_MASTER_KEY_LEN
+    )]
+    NoEdgeKey,
+    /// The variable named holds a key shorter than the minimum.
+    #[error(
+        "{0} is too short: use a random master key of at least {min} characters (e.g. `openssl rand -hex 32`)",
+        min = locus_protocol::edge_credential::MIN_MASTER_KEY_LEN
+    )]
+    ShortEdgeKey(&'static str),
+    #[error(
+        "LOCATOR_ADMIN_TOKEN is too weak: use at least {MIN_TOKEN_LEN} random characters (e.g. `openssl rand -hex 32`), or unset it to disable the admin API"
+    )]
+    WeakAdminToken,
 }
 
 /// Lifetime of a join token: long enough to open a websocket after the answer, short
@@ -267,6 +283,53 @@ impl AdminState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unusable_secrets_are_refused_with_what_to_do() {
+        let key = "k".repeat(locus_protocol::edge_credential::MIN_MASTER_KEY_LEN);
+        let vars = |pairs: &'static [(&'static str, &'static str)], key: Option<String>| {
+            move |name: &str| {
+                if name == "LOCATOR_EDGE_KEY" {
+                    return key.clone();
+                }
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let refused = |var| Secrets::from_vars(var).expect_err("refused");
+        assert_eq!(refused(vars(&[], None)), SecretsError::NoEdgeKey);
+        assert_eq!(
+            refused(vars(&[("LOCATOR_EDGE_TOKEN", "old")], None)),
+            SecretsError::SharedEdgeToken
+        );
+        assert_eq!(
+            refused(vars(&[], Some("short".into()))),
+            SecretsError::ShortEdgeKey("LOCATOR_EDGE_KEY")
+        );
+        assert_eq!(
+            refused(vars(
+                &[("LOCATOR_EDGE_KEY_PREVIOUS", "short")],
+                Some(key.clone())
+            )),
+            SecretsError::ShortEdgeKey("LOCATOR_EDGE_KEY_PREVIOUS")
+        );
+        assert_eq!(
+            refused(vars(
+                &[("LOCATOR_ADMIN_TOKEN", "aaaaaaaaaaaaaaaa")],
+                Some(key.clone())
+            )),
+            SecretsError::WeakAdminToken
+        );
+        assert!(
+            SecretsError::NoEdgeKey.to_string().starts_with(
+                "LOCATOR_EDGE_KEY is not set: set it to a random master key of at least"
+            )
+        );
+        let secrets = Secrets::from_vars(vars(&[], Some(key.clone()))).expect("usable");
+        assert_eq!(secrets.edge_key(), key);
+    }
 
     #[test]
     fn patterned_tokens_are_weak_and_random_ones_strong() {
