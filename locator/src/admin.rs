@@ -697,7 +697,7 @@ pub fn build_status(state: &AppState) -> Status {
     let (routing, snapshot) = (&generation.routing, &generation.edges);
     let config = &routing.config;
     let ids: Vec<String> = config.regions.iter().map(|r| r.id.clone()).collect();
-    let window = state.admin.traffic.window(&ids, now);
+    let window = routing.traffic.window(&ids, now);
     let pools = routing.turn.status(config);
     let regions = status::regions(snapshot, config, &routing.plan, &pools, &window, now);
     let store = state.store.describe();

@@ -41,7 +41,7 @@ pub fn select(state: &AppState, generation: &Generation, preferred: usize) -> Op
     );
     state.metrics.selection_seconds.observe(started.elapsed());
     let chosen = chosen?;
-    state.admin.traffic.record(preferred, chosen.region);
+    routing.traffic.record(preferred, chosen.region);
     if chosen.fallback {
         state.metrics.fallback(chosen.reason);
     }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use locus_geo::{Config, Region, RegionRules};
 
 use crate::metrics::AnswerCounters;
+use crate::metrics::traffic::Traffic;
 use crate::selection::RegionPlan;
 use crate::turn::TurnPools;
 
@@ -28,11 +29,38 @@ pub struct Routing {
     pub turn: TurnPools,
     /// `locator_answers_total` handles for this config's regions.
     pub answers: AnswerCounters,
+    /// Answers by (client region, serving region) of this config's regions, for the admin
+    /// page; shared with the next generation when its region list is the same.
+    pub traffic: Arc<Traffic>,
 }
 
 impl Routing {
     pub fn new(config: Config) -> Routing {
+        let traffic = Arc::new(Traffic::new(
+            config.regions.iter().map(|r| r.id.clone()).collect(),
+        ));
+        Routing::with_traffic(config, traffic)
+    }
+
+    /// The generation after `previous`: the traffic counts go on when the region list
+    /// is the same, and start again when a region was added, removed or moved.
+    pub fn after(config: Config, previous: &Routing) -> Routing {
+        let same_regions = config.regions.len() == previous.config.regions.len()
+            && config
+                .regions
+                .iter()
+                .zip(&previous.config.regions)
+                .all(|(a, b)| a.id == b.id);
+        if same_regions {
+            Routing::with_traffic(config, previous.traffic.clone())
+        } else {
+            Routing::new(config)
+        }
+    }
+
+    fn with_traffic(config: Config, traffic: Arc<Traffic>) -> Routing {
         Routing {
+            traffic,
             rules: Arc::new(RegionRules::new(&config)),
             plan: RegionPlan::new(&config),
             answers: AnswerCounters::new(config.regions.len()),

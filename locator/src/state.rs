@@ -17,7 +17,6 @@ use tokio::time::Instant;
 
 use crate::cluster::Cluster;
 use crate::metrics::Metrics;
-use crate::metrics::traffic::Traffic;
 use crate::registry::{Generation, Registry};
 use crate::routing::Routing;
 use crate::store::Store;
@@ -153,7 +152,7 @@ pub struct AppState {
     pub store: Store,
     pub secrets: Secrets,
     pub metrics: Metrics,
-    /// Admin page sessions, answer counters by region, event-stream shutdown.
+    /// The signal that ends the admin event streams on shutdown.
     pub admin: AdminState,
     pub started: Instant,
     /// Set when the database is shared by several locators (Postgres).
@@ -176,7 +175,7 @@ impl AppState {
         geo.set_compiled_rules(routing.rules.clone());
         AppState {
             geo: Arc::new(geo),
-            admin: AdminState::new(routing.region_ids()),
+            admin: AdminState::new(),
             registry: Arc::new(Registry::new(routing)),
             cluster: Cluster::for_store(&store),
             store,
@@ -231,7 +230,7 @@ impl AppState {
 
     /// Installs a reloaded, validated config as the next generation, published whole.
     pub fn apply_config(&self, config: Config) {
-        let routing = Arc::new(Routing::new(config));
+        let routing = Arc::new(Routing::after(config, &self.routing()));
         // Servers already checked keep their state in the new pools.
         self.turn_health.apply(&routing.turn);
         // The resolver's cache follows the new rules; answers of the old generation still
@@ -257,19 +256,18 @@ pub fn now_unix() -> u64 {
         .unwrap_or_default()
 }
 
-/// Admin state kept by the locator: page sessions, answer counters, and the signal that
-/// ends event streams on shutdown.
-#[derive(Debug)]
+/// Admin state kept by the locator: the signal that ends event streams on shutdown
+/// (page sessions are rows of the store; answer counts are per routing generation,
+/// [`Routing::traffic`]).
+#[derive(Debug, Default)]
 pub struct AdminState {
-    pub traffic: Traffic,
     /// Becomes true when shutdown starts (event streams end).
     pub closing: watch::Sender<bool>,
 }
 
 impl AdminState {
-    pub fn new(regions: Vec<String>) -> AdminState {
+    pub fn new() -> AdminState {
         AdminState {
-            traffic: Traffic::new(regions),
             closing: watch::channel(false).0,
         }
     }
