@@ -459,7 +459,8 @@ fn serve(
         let (http, ws) = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
         state.tls = tls;
         let state = std::sync::Arc::new(state);
-        for pool in state.routing().turn.status(&state.routing().config) {
+        let routing = state.routing();
+        for pool in routing.turn.status(&routing.config) {
             if let Some(problem) = &pool.problem {
                 tracing::warn!(region = %pool.region, relay_from = ?pool.relay_from, "TURN pool: {problem}");
             }

@@ -58,8 +58,12 @@ async fn sighup_loop(state: Arc<AppState>) {
         return;
     };
     while hup.recv().await.is_some() {
-        let path = state.routing().config.source.clone();
-        let geoip = state.routing().config.geoip.database.clone();
+        let routing = state.routing();
+        let (path, geoip) = (
+            routing.config.source.clone(),
+            routing.config.geoip.database.clone(),
+        );
+        drop(routing);
         match Config::load(&path) {
             Ok(mut config) => {
                 // The database in use stays (a --geoip override keeps applying).
