@@ -711,26 +711,32 @@ async fn join_existing(
     record: SessionRecord,
     preferred: Option<usize>,
 ) -> Result<SessionAnswer, Problem> {
-    match join_in(state, generation, record, preferred).await? {
-        Joined::Answer(answer) => Ok(answer),
-        Joined::Elsewhere(current) => {
-            let latest = state.generation();
-            if Arc::ptr_eq(&latest.routing, &generation.routing)
-                && !state.registry.knows(&current.edge_id)
-            {
-                return Err(edge_reconnecting());
-            }
-            // The preferred region by id: its index in the other generation may differ.
-            let preferred = preferred
-                .and_then(|p| generation.routing.region(p))
-                .and_then(|r| latest.routing.config.region_index(&r.id));
-            match join_in(state, &latest, current, preferred).await? {
-                Joined::Answer(answer) => Ok(answer),
-                Joined::Elsewhere(_) => Err(edge_reconnecting()),
-            }
+    let mut generation = generation.clone();
+    let (mut record, mut preferred) = (record, preferred);
+    // Each further attempt follows a move made meanwhile: a few are plenty, even with
+    // reloads coming one after the other.
+    for _ in 0..MOVES_FOLLOWED {
+        let current = match join_in(state, &generation, record, preferred).await? {
+            Joined::Answer(answer) => return Ok(answer),
+            Joined::Elsewhere(current) => current,
+        };
+        let latest = state.generation();
+        if Arc::ptr_eq(&latest.routing, &generation.routing)
+            && !state.registry.knows(&current.edge_id)
+        {
+            break;
         }
+        // The preferred region by id: its index in the other generation may differ.
+        preferred = preferred
+            .and_then(|p| generation.routing.region(p))
+            .and_then(|r| latest.routing.config.region_index(&r.id));
+        (generation, record) = (latest, current);
     }
+    Err(edge_reconnecting())
 }
+
+/// How many concurrent moves of one room a join follows before answering 503.
+const MOVES_FOLLOWED: usize = 4;
 
 fn edge_reconnecting() -> Problem {
     Problem::unavailable("edge-reconnecting", "retry shortly", 1)

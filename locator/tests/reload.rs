@@ -86,6 +86,25 @@ fn install(dir: &Path, config: &Path, yaml: &str, pid: u32) {
     assert!(status.success(), "kill -HUP {pid}");
 }
 
+/// The region config `letter` sends client `ip` to when its country is listed (one
+/// that is not goes to the nearest region).
+fn expected_region(letter: char, ip: &str) -> Option<String> {
+    let country = match CLIENTS.iter().position(|c| *c == ip) {
+        Some(0) => "[GB]",
+        Some(1) => "[US]",
+        Some(2) => "[JP]",
+        _ => "[DE]",
+    };
+    let (_, regions, _) = CONFIGS
+        .iter()
+        .find(|(l, _, _)| *l == letter)
+        .expect("a config of this letter");
+    regions
+        .iter()
+        .find(|(_, countries)| *countries == country)
+        .map(|(suffix, _)| format!("{letter}-{suffix}"))
+}
+
 /// The letter of the config an id belongs to (`a-eu`, `edge-a-eu`).
 fn letter(id: &str) -> Option<char> {
     id.strip_prefix("edge-").unwrap_or(id).chars().next()
@@ -122,8 +141,9 @@ struct Tally {
 }
 
 impl Tally {
-    /// Checks one answer: no 5xx, one config's letter throughout.
-    fn check(&self, what: &str, status: u16, body: &str) {
+    /// Checks one answer: no 5xx, one config's letter throughout, and the client's
+    /// region under that config (`placed`: the region the answer names for the client).
+    fn check(&self, what: &str, status: u16, body: &str, ip: &str, placed: &[&str]) {
         self.answers.fetch_add(1, Ordering::Relaxed);
         let mut problems = self.problems.lock().expect("lock");
         if status >= 500 || status == 0 {
@@ -141,6 +161,23 @@ impl Tally {
         let letters: BTreeSet<Option<char>> = ids.iter().map(|id| letter(id)).collect();
         if ids.is_empty() || letters.len() != 1 {
             problems.push(format!("{what}: mixes configs {ids:?}: {body}"));
+            return;
+        }
+        let Some(Some(letter)) = letters.into_iter().next() else {
+            return;
+        };
+        let Some(expected) = expected_region(letter, ip) else {
+            return;
+        };
+        for field in placed {
+            let region = answer[field]["region"]
+                .as_str()
+                .or_else(|| answer[field].as_str());
+            if region != Some(expected.as_str()) {
+                problems.push(format!(
+                    "{what} for {ip}: {field} is {region:?}, not {expected}: {body}"
+                ));
+            }
         }
     }
 }
@@ -274,7 +311,10 @@ async fn answers_stay_within_one_config_while_reloads_reorder_add_and_remove_reg
                     Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
                     Err(e) => (0, e.to_string()),
                 };
-                tally.check("create", status, &text);
+                // A new session is placed in the client's region (an existing room is
+                // where it was first placed, for another client).
+                let placed: &[&str] = if status == 201 { &["region"] } else { &[] };
+                tally.check("create", status, &text, ip, placed);
                 if let Some(id) = serde_json::from_str::<Value>(&text)
                     .ok()
                     .and_then(|v| v["session_id"].as_str().map(str::to_string))
@@ -283,7 +323,7 @@ async fn answers_stay_within_one_config_while_reloads_reorder_add_and_remove_reg
                 }
                 if let Some(id) = sessions.get(n % sessions.len().max(1)) {
                     let (status, text) = get_text(&format!("{base}/v1/sessions/{id}")).await;
-                    tally.check("join", status, &text);
+                    tally.check("join", status, &text, ip, &[]);
                 }
                 let response = client
                     .get(format!("{base}/v1/admin/explain?ip={ip}"))
@@ -294,7 +334,7 @@ async fn answers_stay_within_one_config_while_reloads_reorder_add_and_remove_reg
                     Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
                     Err(e) => (0, e.to_string()),
                 };
-                tally.check("explain", status, &text);
+                tally.check("explain", status, &text, ip, &["preferred_region", "geoip"]);
             }
         }));
     }
