@@ -7,7 +7,9 @@
 //! Registry: 7 regions (the example `regions.yaml` layout) with 8 edges each, the size
 //! of a large deployment. Cases: the common one (the preferred region has headroom), a
 //! saturated region spilling over its fallbacks, everything saturated, and the
-//! `candidates` listing of the admin "explain" endpoint.
+//! `candidates` listing of the admin "explain" endpoint. Selection returns a structured
+//! why; the "+ reason text" cases add the sentence an answer carries, so they compare
+//! with what selection cost when it wrote that sentence itself.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -98,13 +100,26 @@ fn bench(c: &mut Criterion) {
         b.iter(|| min_scan(black_box(&normal), black_box(EU_WEST)))
     });
     g.bench_function("select_edge: in region", |b| {
-        b.iter(|| select_edge(black_box(&normal), &plan, regions, EU_WEST, &mut rng))
+        b.iter(|| select_edge(black_box(&normal), &plan, EU_WEST, &mut rng))
+    });
+    // What an answer pays: the choice and its sentence (the `reason` of the answers).
+    g.bench_function("select_edge + reason text: in region", |b| {
+        b.iter(|| {
+            select_edge(black_box(&normal), &plan, EU_WEST, &mut rng)
+                .map(|s| s.detail(&normal, regions))
+        })
     });
     g.bench_function("select_edge: region saturated, spill", |b| {
-        b.iter(|| select_edge(black_box(&spill), &plan, regions, EU_WEST, &mut rng))
+        b.iter(|| select_edge(black_box(&spill), &plan, EU_WEST, &mut rng))
+    });
+    g.bench_function("select_edge + reason text: region saturated, spill", |b| {
+        b.iter(|| {
+            select_edge(black_box(&spill), &plan, EU_WEST, &mut rng)
+                .map(|s| s.detail(&spill, regions))
+        })
     });
     g.bench_function("select_edge: all saturated", |b| {
-        b.iter(|| select_edge(black_box(&saturated), &plan, regions, EU_WEST, &mut rng))
+        b.iter(|| select_edge(black_box(&saturated), &plan, EU_WEST, &mut rng))
     });
     g.bench_function("candidates (explain)", |b| {
         b.iter(|| candidates(black_box(&normal), &plan, EU_WEST))

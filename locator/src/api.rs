@@ -445,7 +445,7 @@ fn locate_answer(
         region: region_id(placement.region),
         rule: placement.rule,
         fallback: chosen.fallback,
-        reason: &chosen.detail,
+        reason: &chosen.detail(&generation.edges, &routing.config.regions),
         reason_code: chosen.reason.as_str(),
         edge: LocatedEdge {
             id: &edge.id,
@@ -685,7 +685,7 @@ async fn create_session(
             true,
             AnswerWhy {
                 fallback: chosen.fallback,
-                reason: chosen.detail,
+                reason: chosen.detail(&generation.edges, &routing.config.regions),
                 code: chosen.reason.as_str(),
             },
         );
@@ -832,7 +832,9 @@ async fn join_in(
     };
     let reason = format!(
         "room moved from {move_why} edge {} to {}: {}",
-        record.edge_id, edge.id, chosen.detail
+        record.edge_id,
+        edge.id,
+        chosen.explain(&generation.edges, &generation.routing.config.regions)
     );
     Ok(Joined::Answer(session_answer(
         state,
@@ -1008,7 +1010,7 @@ async fn explain(
                 score: c.score,
                 headroom: c.headroom,
                 eligible: c.eligible,
-                why_not: c.why_not,
+                why_not: c.why_not.map(selection::NotEligible::as_str),
                 report_age_ms: edge
                     .load
                     .map(|_| edge.status.report_age(now).as_millis() as u64),
@@ -1017,20 +1019,16 @@ async fn explain(
             }
         })
         .collect();
-    let answer = selection::select_edge(
-        snapshot,
-        &routing.plan,
-        &config.regions,
-        preferred,
-        &mut rand::rng(),
-    )
-    .map(|s| ExplainChoice {
-        edge: snapshot.edges[s.edge].id.to_string(),
-        region: routing.region_id(s.region).to_string(),
-        fallback: s.fallback,
-        reason_code: s.reason.as_str(),
-        reason: s.detail,
-    });
+    let answer =
+        selection::select_edge(snapshot, &routing.plan, preferred, &mut rand::rng()).map(|s| {
+            ExplainChoice {
+                edge: snapshot.edges[s.edge].id.to_string(),
+                region: routing.region_id(s.region).to_string(),
+                fallback: s.fallback,
+                reason_code: s.reason.as_str(),
+                reason: s.detail(snapshot, &config.regions),
+            }
+        });
     // The relays of the serving region (the preferred one when no edge is available).
     let serving = answer
         .as_ref()

@@ -35,7 +35,6 @@ pub fn select(state: &AppState, generation: &Generation, preferred: usize) -> Op
     let chosen = selection::select_edge(
         &generation.edges,
         &routing.plan,
-        &routing.config.regions,
         preferred,
         &mut rand::rng(),
     );

@@ -30,11 +30,14 @@
 //!    one, each least-loaded, preferred region first. Failed and link-lost edges never
 //!    receive a new session.
 //!
-//! Every [`Selection`] says which rule applied ([`SelectReason`]) and why, in words
-//! ([`Selection::detail`]); [`candidates`] lists every edge considered for the admin
-//! "explain" endpoint.
-
-use std::fmt::Write as _;
+//! Every [`Selection`] says which rule applied and why as data, not text: a [`Why`]
+//! holds the [`Rule`] with the figures that decided it (the preferred region's edges by
+//! state, how the fallback or spill region was reached with the regions weighed and their
+//! headroom, how the edge was picked and its load), and [`SelectReason`] is the rule's
+//! stable code. Words are written only when an answer needs them:
+//! [`Selection::explain`] renders the sentence of the answers' `reason`, naming regions
+//! and edges. [`candidates`] lists every edge considered for the admin "explain"
+//! endpoint, with a [`NotEligible`] for each one that may not be chosen.
 
 use locus_geo::{Config, Region, great_circle_km};
 use rand::Rng;
@@ -181,11 +184,12 @@ pub struct Selection {
     pub edge: usize,
     /// The chosen edge's region (index into the config's regions).
     pub region: usize,
-    /// `region != preferred`.
+    /// `region != why.preferred`.
     pub fallback: bool,
+    /// The code of `why.rule` ([`Rule::reason`]).
     pub reason: SelectReason,
-    /// Human-readable explanation; names regions and edges by id, nothing secret.
-    pub detail: String,
+    /// The rule and the figures that decided; [`Selection::explain`] puts it in words.
+    pub why: Why,
 }
 
 /// The dimension of an edge's load that sets its score (the largest; ties go to the
@@ -210,20 +214,65 @@ impl Bottleneck {
             Bottleneck::Bitrate => "bitrate",
         }
     }
+}
 
-    /// Why an active edge limited by this dimension takes no new session.
-    fn saturated(self) -> &'static str {
+/// Why an edge may not be chosen in normal operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotEligible {
+    /// Active, but no headroom; the dimension that sets its score.
+    Saturated(Bottleneck),
+    /// Not active: the state says what it still takes.
+    State(EdgeState),
+}
+
+impl NotEligible {
+    /// The sentence of the "explain" endpoint's `why_not`.
+    pub fn as_str(self) -> &'static str {
         match self {
-            Bottleneck::Sessions => "saturated: no headroom (sessions at its capacity)",
-            Bottleneck::Cpu => "saturated: no headroom (CPU at 90% or more)",
-            Bottleneck::Lag => "saturated: no headroom (event-loop lag at 200 ms or more)",
-            Bottleneck::Connections => {
+            NotEligible::Saturated(Bottleneck::Sessions) => {
+                "saturated: no headroom (sessions at its capacity)"
+            }
+            NotEligible::Saturated(Bottleneck::Cpu) => {
+                "saturated: no headroom (CPU at 90% or more)"
+            }
+            NotEligible::Saturated(Bottleneck::Lag) => {
+                "saturated: no headroom (event-loop lag at 200 ms or more)"
+            }
+            NotEligible::Saturated(Bottleneck::Connections) => {
                 "saturated: no headroom (connections at 10 per unit of capacity)"
             }
-            Bottleneck::Bitrate => {
+            NotEligible::Saturated(Bottleneck::Bitrate) => {
                 "saturated: no headroom (forwarded bitrate at or above its --max-bitrate)"
             }
+            NotEligible::State(EdgeState::Suspended) => {
+                "suspended: new sessions only when no active edge exists anywhere"
+            }
+            NotEligible::State(EdgeState::Draining) => {
+                "draining: new sessions only when nothing else is left"
+            }
+            NotEligible::State(EdgeState::Suspect) => {
+                "suspect: heartbeats late; only joins of its existing sessions"
+            }
+            NotEligible::State(EdgeState::LinkLost) => {
+                "link lost: only joins of its existing sessions"
+            }
+            NotEligible::State(EdgeState::Failed) => "failed: no sessions at all",
+            // Never built: an active edge is either eligible or saturated.
+            NotEligible::State(EdgeState::Active) => "active",
         }
+    }
+}
+
+/// Serialized as its sentence, as the "explain" endpoint shows it.
+impl Serialize for NotEligible {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for NotEligible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -281,7 +330,7 @@ pub struct Candidate {
     /// Active with headroom: may be chosen in normal operation.
     pub eligible: bool,
     /// Why not eligible (`None` when eligible).
-    pub why_not: Option<&'static str>,
+    pub why_not: Option<NotEligible>,
 }
 
 /// Utilisation of an edge: 0.0 idle, 1.0 at capacity; the bottleneck (maximum) of
@@ -367,18 +416,8 @@ pub fn candidates(
             let headroom = headroom_of(score);
             let why_not = match state {
                 EdgeState::Active if headroom > 0.0 => None,
-                EdgeState::Active => Some(bottleneck.saturated()),
-                EdgeState::Suspended => {
-                    Some("suspended: new sessions only when no active edge exists anywhere")
-                }
-                EdgeState::Draining => {
-                    Some("draining: new sessions only when nothing else is left")
-                }
-                EdgeState::Suspect => {
-                    Some("suspect: heartbeats late; only joins of its existing sessions")
-                }
-                EdgeState::LinkLost => Some("link lost: only joins of its existing sessions"),
-                EdgeState::Failed => Some("failed: no sessions at all"),
+                EdgeState::Active => Some(NotEligible::Saturated(bottleneck)),
+                other => Some(NotEligible::State(other)),
             };
             out.push(Candidate {
                 edge: i,
@@ -424,28 +463,10 @@ impl Seen {
 /// Per-region counts for one call.
 #[derive(Debug, Clone, Copy, Default)]
 struct Tally {
-    active: u32,
+    states: StateCounts,
     with_headroom: u32,
     /// Sum of the headroom of its eligible edges.
     headroom: f64,
-    suspended: u32,
-    draining: u32,
-    suspect: u32,
-    link_lost: u32,
-    failed: u32,
-}
-
-impl Tally {
-    fn count(&self, state: EdgeState) -> u32 {
-        match state {
-            EdgeState::Active => self.active,
-            EdgeState::Suspended => self.suspended,
-            EdgeState::Draining => self.draining,
-            EdgeState::Suspect => self.suspect,
-            EdgeState::LinkLost => self.link_lost,
-            EdgeState::Failed => self.failed,
-        }
-    }
 }
 
 struct Survey {
@@ -473,19 +494,10 @@ impl Survey {
             };
             // Edges of a region the plan does not know (a stale index) are ignored.
             if let Some(t) = tally.get_mut(s.region) {
-                match s.state {
-                    EdgeState::Active => {
-                        t.active += 1;
-                        if s.eligible() {
-                            t.with_headroom += 1;
-                            t.headroom += headroom_of(s.score);
-                        }
-                    }
-                    EdgeState::Suspended => t.suspended += 1,
-                    EdgeState::Draining => t.draining += 1,
-                    EdgeState::Suspect => t.suspect += 1,
-                    EdgeState::LinkLost => t.link_lost += 1,
-                    EdgeState::Failed => t.failed += 1,
+                t.states.add(s.state);
+                if s.eligible() {
+                    t.with_headroom += 1;
+                    t.headroom += headroom_of(s.score);
                 }
             }
             (i, s)
@@ -514,6 +526,11 @@ impl Survey {
             .map_or(&UNREAD, |at| &self.seen[at].1)
     }
 
+    /// Whether `region` has an active edge with headroom.
+    fn has_headroom(&self, region: usize) -> bool {
+        self.tally.get(region).is_some_and(|t| t.with_headroom > 0)
+    }
+
     /// Edges of `region` with headroom (active), in snapshot order.
     fn eligible_in(&self, region: usize) -> impl Iterator<Item = usize> + '_ {
         self.seen
@@ -524,8 +541,8 @@ impl Survey {
 
     /// Power of two choices among the eligible edges of `region` (which has at least
     /// one): two distinct edges drawn at random, each with probability proportional to
-    /// its headroom, and the less loaded of the two. Returns the edge and a phrase saying
-    /// how it was picked.
+    /// its headroom, and the less loaded of the two. Returns the edge and how it was
+    /// picked.
     ///
     /// Why weighted draws rather than uniform ones: with uniform draws an edge can only
     /// win when it is in the pair (2/n of the time), so a freshly started edge among
@@ -580,7 +597,7 @@ impl Survey {
     fn least_loaded(&self, order: &[usize], state: EdgeState) -> Option<usize> {
         let region = *order
             .iter()
-            .find(|&&r| self.tally.get(r).is_some_and(|t| t.count(state) > 0))?;
+            .find(|&&r| self.tally.get(r).is_some_and(|t| t.states.count(state) > 0))?;
         let mut best: Option<usize> = None;
         for (i, s) in &self.seen {
             if s.region == region && s.state == state {
@@ -601,121 +618,383 @@ fn region_id(regions: &[Region], region: usize) -> &str {
 }
 
 /// How an edge was picked within its region.
-#[derive(Debug, Clone, Copy)]
-enum How {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// The region's only edge with headroom.
     Only,
+    /// The less loaded of two edges drawn by headroom among this many with headroom.
     TwoOf(u32),
 }
 
-/// How a saturated region's overflow region was chosen.
-#[derive(Debug, Clone, Copy)]
-enum Spill {
-    /// No configured fallback has headroom: the nearest region that has.
-    Nearest,
-    /// The only configured fallback with headroom.
-    Only,
-    /// Drawn among several fallbacks in proportion to their headroom.
-    Drawn,
+/// A region's edges by state, as one selection saw them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateCounts {
+    pub active: u32,
+    pub suspended: u32,
+    pub draining: u32,
+    pub suspect: u32,
+    pub link_lost: u32,
+    pub failed: u32,
 }
 
-/// A [`Selection::detail`] being written: plain appends into one `String`, integers
-/// through `itoa`; no `format!` and no `core::fmt` on the common paths (this text is
-/// built for every answer).
-struct Detail(String);
+impl StateCounts {
+    pub fn count(&self, state: EdgeState) -> u32 {
+        match state {
+            EdgeState::Active => self.active,
+            EdgeState::Suspended => self.suspended,
+            EdgeState::Draining => self.draining,
+            EdgeState::Suspect => self.suspect,
+            EdgeState::LinkLost => self.link_lost,
+            EdgeState::Failed => self.failed,
+        }
+    }
 
-impl Detail {
-    fn new() -> Detail {
+    fn add(&mut self, state: EdgeState) {
+        let n = match state {
+            EdgeState::Active => &mut self.active,
+            EdgeState::Suspended => &mut self.suspended,
+            EdgeState::Draining => &mut self.draining,
+            EdgeState::Suspect => &mut self.suspect,
+            EdgeState::LinkLost => &mut self.link_lost,
+            EdgeState::Failed => &mut self.failed,
+        };
+        *n += 1;
+    }
+}
+
+/// How an unavailable region's client reached another region.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fallback {
+    /// The first of the region's configured fallbacks with headroom.
+    FirstConfigured,
+    /// None of the configured fallbacks (listed; empty when it has none) has headroom:
+    /// the nearest region that has.
+    Nearest { fallbacks: Vec<usize> },
+}
+
+/// How a saturated region's overflow region was chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Spill {
+    /// The only configured fallback with headroom.
+    OnlyFallback,
+    /// Drawn with probability proportional to headroom among the configured fallbacks
+    /// that have some: `(region, its total headroom)`, in fallback order.
+    Drawn { among: Vec<(usize, f64)> },
+    /// None of the configured fallbacks (listed; empty when it has none) has headroom:
+    /// the nearest region that has.
+    Nearest { fallbacks: Vec<usize> },
+}
+
+/// The rule that chose the edge, with the figures that decided it. `preferred` counts
+/// are the client's region's edges as this selection saw them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rule {
+    /// An edge of the preferred region with headroom.
+    InRegion { how: How },
+    /// The preferred region has no active edge: a fallback region with headroom.
+    RegionUnavailable {
+        preferred: StateCounts,
+        fallback: Fallback,
+        how: How,
+    },
+    /// The preferred region has active edges (`active`), none with headroom: spilled.
+    RegionSaturated { active: u32, spill: Spill, how: How },
+    /// No headroom anywhere: the least-loaded active edge of the preferred region, or of
+    /// the first region in plan order that has an active edge.
+    AllSaturated { preferred: StateCounts },
+    /// No active edge anywhere: the least-loaded edge in `state` (suspended, else
+    /// draining), which still serves sessions.
+    LastResort {
+        state: EdgeState,
+        preferred: StateCounts,
+    },
+}
+
+impl Rule {
+    /// The rule's stable code.
+    pub fn reason(&self) -> SelectReason {
+        match self {
+            Rule::InRegion { .. } => SelectReason::InRegion,
+            Rule::RegionUnavailable { .. } => SelectReason::RegionUnavailable,
+            Rule::RegionSaturated { .. } => SelectReason::RegionSaturated,
+            Rule::AllSaturated { .. } => SelectReason::AllSaturated,
+            Rule::LastResort {
+                state: EdgeState::Suspended,
+                ..
+            } => SelectReason::OnlySuspended,
+            Rule::LastResort { .. } => SelectReason::OnlyDraining,
+        }
+    }
+}
+
+/// Why a [`Selection`] is what it is: codes and figures, no text. [`Selection::explain`]
+/// renders it for people.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Why {
+    /// The client's region.
+    pub preferred: usize,
+    /// The chosen edge's score (load) as this selection saw it.
+    pub load: f64,
+    pub rule: Rule,
+}
+
+impl Selection {
+    fn new(snapshot: &RegistrySnapshot, edge: usize, why: Why) -> Selection {
+        let region = snapshot.edges[edge].region;
+        Selection {
+            edge,
+            region,
+            fallback: region != why.preferred,
+            reason: why.rule.reason(),
+            why,
+        }
+    }
+
+    /// The selection in words, for the answers' `reason` and logs: names regions and
+    /// edges by id (from the snapshot and regions it was made with), nothing secret.
+    pub fn explain<'a>(
+        &'a self,
+        snapshot: &'a RegistrySnapshot,
+        regions: &'a [Region],
+    ) -> Explained<'a> {
+        Explained {
+            selection: self,
+            snapshot,
+            regions,
+        }
+    }
+
+    /// [`Selection::explain`] as a `String`, sized for the common answer.
+    pub fn detail(&self, snapshot: &RegistrySnapshot, regions: &[Region]) -> String {
         // The common answer ("in <region>: picked <edge> (load 42%), the less loaded of
         // two picks …") is about 130 bytes with short ids.
-        Detail(String::with_capacity(192))
+        let mut text = String::with_capacity(192);
+        // Writing to a String cannot fail.
+        let _ = std::fmt::Write::write_fmt(
+            &mut text,
+            format_args!("{}", self.explain(snapshot, regions)),
+        );
+        text
+    }
+}
+
+/// A [`Selection`] with the names it is rendered with; `Display` writes the sentence.
+/// Only `write_str` pieces and `itoa` numbers: this text is built for every answer.
+#[derive(Debug, Clone, Copy)]
+pub struct Explained<'a> {
+    selection: &'a Selection,
+    snapshot: &'a RegistrySnapshot,
+    regions: &'a [Region],
+}
+
+impl Explained<'_> {
+    fn region(&self, region: usize) -> &str {
+        region_id(self.regions, region)
     }
 
-    fn s(&mut self, text: &str) -> &mut Detail {
-        self.0.push_str(text);
-        self
+    fn edge(&self) -> &str {
+        self.snapshot
+            .edges
+            .get(self.selection.edge)
+            .map_or("(unknown edge)", |e| &e.id)
     }
 
-    fn n(&mut self, n: u32) -> &mut Detail {
-        self.0.push_str(itoa::Buffer::new().format(n));
-        self
-    }
-
-    /// A score as a load percentage: "42%".
-    fn percent(&mut self, score: f64) -> &mut Detail {
-        let p = (score * 100.0).round();
-        if p.is_finite() && (0.0..1e12).contains(&p) {
-            self.0.push_str(itoa::Buffer::new().format(p as u64));
-        } else {
-            // Writing to a String cannot fail.
-            let _ = write!(self.0, "{p}");
-        }
-        self.s("%")
-    }
-
-    /// "picked e1 (load 42%), the less loaded of two picks drawn by headroom among its 3
-    /// edges with headroom"
-    fn picked(&mut self, id: &str, score: f64, how: How) -> &mut Detail {
-        self.s("picked ").s(id).s(" (load ").percent(score).s("), ");
+    /// "picked e1 (load 42%), " and how.
+    fn picked(&self, f: &mut impl std::fmt::Write, how: How) -> std::fmt::Result {
+        self.picked_load(f)?;
+        f.write_str(", ")?;
         match how {
-            How::Only => self.s("its only edge with headroom"),
-            How::TwoOf(n) => self
-                .s("the less loaded of two picks drawn by headroom among its ")
-                .n(n)
-                .s(" edges with headroom"),
+            How::Only => f.write_str("its only edge with headroom"),
+            How::TwoOf(n) => {
+                f.write_str("the less loaded of two picks drawn by headroom among its ")?;
+                f.write_str(itoa::Buffer::new().format(n))?;
+                f.write_str(" edges with headroom")
+            }
         }
     }
 
-    /// "1 failed, 1 suspended", or "no edges registered".
-    fn summary(&mut self, t: &Tally) -> &mut Detail {
+    /// "picked e1 (load 42%)".
+    fn picked_load(&self, f: &mut impl std::fmt::Write) -> std::fmt::Result {
+        f.write_str("picked ")?;
+        f.write_str(self.edge())?;
+        f.write_str(" (load ")?;
+        percent(f, self.selection.why.load)?;
+        f.write_str(")")
+    }
+
+    /// "none of its fallbacks (a, b) has headroom", or "it has no configured fallback".
+    fn no_fallback(&self, f: &mut impl std::fmt::Write, fallbacks: &[usize]) -> std::fmt::Result {
+        if fallbacks.is_empty() {
+            return f.write_str("it has no configured fallback");
+        }
+        f.write_str("none of its fallbacks (")?;
+        for (i, &r) in fallbacks.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(self.region(r))?;
+        }
+        f.write_str(") has headroom")
+    }
+}
+
+/// A score as a load percentage: "42%".
+fn percent(f: &mut impl std::fmt::Write, score: f64) -> std::fmt::Result {
+    let p = (score * 100.0).round();
+    if p.is_finite() && (0.0..1e12).contains(&p) {
+        f.write_str(itoa::Buffer::new().format(p as u64))?;
+    } else {
+        write!(f, "{p}")?;
+    }
+    f.write_str("%")
+}
+
+/// "1 failed, 1 suspended", or "no edges registered".
+impl std::fmt::Display for StateCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut first = true;
         for (n, what) in [
-            (t.active, "active"),
-            (t.failed, "failed"),
-            (t.link_lost, "link-lost"),
-            (t.suspect, "suspect"),
-            (t.draining, "draining"),
-            (t.suspended, "suspended"),
+            (self.active, "active"),
+            (self.failed, "failed"),
+            (self.link_lost, "link-lost"),
+            (self.suspect, "suspect"),
+            (self.draining, "draining"),
+            (self.suspended, "suspended"),
         ] {
             if n > 0 {
                 if !first {
-                    self.s(", ");
+                    f.write_str(", ")?;
                 }
-                self.n(n).s(" ").s(what);
+                f.write_str(itoa::Buffer::new().format(n))?;
+                f.write_str(" ")?;
+                f.write_str(what)?;
                 first = false;
             }
         }
         if first {
-            self.s("no edges registered");
+            f.write_str("no edges registered")?;
         }
-        self
+        Ok(())
     }
+}
 
-    /// Said when the explicit fallbacks had nothing and a region by distance is chosen.
-    fn no_fallback(&mut self, regions: &[Region], explicit: &[usize]) -> &mut Detail {
-        if explicit.is_empty() {
-            return self.s("it has no configured fallback");
-        }
-        self.s("none of its fallbacks (");
-        for (i, &r) in explicit.iter().enumerate() {
-            if i > 0 {
-                self.s(", ");
+impl std::fmt::Display for Explained<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.render(f)
+    }
+}
+
+impl Explained<'_> {
+    /// The sentence, written into any `fmt::Write`: monomorphised for the `String` of
+    /// [`Selection::detail`], so the common answer's text costs plain appends.
+    fn render(&self, f: &mut impl std::fmt::Write) -> std::fmt::Result {
+        let why = &self.selection.why;
+        let pref = self.region(why.preferred);
+        let rid = self.region(self.selection.region);
+        match &why.rule {
+            Rule::InRegion { how } => {
+                f.write_str("in ")?;
+                f.write_str(pref)?;
+                f.write_str(": ")?;
+                self.picked(f, *how)
             }
-            self.s(region_id(regions, r));
+            Rule::RegionUnavailable {
+                preferred,
+                fallback,
+                how,
+            } => {
+                write!(f, "{pref} has no active edge ({preferred}); ")?;
+                match fallback {
+                    Fallback::FirstConfigured => {
+                        f.write_str(rid)?;
+                        f.write_str(" is its first fallback with headroom")?;
+                    }
+                    Fallback::Nearest { fallbacks } => {
+                        self.no_fallback(f, fallbacks)?;
+                        f.write_str("; ")?;
+                        f.write_str(rid)?;
+                        f.write_str(" is the nearest region with headroom")?;
+                    }
+                }
+                f.write_str("; ")?;
+                self.picked(f, *how)
+            }
+            Rule::RegionSaturated { active, spill, how } => {
+                f.write_str(pref)?;
+                f.write_str(" is saturated (")?;
+                f.write_str(itoa::Buffer::new().format(*active))?;
+                f.write_str(if *active == 1 {
+                    " active edge"
+                } else {
+                    " active edges"
+                })?;
+                f.write_str(", none with headroom); ")?;
+                match spill {
+                    Spill::Nearest { fallbacks } => {
+                        self.no_fallback(f, fallbacks)?;
+                        write!(f, "; spilled to {rid}, the nearest region with headroom")?;
+                    }
+                    Spill::OnlyFallback => {
+                        write!(f, "spilled to {rid}, its only fallback with headroom")?;
+                    }
+                    Spill::Drawn { among } => {
+                        write!(
+                            f,
+                            "spilled to {rid}, drawn in proportion to headroom among its fallbacks ("
+                        )?;
+                        for (i, &(r, headroom)) in among.iter().enumerate() {
+                            if i > 0 {
+                                f.write_str(", ")?;
+                            }
+                            write!(f, "{} {headroom:.2}", self.region(r))?;
+                        }
+                        f.write_str(")")?;
+                    }
+                }
+                f.write_str("; ")?;
+                self.picked(f, *how)
+            }
+            Rule::AllSaturated { preferred } => {
+                if self.selection.region == why.preferred {
+                    write!(f, "no region has headroom ({pref}: {preferred})")?;
+                } else {
+                    write!(
+                        f,
+                        "no region has headroom and {pref} has no active edge ({preferred}); {rid} is the first region in fallback order with one"
+                    )?;
+                }
+                f.write_str("; ")?;
+                self.picked_load(f)?;
+                f.write_str(", the least loaded active edge of ")?;
+                f.write_str(rid)
+            }
+            Rule::LastResort { state, preferred } => {
+                write!(
+                    f,
+                    "no edge anywhere takes new sessions ({pref}: {preferred}); "
+                )?;
+                self.picked_load(f)?;
+                f.write_str(", the least loaded ")?;
+                f.write_str(state.as_str())?;
+                f.write_str(" edge of ")?;
+                f.write_str(rid)?;
+                f.write_str(", which still serves sessions")
+            }
         }
-        self.s(") has headroom")
     }
 }
 
 /// Chooses the edge for a new session of a client whose region is `preferred_region`.
 ///
-/// `regions` are the config's regions (for names in [`Selection::detail`]); `plan` must
-/// be built from the same config as the snapshot's region indices. `None` when no edge
-/// anywhere can take a session (or `preferred_region` is not a region of the plan).
-/// The caller then calls `snapshot.edges[sel.edge].note_assignment()`.
+/// `plan` must be built from the same config as the snapshot's region indices. `None`
+/// when no edge anywhere can take a session (or `preferred_region` is not a region of
+/// the plan). The caller then calls `snapshot.edges[sel.edge].note_assignment()`.
+///
+/// The rules are tried in order (see the module docs), each a function of the survey:
+/// [`in_region`], [`elsewhere`], [`least_loaded_active`], [`last_resort`].
 pub fn select_edge(
     snapshot: &RegistrySnapshot,
     plan: &RegionPlan,
-    regions: &[Region],
     preferred_region: usize,
     rng: &mut impl Rng,
 ) -> Option<Selection> {
@@ -723,18 +1002,6 @@ pub fn select_edge(
     if order.is_empty() {
         return None;
     }
-    let pref_id = region_id(regions, preferred_region);
-    let name = |i: usize| snapshot.edges[i].id.as_ref();
-    let answer = |edge: usize, reason: SelectReason, detail: Detail| {
-        let region = snapshot.edges[edge].region;
-        Some(Selection {
-            edge,
-            region,
-            fallback: region != preferred_region,
-            reason,
-            detail: detail.0,
-        })
-    };
     // The common case reads only the client's region: when it has an edge with headroom,
     // the answer below needs nothing else (same edges, same order, same draws as with
     // every edge read). Otherwise every edge is read.
@@ -744,182 +1011,129 @@ pub fn select_edge(
     } else {
         Survey::new(snapshot, plan.len(), None)
     };
-    let pref = survey.tally[preferred_region];
-    let has_headroom = |r: usize| survey.tally[r].with_headroom > 0;
-    // Picks in `region` and appends how to `detail`.
-    let pick_in = |region: usize, rng: &mut _, detail: &mut Detail| {
-        let (edge, how) = survey.two_choices(region, rng);
-        detail.picked(name(edge), survey.seen(edge).score, how);
-        edge
+    let (edge, rule) = in_region(&survey, preferred_region, rng)
+        .or_else(|| elsewhere(&survey, plan, preferred_region, rng))
+        .or_else(|| least_loaded_active(&survey, order, preferred_region))
+        .or_else(|| last_resort(&survey, order, preferred_region))?;
+    let why = Why {
+        preferred: preferred_region,
+        load: survey.seen(edge).score,
+        rule,
     };
-    let mut detail = Detail::new();
+    Some(Selection::new(snapshot, edge, why))
+}
 
-    if has_headroom(preferred_region) {
-        detail.s("in ").s(pref_id).s(": ");
-        let edge = pick_in(preferred_region, rng, &mut detail);
-        return answer(edge, SelectReason::InRegion, detail);
+/// Rule 2: the preferred region has headroom.
+fn in_region(survey: &Survey, preferred: usize, rng: &mut impl Rng) -> Option<(usize, Rule)> {
+    if !survey.has_headroom(preferred) {
+        return None;
     }
+    let (edge, how) = survey.two_choices(preferred, rng);
+    Some((edge, Rule::InRegion { how }))
+}
 
-    let explicit = plan.explicit_fallbacks(preferred_region);
-    let by_distance = &order[1 + explicit.len()..];
-
-    if pref.active == 0 {
-        if let Some(&region) = order[1..].iter().find(|&&r| has_headroom(r)) {
-            let rid = region_id(regions, region);
-            detail
-                .s(pref_id)
-                .s(" has no active edge (")
-                .summary(&pref)
-                .s("); ");
-            if explicit.contains(&region) {
-                detail.s(rid).s(" is its first fallback with headroom");
-            } else {
-                detail
-                    .no_fallback(regions, explicit)
-                    .s("; ")
-                    .s(rid)
-                    .s(" is the nearest region with headroom");
-            }
-            detail.s("; ");
-            let edge = pick_in(region, rng, &mut detail);
-            return answer(edge, SelectReason::RegionUnavailable, detail);
-        }
-    } else {
-        let spill: Vec<usize> = explicit
-            .iter()
-            .copied()
-            .filter(|&r| has_headroom(r))
-            .collect();
-        // The region spilled to, and how it was chosen.
-        let chosen = match spill.as_slice() {
-            [] => by_distance
-                .iter()
-                .copied()
-                .find(|&r| has_headroom(r))
-                .map(|r| (r, Spill::Nearest)),
-            [only] => Some((*only, Spill::Only)),
-            several => {
-                let total: f64 = several.iter().map(|&r| survey.tally[r].headroom).sum();
-                let mut x = rng.random::<f64>() * total;
-                let mut region = several[several.len() - 1];
-                for &r in several {
-                    let h = survey.tally[r].headroom;
-                    if x < h {
-                        region = r;
-                        break;
-                    }
-                    x -= h;
-                }
-                Some((region, Spill::Drawn))
+/// Rules 3 and 4: another region with headroom, for a region without active edges (the
+/// first in plan order) or a saturated one (spilled).
+fn elsewhere(
+    survey: &Survey,
+    plan: &RegionPlan,
+    preferred: usize,
+    rng: &mut impl Rng,
+) -> Option<(usize, Rule)> {
+    let order = plan.order(preferred);
+    let explicit = plan.explicit_fallbacks(preferred);
+    let counts = survey.tally[preferred].states;
+    if counts.active == 0 {
+        let region = *order[1..].iter().find(|&&r| survey.has_headroom(r))?;
+        let fallback = if explicit.contains(&region) {
+            Fallback::FirstConfigured
+        } else {
+            Fallback::Nearest {
+                fallbacks: explicit.to_vec(),
             }
         };
-        if let Some((region, spill_by)) = chosen {
-            let rid = region_id(regions, region);
-            detail
-                .s(pref_id)
-                .s(" is saturated (")
-                .n(pref.active)
-                .s(if pref.active == 1 {
-                    " active edge"
-                } else {
-                    " active edges"
-                })
-                .s(", none with headroom); ");
-            match spill_by {
-                Spill::Nearest => {
-                    detail
-                        .no_fallback(regions, explicit)
-                        .s("; spilled to ")
-                        .s(rid)
-                        .s(", the nearest region with headroom");
+        let (edge, how) = survey.two_choices(region, rng);
+        let rule = Rule::RegionUnavailable {
+            preferred: counts,
+            fallback,
+            how,
+        };
+        return Some((edge, rule));
+    }
+    let (region, spill) = spill_region(survey, explicit, &order[1 + explicit.len()..], rng)?;
+    let (edge, how) = survey.two_choices(region, rng);
+    let rule = Rule::RegionSaturated {
+        active: counts.active,
+        spill,
+        how,
+    };
+    Some((edge, rule))
+}
+
+/// The region a saturated region's overflow goes to: among its configured fallbacks with
+/// headroom, in proportion to headroom; when none has any, the nearest region (of
+/// `by_distance`) that has.
+fn spill_region(
+    survey: &Survey,
+    explicit: &[usize],
+    by_distance: &[usize],
+    rng: &mut impl Rng,
+) -> Option<(usize, Spill)> {
+    let open: Vec<usize> = explicit
+        .iter()
+        .copied()
+        .filter(|&r| survey.has_headroom(r))
+        .collect();
+    match open.as_slice() {
+        [] => by_distance
+            .iter()
+            .copied()
+            .find(|&r| survey.has_headroom(r))
+            .map(|r| {
+                let fallbacks = explicit.to_vec();
+                (r, Spill::Nearest { fallbacks })
+            }),
+        [only] => Some((*only, Spill::OnlyFallback)),
+        several => {
+            let among: Vec<(usize, f64)> = several
+                .iter()
+                .map(|&r| (r, survey.tally[r].headroom))
+                .collect();
+            let total: f64 = among.iter().map(|(_, h)| h).sum();
+            let mut x = rng.random::<f64>() * total;
+            let mut region = several[several.len() - 1];
+            for &(r, h) in &among {
+                if x < h {
+                    region = r;
+                    break;
                 }
-                Spill::Only => {
-                    detail
-                        .s("spilled to ")
-                        .s(rid)
-                        .s(", its only fallback with headroom");
-                }
-                Spill::Drawn => {
-                    detail
-                        .s("spilled to ")
-                        .s(rid)
-                        .s(", drawn in proportion to headroom among its fallbacks (");
-                    for (i, &r) in spill.iter().enumerate() {
-                        if i > 0 {
-                            detail.s(", ");
-                        }
-                        detail.s(region_id(regions, r)).s(" ");
-                        // Writing to a String cannot fail.
-                        let _ = write!(detail.0, "{:.2}", survey.tally[r].headroom);
-                    }
-                    detail.s(")");
-                }
+                x -= h;
             }
-            detail.s("; ");
-            let edge = pick_in(region, rng, &mut detail);
-            return answer(edge, SelectReason::RegionSaturated, detail);
+            Some((region, Spill::Drawn { among }))
         }
     }
+}
 
-    // No headroom anywhere.
-    if let Some(edge) = survey.least_loaded(order, EdgeState::Active) {
-        let region = survey.seen(edge).region;
-        let rid = region_id(regions, region);
-        if region == preferred_region {
-            detail
-                .s("no region has headroom (")
-                .s(pref_id)
-                .s(": ")
-                .summary(&pref)
-                .s(")");
-        } else {
-            detail
-                .s("no region has headroom and ")
-                .s(pref_id)
-                .s(" has no active edge (")
-                .summary(&pref)
-                .s("); ")
-                .s(rid)
-                .s(" is the first region in fallback order with one");
-        }
-        detail
-            .s("; picked ")
-            .s(name(edge))
-            .s(" (load ")
-            .percent(survey.seen(edge).score)
-            .s("), the least loaded active edge of ")
-            .s(rid);
-        return answer(edge, SelectReason::AllSaturated, detail);
-    }
+/// Rule 5: no headroom anywhere: the least-loaded active edge, preferred region first.
+fn least_loaded_active(
+    survey: &Survey,
+    order: &[usize],
+    preferred: usize,
+) -> Option<(usize, Rule)> {
+    let edge = survey.least_loaded(order, EdgeState::Active)?;
+    let preferred = survey.tally[preferred].states;
+    Some((edge, Rule::AllSaturated { preferred }))
+}
 
-    for (state, reason, what) in [
-        (
-            EdgeState::Suspended,
-            SelectReason::OnlySuspended,
-            "suspended",
-        ),
-        (EdgeState::Draining, SelectReason::OnlyDraining, "draining"),
-    ] {
-        if let Some(edge) = survey.least_loaded(order, state) {
-            let rid = region_id(regions, survey.seen(edge).region);
-            detail
-                .s("no edge anywhere takes new sessions (")
-                .s(pref_id)
-                .s(": ")
-                .summary(&pref)
-                .s("); picked ")
-                .s(name(edge))
-                .s(" (load ")
-                .percent(survey.seen(edge).score)
-                .s("), the least loaded ")
-                .s(what)
-                .s(" edge of ")
-                .s(rid)
-                .s(", which still serves sessions");
-            return answer(edge, reason, detail);
-        }
-    }
-    None
+/// Rule 6: no active edge anywhere: a suspended edge, else a draining one.
+fn last_resort(survey: &Survey, order: &[usize], preferred: usize) -> Option<(usize, Rule)> {
+    let preferred = survey.tally[preferred].states;
+    [EdgeState::Suspended, EdgeState::Draining]
+        .into_iter()
+        .find_map(|state| {
+            let edge = survey.least_loaded(order, state)?;
+            Some((edge, Rule::LastResort { state, preferred }))
+        })
 }
 
 #[cfg(test)]
@@ -1048,12 +1262,12 @@ regions:
         let plan = RegionPlan::new(&config);
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
         for _ in 0..50 {
-            let chosen =
-                select_edge(&snapshot, &plan, &config.regions, 0, &mut rng).expect("an edge");
+            let chosen = select_edge(&snapshot, &plan, 0, &mut rng).expect("an edge");
             assert_eq!(
-                &*snapshot.edges[chosen.edge].id, "calm",
+                &*snapshot.edges[chosen.edge].id,
+                "calm",
                 "{}",
-                chosen.detail
+                chosen.explain(&snapshot, &config.regions)
             );
             assert_eq!(chosen.reason, SelectReason::InRegion);
         }
@@ -1061,9 +1275,14 @@ regions:
         let busy = listed.iter().find(|c| c.edge == 0).expect("busy listed");
         assert!(!busy.eligible);
         assert_eq!(busy.bottleneck, Bottleneck::Bitrate);
-        assert!(
-            busy.why_not.is_some_and(|w| w.contains("--max-bitrate")),
+        assert_eq!(
+            busy.why_not,
+            Some(NotEligible::Saturated(Bottleneck::Bitrate)),
             "{busy:?}"
+        );
+        assert!(
+            busy.why_not
+                .is_some_and(|w| w.as_str().contains("--max-bitrate"))
         );
         let calm = listed.iter().find(|c| c.edge == 1).expect("calm listed");
         assert!(calm.eligible);

@@ -1,6 +1,8 @@
 //! Edge selection against real `regions.yaml` text and hand-built registry snapshots:
-//! every reason with its explanation, spill in proportion to headroom, fallback order,
-//! the measured balance of a burst, and properties over random registries.
+//! every rule with the figures that decided it (and the sentence it reads as), spill in
+//! proportion to headroom, fallback order, the measured balance of a burst, and
+//! properties over random registries. Rules are checked on the structured why; only
+//! the rendering's own checks read text.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,7 +11,8 @@ use std::sync::atomic::AtomicU32;
 use locus_geo::Config;
 use locus_locator::edge_state::{EdgeState, EdgeStatus};
 use locus_locator::selection::{
-    Bottleneck, RegionPlan, SelectReason, Selection, candidates, headroom, score, select_edge,
+    Bottleneck, Fallback, How, NotEligible, RegionPlan, Rule, SelectReason, Selection, Spill,
+    StateCounts, candidates, headroom, score, select_edge,
 };
 use locus_locator::snapshot::{EdgeView, RegistrySnapshot};
 use locus_protocol::LoadReport;
@@ -133,7 +136,12 @@ impl World {
 
     fn select(&self, snap: &RegistrySnapshot, preferred: usize, seed: u64) -> Option<Selection> {
         let mut rng = StdRng::seed_from_u64(seed);
-        select_edge(snap, &self.plan, &self.config.regions, preferred, &mut rng)
+        select_edge(snap, &self.plan, preferred, &mut rng)
+    }
+
+    /// The sentence of a selection (what the answers' `reason` carries).
+    fn text(&self, snap: &RegistrySnapshot, sel: &Selection) -> String {
+        sel.explain(snap, &self.config.regions).to_string()
     }
 
     fn id<'a>(&self, snap: &'a RegistrySnapshot, sel: &Selection) -> &'a str {
@@ -155,13 +163,31 @@ fn the_plan_of_the_test_regions() {
     );
 }
 
-/// One row of the reason table.
+/// One row of the reason table: the rule with its figures, and how it reads.
 struct Case {
     name: &'static str,
     edges: Vec<EdgeView>,
     reason: Option<SelectReason>,
+    rule: Option<Rule>,
     edge: &'static str,
     detail: &'static str,
+}
+
+/// A region's edges by state.
+fn counts(states: &[(EdgeState, u32)]) -> StateCounts {
+    let mut counts = StateCounts::default();
+    for &(state, n) in states {
+        let slot = match state {
+            EdgeState::Active => &mut counts.active,
+            EdgeState::Suspended => &mut counts.suspended,
+            EdgeState::Draining => &mut counts.draining,
+            EdgeState::Suspect => &mut counts.suspect,
+            EdgeState::LinkLost => &mut counts.link_lost,
+            EdgeState::Failed => &mut counts.failed,
+        };
+        *slot = n;
+    }
+    counts
 }
 
 #[test]
@@ -176,6 +202,7 @@ fn every_reason_with_its_explanation() {
                 edge("c1", EU_CENTRAL, Active, 0),
             ],
             reason: Some(SelectReason::InRegion),
+            rule: Some(Rule::InRegion { how: How::Only }),
             edge: "w2",
             detail: "in eu-west: picked w2 (load 40%), its only edge with headroom",
         },
@@ -187,6 +214,7 @@ fn every_reason_with_its_explanation() {
                 edge("w3", EU_WEST, Active, 30),
             ],
             reason: Some(SelectReason::InRegion),
+            rule: Some(Rule::InRegion { how: How::TwoOf(3) }),
             edge: "",
             detail: "in eu-west: picked w", // which one depends on the seed
         },
@@ -199,6 +227,11 @@ fn every_reason_with_its_explanation() {
                 edge("u1", US_EAST, Active, 0),
             ],
             reason: Some(SelectReason::RegionUnavailable),
+            rule: Some(Rule::RegionUnavailable {
+                preferred: counts(&[(Failed, 1), (Suspended, 1)]),
+                fallback: Fallback::FirstConfigured,
+                how: How::Only,
+            }),
             edge: "c1",
             detail: "eu-west has no active edge (1 failed, 1 suspended); eu-central is its first fallback with headroom; picked c1 (load 50%), its only edge with headroom",
         },
@@ -211,6 +244,13 @@ fn every_reason_with_its_explanation() {
                 edge("n1", EU_NORTH, Active, 20),
             ],
             reason: Some(SelectReason::RegionUnavailable),
+            rule: Some(Rule::RegionUnavailable {
+                preferred: StateCounts::default(),
+                fallback: Fallback::Nearest {
+                    fallbacks: vec![EU_CENTRAL, US_EAST],
+                },
+                how: How::Only,
+            }),
             edge: "n1",
             detail: "eu-west has no active edge (no edges registered); none of its fallbacks (eu-central, us-east) has headroom; eu-north is the nearest region with headroom; picked n1 (load 20%), its only edge with headroom",
         },
@@ -225,6 +265,11 @@ fn every_reason_with_its_explanation() {
                 edge("n1", EU_NORTH, Active, 0),
             ],
             reason: Some(SelectReason::RegionSaturated),
+            rule: Some(Rule::RegionSaturated {
+                active: 2,
+                spill: Spill::OnlyFallback,
+                how: How::Only,
+            }),
             edge: "u1",
             detail: "eu-west is saturated (2 active edges, none with headroom); spilled to us-east, its only fallback with headroom; picked u1 (load 90%), its only edge with headroom",
         },
@@ -237,6 +282,13 @@ fn every_reason_with_its_explanation() {
                 edge("n1", EU_NORTH, Active, 99),
             ],
             reason: Some(SelectReason::RegionSaturated),
+            rule: Some(Rule::RegionSaturated {
+                active: 1,
+                spill: Spill::Nearest {
+                    fallbacks: vec![EU_CENTRAL, US_EAST],
+                },
+                how: How::Only,
+            }),
             edge: "n1",
             detail: "eu-west is saturated (1 active edge, none with headroom); none of its fallbacks (eu-central, us-east) has headroom; spilled to eu-north, the nearest region with headroom; picked n1 (load 99%), its only edge with headroom",
         },
@@ -249,6 +301,9 @@ fn every_reason_with_its_explanation() {
                 edge("c1", EU_CENTRAL, Active, 100),
             ],
             reason: Some(SelectReason::AllSaturated),
+            rule: Some(Rule::AllSaturated {
+                preferred: counts(&[(Active, 2), (Failed, 1)]),
+            }),
             edge: "w2",
             detail: "no region has headroom (eu-west: 2 active, 1 failed); picked w2 (load 110%), the least loaded active edge of eu-west",
         },
@@ -262,6 +317,9 @@ fn every_reason_with_its_explanation() {
                 edge("c2", EU_CENTRAL, Active, 200),
             ],
             reason: Some(SelectReason::AllSaturated),
+            rule: Some(Rule::AllSaturated {
+                preferred: counts(&[(Failed, 1)]),
+            }),
             edge: "c2",
             detail: "no region has headroom and eu-west has no active edge (1 failed); eu-central is the first region in fallback order with one; picked c2 (load 200%), the least loaded active edge of eu-central",
         },
@@ -275,6 +333,10 @@ fn every_reason_with_its_explanation() {
                 edge("u1", US_EAST, Suspended, 0),
             ],
             reason: Some(SelectReason::OnlySuspended),
+            rule: Some(Rule::LastResort {
+                state: Suspended,
+                preferred: counts(&[(Failed, 1), (Draining, 1)]),
+            }),
             edge: "c2",
             detail: "no edge anywhere takes new sessions (eu-west: 1 failed, 1 draining); picked c2 (load 20%), the least loaded suspended edge of eu-central, which still serves sessions",
         },
@@ -287,6 +349,10 @@ fn every_reason_with_its_explanation() {
                 edge("u1", US_EAST, Draining, 0),
             ],
             reason: Some(SelectReason::OnlyDraining),
+            rule: Some(Rule::LastResort {
+                state: Draining,
+                preferred: counts(&[(LinkLost, 1), (Draining, 2)]),
+            }),
             edge: "w3",
             detail: "no edge anywhere takes new sessions (eu-west: 1 link-lost, 2 draining); picked w3 (load 70%), the least loaded draining edge of eu-west, which still serves sessions",
         },
@@ -297,6 +363,7 @@ fn every_reason_with_its_explanation() {
                 edge("c1", EU_CENTRAL, Failed, 0),
             ],
             reason: None,
+            rule: None,
             edge: "",
             detail: "",
         },
@@ -304,6 +371,7 @@ fn every_reason_with_its_explanation() {
             name: "empty registry",
             edges: vec![],
             reason: None,
+            rule: None,
             edge: "",
             detail: "",
         },
@@ -318,33 +386,28 @@ fn every_reason_with_its_explanation() {
                 continue;
             };
             let sel = sel.unwrap_or_else(|| panic!("{}: no selection", case.name));
-            assert_eq!(sel.reason, expected, "{}: {}", case.name, sel.detail);
+            assert_eq!(sel.reason, expected, "{}: {:?}", case.name, sel.why);
+            assert_eq!(Some(&sel.why.rule), case.rule.as_ref(), "{}", case.name);
+            assert_eq!(sel.why.rule.reason(), sel.reason, "{}", case.name);
+            assert_eq!(sel.why.preferred, EU_WEST, "{}", case.name);
+            assert_eq!(
+                sel.why.load,
+                score(&snap.edges[sel.edge]),
+                "{}: the load is the chosen edge's",
+                case.name
+            );
+            // How it reads (the rendering; the rule is checked above).
+            let text = w.text(&snap, &sel);
             if !case.edge.is_empty() {
-                assert_eq!(
-                    w.id(&snap, &sel),
-                    case.edge,
-                    "{}: {}",
-                    case.name,
-                    sel.detail
-                );
-                assert_eq!(sel.detail, case.detail, "{}", case.name);
+                assert_eq!(w.id(&snap, &sel), case.edge, "{}: {:?}", case.name, sel.why);
+                assert_eq!(text, case.detail, "{}", case.name);
             } else {
-                assert!(
-                    sel.detail.starts_with(case.detail),
-                    "{}: {}",
-                    case.name,
-                    sel.detail
-                );
+                assert!(text.starts_with(case.detail), "{}: {text}", case.name);
             }
             assert_eq!(sel.region, snap.edges[sel.edge].region, "{}", case.name);
             assert_eq!(sel.fallback, sel.region != EU_WEST, "{}", case.name);
             if seed == 0 {
-                println!(
-                    "{:<70} {:<18} {}",
-                    case.name,
-                    sel.reason.as_str(),
-                    sel.detail
-                );
+                println!("{:<70} {:<18} {text}", case.name, sel.reason.as_str());
             }
         }
     }
@@ -366,9 +429,8 @@ fn spill_is_proportional_to_headroom() {
     let mut per_region = [0u32; 5];
     let n = 4_000;
     for _ in 0..n {
-        let sel =
-            select_edge(&snap, &w.plan, &w.config.regions, EU_WEST, &mut rng).expect("a selection");
-        assert_eq!(sel.reason, SelectReason::RegionSaturated, "{}", sel.detail);
+        let sel = select_edge(&snap, &w.plan, EU_WEST, &mut rng).expect("a selection");
+        assert_eq!(sel.reason, SelectReason::RegionSaturated, "{:?}", sel.why);
         assert!(sel.fallback);
         per_region[sel.region] += 1;
     }
@@ -386,12 +448,23 @@ fn spill_is_proportional_to_headroom() {
     // Binomial standard deviation sqrt(0.75 * 0.25 / 4000) = 0.0068: 3.5 sigma.
     assert!((share - 0.75).abs() < 0.024, "eu-central share {share}");
     let sel = w.select(&snap, EU_WEST, 1).expect("a selection");
+    assert_eq!(
+        sel.why.rule,
+        Rule::RegionSaturated {
+            active: 1,
+            spill: Spill::Drawn {
+                among: vec![(EU_CENTRAL, 0.75), (US_EAST, 0.25)],
+            },
+            how: How::Only,
+        }
+    );
+    // How it reads.
+    let text = w.text(&snap, &sel);
     assert!(
-        sel.detail.contains(
+        text.contains(
             "drawn in proportion to headroom among its fallbacks (eu-central 0.75, us-east 0.25)"
         ),
-        "{}",
-        sel.detail
+        "{text}"
     );
 }
 
@@ -409,7 +482,7 @@ fn an_unavailable_region_falls_back_in_list_order_whatever_the_headroom() {
     for seed in 0..100 {
         let sel = w.select(&snap, EU_WEST, seed).expect("a selection");
         assert_eq!(sel.reason, SelectReason::RegionUnavailable);
-        assert_eq!(w.id(&snap, &sel), "c1", "{}", sel.detail);
+        assert_eq!(w.id(&snap, &sel), "c1", "{:?}", sel.why);
         assert!(sel.fallback);
     }
     // The first fallback gone too: the second one, not the nearer eu-north.
@@ -419,12 +492,17 @@ fn an_unavailable_region_falls_back_in_list_order_whatever_the_headroom() {
         edge("n1", EU_NORTH, Active, 0),
     ]);
     let sel = w.select(&snap, EU_WEST, 3).expect("a selection");
-    assert_eq!(w.id(&snap, &sel), "u1", "{}", sel.detail);
+    assert_eq!(w.id(&snap, &sel), "u1", "{:?}", sel.why);
     assert!(
-        sel.detail
-            .contains("us-east is its first fallback with headroom"),
-        "{}",
-        sel.detail
+        matches!(
+            sel.why.rule,
+            Rule::RegionUnavailable {
+                fallback: Fallback::FirstConfigured,
+                ..
+            }
+        ),
+        "{:?}",
+        sel.why
     );
 }
 
@@ -458,9 +536,16 @@ fn candidates_list_every_edge_in_plan_order_with_why_not() {
     assert!(w2.eligible && w2.why_not.is_none());
     assert_eq!((w2.score, w2.headroom), (0.5, 0.5));
     assert_eq!(w2.state, Active);
-    assert_eq!(list[0].why_not, Some("failed: no sessions at all"));
+    assert_eq!(list[0].why_not, Some(NotEligible::State(Failed)));
     assert_eq!(
         list[3].why_not,
+        Some(NotEligible::Saturated(Bottleneck::Sessions))
+    );
+    // How they read in the "explain" answer.
+    let json = serde_json::to_value(&list[0]).expect("serialize");
+    assert_eq!(json["why_not"], "failed: no sessions at all");
+    assert_eq!(
+        list[3].why_not.map(NotEligible::as_str),
         Some("saturated: no headroom (sessions at its capacity)")
     );
     assert_eq!(list[3].bottleneck, Bottleneck::Sessions);
@@ -523,8 +608,7 @@ fn burst(replicas: &[RegistrySnapshot], creates: u32, note: bool, seed: u64) -> 
     let mut counts = vec![0u32; replicas[0].edges.len()];
     for i in 0..creates {
         let snap = &replicas[i as usize % replicas.len()];
-        let sel =
-            select_edge(snap, &w.plan, &w.config.regions, EU_WEST, &mut rng).expect("a selection");
+        let sel = select_edge(snap, &w.plan, EU_WEST, &mut rng).expect("a selection");
         assert_eq!(sel.reason, SelectReason::InRegion);
         if note {
             snap.edges[sel.edge].note_assignment();
@@ -763,7 +847,7 @@ proptest! {
         );
         let pick = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            select_edge(&snap, &plan, &config.regions, preferred, &mut rng)
+            select_edge(&snap, &plan, preferred, &mut rng)
         };
         let sel = pick(seed);
         prop_assert_eq!(&sel, &pick(seed), "same seed, same answer");
@@ -787,20 +871,20 @@ proptest! {
         let state = state_of(sel.edge);
         prop_assert!(
             !matches!(state, EdgeState::Failed | EdgeState::LinkLost | EdgeState::Suspect),
-            "a {} edge for a new session: {}", state, sel.detail
+            "a {} edge for a new session: {:?}", state, sel.why
         );
         if any_active {
-            prop_assert_eq!(state, EdgeState::Active, "{}", &sel.detail);
+            prop_assert_eq!(state, EdgeState::Active, "{:?}", &sel.why);
         }
         if preferred_has_room {
-            prop_assert_eq!(sel.region, preferred, "{}", &sel.detail);
+            prop_assert_eq!(sel.region, preferred, "{:?}", &sel.why);
             prop_assert_eq!(sel.reason, SelectReason::InRegion);
         }
         prop_assert_eq!(sel.region, chosen.region);
         prop_assert_eq!(sel.fallback, sel.region != preferred);
         match sel.reason {
             SelectReason::InRegion | SelectReason::RegionUnavailable | SelectReason::RegionSaturated => {
-                prop_assert!(headroom(chosen) > 0.0, "{}", &sel.detail);
+                prop_assert!(headroom(chosen) > 0.0, "{:?}", &sel.why);
                 prop_assert_eq!(state, EdgeState::Active);
             }
             SelectReason::AllSaturated => {
@@ -812,7 +896,9 @@ proptest! {
                 prop_assert!(snap.edges.iter().all(|e| e.status.state() != EdgeState::Suspended));
             }
         }
-        prop_assert!(!sel.detail.is_empty());
+        prop_assert_eq!(sel.why.rule.reason(), sel.reason);
+        prop_assert_eq!(sel.why.preferred, preferred);
+        prop_assert!(!sel.explain(&snap, &config.regions).to_string().is_empty());
         let listed = candidates(&snap, &plan, preferred);
         prop_assert_eq!(listed.len(), snap.edges.len());
         prop_assert_eq!(listed.iter().any(|c| c.eligible), snap.edges.iter().any(|e| e.status.takes_new_sessions() && headroom(e) > 0.0));
@@ -868,24 +954,24 @@ proptest! {
             if over(&edges[c.edge]) {
                 prop_assert!(!c.eligible);
                 if c.state == EdgeState::Active && c.bottleneck == Bottleneck::Bitrate {
-                    prop_assert!(c.why_not.is_some_and(|w| w.contains("--max-bitrate")), "{:?}", c);
+                    prop_assert_eq!(c.why_not, Some(NotEligible::Saturated(Bottleneck::Bitrate)), "{:?}", c);
                 }
             }
         }
         let pick = |snap: &RegistrySnapshot| {
             let mut rng = StdRng::seed_from_u64(seed);
-            select_edge(snap, &plan, &config.regions, preferred, &mut rng)
+            select_edge(snap, &plan, preferred, &mut rng)
         };
         let (with_bitrate, with_sessions) = (pick(&snap), pick(&as_sessions));
         prop_assert_eq!(with_bitrate.is_some(), with_sessions.is_some());
         if let (Some(a), Some(b)) = (with_bitrate, with_sessions) {
-            prop_assert_eq!(a.reason, b.reason, "{} / {}", &a.detail, &b.detail);
+            prop_assert_eq!(a.reason, b.reason, "{:?} / {:?}", &a.why, &b.why);
             if matches!(
                 a.reason,
                 SelectReason::InRegion | SelectReason::RegionUnavailable | SelectReason::RegionSaturated
             ) {
-                prop_assert!(!over(&edges[a.edge]), "an over-cap edge picked: {}", &a.detail);
-                prop_assert_eq!(a.edge, b.edge, "{} / {}", &a.detail, &b.detail);
+                prop_assert!(!over(&edges[a.edge]), "an over-cap edge picked: {:?}", &a.why);
+                prop_assert_eq!(a.edge, b.edge, "{:?} / {:?}", &a.why, &b.why);
             }
         }
     }

@@ -286,24 +286,18 @@ pub fn regions(
                 RegionState::Down
             };
             let served_by = if taking == 0 {
-                select_edge(
-                    snapshot,
-                    plan,
-                    &config.regions,
-                    r,
-                    &mut StdRng::seed_from_u64(0),
-                )
-                .filter(|s| s.region != r)
-                .map(|s| ServedBy {
-                    region: config
-                        .regions
-                        .get(s.region)
-                        .map(|x| x.id.clone())
-                        .unwrap_or_default(),
-                    edge: snapshot.edges[s.edge].id.to_string(),
-                    reason_code: s.reason.as_str(),
-                    reason: s.detail,
-                })
+                select_edge(snapshot, plan, r, &mut StdRng::seed_from_u64(0))
+                    .filter(|s| s.region != r)
+                    .map(|s| ServedBy {
+                        region: config
+                            .regions
+                            .get(s.region)
+                            .map(|x| x.id.clone())
+                            .unwrap_or_default(),
+                        edge: snapshot.edges[s.edge].id.to_string(),
+                        reason_code: s.reason.as_str(),
+                        reason: s.detail(snapshot, &config.regions),
+                    })
             } else {
                 None
             };
