@@ -17,11 +17,13 @@
 //!    it holds the pieces above and imports nothing that acts on them.
 //! 4. [`ops`]: the domain operations (selection with its metrics, moving a room, admin
 //!    actions on edges with the drain policy, what a state change of an edge does),
-//!    written once with typed inputs.
+//!    written once with typed inputs; [`housekeeping`]: sessions nobody joined expire,
+//!    edges failed for long are forgotten, and edges hear which of their sessions ended
+//!    (which [`ops`] uses when an edge fails).
 //! 5. Drivers, which turn the outside world into operations: [`api`] (HTTP routes),
 //!    [`admin`] (admin page and API, the one admin auth check), [`try_page`],
 //!    [`edge_link`] (the websocket edges keep), [`cluster_sync`] (publishing and
-//!    following the other locators), [`housekeeping`] (expiries).
+//!    following the other locators).
 //! 6. [`server`] (background tasks and the serve loop) and [`cli`] (the `locator`
 //!    command), the top.
 //!
