@@ -70,7 +70,7 @@ impl Drain {
 
     /// Starts draining with the configured deadline (SIGTERM). False if already started.
     pub fn start(&self) -> bool {
-        self.start_until(crate::now_unix_ms() + self.deadline.as_millis() as u64)
+        self.start_until(now_unix_ms() + self.deadline.as_millis() as u64)
     }
 
     /// Starts draining until `deadline_unix_ms` (the locator's `Drain`). False if
@@ -111,6 +111,11 @@ impl Drain {
     }
 }
 
+/// [`crate::now_ms`] in the protocol's unsigned deadline type.
+fn now_unix_ms() -> u64 {
+    u64::try_from(crate::now_ms()).unwrap_or_default()
+}
+
 /// Waits for a drain to start, then carries it out (see the module docs) over the
 /// sessions (`hub`), the link to the locator and the spool.
 pub async fn supervise(drain: Arc<Drain>, hub: Arc<Hub>, link: Arc<LinkHandle>, spool: Spool) {
@@ -124,7 +129,7 @@ pub async fn supervise(drain: Arc<Drain>, hub: Arc<Hub>, link: Arc<LinkHandle>, 
         _ => return,
     };
     hub.set_draining();
-    let remaining = Duration::from_millis(deadline_unix_ms.saturating_sub(crate::now_unix_ms()));
+    let remaining = Duration::from_millis(deadline_unix_ms.saturating_sub(now_unix_ms()));
     tracing::info!(
         sessions = hub.session_count(),
         deadline_in_s = remaining.as_secs_f32(),

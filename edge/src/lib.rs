@@ -55,15 +55,16 @@ pub mod server;
 pub mod spool;
 pub mod state;
 
-/// Milliseconds since the Unix epoch.
-pub fn now_unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch, as the locator counts them (`i64`, the type of the
+/// protocol's and the databases' timestamps).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or_default()
 }
 
-/// Seconds since the Unix epoch (join-token expiry).
+/// Seconds since the Unix epoch (join-token expiry), as the locator counts them.
 pub fn now_unix() -> u64 {
-    now_unix_ms() / 1000
+    u64::try_from(now_ms() / 1000).unwrap_or_default()
 }

@@ -166,50 +166,71 @@ enum Command {
     },
 }
 
-/// Fill levels, for warnings on crossings.
-const LEVEL_OK: u8 = 0;
-const LEVEL_NO_METRICS: u8 = 1;
-const LEVEL_WARN: u8 = 2;
-const LEVEL_FULL: u8 = 3;
+/// How full the spool is, for warnings on crossings; each level is fuller than the one
+/// before (the order is what "crossing up" means).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Level {
+    Ok = 0,
+    /// At half its bound: metrics samples are no longer spooled.
+    NoMetrics = 1,
+    /// Above 80% of its bound.
+    Warn = 2,
+    /// At its bound: new participants are refused.
+    Full = 3,
+}
+
+impl Level {
+    /// The level of `len` entries against a bound of `max`.
+    fn of(len: u64, max: u64) -> Level {
+        if len >= max {
+            Level::Full
+        } else if len.saturating_mul(5) >= max.saturating_mul(4) {
+            Level::Warn
+        } else if len.saturating_mul(2) >= max {
+            Level::NoMetrics
+        } else {
+            Level::Ok
+        }
+    }
+
+    /// Back from its `u8` (kept in an atomic).
+    fn from_u8(n: u8) -> Level {
+        match n {
+            0 => Level::Ok,
+            1 => Level::NoMetrics,
+            2 => Level::Warn,
+            _ => Level::Full,
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Shared {
     path: PathBuf,
     max_entries: u64,
     status: watch::Sender<SpoolStatus>,
+    /// The last [`Level`] published, as its `u8`.
     level: AtomicU8,
 }
 
 impl Shared {
-    fn level_of(&self, len: u64) -> u8 {
-        let max = self.max_entries;
-        if len >= max {
-            LEVEL_FULL
-        } else if len.saturating_mul(5) >= max.saturating_mul(4) {
-            LEVEL_WARN
-        } else if len.saturating_mul(2) >= max {
-            LEVEL_NO_METRICS
-        } else {
-            LEVEL_OK
-        }
-    }
-
     /// Publishes a new status and logs level crossings.
     fn publish(&self, status: SpoolStatus) {
         self.status.send_replace(status);
-        let level = self.level_of(status.len);
-        let old = self.level.swap(level, Ordering::Relaxed);
+        let level = Level::of(status.len, self.max_entries);
+        let old = Level::from_u8(self.level.swap(level as u8, Ordering::Relaxed));
         if level == old {
             return;
         }
         let (len, max, path) = (status.len, self.max_entries, self.path.display());
         if level > old {
             match level {
-                LEVEL_FULL => tracing::error!(
+                Level::Full => tracing::error!(
                     spool = %path, len, max,
                     "spool FULL: new participants are refused until the locator acknowledges entries (audit entries of running sessions are still written)"
                 ),
-                LEVEL_WARN => tracing::warn!(
+                Level::Warn => tracing::warn!(
                     spool = %path, len, max,
                     "spool above 80% of its bound: the locator has not acknowledged entries for a while; at {max} entries new participants are refused"
                 ),
@@ -309,7 +330,7 @@ impl Spool {
             path: path.clone(),
             max_entries: options.max_entries.max(1),
             status: watch::channel(SpoolStatus { len, last_seq }).0,
-            level: AtomicU8::new(LEVEL_OK),
+            level: AtomicU8::new(Level::Ok as u8),
         });
         shared.publish(SpoolStatus { len, last_seq });
         if len > 0 {
@@ -343,7 +364,7 @@ impl Spool {
     pub async fn append(&self, body: SpoolBody) -> Result<u64, SpoolError> {
         let (done, answer) = oneshot::channel();
         self.send(Command::Append {
-            at_ms: crate::now_unix_ms() as i64,
+            at_ms: crate::now_ms(),
             body: body_json(&body),
             done: Some(done),
         })
@@ -360,7 +381,7 @@ impl Spool {
         self.inner
             .commands
             .try_send(Command::Append {
-                at_ms: crate::now_unix_ms() as i64,
+                at_ms: crate::now_ms(),
                 body: body_json(&SpoolBody::Metrics(report)),
                 done: None,
             })
@@ -435,14 +456,18 @@ impl Spool {
         self.inner.shared.max_entries
     }
 
+    fn level(&self) -> Level {
+        Level::of(self.len(), self.inner.shared.max_entries)
+    }
+
     /// At the bound: new participants are refused.
     pub fn is_full(&self) -> bool {
-        self.len() >= self.inner.shared.max_entries
+        self.level() == Level::Full
     }
 
     /// Below half the bound: metrics samples are still spooled.
     pub fn accepts_metrics(&self) -> bool {
-        self.len().saturating_mul(2) < self.inner.shared.max_entries
+        self.level() < Level::NoMetrics
     }
 
     pub fn status(&self) -> SpoolStatus {

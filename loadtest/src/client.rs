@@ -28,7 +28,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::record::{Answer, Join, Recorder, SessionOutcome, reason_class};
+use crate::record::{Answer, Join, Op, Recorder, SessionOutcome, reason_class};
 
 /// How the clients behave.
 #[derive(Debug, Clone)]
@@ -60,8 +60,8 @@ pub struct SessionAnswer {
     pub created: bool,
     pub region: String,
     pub fallback: bool,
-    pub reason: String,
-    /// Absent from locators older than this loadtest (then the text is classified).
+    /// What the report counts (the `reason` text is for people and is not read). Absent
+    /// from locators older than `reason_code`.
     #[serde(default)]
     pub reason_code: Option<String>,
     pub edge: EdgeRef,
@@ -196,7 +196,7 @@ impl Clients {
     /// One locator request, tried on each replica in turn when one cannot be reached.
     async fn request(
         &self,
-        op: &'static str,
+        op: Op,
         path: &str,
         post_body: Option<serde_json::Value>,
         ip: IpAddr,
@@ -275,11 +275,7 @@ impl Clients {
             answer.region = Some(parsed.region.clone());
             answer.edge = Some(parsed.edge.id.clone());
             answer.fallback = parsed.fallback;
-            answer.reason = Some(reason_class(
-                parsed.reason_code.as_deref(),
-                &parsed.reason,
-                parsed.fallback,
-            ));
+            answer.reason = Some(reason_class(parsed.reason_code.as_deref(), parsed.fallback));
             answer.created = parsed.created;
             self.recorder.answer(answer);
             return Http::Ok(parsed);
@@ -384,7 +380,7 @@ impl Clients {
             Some(key) => serde_json::json!({ "key": key }),
             None => serde_json::json!({}),
         };
-        let op = if keyed { "join" } else { "create" };
+        let op = if keyed { Op::Join } else { Op::Create };
         let first = match self
             .request(op, "/v1/sessions", Some(body.clone()), ips[0])
             .await
@@ -406,11 +402,11 @@ impl Clients {
         let mut answers = vec![first];
         for ip in &ips[1..] {
             let answer = if keyed {
-                self.request("join", "/v1/sessions", Some(body.clone()), *ip)
+                self.request(Op::Join, "/v1/sessions", Some(body.clone()), *ip)
                     .await
             } else {
                 let path = format!("/v1/sessions/{}", outcome.session_id);
-                self.request("join", &path, None, *ip).await
+                self.request(Op::Join, &path, None, *ip).await
             };
             match answer {
                 Http::Ok(answer) => answers.push(answer),
@@ -506,7 +502,7 @@ impl Clients {
                 drop(gone);
             }
             let path = format!("/v1/sessions/{}", outcome.session_id);
-            match self.request("rejoin", &path, None, ip).await {
+            match self.request(Op::Rejoin, &path, None, ip).await {
                 Http::Ok(answer) => {
                     let peer = self.connect(&answer).await?;
                     peers.push(peer);
@@ -528,7 +524,7 @@ impl Clients {
                 outcome.lost = true;
                 return;
             }
-            match self.request("rejoin", &path, None, ip).await {
+            match self.request(Op::Rejoin, &path, None, ip).await {
                 Http::Ok(answer) => match self.connect(&answer).await {
                     Ok(peer) => {
                         outcome.recovered = true;
@@ -632,7 +628,7 @@ pub async fn burst(clients: Arc<Clients>, count: usize, concurrency: usize, seed
             while next.fetch_add(1, Ordering::Relaxed) < count {
                 let ip = clients.address(&mut rng);
                 let _ = clients
-                    .request("burst", "/v1/sessions", Some(serde_json::json!({})), ip)
+                    .request(Op::Burst, "/v1/sessions", Some(serde_json::json!({})), ip)
                     .await;
             }
         });

@@ -43,7 +43,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::topology::{Topology, TopologyOptions};
-use crate::unix_ms;
 
 /// Regions of the fleet, with the demo GeoIP networks' countries (so clients spread), and
 /// `probe`, which holds only the probe edge and no country.
@@ -536,7 +535,7 @@ async fn link_once(
                 } else {
                     SpoolBody::SessionEnded { session_id: format!("{}-s{}", edge.id, session / 2 - 1) }
                 };
-                let entry = SpoolEntry { seq: next_seq, at_unix_ms: unix_ms() as i64, body };
+                let entry = SpoolEntry { seq: next_seq, at_unix_ms: crate::now_ms(), body };
                 next_seq += 1;
                 send(&EdgeMessage::Spool { entries: vec![entry] })
             }

@@ -38,9 +38,13 @@ pub mod run;
 pub mod scenario;
 pub mod topology;
 
-/// Milliseconds since the Unix epoch (the run's start, audit times, spool entries).
-pub(crate) fn unix_ms() -> u64 {
+/// Milliseconds since the Unix epoch, as the locator and the edge count them (`i64`, the
+/// type of the protocol's and the audit log's timestamps): the run's start, spool
+/// entries, the locators' clocks. Times within a run are `u64` ms since its start
+/// ([`record::Recorder::now_ms`]).
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }

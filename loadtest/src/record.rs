@@ -7,21 +7,45 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+/// What a session request was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    /// A new ad-hoc session.
+    Create,
+    /// A room by key, or a session by id.
+    Join,
+    /// After a disconnect.
+    Rejoin,
+    /// A new session of the burst phase (created at once, many together).
+    Burst,
+}
+
+impl Op {
+    /// The name in the report (the latency table's rows).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Join => "join",
+            Op::Rejoin => "rejoin",
+            Op::Burst => "burst",
+        }
+    }
+}
+
 /// One answer of the locator to a session request (any HTTP status).
 #[derive(Debug, Clone, Serialize)]
 pub struct Answer {
     /// When the request was sent, ms since the start of the run.
     pub t_ms: u64,
     pub latency_us: u64,
-    /// `create`, `join` (a room by key, or a session by id), `rejoin` (after a
-    /// disconnect), `burst`.
-    pub op: &'static str,
+    pub op: Op,
     pub status: u16,
     /// Serving region and edge (successful answers).
     pub region: Option<String>,
     pub edge: Option<String>,
     pub fallback: bool,
-    /// The reason text reduced to its kind (see [`reason_class`]).
+    /// The answer's `reason_code` reduced to its kind (see [`reason_class`]).
     pub reason: Option<&'static str>,
     pub created: bool,
 }
@@ -178,38 +202,47 @@ impl Recorder {
     }
 }
 
-/// The kind of a session answer's reason: its `reason_code`, or for a locator that sends
-/// none, its text classified.
-pub fn reason_class(code: Option<&str>, reason: &str, fallback: bool) -> &'static str {
+/// The kind of a session answer's reason, from its `reason_code` alone: the `reason`
+/// text is for people and may change. A locator older than `reason_code` (or a code this
+/// loadtest does not know) is classed by the `fallback` flag.
+pub fn reason_class(code: Option<&str>, fallback: bool) -> &'static str {
     match code {
-        Some("in-region") => return "in-region",
-        Some("region-unavailable") => return "region-unavailable",
-        Some("region-saturated") => return "region-saturated",
-        Some("all-saturated") => return "all-saturated",
-        Some("only-suspended" | "only-draining") => return "only-suspended-or-draining",
-        Some("existing-session") => return "existing-session",
-        Some("room-moved") => return "room-moved",
-        _ => {}
-    }
-    if reason.starts_with("room moved from ") {
-        "room-moved"
-    } else if reason.starts_with("session lives on edge") {
-        "existing-session"
-    } else if reason.contains("no edge anywhere takes new sessions") {
-        "only-suspended-or-draining"
-    } else if reason.contains("no region has headroom") {
-        "all-saturated"
-    } else if reason.contains(" is saturated (") {
-        "region-saturated"
-    } else if reason.contains(" has no active edge") {
-        "region-unavailable"
-    } else if fallback {
-        "fallback-other"
-    } else {
-        "in-region"
+        Some("in-region") => "in-region",
+        Some("region-unavailable") => "region-unavailable",
+        Some("region-saturated") => "region-saturated",
+        Some("all-saturated") => "all-saturated",
+        Some("only-suspended" | "only-draining") => "only-suspended-or-draining",
+        Some("existing-session") => "existing-session",
+        Some("room-moved") => "room-moved",
+        _ if fallback => "fallback-other",
+        _ => "in-region",
     }
 }
 
 /// Sessions each edge reported, sampled once a second from the locator's admin status:
 /// `(second of the run, [(edge, region, sessions)])`.
 pub type EdgeSamples = Vec<(u64, Vec<(String, String, u64)>)>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_classed_by_their_code_not_their_text() {
+        assert_eq!(
+            reason_class(Some("region-saturated"), true),
+            "region-saturated"
+        );
+        assert_eq!(
+            reason_class(Some("only-draining"), true),
+            "only-suspended-or-draining"
+        );
+        assert_eq!(
+            reason_class(Some("only-suspended"), false),
+            "only-suspended-or-draining"
+        );
+        assert_eq!(reason_class(Some("room-moved"), false), "room-moved");
+        assert_eq!(reason_class(None, true), "fallback-other");
+        assert_eq!(reason_class(Some("a-future-code"), false), "in-region");
+    }
+}

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::record::{EdgeSamples, Records};
+use crate::record::{EdgeSamples, Op, Records};
 use crate::scenario::{Fault, PhaseRun};
 
 /// Where the load went.
@@ -153,7 +153,7 @@ pub struct AuditRows {
     /// `(kind, session, participant)` of edge rows.
     pub rows: Vec<(String, String, String)>,
     /// `(edge, Unix ms)` of the locators' `edge_failed` rows.
-    pub edge_failures: Vec<(String, u64)>,
+    pub edge_failures: Vec<(String, i64)>,
     pub unacknowledged: BTreeMap<String, u64>,
     pub note: Option<String>,
 }
@@ -213,7 +213,7 @@ pub struct Timeline {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub scenario: String,
-    pub started_unix_ms: u64,
+    pub started_unix_ms: i64,
     pub duration_s: f64,
     pub target: Target,
     pub phases: Vec<PhaseRun>,
@@ -242,7 +242,7 @@ pub struct Report {
 #[derive(Debug)]
 pub struct Inputs {
     pub scenario: String,
-    pub started_unix_ms: u64,
+    pub started_unix_ms: i64,
     pub duration_ms: u64,
     pub target: Target,
     pub phases: Vec<PhaseRun>,
@@ -325,7 +325,7 @@ pub fn build(inputs: Inputs) -> Report {
         let v = a.latency_us.max(1);
         let _ = all.record(v);
         let _ = by_op
-            .entry(a.op.to_string())
+            .entry(a.op.as_str().to_string())
             .or_insert_with(histogram)
             .record(v);
         *by_status.entry(a.status).or_insert(0u64) += 1;
@@ -395,7 +395,7 @@ pub fn build(inputs: Inputs) -> Report {
             fallback += 1;
             *reasons.entry(reason).or_insert(0u64) += 1;
         }
-        if (a.created || a.op == "burst")
+        if (a.created || a.op == Op::Burst)
             && let Some(edge) = &a.edge
         {
             *sessions_per_edge.entry(edge.clone()).or_insert(0) += 1;
@@ -429,7 +429,7 @@ pub fn build(inputs: Inputs) -> Report {
             let mut window: Vec<_> = ok_answers
                 .iter()
                 .filter(|a| a.t_ms >= fault.at_ms && a.t_ms < until)
-                .filter(|a| !fault.new_sessions_only || a.created || a.op == "burst")
+                .filter(|a| !fault.new_sessions_only || a.created || a.op == Op::Burst)
                 .collect();
             window.sort_by_key(|a| a.t_ms);
             let dead = |a: &&&crate::record::Answer| {
@@ -543,7 +543,7 @@ pub fn build(inputs: Inputs) -> Report {
             .map(|rows| {
                 rows.edge_failures
                     .iter()
-                    .map(|(edge, at)| (edge, at.saturating_sub(started_unix_ms)))
+                    .map(|(edge, at)| (edge, u64::try_from(at - started_unix_ms).unwrap_or(0)))
                     .filter(|(edge, at)| fault.edges.contains(edge) && in_window(*at))
                     .collect()
             })
@@ -575,7 +575,7 @@ pub fn build(inputs: Inputs) -> Report {
         let false_disruptions = false_sessions + false_failures;
         let joins_to_edge = ok_answers
             .iter()
-            .filter(|a| a.t_ms >= fault.at_ms && a.t_ms < until && !a.created && a.op != "burst")
+            .filter(|a| a.t_ms >= fault.at_ms && a.t_ms < until && !a.created && a.op != Op::Burst)
             .filter(|a| a.edge.as_ref().is_some_and(|e| fault.edges.contains(e)))
             .count() as u64;
         fault_results.push(FaultResult {
@@ -660,7 +660,7 @@ pub fn build(inputs: Inputs) -> Report {
                 .or_default()
                 .insert(id.clone(), 0);
         }
-        for a in ok_answers.iter().filter(|a| a.op == "burst") {
+        for a in ok_answers.iter().filter(|a| a.op == Op::Burst) {
             if let (Some(region), Some(edge)) = (&a.region, &a.edge) {
                 *per_region
                     .entry(region.clone())

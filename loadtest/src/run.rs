@@ -105,7 +105,7 @@ pub async fn run(options: RunOptions) -> Result<(Report, Option<PathBuf>), Strin
         return Err("no client address could be drawn".into());
     }
 
-    let started_unix_ms = crate::unix_ms();
+    let started_unix_ms = crate::now_ms();
     let run_id = format!("lt{}", started_unix_ms % 100_000_000);
     let work_dir = options.work_dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("locus-loadtest-{}-{run_id}", std::process::id()))
@@ -306,7 +306,7 @@ async fn read_audit(
     locators: &[String],
     token: &str,
     topology: Option<&Topology>,
-    since_unix_ms: u64,
+    since_unix_ms: i64,
 ) -> AuditRows {
     let http = match reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -398,7 +398,7 @@ async fn read_audit(
             if entry["kind"] == "edge_failed" {
                 edge_failures.push((
                     entry["edge_id"].as_str().unwrap_or_default().to_string(),
-                    entry["at_ms"].as_u64().unwrap_or_default(),
+                    entry["at_ms"].as_i64().unwrap_or_default(),
                 ));
             }
             if entry["source"] != "edge" {

@@ -19,7 +19,6 @@ use serde::Serialize;
 
 use crate::proxy::LinkProxy;
 use crate::record::Recorder;
-use crate::unix_ms;
 
 /// How to start the topology.
 #[derive(Debug, Clone)]
@@ -499,14 +498,15 @@ impl Topology {
                         .ok()
                         .flatten();
                         // Run time of the locator's clock reading (ms since the start).
-                        let offset = unix_ms().saturating_sub(recorder.now_ms());
+                        let offset = crate::now_ms() - recorder.now_ms() as i64;
                         if let Some(status) = status {
                             let state = status_edges(&status)
                                 .find(|(_, e)| e["id"] == id.as_str())
                                 .and_then(|(_, e)| e["state"].as_str().map(str::to_string));
-                            let t = status["generated_at_ms"]
-                                .as_u64()
-                                .map_or_else(|| recorder.now_ms(), |g| g.saturating_sub(offset));
+                            let t = status["generated_at_ms"].as_i64().map_or_else(
+                                || recorder.now_ms(),
+                                |g| u64::try_from(g - offset).unwrap_or(0),
+                            );
                             if let Some(state) = state {
                                 samples.push((t, state));
                             }

@@ -94,15 +94,18 @@ async fn serve_locator(
         .expect("locator store");
     // The old locator on this port may still be letting go of it.
     let address = SocketAddr::from(([127, 0, 0, 1], port));
-    let listener = loop {
-        match TcpListener::bind(address).await {
-            Ok(listener) => break listener,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    let listener = within("the locator's port to be free again", async {
+        loop {
+            match TcpListener::bind(address).await {
+                Ok(listener) => break listener,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("locator bind: {e}"),
             }
-            Err(e) => panic!("locator bind: {e}"),
         }
-    };
+    })
+    .await;
     let _ = ready.send(listener.local_addr().expect("addr"));
     let mut state = locus_locator::state::AppState::new(
         config,
