@@ -44,6 +44,8 @@ struct ClientHandler {
     /// RTP packets received on any remote track, with the time of each.
     received: Arc<Mutex<Vec<Instant>>>,
     tracks: Arc<AtomicU64>,
+    /// RTP packets received on remote video tracks.
+    video: Arc<AtomicU64>,
 }
 
 #[async_trait::async_trait]
@@ -56,11 +58,15 @@ impl PeerConnectionEventHandler for ClientHandler {
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         self.tracks.fetch_add(1, Ordering::Relaxed);
         let received = self.received.clone();
+        let video = (track.kind().await == RtpCodecKind::Video).then(|| self.video.clone());
         tokio::spawn(async move {
             while let Some(event) = track.poll().await {
                 match event {
                     TrackRemoteEvent::OnRtpPacket(_) => {
                         received.lock().expect("lock").push(Instant::now());
+                        if let Some(video) = &video {
+                            video.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     TrackRemoteEvent::OnEnded => break,
                     _ => {}
@@ -87,6 +93,7 @@ struct Peer {
     closed: watch::Receiver<Option<(u16, String)>>,
     received: Arc<Mutex<Vec<Instant>>>,
     tracks: Arc<AtomicU64>,
+    video: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -117,6 +124,7 @@ impl Peer {
         let (gathered_tx, mut gathered) = watch::channel(false);
         let received = Arc::new(Mutex::new(Vec::new()));
         let tracks = Arc::new(AtomicU64::new(0));
+        let video = Arc::new(AtomicU64::new(0));
         let mut engine = MediaEngine::default();
         engine.register_default_codecs().expect("codecs");
         let pc: Arc<dyn PeerConnection> = Arc::new(
@@ -126,6 +134,7 @@ impl Peer {
                     gathered: gathered_tx,
                     received: received.clone(),
                     tracks: tracks.clone(),
+                    video: video.clone(),
                 }))
                 .with_udp_addrs(vec!["127.0.0.1:0".to_string()])
                 .build()
@@ -231,7 +240,18 @@ impl Peer {
                                 }
                                 Some("offer") => {
                                     let offer = RTCSessionDescription::offer(v["sdp"].as_str().expect("sdp").into()).expect("offer SDP");
-                                    pc.set_remote_description(offer).await.expect("apply the edge's offer");
+                                    // Glare: the edge is polite and offers again after
+                                    // answering ours, so an offer crossing ours is ignored
+                                    // (README "Glare"), also one crossing it just now.
+                                    if pc.pending_local_description().await.is_some() {
+                                        continue;
+                                    }
+                                    if let Err(error) = pc.set_remote_description(offer).await {
+                                        if pc.pending_local_description().await.is_some() {
+                                            continue;
+                                        }
+                                        panic!("apply the edge's offer: {error}");
+                                    }
                                     let answer = pc.create_answer(None).await.expect("answer");
                                     pc.set_local_description(answer).await.expect("local answer");
                                     let sdp = pc.local_description().await.expect("local").sdp;
@@ -259,10 +279,54 @@ impl Peer {
                 closed,
                 received,
                 tracks,
+                video,
                 task,
             },
             track,
         )
+    }
+
+    /// Adds a VP8 track to the running link (as a browser turning its camera on) and
+    /// offers again; the edge's answer is applied by the signalling task.
+    async fn add_video(&self, pid: &str, ssrc: u32) -> Arc<TrackLocalStaticRTP> {
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            format!("{pid}-stream"),
+            format!("{pid}-video"),
+            format!("{pid}-video"),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: RTCRtpCodec {
+                    mime_type: "video/VP8".into(),
+                    clock_rate: 90000,
+                    channels: 0,
+                    sdp_fmtp_line: String::new(),
+                    rtcp_feedback: vec![],
+                },
+                ..Default::default()
+            }],
+        )));
+        self.pc
+            .add_track(track.clone() as Arc<dyn TrackLocal>)
+            .await
+            .expect("add the video track");
+        let offer = self
+            .pc
+            .create_offer(None)
+            .await
+            .expect("renegotiation offer");
+        self.pc
+            .set_local_description(offer)
+            .await
+            .expect("local renegotiation offer");
+        let sdp = self.pc.local_description().await.expect("local").sdp;
+        self.outgoing
+            .send(Message::text(rtc_frame("offer", &sdp)))
+            .expect("queue the renegotiation offer");
+        track
     }
 
     async fn next_message(&mut self) -> String {
@@ -301,6 +365,35 @@ fn opus_source(track: Arc<TrackLocalStaticRTP>, ssrc: u32) -> tokio::task::JoinH
             let _ = track.write_rtp(packet).await;
             seq = seq.wrapping_add(1);
             ts = ts.wrapping_add(960);
+        }
+    })
+}
+
+/// Writes synthetic VP8 packets (30 per second, every one a keyframe) until dropped.
+fn vp8_source(track: Arc<TrackLocalStaticRTP>, ssrc: u32) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(33));
+        let (mut seq, mut ts) = (0u16, 0u32);
+        loop {
+            tick.tick().await;
+            // VP8 payload descriptor (start of partition 0), then a keyframe header.
+            let mut payload = vec![0x10, 0x00, 0x9d, 0x01, 0x2a];
+            payload.resize(400, 0);
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    payload_type: 96,
+                    sequence_number: seq,
+                    timestamp: ts,
+                    ssrc,
+                    marker: true,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from(payload),
+            };
+            let _ = track.write_rtp(packet).await;
+            seq = seq.wrapping_add(1);
+            ts = ts.wrapping_add(3000);
         }
     })
 }
@@ -389,6 +482,60 @@ async fn two_webrtc_peers_and_a_websocket_participant_share_a_session() {
 
     alice.leave().await;
     bob.leave().await;
+    eventually("the edge to let the peers go", || async {
+        edge.status().await["rtc"]["peers"] == 0
+    })
+    .await;
+}
+
+/// Cameras turned on in a running link: both participants already publish audio and add
+/// a video track at the same moment, each with an offer of its own (so the edge's offers
+/// telling each of the other's new track cross theirs: glare). Each must receive the
+/// other's camera, every round (a browser's try page once saw a camera reach nobody,
+/// about one run in three).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cameras_added_to_running_links_reach_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let edge = RtcEdge::spawn(dir.path(), &[]).await;
+    for round in 0..5u32 {
+        let session = format!("camera-{round}");
+        let ssrc = |who: u32, kind: u32| 0x1000 * kind + 0x10 * round + who;
+        let (alice, alice_audio) = Peer::join(&edge, &session, "alice", Some(ssrc(1, 1))).await;
+        let (bob, bob_audio) = Peer::join(&edge, &session, "bob", Some(ssrc(2, 1))).await;
+        let mut sources = vec![
+            opus_source(alice_audio.expect("alice's audio"), ssrc(1, 1)),
+            opus_source(bob_audio.expect("bob's audio"), ssrc(2, 1)),
+        ];
+        eventually("each to receive the other's audio", || async {
+            alice.received.lock().expect("lock").len() >= 10
+                && bob.received.lock().expect("lock").len() >= 10
+        })
+        .await;
+        let (alice_camera, bob_camera) = tokio::join!(
+            alice.add_video("alice", ssrc(1, 2)),
+            bob.add_video("bob", ssrc(2, 2))
+        );
+        sources.push(vp8_source(alice_camera, ssrc(1, 2)));
+        sources.push(vp8_source(bob_camera, ssrc(2, 2)));
+        eventually("each to receive the camera the other turned on", || async {
+            alice.video.load(Ordering::Relaxed) >= 10 && bob.video.load(Ordering::Relaxed) >= 10
+        })
+        .await;
+        for peer in [&alice, &bob] {
+            let tracks = peer.tracks.load(Ordering::Relaxed);
+            assert_eq!(tracks, 2, "round {round}: audio and video\n{}", edge.log());
+            assert!(
+                peer.errors.lock().expect("lock").is_empty(),
+                "{:?}",
+                peer.errors
+            );
+        }
+        for source in sources {
+            source.abort();
+        }
+        alice.leave().await;
+        bob.leave().await;
+    }
     eventually("the edge to let the peers go", || async {
         edge.status().await["rtc"]["peers"] == 0
     })
