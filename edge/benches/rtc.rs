@@ -1,7 +1,8 @@
 //! WebRTC benchmark of the edge's media plane (issue 11), each figure against a baseline
 //! measured in the same run.
 //!
-//! Run: `cargo bench -p locus-edge --bench rtc` (add `-- --quick` for a short run).
+//! Run: `cargo bench -p locus-edge --bench rtc` (add `-- --quick` for a short run, and a
+//! word after `--` to run only `data-channel`, `audio` or `memory`).
 //!
 //! - **Data channel A → B**: two Rust `webrtc` peers (this crate's pinned version), A
 //!   sending binary messages on its `locus` channel to B, through a real `edge` process
@@ -13,9 +14,10 @@
 //!   synthetic Opus track at 50 packets/s (80-byte payloads carrying their send time),
 //!   each receiving the other two through the edge. The edge runs pinned to one core
 //!   (`taskset`), the participants on the other. The count of sessions doubles (then
-//!   grows by a quarter) until more than 1% of the packets due in a 3 s window are late
-//!   (over 50 ms from send to receipt: on loopback a forwarded packet takes about 1 ms)
-//!   or missing. Baseline: the CPU time the participants' own process spends per
+//!   grows by a quarter) until more than 1% of the packets due are late (over 50 ms from
+//!   send to receipt: on loopback a forwarded packet takes about 1 ms) or missing, in the
+//!   median of three 3 s windows (one stall of the shared machine spoils one window; an
+//!   edge that cannot keep up spoils them all). Baseline: the CPU time the participants' own process spends per
 //!   packet it sends or receives (the same crate, the same SRTP work: per session and
 //!   second the edge receives 150 packets and sends 300, the participants send 150 and
 //!   receive 300), read from `/proc` over the same windows; the ratio is the edge's CPU
@@ -87,7 +89,13 @@ fn main() {
         .build()
         .expect("runtime");
     let quick = std::env::args().any(|a| a == "--quick");
-    runtime.block_on(run(quick, pinned));
+    // Like criterion: a word after `--` runs only the parts whose name contains it
+    // (`data-channel`, `audio`, `memory`); cargo's own `--bench` flag is not one.
+    let only = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with("--"))
+        .unwrap_or_default();
+    runtime.block_on(run(quick, pinned, &only));
 }
 
 fn has_taskset() -> bool {
@@ -710,12 +718,9 @@ async fn audio_session(edge: &EdgeProcess, index: usize) -> AudioSession {
     AudioSession { members, sources }
 }
 
-async fn measure_audio(
-    edge: &EdgeProcess,
-    sessions: &[AudioSession],
-    window: Duration,
-) -> AudioStep {
-    // Let every leg be renegotiated and flowing: each member receives two tracks.
+/// Waits until every leg of `sessions` is renegotiated and flowing: each member receives
+/// two tracks.
+async fn settle_audio(sessions: &[AudioSession]) {
     let started = Instant::now();
     let settle = Duration::from_secs(2) + Duration::from_millis(20 * sessions.len() as u64);
     loop {
@@ -729,6 +734,14 @@ async fn measure_audio(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// One window of `sessions` (flowing): packets due, received and late, CPU of both sides.
+async fn measure_audio(
+    edge: &EdgeProcess,
+    sessions: &[AudioSession],
+    window: Duration,
+) -> AudioStep {
     let members: Vec<&Participant> = sessions.iter().flat_map(|s| &s.members).collect();
     let from = since_epoch();
     for m in &members {
@@ -773,6 +786,12 @@ async fn measure_audio(
     }
 }
 
+/// Windows measured per step; the step is judged by its median window, so one stall of
+/// the shared machine (a scheduling hiccup of 100 ms makes a dozen packets late in one
+/// window) does not end the ramp, while an edge that cannot keep up is late in every
+/// window.
+const WINDOWS_PER_STEP: usize = 3;
+
 async fn audio_bench(quick: bool, pinned: bool) {
     println!(
         "\n== audio sessions (3 participants, 50 packets/s each) per edge core; late: > {} ms ==",
@@ -782,8 +801,8 @@ async fn audio_bench(quick: bool, pinned: bool) {
         println!("(taskset unavailable or one core: edge and participants share the cores)");
     }
     println!(
-        "{:>8}  {:>8}  {:>7}  {:>9}  {:>9}  {:>8}",
-        "sessions", "due", "bad %", "edge CPU", "peers CPU", "ratio"
+        "{:>8}  {:>8}  {:>9}  {:>6}  {:>7}  {:>9}  {:>9}  {:>8}",
+        "sessions", "due", "missing", "late", "bad %", "edge CPU", "peers CPU", "ratio"
     );
     let window = Duration::from_secs(if quick { 2 } else { 3 });
     let edge = EdgeProcess::start(pinned).await;
@@ -796,11 +815,19 @@ async fn audio_bench(quick: bool, pinned: bool) {
             let s = audio_session(&edge, sessions.len()).await;
             sessions.push(s);
         }
-        let step = measure_audio(&edge, &sessions, window).await;
+        settle_audio(&sessions).await;
+        let mut windows = Vec::with_capacity(WINDOWS_PER_STEP);
+        for _ in 0..WINDOWS_PER_STEP {
+            windows.push(measure_audio(&edge, &sessions, window).await);
+        }
+        windows.sort_by(|a, b| a.bad().total_cmp(&b.bad()));
+        let step = windows.swap_remove(WINDOWS_PER_STEP / 2);
         println!(
-            "{:>8}  {:>8}  {:>6.2}%  {:>8.2}c  {:>8.2}c  {:>8.2}",
+            "{:>8}  {:>8}  {:>9}  {:>6}  {:>6.2}%  {:>8.2}c  {:>8.2}c  {:>8.2}",
             step.sessions,
             step.due,
+            step.due.saturating_sub(step.received),
+            step.late,
             step.bad() * 100.0,
             step.edge_cpu,
             step.own_cpu,
@@ -921,12 +948,18 @@ async fn memory_bench(quick: bool, pinned: bool) {
     );
 }
 
-async fn run(quick: bool, pinned: bool) {
+async fn run(quick: bool, pinned: bool, only: &str) {
     println!(
         "edge pinned to core 1, participants to core 0: {}",
         if pinned { "yes" } else { "no" }
     );
-    data_channel_bench(quick, pinned).await;
-    audio_bench(quick, pinned).await;
-    memory_bench(quick, pinned).await;
+    if "data-channel".contains(only) {
+        data_channel_bench(quick, pinned).await;
+    }
+    if "audio".contains(only) {
+        audio_bench(quick, pinned).await;
+    }
+    if "memory".contains(only) {
+        memory_bench(quick, pinned).await;
+    }
 }

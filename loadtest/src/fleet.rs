@@ -438,7 +438,18 @@ async fn link_once(
     request.headers_mut().insert("authorization", bearer);
     let mut ws = match tokio::time::timeout(
         Duration::from_secs(30),
-        tokio_tungstenite::connect_async(request),
+        // Small buffers, as a real edge's link has: tungstenite's default 128 KiB read
+        // buffer is zero-filled before every read, which would make the simulator, not
+        // the locator, the bottleneck of a large fleet.
+        tokio_tungstenite::connect_async_with_config(
+            request,
+            Some(
+                tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .read_buffer_size(4 * 1024)
+                    .write_buffer_size(4 * 1024),
+            ),
+            false,
+        ),
     )
     .await
     {

@@ -57,6 +57,8 @@ pub async fn handler(
     };
     ws.max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
+        .read_buffer_size(LINK_READ_BUFFER)
+        .write_buffer_size(LINK_WRITE_BUFFER)
         .on_upgrade(move |socket| link(state, socket, identity))
 }
 
@@ -130,6 +132,15 @@ fn still_valid(
     }
     Ok(())
 }
+
+/// Websocket read buffer of one edge link, allocated for every link for as long as it
+/// lives (tungstenite's default, 128 KiB, made a locator with 1,000 edges hold about
+/// 150 MiB of mostly empty buffers). Heartbeats and reports are far smaller; a spool batch
+/// larger than this still arrives whole (the buffer grows for the frame being read).
+const LINK_READ_BUFFER: usize = 4 * 1024;
+/// Websocket write buffer target of one edge link: what the locator sends (welcome, acks,
+/// moves) is small, and each message is flushed as it is sent.
+const LINK_WRITE_BUFFER: usize = 4 * 1024;
 
 /// Why a link was closed by the locator.
 struct Refusal(String);
