@@ -18,7 +18,7 @@
 //! at most 100 rebuilds a second instead of 5,000 (each a copy of every edge), and a report
 //! reaches selection within 10 ms.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -89,7 +89,9 @@ pub const REBUILD_GAP_PER_EDGE: Duration = Duration::from_micros(2);
 
 #[derive(Debug)]
 struct Inner {
-    edges: HashMap<String, Entry>,
+    /// By id, in id order: a rebuild walks it into a snapshot already sorted (selection
+    /// is deterministic for a seed, and the snapshot finds an edge by binary search).
+    edges: BTreeMap<String, Entry>,
     /// When the snapshot was last rebuilt.
     published_at: Option<Instant>,
     /// A load report arrived since, and a rebuild is scheduled for it.
@@ -139,7 +141,7 @@ impl Registry {
                 edges: Arc::new(RegistrySnapshot::empty()),
             }),
             inner: Mutex::new(Inner {
-                edges: HashMap::new(),
+                edges: BTreeMap::new(),
                 published_at: None,
                 rebuild_scheduled: false,
                 routing,
@@ -178,7 +180,7 @@ impl Registry {
         inner.published_at = Some(Instant::now());
         inner.rebuild_scheduled = false;
         let regions = &inner.routing.config.regions;
-        let mut edges: Vec<EdgeView> = inner
+        let edges: Vec<EdgeView> = inner
             .edges
             .values()
             .filter_map(|e| {
@@ -195,8 +197,6 @@ impl Registry {
                 })
             })
             .collect();
-        // Stable order: selection is deterministic for a given seed.
-        edges.sort_by(|a, b| a.id.cmp(&b.id));
         self.published.store(Arc::new(Generation {
             routing: inner.routing.clone(),
             edges: Arc::new(RegistrySnapshot::new(edges)),

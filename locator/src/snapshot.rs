@@ -1,8 +1,11 @@
 //! An immutable snapshot of the edge registry: what selection reads.
 //!
-//! It carries two indices built once per snapshot: each region's edges, so selection
-//! reads the client's region without scanning the fleet, and edges by id, so a join finds
-//! its session's edge without a scan.
+//! The registry gives it its edges sorted by id (selection is deterministic for a seed,
+//! and a join finds its session's edge by binary search), and it carries each region's
+//! edges, built once per snapshot, so selection reads the client's region without
+//! scanning the fleet. The registry rebuilds snapshots often (see `crate::registry`), so
+//! building one costs a walk of the edges and nothing per edge beyond it (no hashing, no
+//! sort).
 //!
 //! The registry rebuilds a snapshot on every change (registration, report, state change)
 //! and swaps it in whole; selection never sees a half-updated registry and never takes a
@@ -10,7 +13,6 @@
 //! last report (an atomic shared with the registry), so a burst between two reports
 //! spreads instead of herding onto the edge that looked least loaded.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -55,26 +57,27 @@ pub struct RegistrySnapshot {
     pub taken_at: Instant,
     /// Indices into `edges` of each region's edges, ascending (by region index).
     by_region: Vec<Vec<usize>>,
-    by_id: HashMap<Arc<str>, usize>,
+    /// `edges` are in id order (always, from the registry): found by binary search.
+    sorted_by_id: bool,
 }
 
 impl RegistrySnapshot {
-    /// The snapshot of `edges`, taken now, with its indices.
+    /// The snapshot of `edges` (in id order from the registry; in any order from a test),
+    /// taken now, with its index.
     pub fn new(edges: Vec<EdgeView>) -> RegistrySnapshot {
+        let sorted_by_id = edges.is_sorted_by(|a, b| a.id < b.id);
         let mut by_region: Vec<Vec<usize>> = Vec::new();
-        let mut by_id = HashMap::with_capacity(edges.len());
         for (i, edge) in edges.iter().enumerate() {
             if by_region.len() <= edge.region {
                 by_region.resize_with(edge.region + 1, Vec::new);
             }
             by_region[edge.region].push(i);
-            by_id.insert(edge.id.clone(), i);
         }
         RegistrySnapshot {
             edges,
             taken_at: Instant::now(),
             by_region,
-            by_id,
+            sorted_by_id,
         }
     }
 
@@ -85,11 +88,51 @@ impl RegistrySnapshot {
 
     /// The edge with this id.
     pub fn edge(&self, id: &str) -> Option<&EdgeView> {
-        self.by_id.get(id).map(|&i| &self.edges[i])
+        if self.sorted_by_id {
+            let i = self.edges.binary_search_by(|e| (*e.id).cmp(id)).ok()?;
+            Some(&self.edges[i])
+        } else {
+            self.edges.iter().find(|e| &*e.id == id)
+        }
     }
 
     /// Indices into `edges` of the edges of `region`, ascending.
     pub fn in_region(&self, region: usize) -> &[usize] {
         self.by_region.get(region).map_or(&[], Vec::as_slice)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::edge_state::EdgeStatus;
+
+    fn view(id: &str, region: usize) -> EdgeView {
+        EdgeView {
+            id: id.into(),
+            region,
+            public_url: "http://edge".into(),
+            capacity: 10,
+            version: "t".into(),
+            status: EdgeStatus::registered(Instant::now(), false, false),
+            load: None,
+            assigned_since_report: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn edges_are_found_by_id_in_id_order_or_not() {
+        let sorted = RegistrySnapshot::new(vec![view("a", 1), view("b", 0), view("c", 1)]);
+        let shuffled = RegistrySnapshot::new(vec![view("c", 1), view("a", 1), view("b", 0)]);
+        for snapshot in [&sorted, &shuffled] {
+            for id in ["a", "b", "c"] {
+                assert_eq!(snapshot.edge(id).map(|e| &*e.id), Some(id));
+            }
+            assert!(snapshot.edge("d").is_none());
+            assert!(snapshot.edge("").is_none());
+        }
+        assert_eq!(sorted.in_region(1), &[0, 2]);
+        assert_eq!(shuffled.in_region(1), &[0, 1]);
+        assert!(sorted.in_region(7).is_empty());
     }
 }
