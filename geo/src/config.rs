@@ -32,8 +32,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// The one header those proxies set (`forwarded_header`); the other is ignored.
     pub forwarded_header: ForwardedHeader,
-    /// Index into [`Config::regions`] of the region for clients nothing else places.
-    pub default_region: usize,
+    /// The region for clients nothing else places.
+    pub default_region: RegionIndex,
     pub edges: EdgeTiming,
     /// The `turn:` section: how the locator checks the TURN/STUN servers of every pool.
     pub turn: TurnChecks,
@@ -229,6 +229,37 @@ impl Default for TurnChecks {
     }
 }
 
+/// A region's position in the [`Config::regions`] of the config that produced it.
+///
+/// Valid only for that config: a reload may reorder, add or remove regions, so an index
+/// is turned back into a region only through the config (or routing generation) it came
+/// from, and out of range there is `None`, never a panic. Only this crate makes one (from
+/// the region list: [`Config::region_index`], [`Config::region_indices`], the rules), so
+/// a region index cannot be mistaken for an edge index or a count.
+// `Serialize` (as the bare number) only for debugging dumps such as selection's
+// candidates: no HTTP answer carries an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+#[repr(transparent)]
+pub struct RegionIndex(usize);
+
+impl RegionIndex {
+    /// The position in `regions`, for tables kept in config order (counters, pools).
+    pub fn get(self) -> usize {
+        self.0
+    }
+
+    pub(crate) fn new(index: usize) -> RegionIndex {
+        RegionIndex(index)
+    }
+
+    /// An arbitrary index, for tests that build tables by hand.
+    #[doc(hidden)]
+    pub const fn for_tests(index: usize) -> RegionIndex {
+        RegionIndex(index)
+    }
+}
+
 /// One region of `regions.yaml`.
 #[derive(Debug, Clone)]
 pub struct Region {
@@ -241,8 +272,8 @@ pub struct Region {
     pub continents: Vec<String>,
     /// CIDR overrides: clients in these networks go here whatever GeoIP says.
     pub networks: Vec<IpNet>,
-    /// Indices into [`Config::regions`], in order of preference.
-    pub fallback: Vec<usize>,
+    /// Regions of the same [`Config`], in order of preference.
+    pub fallback: Vec<RegionIndex>,
     pub turn: TurnPool,
 }
 
@@ -299,8 +330,30 @@ impl Config {
     }
 
     /// The index of the region with this id.
-    pub fn region_index(&self, id: &str) -> Option<usize> {
-        self.regions.iter().position(|r| r.id == id)
+    pub fn region_index(&self, id: &str) -> Option<RegionIndex> {
+        self.regions
+            .iter()
+            .position(|r| r.id == id)
+            .map(RegionIndex)
+    }
+
+    /// The region at `index` (`None` for an index of another config that is out of
+    /// range here).
+    pub fn region_at(&self, index: RegionIndex) -> Option<&Region> {
+        self.regions.get(index.0)
+    }
+
+    /// Every region's index, in config order.
+    pub fn region_indices(&self) -> impl ExactSizeIterator<Item = RegionIndex> + use<> {
+        (0..self.regions.len()).map(RegionIndex)
+    }
+
+    /// The regions with their indices, in config order.
+    pub fn indexed_regions(&self) -> impl ExactSizeIterator<Item = (RegionIndex, &Region)> {
+        self.regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (RegionIndex(i), r))
     }
 
     /// The credential policy of edge `edge_id` (the default when it is not listed).
@@ -313,7 +366,7 @@ impl Config {
 
     /// The region for clients nothing else places.
     pub fn default_region(&self) -> &Region {
-        &self.regions[self.default_region]
+        &self.regions[self.default_region.0]
     }
 
     /// True when `peer` is a configured trusted proxy.
@@ -1221,7 +1274,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
                 ),
                 Some(&k) => {
                     if seen.insert(k) {
-                        fallback.push(k);
+                        fallback.push(RegionIndex(k));
                     } else {
                         issues.at(
                             f,
@@ -1363,7 +1416,7 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         geoip,
         trusted_proxies,
         forwarded_header,
-        default_region,
+        default_region: RegionIndex(default_region),
         edges,
         turn: turn_checks,
         limits,
@@ -1414,7 +1467,7 @@ regions:
         let c = parse(GOOD).expect("valid");
         assert_eq!(c.regions.len(), 2);
         assert_eq!(c.default_region().id, "us-east");
-        assert_eq!(c.regions[1].fallback, vec![0]);
+        assert_eq!(c.regions[1].fallback, vec![RegionIndex(0)]);
         assert_eq!(c.regions[1].name, "eu-west");
         assert_eq!(c.regions[0].turn.ttl, Duration::from_secs(6 * 3600));
         assert_eq!(

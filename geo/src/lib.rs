@@ -27,7 +27,7 @@ pub mod resolver;
 pub mod rules;
 pub mod special;
 
-pub use config::{Config, ConfigError, LatLon, Region, TurnChecks, TurnPool};
+pub use config::{Config, ConfigError, LatLon, Region, RegionIndex, TurnChecks, TurnPool};
 pub use database::{DatabaseError, DatabaseInfo, GeoDatabase, GeoRecord, LocationSource, Schema};
 pub use resolver::{GeoResolver, ReloadOutcome};
 pub use rules::{DefaultReason, RegionRules, Resolution, ResolutionView, Rule, great_circle_km};

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::config::{Config, LatLon};
+use crate::config::{Config, LatLon, RegionIndex};
 use crate::countries::CountryInfo;
 use crate::database::{GeoRecord, LocationSource};
 use crate::special::special_purpose;
@@ -75,8 +75,8 @@ impl DefaultReason {
 pub struct Resolution {
     /// The normalised address (IPv4-mapped IPv6 becomes IPv4).
     pub ip: IpAddr,
-    /// Index into [`Config::regions`].
-    pub region: usize,
+    /// The region, in the [`Config`] these rules were compiled from.
+    pub region: RegionIndex,
     pub rule: Rule,
     /// The override network that matched ([`Rule::CidrOverride`]).
     pub network: Option<IpNet>,
@@ -122,8 +122,7 @@ impl Resolution {
             country_name: self.country.map(|c| c.name),
             continent: self.continent,
             region: config
-                .regions
-                .get(self.region)
+                .region_at(self.region)
                 .map(|r| r.id.clone())
                 .unwrap_or_default(),
             rule: self.rule,
@@ -153,7 +152,7 @@ pub struct RegionRules {
     /// Region by continent code, in the order of [`crate::countries::CONTINENTS`].
     by_continent: [u16; 7],
     locations: Vec<LatLon>,
-    default_region: usize,
+    default_region: RegionIndex,
 }
 
 fn country_slot(code: &str) -> Option<usize> {
@@ -196,20 +195,20 @@ impl RegionRules {
     }
 
     /// The longest override network containing `ip`.
-    pub fn cidr_override(&self, ip: IpAddr) -> Option<(IpNet, usize)> {
+    pub fn cidr_override(&self, ip: IpAddr) -> Option<(IpNet, RegionIndex)> {
         self.overrides
             .iter()
             .find(|(net, _)| net.contains(&ip))
-            .map(|(net, region)| (*net, *region as usize))
+            .map(|(net, region)| (*net, RegionIndex::new(*region as usize)))
     }
 
     /// The region nearest to `point` (ties: the first in the file).
-    pub fn nearest(&self, point: LatLon) -> usize {
+    pub fn nearest(&self, point: LatLon) -> RegionIndex {
         let mut best = (f64::INFINITY, self.default_region);
         for (i, location) in self.locations.iter().enumerate() {
             let d = great_circle_km(point, *location);
             if d < best.0 {
-                best = (d, i);
+                best = (d, RegionIndex::new(i));
             }
         }
         best.1
@@ -260,7 +259,7 @@ impl RegionRules {
             .map(|slot| self.by_country[slot])
             .filter(|r| *r != NONE)
         {
-            answer.region = region as usize;
+            answer.region = RegionIndex::new(region as usize);
             answer.rule = Rule::Country;
         } else if let Some(region) = record
             .continent
@@ -268,7 +267,7 @@ impl RegionRules {
             .map(|slot| self.by_continent[slot])
             .filter(|r| *r != NONE)
         {
-            answer.region = region as usize;
+            answer.region = RegionIndex::new(region as usize);
             answer.rule = Rule::Continent;
         } else if let Some((point, _)) = record.location {
             answer.region = self.nearest(point);

@@ -82,7 +82,11 @@ fn client() -> IpAddr {
 fn region_of(resolver: &GeoResolver, config: &Config) -> String {
     let r = resolver.resolve(client());
     assert_eq!(r.rule, Rule::Country, "{r:?}");
-    config.regions[r.region].id.clone()
+    config
+        .region_at(r.region)
+        .expect("region of this config")
+        .id
+        .clone()
 }
 
 // A minimal `tracing` subscriber that keeps ERROR events with the thread that emitted them,

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use locus_geo::Config;
+use locus_geo::{Config, RegionIndex};
 use locus_locator::edge_state::EdgeStatus;
 use locus_locator::selection::{RegionPlan, candidates, score, select_edge};
 use locus_locator::snapshot::{EdgeView, RegistrySnapshot};
@@ -37,23 +37,21 @@ regions:
 "#;
 
 const EDGES_PER_REGION: u32 = 8;
-const EU_WEST: usize = 2;
-
 /// Every edge at `sessions` of 1000, except eu-west's at `eu_west_sessions`.
-fn snapshot(regions: usize, sessions: u32, eu_west_sessions: u32) -> RegistrySnapshot {
+fn snapshot(config: &Config, sessions: u32, eu_west_sessions: u32) -> RegistrySnapshot {
     let now = Instant::now();
     let mut edges = Vec::new();
-    for region in 0..regions {
+    for (region, r) in config.indexed_regions() {
         for i in 0..EDGES_PER_REGION {
-            let base = if region == EU_WEST {
+            let base = if r.id == "eu-west" {
                 eu_west_sessions
             } else {
                 sessions
             };
             edges.push(EdgeView {
-                id: format!("r{region}-e{i}").into(),
+                id: format!("{}-e{i}", r.id).into(),
                 region,
-                public_url: format!("https://r{region}-e{i}.example.net").into(),
+                public_url: format!("https://{}-e{i}.example.net", r.id).into(),
                 capacity: 1000,
                 version: "1.0.0".into(),
                 status: EdgeStatus::registered(now, false, false),
@@ -72,7 +70,7 @@ fn snapshot(regions: usize, sessions: u32, eu_west_sessions: u32) -> RegistrySna
 }
 
 /// The baseline: least-loaded active edge of the region, nothing else.
-fn min_scan(snapshot: &RegistrySnapshot, region: usize) -> Option<usize> {
+fn min_scan(snapshot: &RegistrySnapshot, region: RegionIndex) -> Option<usize> {
     let mut best: Option<(f64, usize)> = None;
     for (i, e) in snapshot.edges.iter().enumerate() {
         if e.region == region && e.status.takes_new_sessions() {
@@ -88,11 +86,11 @@ fn min_scan(snapshot: &RegistrySnapshot, region: usize) -> Option<usize> {
 fn bench(c: &mut Criterion) {
     let config = Config::parse(REGIONS, Path::new("bench.yaml")).expect("bench config");
     let plan = RegionPlan::new(&config);
-    let regions = &config.regions;
-    let n = regions.len();
-    let normal = snapshot(n, 400, 400);
-    let spill = snapshot(n, 400, 1000);
-    let saturated = snapshot(n, 1000, 1000);
+    let normal = snapshot(&config, 400, 400);
+    let spill = snapshot(&config, 400, 1000);
+    let saturated = snapshot(&config, 1000, 1000);
+    #[allow(non_snake_case)]
+    let EU_WEST = config.region_index("eu-west").expect("eu-west");
     let mut rng = rand::rng();
 
     let mut g = c.benchmark_group("selection");
@@ -106,7 +104,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("select_edge + reason text: in region", |b| {
         b.iter(|| {
             select_edge(black_box(&normal), &plan, EU_WEST, &mut rng)
-                .map(|s| s.detail(&normal, regions))
+                .map(|s| s.detail(&normal, &config))
         })
     });
     g.bench_function("select_edge: region saturated, spill", |b| {
@@ -115,7 +113,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("select_edge + reason text: region saturated, spill", |b| {
         b.iter(|| {
             select_edge(black_box(&spill), &plan, EU_WEST, &mut rng)
-                .map(|s| s.detail(&spill, regions))
+                .map(|s| s.detail(&spill, &config))
         })
     });
     g.bench_function("select_edge: all saturated", |b| {

@@ -17,7 +17,7 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use locus_geo::{Rule, rules::ResolutionView};
+use locus_geo::{RegionIndex, Rule, rules::ResolutionView};
 use locus_protocol::join_token::JoinClaims;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -323,7 +323,7 @@ pub fn new_id() -> String {
 /// Where the client is and which region it prefers.
 struct Placement {
     ip: IpAddr,
-    region: usize,
+    region: RegionIndex,
     rule: Rule,
 }
 
@@ -362,7 +362,7 @@ fn place(
     let rule = resolution.rule;
     routing
         .answers
-        .inc(&state.metrics, &config.regions, resolution.region, rule);
+        .inc(&state.metrics, config, resolution.region, rule);
     Ok(Placement { ip, region, rule })
 }
 
@@ -440,12 +440,12 @@ fn locate_answer(
         .edges
         .get(chosen.edge)
         .ok_or_else(no_edge_available)?;
-    let region_id = |i: usize| routing.region_id(i);
+    let region_id = |i: RegionIndex| routing.region_id(i);
     let answer = LocateAnswer {
         region: region_id(placement.region),
         rule: placement.rule,
         fallback: chosen.fallback,
-        reason: &chosen.detail(&generation.edges, &routing.config.regions),
+        reason: &chosen.detail(&generation.edges, &routing.config),
         reason_code: chosen.reason.as_str(),
         edge: LocatedEdge {
             id: &edge.id,
@@ -685,7 +685,7 @@ async fn create_session(
             true,
             AnswerWhy {
                 fallback: chosen.fallback,
-                reason: chosen.detail(&generation.edges, &routing.config.regions),
+                reason: chosen.detail(&generation.edges, &routing.config),
                 code: chosen.reason.as_str(),
             },
         );
@@ -709,7 +709,7 @@ async fn join_existing(
     state: &AppState,
     generation: &Arc<Generation>,
     record: SessionRecord,
-    preferred: Option<usize>,
+    preferred: Option<RegionIndex>,
 ) -> Result<SessionAnswer, Problem> {
     let mut generation = generation.clone();
     let (mut record, mut preferred) = (record, preferred);
@@ -754,7 +754,7 @@ async fn join_in(
     state: &AppState,
     generation: &Generation,
     record: SessionRecord,
-    preferred: Option<usize>,
+    preferred: Option<RegionIndex>,
 ) -> Result<Joined, Problem> {
     let (routing, snapshot) = (&generation.routing, &generation.edges);
     let home = snapshot.edge(&record.edge_id);
@@ -834,7 +834,7 @@ async fn join_in(
         "room moved from {move_why} edge {} to {}: {}",
         record.edge_id,
         edge.id,
-        chosen.explain(&generation.edges, &generation.routing.config.regions)
+        chosen.explain(&generation.edges, &generation.routing.config)
     );
     Ok(Joined::Answer(session_answer(
         state,
@@ -1026,7 +1026,7 @@ async fn explain(
                 region: routing.region_id(s.region).to_string(),
                 fallback: s.fallback,
                 reason_code: s.reason.as_str(),
-                reason: s.detail(snapshot, &config.regions),
+                reason: s.detail(snapshot, config),
             }
         });
     // The relays of the serving region (the preferred one when no edge is available).
@@ -1371,7 +1371,7 @@ regions:
             "non-ASCII: São Paulo, 東京, emoji 🛰",
         ];
         let mut checked = 0;
-        for (text, region) in texts.iter().zip([0usize, 1, 0, 1]) {
+        for (text, region) in texts.iter().zip([0, 1, 0, 1].map(RegionIndex::for_tests)) {
             for fallback in [false, true] {
                 for rule in [
                     Rule::CidrOverride,

@@ -13,7 +13,7 @@ pub mod traffic;
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 
-use locus_geo::{Region, Rule};
+use locus_geo::{Config, RegionIndex, Rule};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -183,11 +183,10 @@ impl AnswerCounters {
         }
     }
 
-    /// Counts one answer for a client of `regions[region]` placed by `rule`; `regions`
-    /// is the config these counters were built for. An out-of-range index counts
-    /// nothing.
-    pub fn inc(&self, metrics: &Metrics, regions: &[Region], region: usize, rule: Rule) {
-        let (Some(kept), Some(r)) = (self.kept.get(region), regions.get(region)) else {
+    /// Counts one answer for a client of `region` placed by `rule`; `config` is the
+    /// config these counters were built for. An out-of-range index counts nothing.
+    pub fn inc(&self, metrics: &Metrics, config: &Config, region: RegionIndex, rule: Rule) {
+        let (Some(kept), Some(r)) = (self.kept.get(region.get()), config.region_at(region)) else {
             return;
         };
         kept[rule_slot(rule)]

@@ -19,6 +19,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use locus_geo::RegionIndex;
+
 use crate::edge_state::{Effect, FailReason, Liveness};
 use crate::registry::Generation;
 use crate::selection::{self, Selection};
@@ -29,7 +31,11 @@ use crate::store::{SessionRecord, StoreError};
 /// An edge for a client preferring region `preferred` (an index of `generation`), or
 /// `None` when no edge is available anywhere. Counts the selection's time, the traffic
 /// matrix cell and a fallback.
-pub fn select(state: &AppState, generation: &Generation, preferred: usize) -> Option<Selection> {
+pub fn select(
+    state: &AppState,
+    generation: &Generation,
+    preferred: RegionIndex,
+) -> Option<Selection> {
     let routing = &generation.routing;
     let started = std::time::Instant::now();
     let chosen = selection::select_edge(
@@ -73,7 +79,7 @@ pub async fn move_room<'g>(
     state: &AppState,
     generation: &'g Generation,
     record: &SessionRecord,
-    preferred: Option<usize>,
+    preferred: Option<RegionIndex>,
 ) -> Result<MovedRoom<'g>, MoveError> {
     let routing = &generation.routing;
     let preferred = preferred

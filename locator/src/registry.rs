@@ -179,12 +179,12 @@ impl Registry {
     fn publish(&self, inner: &mut Inner) {
         inner.published_at = Some(Instant::now());
         inner.rebuild_scheduled = false;
-        let regions = &inner.routing.config.regions;
+        let config = &inner.routing.config;
         let edges: Vec<EdgeView> = inner
             .edges
             .values()
             .filter_map(|e| {
-                let region = regions.iter().position(|r| r.id == e.region)?;
+                let region = config.region_index(&e.region)?;
                 Some(EdgeView {
                     id: e.id.clone(),
                     region,

@@ -2,17 +2,19 @@
 //! its compiled GeoIP rules, the fallback plan, the TURN pools, the answer counters),
 //! built once and never changed.
 //!
-//! Region indices (`usize` into `config.regions`, as `locus-geo` and selection use them)
-//! are valid only within the generation that produced them: a reload may reorder, add
-//! or remove regions. So an answer is computed from one [`crate::registry::Generation`]
-//! (a `Routing` and the registry snapshot built for it, published together), and a
-//! region index is turned into a region only through [`Routing::region`] of that same
-//! generation. This module imports nothing of the locator but the pure pieces a
+//! The rule for regions: a region is referred to by a [`RegionIndex`], its position in
+//! `config.regions`, valid only within the generation that produced it: a reload may
+//! reorder, add or remove regions. Only `locus-geo` makes one (from a config's region
+//! list, or by resolving a client with that config's rules), so it cannot be confused
+//! with an edge index or a count. An answer is computed from one
+//! [`crate::registry::Generation`] (a `Routing` and the registry snapshot built for it,
+//! published together), and a region index is turned into a region only through
+//! [`Routing::region`] of that same generation (`None` out of range, never a panic). This module imports nothing of the locator but the pure pieces a
 //! generation is made of.
 
 use std::sync::Arc;
 
-use locus_geo::{Config, Region, RegionRules};
+use locus_geo::{Config, Region, RegionIndex, RegionRules};
 
 use crate::metrics::AnswerCounters;
 use crate::metrics::traffic::Traffic;
@@ -23,7 +25,7 @@ use crate::turn::TurnPools;
 #[derive(Debug)]
 pub struct Routing {
     pub config: Config,
-    /// The GeoIP rules of `config` (region indices into `config.regions`).
+    /// The GeoIP rules of `config` (their region indices are this generation's).
     pub rules: Arc<RegionRules>,
     pub plan: RegionPlan,
     pub turn: TurnPools,
@@ -71,12 +73,12 @@ impl Routing {
 
     /// The region at `index` of this generation (`None` for an index of another one
     /// that is out of range here: never a panic).
-    pub fn region(&self, index: usize) -> Option<&Region> {
-        self.config.regions.get(index)
+    pub fn region(&self, index: RegionIndex) -> Option<&Region> {
+        self.config.region_at(index)
     }
 
     /// The id of the region at `index` ("" when out of range, see [`Routing::region`]).
-    pub fn region_id(&self, index: usize) -> &str {
+    pub fn region_id(&self, index: RegionIndex) -> &str {
         self.region(index).map_or("", |r| r.id.as_str())
     }
 

@@ -39,7 +39,7 @@
 //! and edges. [`candidates`] lists every edge considered for the admin "explain"
 //! endpoint, with a [`NotEligible`] for each one that may not be chosen.
 
-use locus_geo::{Config, Region, great_circle_km};
+use locus_geo::{Config, RegionIndex, great_circle_km};
 use rand::Rng;
 use serde::Serialize;
 
@@ -68,35 +68,31 @@ pub const CONNECTIONS_PER_SESSION: f64 = 10.0;
 pub struct RegionPlan {
     /// Per region: the region itself, its configured fallbacks in order, then the others
     /// by great-circle distance (ties: file order).
-    orders: Vec<Vec<usize>>,
+    orders: Vec<Vec<RegionIndex>>,
     /// Per region: the number of configured fallbacks (`orders[r][1..=n]`).
     explicit: Vec<usize>,
 }
 
 impl RegionPlan {
     pub fn new(config: &Config) -> RegionPlan {
-        Self::from_regions(&config.regions)
-    }
-
-    /// The plan for a list of regions (what [`RegionPlan::new`] uses).
-    pub fn from_regions(regions: &[Region]) -> RegionPlan {
-        let n = regions.len();
+        let n = config.regions.len();
         let mut orders = Vec::with_capacity(n);
         let mut explicit = Vec::with_capacity(n);
-        for (r, region) in regions.iter().enumerate() {
+        for (r, region) in config.indexed_regions() {
             let mut order = Vec::with_capacity(n);
             order.push(r);
             // A validated config has no self-reference, duplicate or unknown index in a
             // fallback list; a hand-built one might, and the plan must stay a permutation.
             for &f in &region.fallback {
-                if f < n && !order.contains(&f) {
+                if f.get() < n && !order.contains(&f) {
                     order.push(f);
                 }
             }
             explicit.push(order.len() - 1);
-            let mut rest: Vec<(f64, usize)> = (0..n)
-                .filter(|i| !order.contains(i))
-                .map(|i| (great_circle_km(region.location, regions[i].location), i))
+            let mut rest: Vec<(f64, RegionIndex)> = config
+                .indexed_regions()
+                .filter(|(i, _)| !order.contains(i))
+                .map(|(i, other)| (great_circle_km(region.location, other.location), i))
                 .collect();
             // Stable sort: equal distances keep file order.
             rest.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -108,13 +104,16 @@ impl RegionPlan {
 
     /// Candidate regions for `region`, most preferred first (starts with `region`
     /// itself). Empty for an unknown index.
-    pub fn order(&self, region: usize) -> &[usize] {
-        self.orders.get(region).map_or(&[], Vec::as_slice)
+    pub fn order(&self, region: RegionIndex) -> &[RegionIndex] {
+        self.orders.get(region.get()).map_or(&[], Vec::as_slice)
     }
 
     /// The configured fallback list of `region`, in order. Empty for an unknown index.
-    pub fn explicit_fallbacks(&self, region: usize) -> &[usize] {
-        match (self.orders.get(region), self.explicit.get(region)) {
+    pub fn explicit_fallbacks(&self, region: RegionIndex) -> &[RegionIndex] {
+        match (
+            self.orders.get(region.get()),
+            self.explicit.get(region.get()),
+        ) {
             (Some(order), Some(&n)) => &order[1..=n],
             _ => &[],
         }
@@ -182,8 +181,8 @@ impl std::fmt::Display for SelectReason {
 pub struct Selection {
     /// Index into `snapshot.edges`.
     pub edge: usize,
-    /// The chosen edge's region (index into the config's regions).
-    pub region: usize,
+    /// The chosen edge's region (in the config of the snapshot and plan).
+    pub region: RegionIndex,
     /// `region != why.preferred`.
     pub fallback: bool,
     /// The code of `why.rule` ([`Rule::reason`]).
@@ -321,7 +320,7 @@ impl Utilisation {
 pub struct Candidate {
     /// Index into `snapshot.edges`.
     pub edge: usize,
-    pub region: usize,
+    pub region: RegionIndex,
     pub state: EdgeState,
     pub score: f64,
     /// What sets the score.
@@ -403,7 +402,7 @@ fn utilisation_with(edge: &EdgeView, pending: u32) -> Utilisation {
 pub fn candidates(
     snapshot: &RegistrySnapshot,
     plan: &RegionPlan,
-    preferred_region: usize,
+    preferred_region: RegionIndex,
 ) -> Vec<Candidate> {
     let mut out = Vec::with_capacity(snapshot.edges.len());
     for &region in plan.order(preferred_region) {
@@ -438,7 +437,8 @@ pub fn candidates(
 /// assignment cannot make the same call see two different loads.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
-    region: usize,
+    /// `None` only for an edge the survey did not read.
+    region: Option<RegionIndex>,
     state: EdgeState,
     score: f64,
     pending: u32,
@@ -481,19 +481,19 @@ impl Survey {
     /// index of it): the others' regions' tallies stay empty. The common answer needs
     /// nothing but the client's region, and reading an edge (its score, its live
     /// assignment count) is most of what selection costs.
-    fn new(snapshot: &RegistrySnapshot, regions: usize, only: Option<usize>) -> Survey {
+    fn new(snapshot: &RegistrySnapshot, regions: usize, only: Option<RegionIndex>) -> Survey {
         let mut tally = vec![Tally::default(); regions];
         let mut read = |i: usize| {
             let edge = &snapshot.edges[i];
             let pending = edge.pending_assignments();
             let s = Seen {
-                region: edge.region,
+                region: Some(edge.region),
                 state: edge.status.state(),
                 score: score_with(edge, pending),
                 pending,
             };
             // Edges of a region the plan does not know (a stale index) are ignored.
-            if let Some(t) = tally.get_mut(s.region) {
+            if let Some(t) = tally.get_mut(edge.region.get()) {
                 t.states.add(s.state);
                 if s.eligible() {
                     t.with_headroom += 1;
@@ -516,7 +516,7 @@ impl Survey {
     /// What was seen of edge `i`; an edge this survey did not read is out of reach.
     fn seen(&self, i: usize) -> &Seen {
         const UNREAD: Seen = Seen {
-            region: usize::MAX,
+            region: None,
             state: EdgeState::Failed,
             score: f64::INFINITY,
             pending: 0,
@@ -527,15 +527,17 @@ impl Survey {
     }
 
     /// Whether `region` has an active edge with headroom.
-    fn has_headroom(&self, region: usize) -> bool {
-        self.tally.get(region).is_some_and(|t| t.with_headroom > 0)
+    fn has_headroom(&self, region: RegionIndex) -> bool {
+        self.tally
+            .get(region.get())
+            .is_some_and(|t| t.with_headroom > 0)
     }
 
     /// Edges of `region` with headroom (active), in snapshot order.
-    fn eligible_in(&self, region: usize) -> impl Iterator<Item = usize> + '_ {
+    fn eligible_in(&self, region: RegionIndex) -> impl Iterator<Item = usize> + '_ {
         self.seen
             .iter()
-            .filter(move |(_, s)| s.region == region && s.eligible())
+            .filter(move |(_, s)| s.region == Some(region) && s.eligible())
             .map(|(i, _)| *i)
     }
 
@@ -551,13 +553,13 @@ impl Survey {
     /// max/mean 1.09; weighted: 548 against 613, 1.02). Equal edges are drawn uniformly
     /// either way, and the rule stays proportional rather than "everyone picks the
     /// minimum", so replicas acting on the same stale figures do not herd.
-    fn two_choices(&self, region: usize, rng: &mut impl Rng) -> (usize, How) {
-        let n = self.tally[region].with_headroom;
+    fn two_choices(&self, region: RegionIndex, rng: &mut impl Rng) -> (usize, How) {
+        let n = self.tally[region.get()].with_headroom;
         if n <= 1 {
             let only = self.eligible_in(region).next().unwrap_or_default();
             return (only, How::Only);
         }
-        let total = self.tally[region].headroom;
+        let total = self.tally[region.get()].headroom;
         let a = self.draw(region, None, total, rng);
         let b = self.draw(
             region,
@@ -575,7 +577,13 @@ impl Survey {
 
     /// One eligible edge of `region` other than `exclude`, drawn with probability
     /// proportional to its headroom (`total` is the sum over the candidates).
-    fn draw(&self, region: usize, exclude: Option<usize>, total: f64, rng: &mut impl Rng) -> usize {
+    fn draw(
+        &self,
+        region: RegionIndex,
+        exclude: Option<usize>,
+        total: f64,
+        rng: &mut impl Rng,
+    ) -> usize {
         let mut x = rng.random::<f64>() * total;
         let mut last = None;
         for i in self.eligible_in(region) {
@@ -594,13 +602,15 @@ impl Survey {
     }
 
     /// The least-loaded edge in `state` of the first region of `order` that has one.
-    fn least_loaded(&self, order: &[usize], state: EdgeState) -> Option<usize> {
-        let region = *order
-            .iter()
-            .find(|&&r| self.tally.get(r).is_some_and(|t| t.states.count(state) > 0))?;
+    fn least_loaded(&self, order: &[RegionIndex], state: EdgeState) -> Option<usize> {
+        let region = *order.iter().find(|&&r| {
+            self.tally
+                .get(r.get())
+                .is_some_and(|t| t.states.count(state) > 0)
+        })?;
         let mut best: Option<usize> = None;
         for (i, s) in &self.seen {
-            if s.region == region && s.state == state {
+            if s.region == Some(region) && s.state == state {
                 match best {
                     Some(b) if !s.better_than(*i, self.seen(b), b) => {}
                     _ => best = Some(*i),
@@ -611,9 +621,9 @@ impl Survey {
     }
 }
 
-fn region_id(regions: &[Region], region: usize) -> &str {
-    regions
-        .get(region)
+fn region_id(config: &Config, region: RegionIndex) -> &str {
+    config
+        .region_at(region)
         .map_or("(unknown region)", |r| r.id.as_str())
 }
 
@@ -669,7 +679,7 @@ pub enum Fallback {
     FirstConfigured,
     /// None of the configured fallbacks (listed; empty when it has none) has headroom:
     /// the nearest region that has.
-    Nearest { fallbacks: Vec<usize> },
+    Nearest { fallbacks: Vec<RegionIndex> },
 }
 
 /// How a saturated region's overflow region was chosen.
@@ -679,10 +689,10 @@ pub enum Spill {
     OnlyFallback,
     /// Drawn with probability proportional to headroom among the configured fallbacks
     /// that have some: `(region, its total headroom)`, in fallback order.
-    Drawn { among: Vec<(usize, f64)> },
+    Drawn { among: Vec<(RegionIndex, f64)> },
     /// None of the configured fallbacks (listed; empty when it has none) has headroom:
     /// the nearest region that has.
-    Nearest { fallbacks: Vec<usize> },
+    Nearest { fallbacks: Vec<RegionIndex> },
 }
 
 /// The rule that chose the edge, with the figures that decided it. `preferred` counts
@@ -732,7 +742,7 @@ impl Rule {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Why {
     /// The client's region.
-    pub preferred: usize,
+    pub preferred: RegionIndex,
     /// The chosen edge's score (load) as this selection saw it.
     pub load: f64,
     pub rule: Rule,
@@ -751,28 +761,28 @@ impl Selection {
     }
 
     /// The selection in words, for the answers' `reason` and logs: names regions and
-    /// edges by id (from the snapshot and regions it was made with), nothing secret.
+    /// edges by id (from the snapshot and config it was made with), nothing secret.
     pub fn explain<'a>(
         &'a self,
         snapshot: &'a RegistrySnapshot,
-        regions: &'a [Region],
+        config: &'a Config,
     ) -> Explained<'a> {
         Explained {
             selection: self,
             snapshot,
-            regions,
+            config,
         }
     }
 
     /// [`Selection::explain`] as a `String`, sized for the common answer.
-    pub fn detail(&self, snapshot: &RegistrySnapshot, regions: &[Region]) -> String {
+    pub fn detail(&self, snapshot: &RegistrySnapshot, config: &Config) -> String {
         // The common answer ("in <region>: picked <edge> (load 42%), the less loaded of
         // two picks …") is about 130 bytes with short ids.
         let mut text = String::with_capacity(192);
         // Writing to a String cannot fail.
         let _ = std::fmt::Write::write_fmt(
             &mut text,
-            format_args!("{}", self.explain(snapshot, regions)),
+            format_args!("{}", self.explain(snapshot, config)),
         );
         text
     }
@@ -784,12 +794,12 @@ impl Selection {
 pub struct Explained<'a> {
     selection: &'a Selection,
     snapshot: &'a RegistrySnapshot,
-    regions: &'a [Region],
+    config: &'a Config,
 }
 
 impl Explained<'_> {
-    fn region(&self, region: usize) -> &str {
-        region_id(self.regions, region)
+    fn region(&self, region: RegionIndex) -> &str {
+        region_id(self.config, region)
     }
 
     fn edge(&self) -> &str {
@@ -823,7 +833,11 @@ impl Explained<'_> {
     }
 
     /// "none of its fallbacks (a, b) has headroom", or "it has no configured fallback".
-    fn no_fallback(&self, f: &mut impl std::fmt::Write, fallbacks: &[usize]) -> std::fmt::Result {
+    fn no_fallback(
+        &self,
+        f: &mut impl std::fmt::Write,
+        fallbacks: &[RegionIndex],
+    ) -> std::fmt::Result {
         if fallbacks.is_empty() {
             return f.write_str("it has no configured fallback");
         }
@@ -995,7 +1009,7 @@ impl Explained<'_> {
 pub fn select_edge(
     snapshot: &RegistrySnapshot,
     plan: &RegionPlan,
-    preferred_region: usize,
+    preferred_region: RegionIndex,
     rng: &mut impl Rng,
 ) -> Option<Selection> {
     let order = plan.order(preferred_region);
@@ -1006,7 +1020,7 @@ pub fn select_edge(
     // the answer below needs nothing else (same edges, same order, same draws as with
     // every edge read). Otherwise every edge is read.
     let local = Survey::new(snapshot, plan.len(), Some(preferred_region));
-    let survey = if local.tally[preferred_region].with_headroom > 0 {
+    let survey = if local.has_headroom(preferred_region) {
         local
     } else {
         Survey::new(snapshot, plan.len(), None)
@@ -1024,7 +1038,7 @@ pub fn select_edge(
 }
 
 /// Rule 2: the preferred region has headroom.
-fn in_region(survey: &Survey, preferred: usize, rng: &mut impl Rng) -> Option<(usize, Rule)> {
+fn in_region(survey: &Survey, preferred: RegionIndex, rng: &mut impl Rng) -> Option<(usize, Rule)> {
     if !survey.has_headroom(preferred) {
         return None;
     }
@@ -1037,12 +1051,12 @@ fn in_region(survey: &Survey, preferred: usize, rng: &mut impl Rng) -> Option<(u
 fn elsewhere(
     survey: &Survey,
     plan: &RegionPlan,
-    preferred: usize,
+    preferred: RegionIndex,
     rng: &mut impl Rng,
 ) -> Option<(usize, Rule)> {
     let order = plan.order(preferred);
     let explicit = plan.explicit_fallbacks(preferred);
-    let counts = survey.tally[preferred].states;
+    let counts = survey.tally[preferred.get()].states;
     if counts.active == 0 {
         let region = *order[1..].iter().find(|&&r| survey.has_headroom(r))?;
         let fallback = if explicit.contains(&region) {
@@ -1075,11 +1089,11 @@ fn elsewhere(
 /// `by_distance`) that has.
 fn spill_region(
     survey: &Survey,
-    explicit: &[usize],
-    by_distance: &[usize],
+    explicit: &[RegionIndex],
+    by_distance: &[RegionIndex],
     rng: &mut impl Rng,
-) -> Option<(usize, Spill)> {
-    let open: Vec<usize> = explicit
+) -> Option<(RegionIndex, Spill)> {
+    let open: Vec<RegionIndex> = explicit
         .iter()
         .copied()
         .filter(|&r| survey.has_headroom(r))
@@ -1095,9 +1109,9 @@ fn spill_region(
             }),
         [only] => Some((*only, Spill::OnlyFallback)),
         several => {
-            let among: Vec<(usize, f64)> = several
+            let among: Vec<(RegionIndex, f64)> = several
                 .iter()
-                .map(|&r| (r, survey.tally[r].headroom))
+                .map(|&r| (r, survey.tally[r.get()].headroom))
                 .collect();
             let total: f64 = among.iter().map(|(_, h)| h).sum();
             let mut x = rng.random::<f64>() * total;
@@ -1117,17 +1131,21 @@ fn spill_region(
 /// Rule 5: no headroom anywhere: the least-loaded active edge, preferred region first.
 fn least_loaded_active(
     survey: &Survey,
-    order: &[usize],
-    preferred: usize,
+    order: &[RegionIndex],
+    preferred: RegionIndex,
 ) -> Option<(usize, Rule)> {
     let edge = survey.least_loaded(order, EdgeState::Active)?;
-    let preferred = survey.tally[preferred].states;
+    let preferred = survey.tally[preferred.get()].states;
     Some((edge, Rule::AllSaturated { preferred }))
 }
 
 /// Rule 6: no active edge anywhere: a suspended edge, else a draining one.
-fn last_resort(survey: &Survey, order: &[usize], preferred: usize) -> Option<(usize, Rule)> {
-    let preferred = survey.tally[preferred].states;
+fn last_resort(
+    survey: &Survey,
+    order: &[RegionIndex],
+    preferred: RegionIndex,
+) -> Option<(usize, Rule)> {
+    let preferred = survey.tally[preferred.get()].states;
     [EdgeState::Suspended, EdgeState::Draining]
         .into_iter()
         .find_map(|state| {
@@ -1151,7 +1169,7 @@ mod tests {
     fn edge(capacity: u32, load: Option<LoadReport>, pending: u32) -> EdgeView {
         EdgeView {
             id: "e".into(),
-            region: 0,
+            region: RegionIndex::for_tests(0),
             public_url: "http://e".into(),
             capacity,
             version: "1".into(),
@@ -1262,16 +1280,17 @@ regions:
         let plan = RegionPlan::new(&config);
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
         for _ in 0..50 {
-            let chosen = select_edge(&snapshot, &plan, 0, &mut rng).expect("an edge");
+            let chosen = select_edge(&snapshot, &plan, RegionIndex::for_tests(0), &mut rng)
+                .expect("an edge");
             assert_eq!(
                 &*snapshot.edges[chosen.edge].id,
                 "calm",
                 "{}",
-                chosen.explain(&snapshot, &config.regions)
+                chosen.explain(&snapshot, &config)
             );
             assert_eq!(chosen.reason, SelectReason::InRegion);
         }
-        let listed = candidates(&snapshot, &plan, 0);
+        let listed = candidates(&snapshot, &plan, RegionIndex::for_tests(0));
         let busy = listed.iter().find(|c| c.edge == 0).expect("busy listed");
         assert!(!busy.eligible);
         assert_eq!(busy.bottleneck, Bottleneck::Bitrate);
@@ -1308,12 +1327,18 @@ regions:
 "#;
         let config = Config::parse(text, Path::new("t.yaml")).expect("config");
         let plan = RegionPlan::new(&config);
-        assert_eq!(plan.order(0), &[0, 3, 4, 1, 2], "b and c tie: file order");
-        assert_eq!(plan.explicit_fallbacks(0), &[3]);
-        assert_eq!(plan.order(3), &[3, 1, 4, 0, 2]);
-        assert!(plan.explicit_fallbacks(3).is_empty());
-        assert!(plan.order(9).is_empty());
-        assert!(plan.explicit_fallbacks(9).is_empty());
+        let ids = |order: &[RegionIndex]| -> Vec<usize> { order.iter().map(|r| r.get()).collect() };
+        let at = RegionIndex::for_tests;
+        assert_eq!(
+            ids(plan.order(at(0))),
+            [0, 3, 4, 1, 2],
+            "b and c tie: file order"
+        );
+        assert_eq!(ids(plan.explicit_fallbacks(at(0))), [3]);
+        assert_eq!(ids(plan.order(at(3))), [3, 1, 4, 0, 2]);
+        assert!(plan.explicit_fallbacks(at(3)).is_empty());
+        assert!(plan.order(at(9)).is_empty());
+        assert!(plan.explicit_fallbacks(at(9)).is_empty());
     }
 
     #[test]

@@ -16,6 +16,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use locus_geo::RegionIndex;
 use locus_protocol::LoadReport;
 use tokio::time::Instant;
 
@@ -25,8 +26,8 @@ use crate::edge_state::EdgeStatus;
 #[derive(Debug, Clone)]
 pub struct EdgeView {
     pub id: Arc<str>,
-    /// Index into the config's regions.
-    pub region: usize,
+    /// Its region in the config of the generation this snapshot belongs to.
+    pub region: RegionIndex,
     pub public_url: Arc<str>,
     /// Sessions the edge says it can host (at least 1).
     pub capacity: u32,
@@ -68,10 +69,10 @@ impl RegistrySnapshot {
         let sorted_by_id = edges.is_sorted_by(|a, b| a.id < b.id);
         let mut by_region: Vec<Vec<usize>> = Vec::new();
         for (i, edge) in edges.iter().enumerate() {
-            if by_region.len() <= edge.region {
-                by_region.resize_with(edge.region + 1, Vec::new);
+            if by_region.len() <= edge.region.get() {
+                by_region.resize_with(edge.region.get() + 1, Vec::new);
             }
-            by_region[edge.region].push(i);
+            by_region[edge.region.get()].push(i);
         }
         RegistrySnapshot {
             edges,
@@ -97,8 +98,8 @@ impl RegistrySnapshot {
     }
 
     /// Indices into `edges` of the edges of `region`, ascending.
-    pub fn in_region(&self, region: usize) -> &[usize] {
-        self.by_region.get(region).map_or(&[], Vec::as_slice)
+    pub fn in_region(&self, region: RegionIndex) -> &[usize] {
+        self.by_region.get(region.get()).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -110,7 +111,7 @@ mod tests {
     fn view(id: &str, region: usize) -> EdgeView {
         EdgeView {
             id: id.into(),
-            region,
+            region: RegionIndex::for_tests(region),
             public_url: "http://edge".into(),
             capacity: 10,
             version: "t".into(),
@@ -131,8 +132,9 @@ mod tests {
             assert!(snapshot.edge("d").is_none());
             assert!(snapshot.edge("").is_none());
         }
-        assert_eq!(sorted.in_region(1), &[0, 2]);
-        assert_eq!(shuffled.in_region(1), &[0, 1]);
-        assert!(sorted.in_region(7).is_empty());
+        let at = RegionIndex::for_tests;
+        assert_eq!(sorted.in_region(at(1)), &[0, 2]);
+        assert_eq!(shuffled.in_region(at(1)), &[0, 1]);
+        assert!(sorted.in_region(at(7)).is_empty());
     }
 }

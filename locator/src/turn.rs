@@ -27,7 +27,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use base64::Engine;
 use hmac::{KeyInit, Mac};
-use locus_geo::Config;
+use locus_geo::{Config, RegionIndex};
 use serde::Serialize;
 
 use crate::selection::RegionPlan;
@@ -142,7 +142,7 @@ struct RegionIce {
     /// Its own STUN servers that are up, fastest first.
     stun: Vec<String>,
     /// The region whose relays are handed out and their URLs that are up, fastest first.
-    relay: Option<(usize, Vec<String>)>,
+    relay: Option<(RegionIndex, Vec<String>)>,
     /// Why its own relays are not handed out (when they are not).
     problem: Option<String>,
     fallback: Option<TurnFallback>,
@@ -161,7 +161,7 @@ pub struct Selection {
 #[derive(Debug, Clone)]
 pub struct IceServers<'a> {
     selection: Arc<Selection>,
-    region: usize,
+    region: RegionIndex,
     turn: Option<Credential>,
     pools: std::marker::PhantomData<&'a TurnPools>,
 }
@@ -187,7 +187,7 @@ struct IceServerView<'a> {
 
 impl IceServers<'_> {
     fn ice(&self) -> Option<&RegionIce> {
-        self.selection.regions.get(self.region)
+        self.selection.regions.get(self.region.get())
     }
 
     fn views(&self) -> impl Iterator<Item = IceServerView<'_>> {
@@ -249,7 +249,7 @@ pub struct CheckTarget {
 pub struct TurnPools {
     pools: Vec<Pool>,
     /// Per region: itself, its configured fallbacks, then the others by distance.
-    order: Vec<Vec<usize>>,
+    order: Vec<Vec<RegionIndex>>,
     selection: ArcSwap<Selection>,
 }
 
@@ -339,7 +339,8 @@ impl TurnPools {
             })
             .collect();
         let plan = RegionPlan::new(config);
-        let order = (0..config.regions.len())
+        let order = config
+            .region_indices()
             .map(|r| plan.order(r).to_vec())
             .collect();
         let pools = TurnPools {
@@ -418,10 +419,10 @@ impl TurnPools {
                     .get(r)
                     .into_iter()
                     .flatten()
-                    .find_map(|&c| relays[c].as_ref().map(|urls| (c, urls.clone())));
+                    .find_map(|&c| relays[c.get()].as_ref().map(|urls| (c, urls.clone())));
                 let mut problem = None;
                 let fallback = match &relay {
-                    Some((c, _)) if *c == r => None,
+                    Some((c, _)) if c.get() == r => None,
                     other => {
                         let (reason_code, own) = match &pool.problem {
                             Some(problem) if pool.turn.is_empty() => ("no-pool", problem.clone()),
@@ -432,7 +433,7 @@ impl TurnPools {
                             ),
                         };
                         problem = Some(own.clone());
-                        let region = other.as_ref().map(|(c, _)| self.pools[*c].id.clone());
+                        let region = other.as_ref().map(|(c, _)| self.pools[c.get()].id.clone());
                         let reason = match &region {
                             Some(from) => {
                                 format!("{}: {own}; relays of {from} handed out", pool.id)
@@ -502,7 +503,7 @@ impl TurnPools {
                     turn: pool.map(|p| p.turn.clone()).unwrap_or_default(),
                     relay_from: ice
                         .and_then(|i| i.relay.as_ref())
-                        .and_then(|(c, _)| self.pools.get(*c))
+                        .and_then(|(c, _)| self.pools.get(c.get()))
                         .map(|p| p.id.clone()),
                     problem: ice.and_then(|i| i.problem.clone()),
                     fallback,
@@ -515,7 +516,7 @@ impl TurnPools {
 
     /// ICE servers for a client of `region`, credentials bound to `id` (a session or
     /// client id) and valid from `now_unix` for the pool's ttl.
-    pub fn ice_servers(&self, region: usize, id: &str, now_unix: u64) -> Vec<IceServer> {
+    pub fn ice_servers(&self, region: RegionIndex, id: &str, now_unix: u64) -> Vec<IceServer> {
         self.ice_servers_for(region, now_unix, || id.to_string())
             .to_vec()
     }
@@ -525,16 +526,16 @@ impl TurnPools {
     /// out (it names the client in the TURN username).
     pub fn ice_servers_for(
         &self,
-        region: usize,
+        region: RegionIndex,
         now_unix: u64,
         id: impl FnOnce() -> String,
     ) -> IceServers<'_> {
         let selection = self.selection.load_full();
         let turn = selection
             .regions
-            .get(region)
+            .get(region.get())
             .and_then(|ice| ice.relay.as_ref())
-            .and_then(|(c, _)| self.pools.get(*c))
+            .and_then(|(c, _)| self.pools.get(c.get()))
             .and_then(|pool| pool.minter.as_ref())
             .map(|minter| {
                 let (username, credential) = minter.mint(&id(), now_unix, minter.ttl);
@@ -632,7 +633,7 @@ regions:
         let pools = TurnPools::new(&config(), |name| {
             (name == "TURN_SECRET_EU_WEST").then(|| "north".to_string())
         });
-        let servers = pools.ice_servers(0, "s1", 1_700_000_000);
+        let servers = pools.ice_servers(RegionIndex::for_tests(0), "s1", 1_700_000_000);
         assert_eq!(servers.len(), 2);
         assert_eq!(servers[0].urls, vec!["stun:stun.eu-west.example.net"]);
         let turn = &servers[1];
@@ -649,7 +650,7 @@ regions:
         let pools = TurnPools::new(&config(), |name| {
             (name == "TURN_SECRET_EU_WEST").then(|| "north".to_string())
         });
-        let servers = pools.ice_servers(1, "s2", 0);
+        let servers = pools.ice_servers(RegionIndex::for_tests(1), "s2", 0);
         assert_eq!(
             servers[0].urls,
             vec!["stun:stun.ap-northeast.example.net:3478"]
@@ -659,7 +660,7 @@ regions:
             vec!["turn:turn1.eu-west.example.net:3478?transport=udp"]
         );
         // us-east's secret is unset: its pool is unusable, eu-west's relay serves it.
-        let servers = pools.ice_servers(2, "s3", 0);
+        let servers = pools.ice_servers(RegionIndex::for_tests(2), "s3", 0);
         assert_eq!(servers.len(), 1);
         assert!(servers[0].urls[0].contains("eu-west"));
         let status = pools.status(&config());
@@ -714,7 +715,7 @@ regions:
 
     fn turn_urls(pools: &TurnPools, region: usize) -> Vec<String> {
         pools
-            .ice_servers(region, "c", 0)
+            .ice_servers(RegionIndex::for_tests(region), "c", 0)
             .into_iter()
             .find(|s| s.username.is_some())
             .map(|s| s.urls)
@@ -749,7 +750,12 @@ regions:
             turn_urls(&pools, 0),
             vec!["turn:c.eu:3478", "turn:a.eu:3478"]
         );
-        assert_eq!(pools.ice_servers_for(0, 0, String::new).fallback(), None);
+        assert_eq!(
+            pools
+                .ice_servers_for(RegionIndex::for_tests(0), 0, String::new)
+                .fallback(),
+            None
+        );
         let status = &pools.status(&config_two())[0];
         assert_eq!(status.relay_from.as_deref(), Some("eu-west"));
         let b = status
@@ -776,7 +782,7 @@ regions:
             record(&mut book, "eu-west", url, Err(ErrorKind::Auth));
         }
         pools.apply_health(&book);
-        let ice = pools.ice_servers_for(0, 0, || "c".into());
+        let ice = pools.ice_servers_for(RegionIndex::for_tests(0), 0, || "c".into());
         let fallback = ice.fallback().cloned().expect("fallback");
         assert_eq!(fallback.region.as_deref(), Some("us-east"));
         assert_eq!(fallback.reason_code, "pool-down");
@@ -804,7 +810,9 @@ regions:
             Err(ErrorKind::Timeout),
         );
         pools.apply_health(&book);
-        let ice = pools.ice_servers_for(0, 0, || panic!("no credential is minted"));
+        let ice = pools.ice_servers_for(RegionIndex::for_tests(0), 0, || {
+            panic!("no credential is minted")
+        });
         let fallback = ice.fallback().cloned().expect("fallback");
         assert!(fallback.stun_only && fallback.region.is_none());
         assert!(fallback.reason.contains("STUN only"));
@@ -823,7 +831,12 @@ regions:
         record(&mut book, "eu-west", "turn:b.eu:3478", Ok(5));
         pools.apply_health(&book);
         assert_eq!(turn_urls(&pools, 0), vec!["turn:b.eu:3478"]);
-        assert_eq!(pools.ice_servers_for(0, 0, String::new).fallback(), None);
+        assert_eq!(
+            pools
+                .ice_servers_for(RegionIndex::for_tests(0), 0, String::new)
+                .fallback(),
+            None
+        );
         // us-east borrows eu-west's now.
         assert_eq!(turn_urls(&pools, 1), vec!["turn:b.eu:3478"]);
     }
@@ -834,7 +847,7 @@ regions:
         let pools = TurnPools::new(&config, |name| {
             (name == "TURN_SECRET_EU_WEST").then(|| " north , south,".to_string())
         });
-        let servers = pools.ice_servers(0, "s1", 1_700_000_000);
+        let servers = pools.ice_servers(RegionIndex::for_tests(0), "s1", 1_700_000_000);
         assert_eq!(
             servers[1].credential.as_deref(),
             Some(turn_credential(b"north", "1700003600:s1").as_str())

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
-use locus_geo::Config;
+use locus_geo::{Config, RegionIndex};
 use locus_locator::edge_state::{EdgeState, EdgeStatus};
 use locus_locator::selection::{
     Bottleneck, Fallback, How, NotEligible, RegionPlan, Rule, SelectReason, Selection, Spill,
@@ -38,11 +38,12 @@ regions:
     location: { lat: 59.33, lon: 18.07 }
 "#;
 
-const EU_WEST: usize = 0;
-const EU_CENTRAL: usize = 1;
-const US_EAST: usize = 2;
-const AP_SOUTH: usize = 3;
-const EU_NORTH: usize = 4;
+// The positions of `REGIONS` (checked against the ids in `the_plan_of_the_test_regions`).
+const EU_WEST: RegionIndex = RegionIndex::for_tests(0);
+const EU_CENTRAL: RegionIndex = RegionIndex::for_tests(1);
+const US_EAST: RegionIndex = RegionIndex::for_tests(2);
+const AP_SOUTH: RegionIndex = RegionIndex::for_tests(3);
+const EU_NORTH: RegionIndex = RegionIndex::for_tests(4);
 
 fn config(text: &str) -> Config {
     Config::parse(text, Path::new("t.yaml")).expect("valid test config")
@@ -82,7 +83,7 @@ fn status(state: EdgeState) -> EdgeStatus {
 }
 
 /// An edge of capacity 100 reporting `sessions` (so its score is `sessions / 100`).
-fn edge(id: &str, region: usize, state: EdgeState, sessions: u32) -> EdgeView {
+fn edge(id: &str, region: RegionIndex, state: EdgeState, sessions: u32) -> EdgeView {
     edge_with(id, region, state, 100, Some(report(sessions)), 0)
 }
 
@@ -98,7 +99,7 @@ fn report(sessions: u32) -> LoadReport {
 
 fn edge_with(
     id: &str,
-    region: usize,
+    region: RegionIndex,
     state: EdgeState,
     capacity: u32,
     load: Option<LoadReport>,
@@ -134,14 +135,19 @@ impl World {
         World { config, plan }
     }
 
-    fn select(&self, snap: &RegistrySnapshot, preferred: usize, seed: u64) -> Option<Selection> {
+    fn select(
+        &self,
+        snap: &RegistrySnapshot,
+        preferred: RegionIndex,
+        seed: u64,
+    ) -> Option<Selection> {
         let mut rng = StdRng::seed_from_u64(seed);
         select_edge(snap, &self.plan, preferred, &mut rng)
     }
 
     /// The sentence of a selection (what the answers' `reason` carries).
     fn text(&self, snap: &RegistrySnapshot, sel: &Selection) -> String {
-        sel.explain(snap, &self.config.regions).to_string()
+        sel.explain(snap, &self.config).to_string()
     }
 
     fn id<'a>(&self, snap: &'a RegistrySnapshot, sel: &Selection) -> &'a str {
@@ -152,6 +158,15 @@ impl World {
 #[test]
 fn the_plan_of_the_test_regions() {
     let w = World::new();
+    for (at, id) in [
+        (EU_WEST, "eu-west"),
+        (EU_CENTRAL, "eu-central"),
+        (US_EAST, "us-east"),
+        (AP_SOUTH, "ap-south"),
+        (EU_NORTH, "eu-north"),
+    ] {
+        assert_eq!(w.config.region_index(id), Some(at));
+    }
     assert_eq!(
         w.plan.order(EU_WEST),
         &[EU_WEST, EU_CENTRAL, US_EAST, EU_NORTH, AP_SOUTH]
@@ -432,9 +447,9 @@ fn spill_is_proportional_to_headroom() {
         let sel = select_edge(&snap, &w.plan, EU_WEST, &mut rng).expect("a selection");
         assert_eq!(sel.reason, SelectReason::RegionSaturated, "{:?}", sel.why);
         assert!(sel.fallback);
-        per_region[sel.region] += 1;
+        per_region[sel.region.get()] += 1;
     }
-    let (b, c) = (per_region[EU_CENTRAL], per_region[US_EAST]);
+    let (b, c) = (per_region[EU_CENTRAL.get()], per_region[US_EAST.get()]);
     assert_eq!(
         b + c,
         n,
@@ -801,6 +816,13 @@ fn world_strategy() -> impl Strategy<Value = (Vec<RandomRegion>, Vec<RandomEdge>
     })
 }
 
+/// The region at position `i` of a config made by [`yaml`] (`r{i}`).
+fn at(config: &Config, i: usize) -> RegionIndex {
+    config
+        .region_index(&format!("r{i}"))
+        .expect("a region of the random world")
+}
+
 fn yaml(regions: &[RandomRegion]) -> String {
     let mut text = String::from("default_region: r0\nregions:\n");
     for (i, r) in regions.iter().enumerate() {
@@ -833,16 +855,17 @@ proptest! {
     fn selection_properties((regions, edges, preferred, seed) in world_strategy()) {
         let config = config(&yaml(&regions));
         let plan = RegionPlan::new(&config);
+        let preferred = at(&config, preferred);
         prop_assert_eq!(plan.order(preferred)[0], preferred);
         let mut sorted = plan.order(preferred).to_vec();
         sorted.sort_unstable();
-        prop_assert_eq!(sorted, (0..regions.len()).collect::<Vec<_>>());
+        prop_assert_eq!(sorted, config.region_indices().collect::<Vec<_>>());
 
         let snap = snapshot(
             edges
                 .iter()
                 .enumerate()
-                .map(|(i, e)| edge_with(&format!("e{i}"), e.region, e.state, e.capacity, e.load, e.pending))
+                .map(|(i, e)| edge_with(&format!("e{i}"), at(&config, e.region), e.state, e.capacity, e.load, e.pending))
                 .collect(),
         );
         let pick = |seed| {
@@ -898,7 +921,7 @@ proptest! {
         }
         prop_assert_eq!(sel.why.rule.reason(), sel.reason);
         prop_assert_eq!(sel.why.preferred, preferred);
-        prop_assert!(!sel.explain(&snap, &config.regions).to_string().is_empty());
+        prop_assert!(!sel.explain(&snap, &config).to_string().is_empty());
         let listed = candidates(&snap, &plan, preferred);
         prop_assert_eq!(listed.len(), snap.edges.len());
         prop_assert_eq!(listed.iter().any(|c| c.eligible), snap.edges.iter().any(|e| e.status.takes_new_sessions() && headroom(e) > 0.0));
@@ -913,8 +936,9 @@ proptest! {
     fn bitrate_over_the_cap_counts_like_full_sessions((regions, edges, preferred, seed) in world_strategy()) {
         let config = config(&yaml(&regions));
         let plan = RegionPlan::new(&config);
+        let preferred = at(&config, preferred);
         let view = |i: usize, e: &RandomEdge, load: Option<LoadReport>| {
-            edge_with(&format!("e{i}"), e.region, e.state, e.capacity, load, e.pending)
+            edge_with(&format!("e{i}"), at(&config, e.region), e.state, e.capacity, load, e.pending)
         };
         let over = |e: &RandomEdge| e.load.as_ref().and_then(bitrate_use).is_some_and(|b| b >= 1.0);
         let snap = snapshot(edges.iter().enumerate().map(|(i, e)| view(i, e, e.load)).collect());

@@ -258,9 +258,7 @@ pub fn regions(
     now: Instant,
 ) -> Vec<RegionStatus> {
     config
-        .regions
-        .iter()
-        .enumerate()
+        .indexed_regions()
         .map(|(r, region)| {
             let edges: Vec<&EdgeView> = snapshot
                 .in_region(r)
@@ -290,13 +288,12 @@ pub fn regions(
                     .filter(|s| s.region != r)
                     .map(|s| ServedBy {
                         region: config
-                            .regions
-                            .get(s.region)
+                            .region_at(s.region)
                             .map(|x| x.id.clone())
                             .unwrap_or_default(),
                         edge: snapshot.edges[s.edge].id.to_string(),
                         reason_code: s.reason.as_str(),
-                        reason: s.detail(snapshot, &config.regions),
+                        reason: s.detail(snapshot, config),
                     })
             } else {
                 None
@@ -314,13 +311,15 @@ pub fn regions(
                     capacity += u64::from(edge.capacity);
                 }
             }
-            let answers = window.answers_for(r);
-            let here = window.get(r, r);
+            // The traffic window is kept in the order of this config's regions.
+            let w = r.get();
+            let answers = window.answers_for(w);
+            let here = window.get(w, w);
             let mut to: Vec<Flow> = (0..window.regions.len())
-                .filter(|&s| s != r)
+                .filter(|&s| s != w)
                 .map(|s| Flow {
                     region: window.regions[s].clone(),
-                    answers: window.get(r, s),
+                    answers: window.get(w, s),
                 })
                 .filter(|f| f.answers > 0)
                 .collect();
@@ -342,7 +341,7 @@ pub fn regions(
                 fallback_order: region
                     .fallback
                     .iter()
-                    .filter_map(|&f| config.regions.get(f).map(|x| x.id.clone()))
+                    .filter_map(|&f| config.region_at(f).map(|x| x.id.clone()))
                     .collect(),
                 served_by,
                 traffic: RegionTraffic {
@@ -351,7 +350,7 @@ pub fn regions(
                     share_elsewhere: (answers > 0)
                         .then(|| (answers - here) as f64 / answers as f64),
                     to,
-                    absorbed: window.absorbed_by(r),
+                    absorbed: window.absorbed_by(w),
                 },
                 turn: pools.iter().find(|p| p.region == region.id).cloned(),
                 edges: rows,
@@ -429,7 +428,7 @@ regions:
         }
         EdgeView {
             id: id.into(),
-            region,
+            region: locus_geo::RegionIndex::for_tests(region),
             public_url: format!("http://{id}.example").into(),
             capacity: 100,
             version: "1.2.3".into(),

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use locus_geo::RegionIndex;
 use tokio::time::Instant;
 
 /// The window the page reports over.
@@ -138,9 +139,10 @@ impl Traffic {
     }
 
     /// One answer: a client of region `client` was given an edge of region `served`
-    /// (indices into the current config's regions). Out-of-range indices (a config
-    /// reload in between) are ignored.
-    pub fn record(&self, client: usize, served: usize) {
+    /// (of the current config). Out-of-range indices (a config reload in between) are
+    /// ignored.
+    pub fn record(&self, client: RegionIndex, served: RegionIndex) {
+        let (client, served) = (client.get(), served.get());
         let matrix = self.matrix.load();
         let n = matrix.regions.len();
         if client < n && served < n {
@@ -214,11 +216,11 @@ mod tests {
     async fn counts_answers_by_client_and_serving_region_over_the_window() {
         let regions = ids(&["a", "b", "c"]);
         let traffic = Traffic::new(regions.clone());
-        traffic.record(0, 0);
-        traffic.record(0, 1);
-        traffic.record(0, 1);
-        traffic.record(2, 1);
-        traffic.record(7, 0); // out of range: ignored
+        traffic.record(RegionIndex::for_tests(0), RegionIndex::for_tests(0));
+        traffic.record(RegionIndex::for_tests(0), RegionIndex::for_tests(1));
+        traffic.record(RegionIndex::for_tests(0), RegionIndex::for_tests(1));
+        traffic.record(RegionIndex::for_tests(2), RegionIndex::for_tests(1));
+        traffic.record(RegionIndex::for_tests(7), RegionIndex::for_tests(0)); // out of range: ignored
         let w = traffic.window(&regions, Instant::now());
         assert_eq!(w.answers_for(0), 3);
         assert_eq!(w.get(0, 1), 2);
@@ -231,7 +233,7 @@ mod tests {
             advance(SAMPLE_EVERY).await;
             let _ = traffic.window(&regions, Instant::now());
         }
-        traffic.record(1, 1);
+        traffic.record(RegionIndex::for_tests(1), RegionIndex::for_tests(1));
         let w = traffic.window(&regions, Instant::now());
         assert_eq!(w.answers_for(0), 0, "{w:?}");
         assert_eq!(w.answers_for(1), 1);
@@ -242,7 +244,7 @@ mod tests {
     async fn a_long_unobserved_gap_is_reported_as_it_is() {
         let regions = ids(&["a", "b"]);
         let traffic = Traffic::new(regions.clone());
-        traffic.record(0, 1);
+        traffic.record(RegionIndex::for_tests(0), RegionIndex::for_tests(1));
         advance(Duration::from_secs(3600)).await;
         let w = traffic.window(&regions, Instant::now());
         assert_eq!(w.get(0, 1), 1);
@@ -252,10 +254,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_new_region_list_starts_the_counts_again() {
         let traffic = Traffic::new(ids(&["a", "b"]));
-        traffic.record(0, 1);
+        traffic.record(RegionIndex::for_tests(0), RegionIndex::for_tests(1));
         let w = traffic.window(&ids(&["b", "a"]), Instant::now());
         assert_eq!(w.cells, vec![0; 4]);
-        traffic.record(1, 0);
+        traffic.record(RegionIndex::for_tests(1), RegionIndex::for_tests(0));
         let w = traffic.window(&ids(&["b", "a"]), Instant::now());
         assert_eq!(w.get(1, 0), 1);
         assert_eq!(w.regions, ids(&["b", "a"]));
