@@ -473,16 +473,25 @@ async fn signalling(ws: Ws, pc: Arc<dyn PeerConnection>, offer: String) {
         match v["type"].as_str() {
             Some("answer") => {
                 let answer = RTCSessionDescription::answer(sdp).expect("answer SDP");
-                pc.set_remote_description(answer).await.expect("answer");
+                if pc.set_remote_description(answer).await.is_err() {
+                    break;
+                }
             }
             Some("offer") => {
                 let offer = RTCSessionDescription::offer(sdp).expect("offer SDP");
-                pc.set_remote_description(offer).await.expect("offer");
-                let answer = pc.create_answer(None).await.expect("create answer");
-                pc.set_local_description(answer)
-                    .await
-                    .expect("local answer");
-                let sdp = pc.local_description().await.expect("local").sdp;
+                // A participant leaving closes its peer while an offer may be on its way.
+                if pc.set_remote_description(offer).await.is_err() {
+                    break;
+                }
+                let Ok(answer) = pc.create_answer(None).await else {
+                    break;
+                };
+                if pc.set_local_description(answer).await.is_err() {
+                    break;
+                }
+                let Some(sdp) = pc.local_description().await.map(|d| d.sdp) else {
+                    break;
+                };
                 if sink
                     .send(Message::text(rtc_frame("answer", &sdp)))
                     .await
@@ -849,6 +858,10 @@ async fn audio_bench(quick: bool, pinned: bool) {
         target = target.min(max_sessions);
     }
     let peers = edge.status().await["rtc"]["peers"].as_u64().unwrap_or(0);
+    println!(
+        "the edge's own count after the last step: {peers} WebRTC peers ({} participants)",
+        sessions.len() * 3
+    );
     for s in sessions {
         for source in s.sources {
             source.abort();
@@ -862,7 +875,9 @@ async fn audio_bench(quick: bool, pinned: bool) {
             let per_session = step.edge_cpu / step.sessions as f64;
             println!(
                 "measured: {} sessions ({} peers) forwarded with <= 1% late or missing, edge at {:.2} cores",
-                step.sessions, peers, step.edge_cpu
+                step.sessions,
+                step.sessions * 3,
+                step.edge_cpu
             );
             println!(
                 "estimate: {:.0} sessions per edge core ({:.4} cores per session); edge CPU / participants' CPU for the same packets: {:.2}",

@@ -936,6 +936,11 @@ fn turn_checks(issues: &mut Issues, raw: Option<&RawTurnChecks>) -> TurnChecks {
     }
 }
 
+/// Most regions one config may list: the compiled rules keep a region index in 16 bits
+/// (one value of which means "none"), and the admin page and selection are built for
+/// tens of regions, not thousands.
+pub const MAX_REGIONS: usize = 4096;
+
 fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
     let mut issues = Issues(Vec::new());
     let base_dir = path.parent().unwrap_or(Path::new("."));
@@ -1059,6 +1064,15 @@ fn validate(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
         issues.nowhere(
             "regions",
             "no regions: list at least one region (id, location, countries…)",
+        );
+    }
+    if raw.regions.len() > MAX_REGIONS {
+        issues.nowhere(
+            "regions",
+            format!(
+                "{} regions: at most {MAX_REGIONS} are supported; group locations into fewer regions",
+                raw.regions.len()
+            ),
         );
     }
 
@@ -1478,6 +1492,23 @@ regions:
         assert!(c.is_trusted_proxy("127.0.0.9".parse().expect("ip")));
         assert!(c.is_trusted_proxy("::ffff:127.0.0.1".parse().expect("ip")));
         assert!(!c.is_trusted_proxy("10.0.0.1".parse().expect("ip")));
+    }
+
+    #[test]
+    fn more_regions_than_the_rules_can_index_are_refused() {
+        let mut text = String::from("default_region: r0\nregions:\n");
+        for i in 0..=MAX_REGIONS {
+            text.push_str(&format!(
+                "  - id: r{i}\n    location: {{ lat: 0, lon: 0 }}\n"
+            ));
+        }
+        let found = issues(&text);
+        assert!(
+            found
+                .iter()
+                .any(|i| i.field == "regions" && i.message.contains("at most 4096")),
+            "{found:?}"
+        );
     }
 
     #[test]
