@@ -17,10 +17,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{
-    ADMIN_TOKEN, EDGE_KEY, LocatorProcess, eventually, get_text, http, regions_yaml, spawn_edge,
-    write_geoip,
-};
+use support::{LocatorProcess, eventually, get_text, http, regions_yaml, spawn_edge, write_geoip};
 
 fn repo_file(path: &str) -> String {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
@@ -81,27 +78,13 @@ async fn every_metric_the_alerts_and_the_dashboard_name_is_exported() {
     let geoip = write_geoip(dir.path());
     let config = dir.path().join("regions.yaml");
     std::fs::write(&config, regions_yaml(&geoip, "30s")).expect("write config");
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
     let log = std::fs::File::create(dir.path().join("locator.log")).expect("log");
-    let locator = LocatorProcess {
-        child: std::process::Command::new(env!("CARGO_BIN_EXE_locator"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", &addr.to_string()])
-            .arg("--database")
-            .arg(dir.path().join("locator.sqlite"))
-            .env("LOCATOR_EDGE_KEY", EDGE_KEY)
-            .env("LOCATOR_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("LOCUS_TEST_TURN_SECRET", "turn-secret-for-tests")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn the locator"),
-        addr,
-    };
+    let locator = LocatorProcess::spawn(
+        &config,
+        dir.path(),
+        &[("LOCUS_TEST_TURN_SECRET", "turn-secret-for-tests")],
+        log,
+    );
     let base = format!("http://{}", locator.addr);
     eventually("the locator is ready", || async {
         get_text(&format!("{base}/readyz")).await.0 == 200

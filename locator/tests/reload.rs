@@ -11,7 +11,6 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,8 +19,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::Value;
 use support::{
-    ADMIN_TOKEN, EDGE_KEY, LocatorProcess, TestEdge, eventually, get_text, http, register,
-    write_geoip,
+    ADMIN_TOKEN, LocatorProcess, TestEdge, eventually, get_text, http, register, write_geoip,
 };
 
 /// How long clients and reloads run together.
@@ -216,28 +214,10 @@ async fn answers_stay_within_one_config_while_reloads_reorder_add_and_remove_reg
         .map(|(letter, regions, default)| config_yaml(&geoip, *letter, regions, default))
         .collect();
     std::fs::write(&config, &yamls[0]).expect("write config");
-    let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
     let log_path: PathBuf = dir.path().join("locator.log");
     let log = std::fs::File::create(&log_path).expect("log");
-    let locator = LocatorProcess {
-        child: std::process::Command::new(env!("CARGO_BIN_EXE_locator"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", &addr.to_string()])
-            .arg("--database")
-            .arg(dir.path().join("locator.sqlite"))
-            .env("LOCATOR_EDGE_KEY", EDGE_KEY)
-            .env("LOCATOR_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("RUST_LOG", "info")
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn the locator"),
-        addr,
-    };
+    let locator = LocatorProcess::spawn(&config, dir.path(), &[("RUST_LOG", "info")], log);
+    let addr = locator.addr;
     let pid = locator.child.id();
     let base = format!("http://{addr}");
     eventually("the locator is ready", || async {

@@ -87,28 +87,17 @@ async fn schemathesis_finds_nothing_in_the_locator_and_edge_apis() {
     // Request limits off (NO_REQUEST_LIMITS): thousands of requests come from one
     // address. The 429 they would meet is documented (tests/openapi.rs checks it).
     std::fs::write(&config, regions_yaml(&geoip, "30s")).expect("write config");
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port");
     let log = std::fs::File::create(dir.path().join("locator.log")).expect("log");
-    let _locator = LocatorProcess {
-        child: std::process::Command::new(env!("CARGO_BIN_EXE_locator"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", &addr.to_string()])
-            .arg("--database")
-            .arg(dir.path().join("locator.sqlite"))
-            .env("LOCATOR_EDGE_KEY", EDGE_KEY)
-            .env("LOCATOR_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("LOCUS_TEST_TURN_SECRET", "turn-secret-for-tests")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn the locator"),
-        addr,
-    };
+    let locator = LocatorProcess::spawn(
+        &config,
+        dir.path(),
+        &[
+            ("LOCUS_TEST_TURN_SECRET", "turn-secret-for-tests"),
+            ("RUST_LOG", "warn"),
+        ],
+        log,
+    );
+    let addr = locator.addr;
     let base = format!("http://{addr}");
     eventually("the locator is ready", || async {
         get_text(&format!("{base}/readyz")).await.0 == 200

@@ -476,6 +476,36 @@ pub struct LocatorProcess {
     pub addr: SocketAddr,
 }
 
+impl LocatorProcess {
+    /// `locator serve` on a free loopback port with `config`, its SQLite database in `dir`,
+    /// the tests' edge key and admin token, `env` added, stdout dropped and stderr to `log`.
+    pub fn spawn(
+        config: &Path,
+        dir: &Path,
+        env: &[(&str, &str)],
+        log: std::fs::File,
+    ) -> LocatorProcess {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_locator"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(["--listen", &addr.to_string()])
+            .arg("--database")
+            .arg(dir.join("locator.sqlite"))
+            .env("LOCATOR_EDGE_KEY", EDGE_KEY)
+            .env("LOCATOR_ADMIN_TOKEN", ADMIN_TOKEN)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn the locator");
+        LocatorProcess { child, addr }
+    }
+}
+
 impl Drop for LocatorProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
