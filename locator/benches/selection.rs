@@ -4,8 +4,8 @@
 //!
 //! `cargo bench -p locus-locator --bench selection`
 //!
-//! Registry: 7 regions (the example `regions.yaml` layout) with 8 edges each, the size
-//! of a large deployment. Cases: the common one (the preferred region has headroom), a
+//! Registry: 7 regions (the example `regions.yaml` layout) with 8 edges each, and the
+//! same with 1,250 edges each (a region of the 5,000-edge fleet of `loadtest fleet`). Cases: the common one (the preferred region has headroom), a
 //! saturated region spilling over its fallbacks, everything saturated, and the
 //! `candidates` listing of the admin "explain" endpoint. Selection returns a structured
 //! why; the "+ reason text" cases add the sentence an answer carries, so they compare
@@ -13,12 +13,11 @@
 
 use std::hint::black_box;
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use locus_geo::{Config, RegionIndex};
 use locus_locator::edge_state::EdgeStatus;
+use locus_locator::load::Live;
 use locus_locator::selection::{RegionPlan, candidates, score, select_edge};
 use locus_locator::snapshot::{EdgeView, RegistrySnapshot};
 use locus_protocol::LoadReport;
@@ -37,12 +36,25 @@ regions:
 "#;
 
 const EDGES_PER_REGION: u32 = 8;
+/// The edges per region of a fleet of 5,000 edges over 4 regions (`loadtest fleet`).
+const FLEET_EDGES_PER_REGION: u32 = 1_250;
+
 /// Every edge at `sessions` of 1000, except eu-west's at `eu_west_sessions`.
 fn snapshot(config: &Config, sessions: u32, eu_west_sessions: u32) -> RegistrySnapshot {
+    sized(config, EDGES_PER_REGION, sessions, eu_west_sessions)
+}
+
+/// [`snapshot`] with `per_region` edges in each region.
+fn sized(
+    config: &Config,
+    per_region: u32,
+    sessions: u32,
+    eu_west_sessions: u32,
+) -> RegistrySnapshot {
     let now = Instant::now();
     let mut edges = Vec::new();
     for (region, r) in config.indexed_regions() {
-        for i in 0..EDGES_PER_REGION {
+        for i in 0..per_region {
             let base = if r.id == "eu-west" {
                 eu_west_sessions
             } else {
@@ -55,14 +67,16 @@ fn snapshot(config: &Config, sessions: u32, eu_west_sessions: u32) -> RegistrySn
                 capacity: 1000,
                 version: "1.0.0".into(),
                 status: EdgeStatus::registered(now, false, false),
-                load: Some(LoadReport {
-                    cpu: 0.3,
-                    lag_ms: 3.0,
-                    connections: base * 3,
-                    sessions: base + i * 7,
-                    ..Default::default()
-                }),
-                assigned_since_report: Arc::new(AtomicU32::new(i % 3)),
+                live: Live::new(
+                    Some(LoadReport {
+                        cpu: 0.3,
+                        lag_ms: 3.0,
+                        connections: base * 3,
+                        sessions: base + (i % 8) * 7,
+                        ..Default::default()
+                    }),
+                    i % 3,
+                ),
             });
         }
     }
@@ -119,6 +133,15 @@ fn bench(c: &mut Criterion) {
     g.bench_function("select_edge: all saturated", |b| {
         b.iter(|| select_edge(black_box(&saturated), &plan, EU_WEST, &mut rng))
     });
+    // The per-answer cost must not grow with the edges of the region.
+    let fleet = sized(&config, FLEET_EDGES_PER_REGION, 400, 400);
+    g.bench_function("select_edge: in region, 1,250 edges per region", |b| {
+        b.iter(|| select_edge(black_box(&fleet), &plan, EU_WEST, &mut rng))
+    });
+    g.bench_function(
+        "baseline: min scan of the region, 1,250 edges per region",
+        |b| b.iter(|| min_scan(black_box(&fleet), black_box(EU_WEST))),
+    );
     g.bench_function("candidates (explain)", |b| {
         b.iter(|| candidates(black_box(&normal), &plan, EU_WEST))
     });

@@ -1003,6 +1003,7 @@ async fn explain(
         .into_iter()
         .map(|c| {
             let edge = &snapshot.edges[c.edge];
+            let figures = edge.figures();
             CandidateView {
                 edge: edge.id.to_string(),
                 region: routing.region_id(c.region).to_string(),
@@ -1011,11 +1012,11 @@ async fn explain(
                 headroom: c.headroom,
                 eligible: c.eligible,
                 why_not: c.why_not.map(selection::NotEligible::as_str),
-                report_age_ms: edge
+                report_age_ms: figures
                     .load
-                    .map(|_| edge.status.report_age(now).as_millis() as u64),
-                load: edge.load,
-                pending_assignments: edge.pending_assignments(),
+                    .map(|_| edge.report_age(now).as_millis() as u64),
+                load: figures.load,
+                pending_assignments: figures.pending,
             }
         })
         .collect();

@@ -4,7 +4,8 @@
 //! cycle, checked by `cargo test -p locus-loadtest --test import_graph`):
 //!
 //! 1. Pure pieces and storage: [`edge_state`] (the state machine of one edge),
-//!    [`snapshot`] (the immutable registry snapshot selection reads), [`selection`]
+//!    [`load`] (an edge's load: its score, and the live value reports and assignments
+//!    write), [`snapshot`] (the registry snapshot selection reads), [`selection`]
 //!    (choice of an edge), [`client_ip`] (the client behind trusted proxies),
 //!    [`rate_limit`], [`probe`], [`metrics`] (with the admin page's traffic matrix),
 //!    [`turn`] (ICE servers, TURN credentials and their health checks), [`store`]
@@ -41,6 +42,7 @@ pub mod edge_state;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod housekeeping;
+pub mod load;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;

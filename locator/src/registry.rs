@@ -10,18 +10,16 @@
 //! the local link is dropped. The edges held here collect what changed for publishing
 //! ([`Registry::take_changed`]).
 //!
-//! Load reports are the one frequent change (every edge, every report interval). The
-//! snapshot is rebuilt for a report at once unless the previous rebuild is more recent
-//! than [`REBUILD_GAP_PER_EDGE`] × the number of edges; then it is rebuilt once that gap
-//! has passed, carrying every report that arrived meanwhile. A few hundred edges are never
-//! held back more than a fraction of a millisecond; 5,000 edges reporting every second cost
-//! at most 100 rebuilds a second instead of 5,000 (each a copy of every edge), and a report
-//! reaches selection within 10 ms.
+//! Load reports are the one frequent change (every edge, every report interval, and
+//! the mirrored ones of every edge another locator holds). They rebuild nothing: an
+//! edge's load is a [`Live`] value shared by its entry and every snapshot (see
+//! [`crate::load`]), written in place and visible to selection at once. A snapshot is
+//! rebuilt, a copy of every edge, only when an edge joins, leaves, registers again or
+//! changes state, or the config is reloaded. Every change, reports included, advances
+//! the change counter live views and the cluster publisher wait on.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use locus_geo::config::EdgeTiming;
@@ -30,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::edge_state::{EdgeStatus, Effect, Liveness, Probe, PublishedStatus};
+use crate::load::Live;
 use crate::routing::Routing;
 use crate::snapshot::{EdgeView, RegistrySnapshot};
 use crate::store::{LiveEdge, PublishedEdge, PublishedLiveness};
@@ -55,8 +54,8 @@ struct Entry {
     capacity: u32,
     version: Arc<str>,
     status: EdgeStatus,
-    load: Option<LoadReport>,
-    assigned_since_report: Arc<AtomicU32>,
+    /// Its last report and the sessions assigned since (shared with the snapshots).
+    live: Arc<Live>,
     link: Option<Link>,
     /// This locator holds the newest claim on the edge (it registered here last); false
     /// for a mirror of an edge held by another locator.
@@ -83,19 +82,11 @@ impl Entry {
     }
 }
 
-/// Minimum time between two snapshot rebuilds for load reports, per edge known (see the
-/// module documentation): 2 µs × 5,000 edges = 10 ms.
-pub const REBUILD_GAP_PER_EDGE: Duration = Duration::from_micros(2);
-
 #[derive(Debug)]
 struct Inner {
     /// By id, in id order: a rebuild walks it into a snapshot already sorted (selection
     /// is deterministic for a seed, and the snapshot finds an edge by binary search).
     edges: BTreeMap<String, Entry>,
-    /// When the snapshot was last rebuilt.
-    published_at: Option<Instant>,
-    /// A load report arrived since, and a rebuild is scheduled for it.
-    rebuild_scheduled: bool,
     /// The routing generation snapshots are built for: an edge's region index is looked
     /// up in its regions at each rebuild, so a reloaded config that reorders regions
     /// never leaves stale indices.
@@ -142,8 +133,6 @@ impl Registry {
             }),
             inner: Mutex::new(Inner {
                 edges: BTreeMap::new(),
-                published_at: None,
-                rebuild_scheduled: false,
                 routing,
                 next_conn_id: 0,
             }),
@@ -176,9 +165,8 @@ impl Registry {
         self.changes.subscribe()
     }
 
+    /// Rebuilds the snapshot and publishes it (membership, state or config changed).
     fn publish(&self, inner: &mut Inner) {
-        inner.published_at = Some(Instant::now());
-        inner.rebuild_scheduled = false;
         let config = &inner.routing.config;
         let edges: Vec<EdgeView> = inner
             .edges
@@ -192,8 +180,7 @@ impl Registry {
                     capacity: e.capacity.max(1),
                     version: e.version.clone(),
                     status: e.status,
-                    load: e.load,
-                    assigned_since_report: e.assigned_since_report.clone(),
+                    live: e.live.clone(),
                 })
             })
             .collect();
@@ -201,6 +188,11 @@ impl Registry {
             routing: inner.routing.clone(),
             edges: Arc::new(RegistrySnapshot::new(edges)),
         }));
+        self.changed();
+    }
+
+    /// Advances the change counter (for live views and the cluster publisher).
+    fn changed(&self) {
         self.changes.send_modify(|n| *n += 1);
     }
 
@@ -258,8 +250,7 @@ impl Registry {
                 entry.version = reg.version.as_str().into();
                 entry.status.suspended = suspended;
                 entry.status.on_register(now, reg.draining);
-                entry.load = None;
-                entry.assigned_since_report.store(0, Ordering::Relaxed);
+                entry.live.report(None, now);
                 entry.link = Some(link);
                 entry.held_here = true;
                 entry.claim_rev = claim_rev;
@@ -277,8 +268,7 @@ impl Registry {
                         capacity: reg.capacity,
                         version: reg.version.as_str().into(),
                         status: EdgeStatus::registered(now, suspended, reg.draining),
-                        load: None,
-                        assigned_since_report: Arc::new(AtomicU32::new(0)),
+                        live: Live::new(None, 0),
                         link: Some(link),
                         held_here: true,
                         claim_rev,
@@ -312,15 +302,10 @@ impl Registry {
     }
 
     /// A load report over link `conn_id`. Resets the edge's count of assignments since
-    /// its last report: the report's `sessions` now carries what the edge has. The
-    /// snapshot carries it at once or within the rebuild gap (module documentation).
-    pub fn report(
-        self: &Arc<Self>,
-        edge_id: &str,
-        conn_id: u64,
-        report: LoadReport,
-        now: Instant,
-    ) -> bool {
+    /// its last report: the report's `sessions` now carries what the edge has. Selection
+    /// sees it at once; the snapshot is rebuilt only when the report changes the edge's
+    /// state (a link-lost edge reporting again).
+    pub fn report(&self, edge_id: &str, conn_id: u64, report: LoadReport, now: Instant) -> bool {
         let mut inner = self.lock();
         let Some(entry) = inner.edges.get_mut(edge_id) else {
             return false;
@@ -328,33 +313,16 @@ impl Registry {
         if entry.link.as_ref().map(|l| l.conn_id) != Some(conn_id) {
             return false;
         }
-        entry.load = Some(report);
-        entry.assigned_since_report.store(0, Ordering::Relaxed);
+        entry.live.report(Some(report), now);
         let before = entry.status.state();
         entry.status.on_report(now);
         let state_changed = entry.status.state() != before;
         entry.reports += 1;
         entry.touch();
-        let gap = REBUILD_GAP_PER_EDGE * u32::try_from(inner.edges.len()).unwrap_or(u32::MAX);
-        let due = inner.published_at.map_or(now, |at| at + gap);
-        if state_changed || due <= now {
+        if state_changed {
             self.publish(&mut inner);
-        } else if !inner.rebuild_scheduled {
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => {
-                    inner.rebuild_scheduled = true;
-                    let registry = self.clone();
-                    runtime.spawn(async move {
-                        tokio::time::sleep_until(due).await;
-                        let mut inner = registry.lock();
-                        // Done already when another change rebuilt it meanwhile.
-                        if inner.rebuild_scheduled {
-                            registry.publish(&mut inner);
-                        }
-                    });
-                }
-                Err(_) => self.publish(&mut inner),
-            }
+        } else {
+            self.changed();
         }
         true
     }
@@ -571,7 +539,7 @@ impl Registry {
     /// Counts sessions another locator assigned to the edge since its last report.
     pub fn add_assignments(&self, edge_id: &str, n: u32) {
         if let Some(entry) = self.lock().edges.get(edge_id) {
-            entry.assigned_since_report.fetch_add(n, Ordering::Relaxed);
+            entry.live.add_pending(n);
         }
     }
 
@@ -611,7 +579,7 @@ impl Registry {
                         Liveness::Failed { why } => PublishedLiveness::Failed(why),
                     },
                     draining: e.status.draining,
-                    load: e.load,
+                    load: e.live.figures().load,
                     report_seq: e.reports,
                 }
             })
@@ -631,11 +599,15 @@ impl Registry {
     /// Applies what the locators holding edges published (`me` is this locator: its own
     /// rows are skipped). An edge held here whose newest claim is now another locator's
     /// becomes a mirror and its local link is dropped (the edge registered elsewhere
-    /// since). Returns the edges that moved away from here.
+    /// since). Returns the edges that moved away from here. A row that changes only a
+    /// mirror's load is written to its live value and rebuilds nothing.
     pub fn apply_published(&self, rows: &[LiveEdge], me: &str, now: Instant) -> Vec<String> {
         let mut inner = self.lock();
         let mut moved = Vec::new();
-        let mut changed = false;
+        // A snapshot must be rebuilt (membership, state or what an edge registered with
+        // changed), or only loads changed.
+        let mut rebuild = false;
+        let mut loads = false;
         for row in rows {
             // The suspension is the database's (set by whichever locator an admin used):
             // applied to every edge, also those held here, whatever the rev.
@@ -648,7 +620,7 @@ impl Registry {
                     entry.status.on_resume();
                 }
                 entry.touch();
-                changed = true;
+                rebuild = true;
             }
             if row.holder == me {
                 continue;
@@ -665,6 +637,7 @@ impl Registry {
                 draining: row.draining,
                 age: std::time::Duration::from_millis(row.age_ms.max(0) as u64),
             };
+            let known = inner.edges.contains_key(&row.edge.id);
             let entry = inner
                 .edges
                 .entry(row.edge.id.clone())
@@ -675,8 +648,7 @@ impl Registry {
                     capacity: row.edge.capacity,
                     version: row.edge.version.as_str().into(),
                     status: EdgeStatus::registered(now, false, false),
-                    load: None,
-                    assigned_since_report: Arc::new(AtomicU32::new(0)),
+                    live: Live::new(None, 0),
                     link: None,
                     held_here: false,
                     claim_rev: row.claim_rev,
@@ -694,26 +666,153 @@ impl Registry {
                 // Dropping the sender ends that link's task ("replaced by a newer link").
                 entry.link = None;
                 moved.push(row.edge.id.clone());
+                rebuild = true;
             } else if row.rev <= entry.published_rev {
                 continue;
             }
+            let before = entry.status.state();
+            let same_view = known
+                && entry.region == row.edge.region
+                && *entry.public_url == *row.edge.public_url
+                && entry.capacity == row.edge.capacity
+                && *entry.version == *row.edge.version;
             entry.published_rev = row.rev;
             entry.claim_rev = row.claim_rev;
-            entry.region.clone_from(&row.edge.region);
-            entry.public_url = row.edge.public_url.as_str().into();
-            entry.capacity = row.edge.capacity;
-            entry.version = row.edge.version.as_str().into();
-            entry.status.on_published(&published, now);
-            if row.report_seq != entry.reports {
-                entry.reports = row.report_seq;
-                entry.assigned_since_report.store(0, Ordering::Relaxed);
+            if !same_view {
+                entry.region.clone_from(&row.edge.region);
+                entry.public_url = row.edge.public_url.as_str().into();
+                entry.capacity = row.edge.capacity;
+                entry.version = row.edge.version.as_str().into();
+                rebuild = true;
             }
-            entry.load = row.load;
-            changed = true;
+            entry.status.on_published(&published, now);
+            rebuild |= entry.status.state() != before;
+            let fresh = row.report_seq != entry.reports;
+            entry.reports = row.report_seq;
+            entry
+                .live
+                .mirror(row.load, fresh, entry.status.last_report_at);
+            loads = true;
         }
-        if changed {
+        if rebuild {
             self.publish(&mut inner);
+        } else if loads {
+            self.changed();
         }
         moved
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::selection::{SelectReason, select_edge};
+    use locus_geo::Config;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    const YAML: &str = r#"
+default_region: a
+regions:
+  - id: a
+    location: { lat: 0.0, lon: 0.0 }
+  - id: b
+    location: { lat: 0.0, lon: 10.0 }
+"#;
+
+    fn registry() -> Registry {
+        let config = Config::parse(YAML, std::path::Path::new("t.yaml")).expect("config");
+        Registry::new(Arc::new(Routing::new(config)))
+    }
+
+    fn register(registry: &Registry, id: &str, region: &str) -> u64 {
+        let reg = Register {
+            protocol: locus_protocol::PROTOCOL_VERSION,
+            edge_id: id.to_string(),
+            region: region.to_string(),
+            public_url: format!("https://{id}.example"),
+            capacity: 100,
+            version: "1".to_string(),
+            sessions: Vec::new(),
+            draining: false,
+            features: Vec::new(),
+        };
+        let (tx, rx) = mpsc::channel(4);
+        std::mem::forget(rx); // the link stays open for the test
+        registry
+            .register(&reg, "credential".into(), false, tx, Instant::now(), 1)
+            .expect("registered")
+            .conn_id
+    }
+
+    fn load(sessions: u32) -> LoadReport {
+        LoadReport {
+            sessions,
+            ..LoadReport::default()
+        }
+    }
+
+    fn pick(registry: &Registry) -> (String, SelectReason, f64) {
+        let generation = registry.generation();
+        let snapshot = &generation.edges;
+        let region = generation.routing.config.default_region;
+        let sel = select_edge(
+            snapshot,
+            &generation.routing.plan,
+            region,
+            &mut StdRng::seed_from_u64(1),
+        )
+        .expect("an edge");
+        (
+            snapshot.edges[sel.edge].id.to_string(),
+            sel.reason,
+            sel.why.load,
+        )
+    }
+
+    /// A report that changes no state rebuilds nothing and is seen by the next answer;
+    /// the change counter still moves (live views, the cluster publisher).
+    #[tokio::test(start_paused = true)]
+    async fn a_report_is_visible_at_once_without_a_rebuild() {
+        let registry = registry();
+        let a1 = register(&registry, "a1", "a");
+        let b1 = register(&registry, "b1", "b");
+        let before = registry.snapshot();
+        let changes = registry.subscribe();
+        let seen = *changes.borrow();
+        assert!(registry.report("a1", a1, load(100), Instant::now()));
+        assert!(registry.report("b1", b1, load(30), Instant::now()));
+        assert!(Arc::ptr_eq(&before, &registry.snapshot()), "no rebuild");
+        assert_eq!(*changes.borrow(), seen + 2);
+        assert_eq!(
+            pick(&registry),
+            ("b1".to_string(), SelectReason::RegionSaturated, 0.3)
+        );
+        assert!(registry.report("a1", a1, load(10), Instant::now()));
+        assert_eq!(
+            pick(&registry),
+            ("a1".to_string(), SelectReason::InRegion, 0.1)
+        );
+        // Assignments noted on any snapshot count at once, and a report resets them.
+        let snapshot = registry.snapshot();
+        let a = snapshot.edge("a1").expect("a1");
+        for _ in 0..90 {
+            a.note_assignment();
+        }
+        assert_eq!(pick(&registry).1, SelectReason::RegionSaturated);
+        assert!(registry.report("a1", a1, load(20), Instant::now()));
+        assert_eq!(
+            pick(&registry),
+            ("a1".to_string(), SelectReason::InRegion, 0.2)
+        );
+        assert!(
+            Arc::ptr_eq(&before, &registry.snapshot()),
+            "still no rebuild"
+        );
+        // A change of state rebuilds it, with the live load carried.
+        assert!(registry.set_suspended("b1", true));
+        let after = registry.snapshot();
+        assert!(!Arc::ptr_eq(&before, &after));
+        assert_eq!(after.edge("a1").expect("a1").load(), Some(load(20)));
     }
 }

@@ -1,7 +1,15 @@
-//! Edge selection: pure functions over an immutable [`RegistrySnapshot`].
+//! Edge selection: functions over a [`RegistrySnapshot`] and its edges' live loads.
 //!
 //! No I/O, no clock, no global randomness: the random source is passed in, so a given
-//! snapshot, plan, preferred region and seed always give the same answer.
+//! snapshot, plan, preferred region and seed always give the same answer while the
+//! edges' loads stay as they are.
+//!
+//! An answer reads no more than it needs: the snapshot's counts of each region's edges
+//! by state, each region's live tally of its active edges with headroom (how many, how
+//! much headroom; see [`crate::load`]) and the loads of the edges it draws. Its cost
+//! does not grow with the edges of a region (measured: `benches/selection.rs`), except
+//! in the two cases that read a whole region: drawing from a region whose active edges
+//! have less than 1/16 headroom on average, and rules 5 and 6 (nothing has headroom).
 //!
 //! # How an edge is chosen
 //!
@@ -44,23 +52,11 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::edge_state::EdgeState;
+pub use crate::load::{
+    Bottleneck, CONNECTIONS_PER_SESSION, CPU_FULL, LAG_FULL_MS, Utilisation, headroom_of,
+};
+use crate::load::{Figures, utilisation_of};
 use crate::snapshot::{EdgeView, RegistrySnapshot};
-
-/// CPU fraction (of the whole machine) that counts as full. Above ~90% latency of a
-/// real-time relay climbs steeply (run queue, GC-free but cache- and scheduler-bound), so
-/// an edge at 90% has no room for another session even if its session count says it has.
-pub const CPU_FULL: f64 = 0.9;
-
-/// Event-loop lag, in milliseconds, that counts as full. Lag is the delay every relayed
-/// message suffers on top of the network; 200 ms is where conversation and cursor
-/// presence start to feel broken, so an edge lagging that much is saturated.
-pub const LAG_FULL_MS: f64 = 200.0;
-
-/// Open client connections per unit of session capacity that count as full. Capacity is
-/// declared in sessions; sessions hold up to about ten participants (pair programming is
-/// 2, calls and watch parties more), so `capacity * 10` connections is a full edge even
-/// when it hosts fewer, larger sessions than its capacity.
-pub const CONNECTIONS_PER_SESSION: f64 = 10.0;
 
 /// Candidate regions for each region, in order of preference. Built once per [`Config`]
 /// (rebuild it on reload, together with the snapshot's region indices).
@@ -191,30 +187,6 @@ pub struct Selection {
     pub why: Why,
 }
 
-/// The dimension of an edge's load that sets its score (the largest; ties go to the
-/// first in this order).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum Bottleneck {
-    Sessions,
-    Cpu,
-    Lag,
-    Connections,
-    Bitrate,
-}
-
-impl Bottleneck {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Bottleneck::Sessions => "sessions",
-            Bottleneck::Cpu => "cpu",
-            Bottleneck::Lag => "lag",
-            Bottleneck::Connections => "connections",
-            Bottleneck::Bitrate => "bitrate",
-        }
-    }
-}
-
 /// Why an edge may not be chosen in normal operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NotEligible {
@@ -275,46 +247,6 @@ impl std::fmt::Display for NotEligible {
     }
 }
 
-/// Each dimension of an edge's load against what counts as full (1.0).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
-pub struct Utilisation {
-    pub sessions: f64,
-    pub cpu: f64,
-    pub lag: f64,
-    pub connections: f64,
-    /// The busier direction of the forwarded WebRTC bitrate against `max_bitrate`; 0
-    /// when the edge names no bitrate cap.
-    pub bitrate: f64,
-}
-
-impl Utilisation {
-    /// The score: the largest dimension.
-    pub fn score(&self) -> f64 {
-        self.sessions
-            .max(self.cpu)
-            .max(self.lag)
-            .max(self.connections)
-            .max(self.bitrate)
-    }
-
-    /// The dimension that sets the score.
-    pub fn bottleneck(&self) -> Bottleneck {
-        let mut best = (Bottleneck::Sessions, self.sessions);
-        for (b, x) in [
-            (Bottleneck::Cpu, self.cpu),
-            (Bottleneck::Lag, self.lag),
-            (Bottleneck::Connections, self.connections),
-            (Bottleneck::Bitrate, self.bitrate),
-        ] {
-            // NaN never wins (figures are sanitised, this is belt and braces).
-            if x > best.1 {
-                best = (b, x);
-            }
-        }
-        best.0
-    }
-}
-
 /// One edge as the "explain" endpoint shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Candidate {
@@ -344,57 +276,18 @@ pub struct Candidate {
 /// bitrate: what a new session will send is unknown until it sends it, and the next
 /// report (every 2 s by default) carries it.
 pub fn score(edge: &EdgeView) -> f64 {
-    score_with(edge, edge.pending_assignments())
+    utilisation(edge).score()
 }
 
 /// Every dimension of [`score`].
 pub fn utilisation(edge: &EdgeView) -> Utilisation {
-    utilisation_with(edge, edge.pending_assignments())
+    let figures = edge.figures();
+    utilisation_of(edge.capacity, figures.load.as_ref(), figures.pending)
 }
 
 /// `1.0 - score`, floored at 0.
 pub fn headroom(edge: &EdgeView) -> f64 {
     headroom_of(score(edge))
-}
-
-fn headroom_of(score: f64) -> f64 {
-    (1.0 - score).max(0.0)
-}
-
-/// A reported figure as a usable non-negative number: NaN and negatives (a buggy edge)
-/// count as 0; +infinity stays (it saturates the edge).
-fn figure(x: f32) -> f64 {
-    let x = f64::from(x);
-    if x > 0.0 { x } else { 0.0 }
-}
-
-fn score_with(edge: &EdgeView, pending: u32) -> f64 {
-    utilisation_with(edge, pending).score()
-}
-
-fn utilisation_with(edge: &EdgeView, pending: u32) -> Utilisation {
-    let capacity = f64::from(edge.capacity.max(1));
-    let (reported_sessions, cpu, lag_ms, connections, bitrate) = match &edge.load {
-        Some(l) => (
-            l.sessions,
-            figure(l.cpu),
-            figure(l.lag_ms),
-            l.connections,
-            match l.max_bitrate {
-                // u64 -> f64 rounds above 2^53 bits/s, far beyond any real figure.
-                Some(max) if max > 0 => l.bitrate_in.max(l.bitrate_out) as f64 / max as f64,
-                _ => 0.0,
-            },
-        ),
-        None => (0, 0.0, 0.0, 0, 0.0),
-    };
-    Utilisation {
-        sessions: (f64::from(reported_sessions) + f64::from(pending)) / capacity,
-        cpu: cpu / CPU_FULL,
-        lag: lag_ms / LAG_FULL_MS,
-        connections: f64::from(connections) / (capacity * CONNECTIONS_PER_SESSION),
-        bitrate,
-    }
 }
 
 /// Lists the edges of every region in `plan.order(preferred_region)`, region by region
@@ -433,20 +326,17 @@ pub fn candidates(
     out
 }
 
-/// One edge as seen by one call of [`select_edge`]: figures read once, so a concurrent
-/// assignment cannot make the same call see two different loads.
+/// One edge as read by one call of [`select_edge`]: its figures read once, so a
+/// concurrent report or assignment cannot make the same call see two different loads.
 #[derive(Debug, Clone, Copy)]
 struct Seen {
-    /// `None` only for an edge the survey did not read.
-    region: Option<RegionIndex>,
-    state: EdgeState,
     score: f64,
     pending: u32,
 }
 
 impl Seen {
-    fn eligible(&self) -> bool {
-        self.state == EdgeState::Active && self.score < 1.0
+    fn headroom(&self) -> f64 {
+        headroom_of(self.score)
     }
 
     /// Ordering key: lower is better. Ties on score go to fewer pending assignments, then
@@ -460,91 +350,62 @@ impl Seen {
     }
 }
 
-/// Per-region counts for one call.
-#[derive(Debug, Clone, Copy, Default)]
-struct Tally {
-    states: StateCounts,
-    with_headroom: u32,
-    /// Sum of the headroom of its eligible edges.
-    headroom: f64,
+/// A draw in proportion to headroom tries edges of the region's active ones at random,
+/// keeping each with probability its headroom, while that costs at most this many reads
+/// on average (active edges / their total headroom); past it, or when that many tries
+/// found nothing, the region's edges with headroom are read and one drawn from them.
+const MAX_EXPECTED_TRIES: f64 = 16.0;
+const MAX_TRIES: u32 = 128;
+
+/// What one call of [`select_edge`] reads: the snapshot's regions (their counts by state,
+/// their live tallies) and the live loads of the edges it draws.
+struct Survey<'a> {
+    snapshot: &'a RegistrySnapshot,
 }
 
-struct Survey {
-    /// The edges read: their index into the snapshot's edges and what was seen, in
-    /// snapshot order.
-    seen: Vec<(usize, Seen)>,
-    tally: Vec<Tally>,
-}
-
-impl Survey {
-    /// Reads every edge (`only`: `None`), or only the edges of one region (the snapshot's
-    /// index of it): the others' regions' tallies stay empty. The common answer needs
-    /// nothing but the client's region, and reading an edge (its score, its live
-    /// assignment count) is most of what selection costs.
-    fn new(snapshot: &RegistrySnapshot, regions: usize, only: Option<RegionIndex>) -> Survey {
-        let mut tally = vec![Tally::default(); regions];
-        let mut read = |i: usize| {
-            let edge = &snapshot.edges[i];
-            let pending = edge.pending_assignments();
-            let s = Seen {
-                region: Some(edge.region),
-                state: edge.status.state(),
-                score: score_with(edge, pending),
-                pending,
-            };
-            // Edges of a region the plan does not know (a stale index) are ignored.
-            if let Some(t) = tally.get_mut(edge.region.get()) {
-                t.states.add(s.state);
-                if s.eligible() {
-                    t.with_headroom += 1;
-                    t.headroom += headroom_of(s.score);
-                }
-            }
-            (i, s)
-        };
-        let seen = match only {
-            Some(region) => snapshot
-                .in_region(region)
-                .iter()
-                .map(|&i| read(i))
-                .collect(),
-            None => (0..snapshot.edges.len()).map(read).collect(),
-        };
-        Survey { seen, tally }
+impl Survey<'_> {
+    fn read(&self, i: usize) -> Seen {
+        let edge = &self.snapshot.edges[i];
+        let Figures { load, pending } = edge.figures();
+        Seen {
+            score: utilisation_of(edge.capacity, load.as_ref(), pending).score(),
+            pending,
+        }
     }
 
-    /// What was seen of edge `i`; an edge this survey did not read is out of reach.
-    fn seen(&self, i: usize) -> &Seen {
-        const UNREAD: Seen = Seen {
-            region: None,
-            state: EdgeState::Failed,
-            score: f64::INFINITY,
-            pending: 0,
-        };
-        self.seen
-            .binary_search_by_key(&i, |(index, _)| *index)
-            .map_or(&UNREAD, |at| &self.seen[at].1)
+    /// The edges of `region` by state.
+    fn states(&self, region: RegionIndex) -> StateCounts {
+        let r = self.snapshot.region(region);
+        StateCounts {
+            active: r.count(EdgeState::Active),
+            suspended: r.count(EdgeState::Suspended),
+            draining: r.count(EdgeState::Draining),
+            suspect: r.count(EdgeState::Suspect),
+            link_lost: r.count(EdgeState::LinkLost),
+            failed: r.count(EdgeState::Failed),
+        }
+    }
+
+    /// Active edges of `region` with headroom.
+    fn with_headroom(&self, region: RegionIndex) -> u32 {
+        self.snapshot.region(region).tally.with_headroom()
     }
 
     /// Whether `region` has an active edge with headroom.
     fn has_headroom(&self, region: RegionIndex) -> bool {
-        self.tally
-            .get(region.get())
-            .is_some_and(|t| t.with_headroom > 0)
+        self.with_headroom(region) > 0
     }
 
-    /// Edges of `region` with headroom (active), in snapshot order.
-    fn eligible_in(&self, region: RegionIndex) -> impl Iterator<Item = usize> + '_ {
-        self.seen
-            .iter()
-            .filter(move |(_, s)| s.region == Some(region) && s.eligible())
-            .map(|(i, _)| *i)
+    /// The total headroom of `region`'s active edges.
+    fn headroom(&self, region: RegionIndex) -> f64 {
+        self.snapshot.region(region).tally.headroom()
     }
 
     /// Power of two choices among the eligible edges of `region` (which has at least
     /// one): two distinct edges drawn at random, each with probability proportional to
-    /// its headroom, and the less loaded of the two. Returns the edge and how it was
-    /// picked.
+    /// its headroom, and the less loaded of the two. Returns the edge, what was read of
+    /// it and how it was picked; `None` when the draws found no edge with headroom (a
+    /// concurrent assignment took the last of it).
     ///
     /// Why weighted draws rather than uniform ones: with uniform draws an edge can only
     /// win when it is in the pair (2/n of the time), so a freshly started edge among
@@ -553,68 +414,83 @@ impl Survey {
     /// max/mean 1.09; weighted: 548 against 613, 1.02). Equal edges are drawn uniformly
     /// either way, and the rule stays proportional rather than "everyone picks the
     /// minimum", so replicas acting on the same stale figures do not herd.
-    fn two_choices(&self, region: RegionIndex, rng: &mut impl Rng) -> (usize, How) {
-        let n = self.tally[region.get()].with_headroom;
+    fn two_choices(&self, region: RegionIndex, rng: &mut impl Rng) -> Option<(usize, Seen, How)> {
+        let n = self.with_headroom(region);
+        let a = self.draw(region, None, rng)?;
         if n <= 1 {
-            let only = self.eligible_in(region).next().unwrap_or_default();
-            return (only, How::Only);
+            return Some((a.0, a.1, How::Only));
         }
-        let total = self.tally[region.get()].headroom;
-        let a = self.draw(region, None, total, rng);
-        let b = self.draw(
-            region,
-            Some(a),
-            total - headroom_of(self.seen(a).score),
-            rng,
-        );
-        let chosen = if self.seen(b).better_than(b, self.seen(a), a) {
+        let Some(b) = self.draw(region, Some(a.0), rng) else {
+            return Some((a.0, a.1, How::Only));
+        };
+        let chosen = if b.1.better_than(b.0, &a.1, a.0) {
             b
         } else {
             a
         };
-        (chosen, How::TwoOf(n))
+        Some((chosen.0, chosen.1, How::TwoOf(n)))
     }
 
-    /// One eligible edge of `region` other than `exclude`, drawn with probability
-    /// proportional to its headroom (`total` is the sum over the candidates).
+    /// One active edge of `region` with headroom other than `exclude`, drawn with
+    /// probability proportional to its headroom; `None` when there is none.
+    ///
+    /// Drawing an active edge uniformly and keeping it with probability its headroom
+    /// (at most 1) gives each edge exactly its share of the total headroom, at a cost
+    /// independent of the region's size while the edges have headroom; a region nearly
+    /// full is read whole instead ([`MAX_EXPECTED_TRIES`]).
     fn draw(
         &self,
         region: RegionIndex,
         exclude: Option<usize>,
-        total: f64,
         rng: &mut impl Rng,
-    ) -> usize {
+    ) -> Option<(usize, Seen)> {
+        let active = &self.snapshot.region(region).active;
+        let total = self.headroom(region);
+        if !active.is_empty() && active.len() as f64 <= total * MAX_EXPECTED_TRIES {
+            for _ in 0..MAX_TRIES {
+                let i = active[rng.random_range(0..active.len())];
+                if Some(i) == exclude {
+                    continue;
+                }
+                let seen = self.read(i);
+                if rng.random::<f64>() < seen.headroom() {
+                    return Some((i, seen));
+                }
+            }
+        }
+        let open: Vec<(usize, Seen)> = active
+            .iter()
+            .filter(|&&i| Some(i) != exclude)
+            .map(|&i| (i, self.read(i)))
+            .filter(|(_, seen)| seen.headroom() > 0.0)
+            .collect();
+        let total: f64 = open.iter().map(|(_, seen)| seen.headroom()).sum();
         let mut x = rng.random::<f64>() * total;
-        let mut last = None;
-        for i in self.eligible_in(region) {
-            if Some(i) == exclude {
-                continue;
+        for &(i, seen) in &open {
+            if x < seen.headroom() {
+                return Some((i, seen));
             }
-            let h = headroom_of(self.seen(i).score);
-            if x < h {
-                return i;
-            }
-            x -= h;
-            last = Some(i);
+            x -= seen.headroom();
         }
         // Rounding left `x` past the end: the last candidate.
-        last.or(exclude).unwrap_or_default()
+        open.last().copied()
     }
 
-    /// The least-loaded edge in `state` of the first region of `order` that has one.
-    fn least_loaded(&self, order: &[RegionIndex], state: EdgeState) -> Option<usize> {
-        let region = *order.iter().find(|&&r| {
-            self.tally
-                .get(r.get())
-                .is_some_and(|t| t.states.count(state) > 0)
-        })?;
-        let mut best: Option<usize> = None;
-        for (i, s) in &self.seen {
-            if s.region == Some(region) && s.state == state {
-                match best {
-                    Some(b) if !s.better_than(*i, self.seen(b), b) => {}
-                    _ => best = Some(*i),
-                }
+    /// The least-loaded edge in `state` of the first region of `order` that has one (its
+    /// edges are read: this serves only when no region has headroom).
+    fn least_loaded(&self, order: &[RegionIndex], state: EdgeState) -> Option<(usize, Seen)> {
+        let region = *order
+            .iter()
+            .find(|&&r| self.snapshot.region(r).count(state) > 0)?;
+        let mut best: Option<(usize, Seen)> = None;
+        for &i in &self.snapshot.region(region).all {
+            if self.snapshot.edges[i].status.state() != state {
+                continue;
+            }
+            let seen = self.read(i);
+            match best {
+                Some((b, best_seen)) if !seen.better_than(i, &best_seen, b) => {}
+                _ => best = Some((i, seen)),
             }
         }
         best
@@ -657,18 +533,6 @@ impl StateCounts {
             EdgeState::LinkLost => self.link_lost,
             EdgeState::Failed => self.failed,
         }
-    }
-
-    fn add(&mut self, state: EdgeState) {
-        let n = match state {
-            EdgeState::Active => &mut self.active,
-            EdgeState::Suspended => &mut self.suspended,
-            EdgeState::Draining => &mut self.draining,
-            EdgeState::Suspect => &mut self.suspect,
-            EdgeState::LinkLost => &mut self.link_lost,
-            EdgeState::Failed => &mut self.failed,
-        };
-        *n += 1;
     }
 }
 
@@ -1005,7 +869,11 @@ impl Explained<'_> {
 /// the plan). The caller then calls `snapshot.edges[sel.edge].note_assignment()`.
 ///
 /// The rules are tried in order (see the module docs), each a function of the survey:
-/// [`in_region`], [`elsewhere`], [`least_loaded_active`], [`last_resort`].
+/// [`in_region`], [`elsewhere`], [`least_loaded_active`], [`last_resort`]. The regions'
+/// counts and tallies decide which rule applies; only the edges drawn are read, so the
+/// cost of an answer does not grow with the edges of a region, except when no region
+/// has headroom (the least loaded edge is looked for) or the region drawn from is nearly
+/// full ([`Survey::draw`]).
 pub fn select_edge(
     snapshot: &RegistrySnapshot,
     plan: &RegionPlan,
@@ -1016,34 +884,30 @@ pub fn select_edge(
     if order.is_empty() {
         return None;
     }
-    // The common case reads only the client's region: when it has an edge with headroom,
-    // the answer below needs nothing else (same edges, same order, same draws as with
-    // every edge read). Otherwise every edge is read.
-    let local = Survey::new(snapshot, plan.len(), Some(preferred_region));
-    let survey = if local.has_headroom(preferred_region) {
-        local
-    } else {
-        Survey::new(snapshot, plan.len(), None)
-    };
-    let (edge, rule) = in_region(&survey, preferred_region, rng)
+    let survey = Survey { snapshot };
+    let (edge, seen, rule) = in_region(&survey, preferred_region, rng)
         .or_else(|| elsewhere(&survey, plan, preferred_region, rng))
         .or_else(|| least_loaded_active(&survey, order, preferred_region))
         .or_else(|| last_resort(&survey, order, preferred_region))?;
     let why = Why {
         preferred: preferred_region,
-        load: survey.seen(edge).score,
+        load: seen.score,
         rule,
     };
     Some(Selection::new(snapshot, edge, why))
 }
 
 /// Rule 2: the preferred region has headroom.
-fn in_region(survey: &Survey, preferred: RegionIndex, rng: &mut impl Rng) -> Option<(usize, Rule)> {
+fn in_region(
+    survey: &Survey,
+    preferred: RegionIndex,
+    rng: &mut impl Rng,
+) -> Option<(usize, Seen, Rule)> {
     if !survey.has_headroom(preferred) {
         return None;
     }
-    let (edge, how) = survey.two_choices(preferred, rng);
-    Some((edge, Rule::InRegion { how }))
+    let (edge, seen, how) = survey.two_choices(preferred, rng)?;
+    Some((edge, seen, Rule::InRegion { how }))
 }
 
 /// Rules 3 and 4: another region with headroom, for a region without active edges (the
@@ -1053,10 +917,10 @@ fn elsewhere(
     plan: &RegionPlan,
     preferred: RegionIndex,
     rng: &mut impl Rng,
-) -> Option<(usize, Rule)> {
+) -> Option<(usize, Seen, Rule)> {
     let order = plan.order(preferred);
     let explicit = plan.explicit_fallbacks(preferred);
-    let counts = survey.tally[preferred.get()].states;
+    let counts = survey.states(preferred);
     if counts.active == 0 {
         let region = *order[1..].iter().find(|&&r| survey.has_headroom(r))?;
         let fallback = if explicit.contains(&region) {
@@ -1066,22 +930,22 @@ fn elsewhere(
                 fallbacks: explicit.to_vec(),
             }
         };
-        let (edge, how) = survey.two_choices(region, rng);
+        let (edge, seen, how) = survey.two_choices(region, rng)?;
         let rule = Rule::RegionUnavailable {
             preferred: counts,
             fallback,
             how,
         };
-        return Some((edge, rule));
+        return Some((edge, seen, rule));
     }
     let (region, spill) = spill_region(survey, explicit, &order[1 + explicit.len()..], rng)?;
-    let (edge, how) = survey.two_choices(region, rng);
+    let (edge, seen, how) = survey.two_choices(region, rng)?;
     let rule = Rule::RegionSaturated {
         active: counts.active,
         spill,
         how,
     };
-    Some((edge, rule))
+    Some((edge, seen, rule))
 }
 
 /// The region a saturated region's overflow goes to: among its configured fallbacks with
@@ -1109,10 +973,8 @@ fn spill_region(
             }),
         [only] => Some((*only, Spill::OnlyFallback)),
         several => {
-            let among: Vec<(RegionIndex, f64)> = several
-                .iter()
-                .map(|&r| (r, survey.tally[r.get()].headroom))
-                .collect();
+            let among: Vec<(RegionIndex, f64)> =
+                several.iter().map(|&r| (r, survey.headroom(r))).collect();
             let total: f64 = among.iter().map(|(_, h)| h).sum();
             let mut x = rng.random::<f64>() * total;
             let mut region = several[several.len() - 1];
@@ -1133,10 +995,10 @@ fn least_loaded_active(
     survey: &Survey,
     order: &[RegionIndex],
     preferred: RegionIndex,
-) -> Option<(usize, Rule)> {
-    let edge = survey.least_loaded(order, EdgeState::Active)?;
-    let preferred = survey.tally[preferred.get()].states;
-    Some((edge, Rule::AllSaturated { preferred }))
+) -> Option<(usize, Seen, Rule)> {
+    let (edge, seen) = survey.least_loaded(order, EdgeState::Active)?;
+    let preferred = survey.states(preferred);
+    Some((edge, seen, Rule::AllSaturated { preferred }))
 }
 
 /// Rule 6: no active edge anywhere: a suspended edge, else a draining one.
@@ -1144,27 +1006,25 @@ fn last_resort(
     survey: &Survey,
     order: &[RegionIndex],
     preferred: RegionIndex,
-) -> Option<(usize, Rule)> {
-    let preferred = survey.tally[preferred.get()].states;
+) -> Option<(usize, Seen, Rule)> {
+    let preferred = survey.states(preferred);
     [EdgeState::Suspended, EdgeState::Draining]
         .into_iter()
         .find_map(|state| {
-            let edge = survey.least_loaded(order, state)?;
-            Some((edge, Rule::LastResort { state, preferred }))
+            let (edge, seen) = survey.least_loaded(order, state)?;
+            Some((edge, seen, Rule::LastResort { state, preferred }))
         })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicU32;
-
     use locus_protocol::LoadReport;
+    use std::path::Path;
     use tokio::time::Instant;
 
     use crate::edge_state::EdgeStatus;
+    use crate::load::Live;
 
     fn edge(capacity: u32, load: Option<LoadReport>, pending: u32) -> EdgeView {
         EdgeView {
@@ -1174,8 +1034,7 @@ mod tests {
             capacity,
             version: "1".into(),
             status: EdgeStatus::registered(Instant::now(), false, false),
-            load,
-            assigned_since_report: Arc::new(AtomicU32::new(pending)),
+            live: Live::new(load, pending),
         }
     }
 
@@ -1258,15 +1117,18 @@ mod tests {
     fn an_edge_over_its_bitrate_is_passed_over_and_explained() {
         let mut busy = edge(100, None, 0);
         busy.id = "busy".into();
-        busy.load = Some(LoadReport {
-            sessions: 2,
-            connections: 4,
-            rtc_peers: 4,
-            bitrate_in: 100_000_000,
-            bitrate_out: 210_000_000,
-            max_bitrate: Some(200_000_000),
-            ..Default::default()
-        });
+        busy.live = Live::new(
+            Some(LoadReport {
+                sessions: 2,
+                connections: 4,
+                rtc_peers: 4,
+                bitrate_in: 100_000_000,
+                bitrate_out: 210_000_000,
+                max_bitrate: Some(200_000_000),
+                ..Default::default()
+            }),
+            0,
+        );
         let mut calm = edge(100, report(0.2, 5.0, 200, 60), 0);
         calm.id = "calm".into();
         let snapshot = RegistrySnapshot::new(vec![busy, calm]);

@@ -288,7 +288,7 @@ async fn suspend_resume_and_drain_are_applied_persisted_idempotent_and_audited()
         let snap = s.registry.snapshot();
         ["eu-a", "eu-b"]
             .iter()
-            .all(|id| snap.edge(id).is_some_and(|e| e.load.is_some()))
+            .all(|id| snap.edge(id).is_some_and(|e| e.load().is_some()))
     })
     .await;
     assert_eq!(
@@ -498,7 +498,7 @@ async fn the_status_shows_edges_turn_pools_and_traffic_served_by_fallback() {
         let snap = s.registry.snapshot();
         ["us-1", "eu-1"]
             .iter()
-            .all(|id| snap.edge(id).is_some_and(|e| e.load.is_some()))
+            .all(|id| snap.edge(id).is_some_and(|e| e.load().is_some()))
     })
     .await;
     // Japan has no edge: its clients go to its fallback, us-east.

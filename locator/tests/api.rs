@@ -758,7 +758,7 @@ async fn operations_routes() {
         s.registry
             .snapshot()
             .edge("de-1")
-            .is_some_and(|e| e.load.is_some())
+            .is_some_and(|e| e.load().is_some())
     })
     .await;
     let explained: Value = http()

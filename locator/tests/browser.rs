@@ -332,7 +332,7 @@ async fn an_operator_watches_regions_and_acts_on_edges_in_a_real_browser() {
             .iter()
             .map(|(id, _, _)| *id)
             .chain(["us-east-2"])
-            .all(|id| snap.edge(id).is_some_and(|e| e.load.is_some()))
+            .all(|id| snap.edge(id).is_some_and(|e| e.load().is_some()))
     })
     .await;
     // Some traffic, so the cards have answers to show: Japan goes to us-east.

@@ -4,12 +4,9 @@
 //! properties over random registries. Rules are checked on the structured why; only
 //! the rendering's own checks read text.
 
-use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
-
 use locus_geo::{Config, RegionIndex};
 use locus_locator::edge_state::{EdgeState, EdgeStatus};
+use locus_locator::load::Live;
 use locus_locator::selection::{
     Bottleneck, Fallback, How, NotEligible, RegionPlan, Rule, SelectReason, Selection, Spill,
     StateCounts, candidates, headroom, score, select_edge,
@@ -19,6 +16,7 @@ use locus_protocol::LoadReport;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use std::path::Path;
 use tokio::time::Instant;
 
 const REGIONS: &str = r#"
@@ -114,8 +112,7 @@ fn edge_with(
         capacity,
         version: "1.0.0".into(),
         status,
-        load,
-        assigned_since_report: Arc::new(AtomicU32::new(pending)),
+        live: Live::new(load, pending),
     }
 }
 
@@ -601,7 +598,7 @@ fn replica(edges: &[EdgeView]) -> RegistrySnapshot {
         edges
             .iter()
             .map(|e| EdgeView {
-                assigned_since_report: Arc::new(AtomicU32::new(0)),
+                live: Live::new(e.load(), 0),
                 ..e.clone()
             })
             .collect(),
@@ -679,15 +676,18 @@ fn a_fresh_edge_among_loaded_ones_is_measured() {
     // Four edges half full, one just registered: where do 1000 new sessions go?
     let mut edges = equal_edges();
     for e in &mut edges[..4] {
-        e.load = Some(LoadReport {
-            cpu: 0.1,
-            lag_ms: 2.0,
-            connections: 1000,
-            sessions: 500,
-            ..Default::default()
-        });
+        e.live = Live::new(
+            Some(LoadReport {
+                cpu: 0.1,
+                lag_ms: 2.0,
+                connections: 1000,
+                sessions: 500,
+                ..Default::default()
+            }),
+            0,
+        );
     }
-    edges[4].load = None;
+    edges[4].live = Live::new(None, 0);
     let before = [500u32, 500, 500, 500, 0];
     let totals =
         |counts: Vec<u32>| -> Vec<u32> { counts.iter().zip(before).map(|(c, b)| c + b).collect() };
@@ -998,5 +998,156 @@ proptest! {
                 prop_assert_eq!(a.edge, b.edge, "{:?} / {:?}", &a.why, &b.why);
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Live loads and region tallies.
+
+/// One change to a registry between or across snapshots.
+#[derive(Debug, Clone)]
+enum Change {
+    /// The edge reports (or registers again: no report).
+    Report(usize, Option<LoadReport>),
+    /// Sessions assigned to the edge through the current snapshot.
+    Assign(usize, u32),
+    /// The edge changes state: a new snapshot over the same live loads, as the registry
+    /// builds it.
+    State(usize, EdgeState),
+}
+
+fn change_strategy() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        3 => (0usize..14, load_strategy()).prop_map(|(i, load)| Change::Report(i, load)),
+        3 => (0usize..14, 1u32..20).prop_map(|(i, n)| Change::Assign(i, n)),
+        1 => (0usize..14, state_strategy()).prop_map(|(i, s)| Change::State(i, s)),
+    ]
+}
+
+/// Each region's tally against a recount of its active edges with headroom.
+fn check_tallies(config: &Config, snap: &RegistrySnapshot) -> Result<(), TestCaseError> {
+    for r in config.region_indices() {
+        let (mut n, mut total) = (0u32, 0.0f64);
+        for e in snap.edges.iter().filter(|e| e.region == r) {
+            if e.status.takes_new_sessions() && headroom(e) > 0.0 {
+                n += 1;
+                total += headroom(e);
+            }
+        }
+        let tally = &snap.region(r).tally;
+        prop_assert_eq!(tally.with_headroom(), n, "edges with headroom in {:?}", r);
+        prop_assert!(
+            (tally.headroom() - total).abs() < 1e-6,
+            "headroom of {:?}: tally {} against {}",
+            r,
+            tally.headroom(),
+            total
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 500,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// The tallies kept as reports, assignments and state changes arrive equal a recount,
+    /// and selection on them keeps its rules.
+    #[test]
+    fn the_tallies_equal_a_recount(
+        (regions, edges, preferred, seed) in world_strategy(),
+        changes in proptest::collection::vec(change_strategy(), 0..40),
+    ) {
+        let config = config(&yaml(&regions));
+        let plan = RegionPlan::new(&config);
+        let preferred = at(&config, preferred);
+        let mut views: Vec<EdgeView> = edges
+            .iter()
+            .enumerate()
+            .map(|(i, e)| edge_with(&format!("e{i}"), at(&config, e.region), e.state, e.capacity, e.load, e.pending))
+            .collect();
+        let mut snap = snapshot(views.clone());
+        check_tallies(&config, &snap)?;
+        for (step, change) in changes.into_iter().enumerate() {
+            if views.is_empty() {
+                break;
+            }
+            let n = views.len();
+            match change {
+                Change::Report(i, load) => views[i % n].live.report(load, Instant::now()),
+                Change::Assign(i, k) => {
+                    for _ in 0..k {
+                        snap.edges[i % n].note_assignment();
+                    }
+                }
+                Change::State(i, state) => {
+                    views[i % n].status = status(state);
+                    snap = snapshot(views.clone());
+                }
+            }
+            check_tallies(&config, &snap)?;
+            let mut rng = StdRng::seed_from_u64(seed ^ step as u64);
+            let preferred_has_room = snap
+                .edges
+                .iter()
+                .any(|e| e.region == preferred && e.status.takes_new_sessions() && headroom(e) > 0.0);
+            let any_room = snap
+                .edges
+                .iter()
+                .any(|e| e.status.takes_new_sessions() && headroom(e) > 0.0);
+            if let Some(sel) = select_edge(&snap, &plan, preferred, &mut rng) {
+                let chosen = &snap.edges[sel.edge];
+                prop_assert_eq!(sel.why.load, score(chosen));
+                if preferred_has_room {
+                    prop_assert_eq!(sel.reason, SelectReason::InRegion, "{:?}", &sel.why);
+                }
+                if any_room {
+                    prop_assert!(headroom(chosen) > 0.0 && chosen.status.takes_new_sessions(), "{:?}", &sel.why);
+                }
+            }
+        }
+    }
+}
+
+/// The two ways of drawing in proportion to headroom (trying random active edges while
+/// the region has headroom enough, reading the region when it is nearly full) give the
+/// same answers, in the proportions of weighted two choices.
+#[test]
+fn both_draws_pick_in_the_proportions_of_weighted_two_choices() {
+    use EdgeState::*;
+    let w = World::new();
+    // Headroom 0.5, 0.3, 0.2: the first is picked when it is in the pair; the second
+    // when the pair is the other two; the third never.
+    let a = 0.5 + 0.3 * (0.5 / 0.7) + 0.2 * (0.5 / 0.8);
+    let expected = [a, 1.0 - a, 0.0];
+    for saturated in [0, 100] {
+        let mut edges = vec![
+            edge("w0", EU_WEST, Active, 50),
+            edge("w1", EU_WEST, Active, 70),
+            edge("w2", EU_WEST, Active, 80),
+        ];
+        edges.extend((0..saturated).map(|i| edge(&format!("x{i:03}"), EU_WEST, Active, 100)));
+        let snap = snapshot(edges);
+        let mut rng = StdRng::seed_from_u64(5);
+        let n = 20_000;
+        let mut picks = [0u32; 3];
+        for _ in 0..n {
+            let sel = select_edge(&snap, &w.plan, EU_WEST, &mut rng).expect("a selection");
+            assert_eq!(sel.why.rule, Rule::InRegion { how: How::TwoOf(3) });
+            picks[sel.edge] += 1;
+        }
+        for (i, &p) in picks.iter().enumerate() {
+            let share = f64::from(p) / f64::from(n);
+            // Binomial sd at most 0.0036 over 20,000: 5 sd.
+            assert!(
+                (share - expected[i]).abs() < 0.018,
+                "{saturated} saturated edges beside: w{i} picked {share:.3}, expected {:.3}",
+                expected[i]
+            );
+        }
+        println!("{saturated} saturated edges beside: picks {picks:?}");
     }
 }

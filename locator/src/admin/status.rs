@@ -189,7 +189,7 @@ fn edge_row(edge: &EdgeView, now: Instant) -> EdgeRow {
         url: edge.public_url.to_string(),
         version: edge.version.to_string(),
         capacity: edge.capacity,
-        load: edge.load,
+        load: edge.load(),
         pending_assignments: edge.pending_assignments(),
         utilisation: if utilisation.is_finite() {
             utilisation.clamp(0.0, 10.0)
@@ -198,7 +198,7 @@ fn edge_row(edge: &EdgeView, now: Instant) -> EdgeRow {
         },
         bottleneck: dimensions.bottleneck(),
         takes_new_sessions: state == EdgeState::Active && utilisation < 1.0,
-        report_age_ms: edge.status.report_age(now).as_millis() as u64,
+        report_age_ms: edge.report_age(now).as_millis() as u64,
     }
 }
 
@@ -306,7 +306,7 @@ pub fn regions(
             let (mut sessions, mut capacity) = (0u64, 0u64);
             for (edge, row) in edges.iter().zip(&rows) {
                 if row.state != EdgeState::Failed {
-                    sessions += u64::from(edge.load.map_or(0, |l| l.sessions))
+                    sessions += u64::from(edge.load().map_or(0, |l| l.sessions))
                         + u64::from(row.pending_assignments);
                     capacity += u64::from(edge.capacity);
                 }
@@ -385,8 +385,6 @@ pub fn summary(regions: &[RegionStatus]) -> Summary {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
-    use std::sync::Arc;
-    use std::sync::atomic::AtomicU32;
     use std::time::Duration;
 
     use super::*;
@@ -433,14 +431,16 @@ regions:
             capacity: 100,
             version: "1.2.3".into(),
             status,
-            load: Some(LoadReport {
-                cpu: 0.1,
-                lag_ms: 1.0,
-                connections: sessions,
-                sessions,
-                ..Default::default()
-            }),
-            assigned_since_report: Arc::new(AtomicU32::new(0)),
+            live: crate::load::Live::new(
+                Some(LoadReport {
+                    cpu: 0.1,
+                    lag_ms: 1.0,
+                    connections: sessions,
+                    sessions,
+                    ..Default::default()
+                }),
+                0,
+            ),
         }
     }
 
