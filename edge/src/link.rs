@@ -13,8 +13,12 @@
 //!    what the locator has, in order, in batches of at most [`MAX_SPOOL_BATCH`], one
 //!    batch in flight at a time; on `Ack { seq }` delete through `seq` and send the next
 //!    batch; pass `Drain` and `RoomsMoved` to the drain; send what the drain asks
-//!    (`Draining`, `DrainDeadline`); ping the locator every `heartbeat_interval_ms` of
-//!    the welcome (the heartbeat its failure detector judges this edge by).
+//!    (`Draining`, `DrainDeadline`); beat every `heartbeat_interval_ms` of the welcome
+//!    (the heartbeat its failure detector judges this edge by): pings, or, when the
+//!    welcome offers `pong_heartbeats`, unsolicited pongs (nothing for the locator to
+//!    answer) with a ping every [`heartbeat::ping_every`], so that it still hears a
+//!    locator with nothing else to say (it gives the link up after
+//!    [`heartbeat::silent_limit`] of silence).
 //!
 //! On any failure the edge reconnects with jittered exponential back-off (full jitter,
 //! [`BACKOFF_BASE`] doubling to [`BACKOFF_CAP`]; back to the base after a link that held
@@ -35,7 +39,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use locus_protocol::{
     EdgeMessage, LocatorMessage, MAX_FRAME_BYTES, MAX_SPOOL_BATCH, PROTOCOL_VERSION, Register,
-    SpoolEntry,
+    SpoolEntry, heartbeat,
 };
 use rand::Rng;
 use tokio::net::TcpStream;
@@ -351,6 +355,7 @@ async fn connect_and_serve(
             acked_seq,
             suspended,
             heartbeat_interval_ms,
+            pong_heartbeats,
         })) => {
             if protocol != PROTOCOL_VERSION {
                 return LinkError::Version(protocol);
@@ -360,13 +365,15 @@ async fn connect_and_serve(
                 acked_seq,
                 suspended,
                 heartbeat_interval_ms,
+                pong_heartbeats,
             )
         }
         Ok(Ok(other)) => {
             return LinkError::Malformed(format!("expected welcome, got {other:?}"));
         }
     };
-    let (report_interval_ms, acked_seq, suspended, heartbeat_interval_ms) = welcome;
+    let (report_interval_ms, acked_seq, suspended, heartbeat_interval_ms, pong_heartbeats) =
+        welcome;
     let outcome = match state.spool.on_welcome(acked_seq).await {
         Ok(outcome) => outcome,
         Err(e) => return e.into(),
@@ -388,6 +395,7 @@ async fn connect_and_serve(
         pending = state.spool.len(),
         report_interval_ms,
         heartbeat_ms = heartbeat.as_millis() as u64,
+        pong_heartbeats,
         "registered with the locator"
     );
     if suspended {
@@ -395,10 +403,22 @@ async fn connect_and_serve(
             "this edge is SUSPENDED by an admin: it gets no new sessions unless no other edge is available; its sessions go on"
         );
     }
+    let heartbeat = Heartbeat {
+        every: heartbeat,
+        pongs: pong_heartbeats,
+    };
     match serve(state, &mut ws, outbox, acked_seq, interval, heartbeat).await {
         Ok(()) => LinkError::Closed,
         Err(e) => e,
     }
+}
+
+/// How this link beats: every `every`, as pings, or (`pongs`, offered by the welcome) as
+/// unsolicited pongs the locator does not answer, with a ping every
+/// [`heartbeat::ping_every`].
+struct Heartbeat {
+    every: Duration,
+    pongs: bool,
 }
 
 async fn serve(
@@ -407,19 +427,24 @@ async fn serve(
     outbox: &mut mpsc::Receiver<EdgeMessage>,
     acked_seq: u64,
     interval: Duration,
-    heartbeat_every: Duration,
+    beat: Heartbeat,
 ) -> Result<(), LinkError> {
     let mut reports = state.load.subscribe();
     reports.mark_changed();
     let mut spool = state.spool.subscribe();
     let mut sent_through = acked_seq;
     let mut in_flight: Option<u64> = None;
-    let silent_limit = interval * 3 + Duration::from_secs(5);
-    // Ping the locator every heartbeat: the locator judges this edge's liveness by these
-    // (a stopped process stops pinging); their pongs tell this edge the locator is there.
-    let mut heartbeat = tokio::time::interval(heartbeat_every);
+    let silent_limit = heartbeat::silent_limit(interval);
+    let ping_every = heartbeat::ping_every(interval);
+    // A heartbeat to the locator every `beat.every`: the locator judges this edge's
+    // liveness by these (a stopped process stops beating). Pings are answered, and the
+    // pongs tell this edge the locator is there; an unsolicited pong is not (a write and
+    // a wake-up fewer for the locator, which holds thousands of links), so with pong
+    // heartbeats only one every `ping_every` is a ping.
+    let mut heartbeat = tokio::time::interval(beat.every);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
+    let mut last_ping = Instant::now();
     loop {
         if in_flight.is_none() {
             spool.borrow_and_update();
@@ -457,7 +482,13 @@ async fn serve(
                 if last_heard.elapsed() > silent_limit {
                     return Err(LinkError::Timeout("locator silent"));
                 }
-                match tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(Default::default()))).await {
+                let frame = if beat.pongs && last_ping.elapsed() < ping_every {
+                    Message::Pong(Default::default())
+                } else {
+                    last_ping = Instant::now();
+                    Message::Ping(Default::default())
+                };
+                match tokio::time::timeout(WRITE_TIMEOUT, ws.send(frame)).await {
                     Ok(result) => result?,
                     Err(_) => return Err(LinkError::Timeout("writing to the locator")),
                 }

@@ -2,8 +2,9 @@
 //! starts, to find what a fleet costs a locator and how fast a change reaches selection.
 //!
 //! Each simulated edge speaks the real link protocol over its own websocket: it registers
-//! with its own credential, reports a changing load at the configured interval, pings as
-//! often as the locator's welcome asks (the heartbeat of the failure detector), and relays a
+//! with its own credential, reports a changing load at the configured interval, beats as
+//! often as the locator's welcome asks (the heartbeat of the failure detector: pongs with
+//! an occasional ping when the welcome offers them, as the edge does), and relays a
 //! trickle of spool entries that it numbers and has acknowledged. Their `public_url`s point
 //! at one shared `/healthz` here, so the locators' probes are answered. Meanwhile clients
 //! create and join sessions at a fixed rate.
@@ -30,7 +31,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use locus_protocol::{
     EDGE_LINK_PATH, EdgeMessage, LoadReport, LocatorMessage, PROTOCOL_VERSION, Register, SpoolBody,
-    SpoolEntry,
+    SpoolEntry, heartbeat,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -466,8 +467,8 @@ async fn link_once(
         version: concat!("fleet-sim-", env!("CARGO_PKG_VERSION")).into(),
         sessions: Vec::new(),
         draining: false,
-        // It hosts no sessions: nothing the locator could end on it.
-        features: Vec::new(),
+        // It hosts no sessions (nothing the locator could end on it); it beats as an edge.
+        features: vec![locus_protocol::features::PONG_HEARTBEATS.into()],
     });
     let send = |message: &EdgeMessage| {
         Message::Text(serde_json::to_string(message).unwrap_or_default().into())
@@ -484,12 +485,13 @@ async fn link_once(
         None
     })
     .await;
-    let (acked_seq, heartbeat_ms) = match welcome {
+    let (acked_seq, heartbeat_ms, pong_heartbeats) = match welcome {
         Ok(Some(LocatorMessage::Welcome {
             acked_seq,
             heartbeat_interval_ms,
+            pong_heartbeats,
             ..
-        })) => (acked_seq, heartbeat_interval_ms),
+        })) => (acked_seq, heartbeat_interval_ms, pong_heartbeats),
         Ok(Some(LocatorMessage::Error { reason })) => return Err(format!("refused: {reason}")),
         Ok(_) => return Err("no welcome".into()),
         Err(_) => return Err("no welcome within 30 s".into()),
@@ -510,6 +512,13 @@ async fn link_once(
     for timer in [&mut reports, &mut heartbeats, &mut spool] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
+    // Heartbeats as the edge sends them (`edge/src/link.rs`): unsolicited pongs when the
+    // welcome offers them, a ping every `ping_every`, and the link given up after
+    // `silent_limit` without a frame from the locator.
+    let silent_limit = heartbeat::silent_limit(report_interval);
+    let ping_every = heartbeat::ping_every(report_interval);
+    let mut last_heard = Instant::now();
+    let mut last_ping = Instant::now();
     let mut share: f64 = rng.random_range(0.05..0.6);
     // The probe edge measures the report path: no spool writes queue ahead of its reports.
     let spooling = forced.is_none();
@@ -538,7 +547,17 @@ async fn link_once(
                 share = forced.as_ref().map_or(share, |rx| *rx.borrow());
                 send(&EdgeMessage::Report(load(share, rng)))
             }
-            _ = heartbeats.tick() => Message::Ping(Default::default()),
+            _ = heartbeats.tick() => {
+                if last_heard.elapsed() > silent_limit {
+                    return Err("locator silent".into());
+                }
+                if pong_heartbeats && last_ping.elapsed() < ping_every {
+                    Message::Pong(Default::default())
+                } else {
+                    last_ping = Instant::now();
+                    Message::Ping(Default::default())
+                }
+            }
             _ = spool.tick(), if spooling => {
                 session += 1;
                 let body = if session % 2 == 1 {
@@ -551,6 +570,7 @@ async fn link_once(
                 send(&EdgeMessage::Spool { entries: vec![entry] })
             }
             frame = ws.next() => {
+                last_heard = Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => {
                         match serde_json::from_str::<LocatorMessage>(&text) {

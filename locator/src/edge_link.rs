@@ -28,8 +28,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::ops::{self, MovedRoom, apply_effect};
+use crate::routing::Routing;
 use crate::state::{AppState, now_ms};
 use crate::store::{EdgeRecord, SessionState};
+use locus_geo::Config;
 use locus_serve::problem::Problem;
 
 /// How long a new link may take to register.
@@ -91,7 +93,7 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Identity, Strin
         .collect();
     credential.verify(&keys).map_err(|e| e.to_string())?;
     still_valid(
-        state,
+        &state.routing().config,
         &credential.edge_id,
         &credential.region,
         credential.generation,
@@ -104,14 +106,14 @@ fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Identity, Strin
     })
 }
 
-/// Whether `regions.yaml` (as loaded now) still accepts this credential.
+/// Whether `regions.yaml` (`config`, as loaded now) still accepts this credential.
 fn still_valid(
-    state: &AppState,
+    config: &Config,
     edge_id: &str,
     region: &str,
     generation: u32,
 ) -> Result<(), String> {
-    let policy = state.routing().config.edge_credential_policy(edge_id);
+    let policy = config.edge_credential_policy(edge_id);
     if policy.revoked {
         return Err(format!(
             "the credentials of edge \"{edge_id}\" are revoked (regions.yaml edge_credentials)"
@@ -329,13 +331,21 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
         replaced = registered.replaced,
         "edge registered"
     );
+    let routing = state.routing();
+    let timing = &routing.config.edges;
     let welcome = LocatorMessage::Welcome {
         protocol: PROTOCOL_VERSION,
-        report_interval_ms: state.routing().config.edges.report_interval.as_millis() as u64,
+        report_interval_ms: timing.report_interval.as_millis() as u64,
         acked_seq,
         suspended,
-        heartbeat_interval_ms: state.routing().config.edges.heartbeat_interval.as_millis() as u64,
+        heartbeat_interval_ms: timing.heartbeat_interval.as_millis() as u64,
+        // Offered only to an edge that can read it (an older one refuses the field).
+        pong_heartbeats: reg
+            .features
+            .iter()
+            .any(|f| f == locus_protocol::features::PONG_HEARTBEATS),
     };
+    drop(routing);
     if send(&mut socket, &welcome).await.is_err() {
         let effect = state
             .registry
@@ -366,6 +376,11 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
     // 2. The link.
     let conn_id = registered.conn_id;
     let mut spool = SpoolRelay::new(acked_seq);
+    let mut link = LinkFrames {
+        identity: &identity,
+        conn_id,
+        checked: None,
+    };
     let outcome: Result<(), Refusal> = loop {
         tokio::select! {
             stored = async {
@@ -394,23 +409,19 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
             incoming = socket.recv() => match incoming {
                 None | Some(Err(_)) => break Ok(()),
                 Some(Ok(Message::Close(_))) => break Ok(()),
-                // The edge's heartbeat (the websocket answers it with a pong by itself).
-                Some(Ok(Message::Ping(_))) => {
-                    if let Err(reason) = still_valid(&state, &identity.edge_id, &identity.region, identity.generation) {
+                // The edge's heartbeat: a ping (the websocket answers it with a pong by
+                // itself), or an unsolicited pong (the locator never pings, so every pong
+                // is one; nothing is written back).
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                    if let Err(reason) = link.heard(&state, true) {
                         break Err(Refusal(reason));
                     }
-                    heard(&state, &edge_id, conn_id, true);
-                }
-                Some(Ok(Message::Pong(_))) => {
-                    heard(&state, &edge_id, conn_id, false);
                 }
                 Some(Ok(Message::Binary(_))) => break Err(Refusal("binary frames are not part of the protocol".into())),
                 Some(Ok(Message::Text(text))) => {
-                    // A credential revoked by a config reload ends the link it holds.
-                    if let Err(reason) = still_valid(&state, &identity.edge_id, &identity.region, identity.generation) {
+                    if let Err(reason) = link.heard(&state, false) {
                         break Err(Refusal(reason));
                     }
-                    heard(&state, &edge_id, conn_id, false);
                     let message = match serde_json::from_str::<EdgeMessage>(&text) {
                         Ok(m) => m,
                         Err(e) => break Err(Refusal(format!("malformed message: {e}"))),
@@ -470,13 +481,40 @@ async fn link(state: Arc<AppState>, mut socket: WebSocket, identity: Identity) {
     apply_effect(&state, &edge_id, effect).await;
 }
 
-/// A frame (`heartbeat`: the edge's ping) arrived over link `conn_id`, judged with the
-/// current config's timing.
-fn heard(state: &AppState, edge_id: &str, conn_id: u64, heartbeat: bool) {
-    let timing = &state.routing().config.edges;
-    state
-        .registry
-        .heard(edge_id, conn_id, heartbeat, Instant::now(), timing);
+/// What a registered link checks for every frame it reads.
+struct LinkFrames<'a> {
+    identity: &'a Identity,
+    conn_id: u64,
+    /// The routing generation the credential was last found valid in (held, so that its
+    /// address cannot be reused by a later generation).
+    checked: Option<Arc<Routing>>,
+}
+
+impl LinkFrames<'_> {
+    /// A frame arrived (`heartbeat`: a ping or pong of the edge), judged with the current
+    /// config's timing. A credential revoked by a config reload ends the link at its next
+    /// frame; it is looked up again only when the generation changed, so a frame of a
+    /// live link costs no lookup.
+    fn heard(&mut self, state: &AppState, heartbeat: bool) -> Result<(), String> {
+        let routing = state.routing();
+        if !self
+            .checked
+            .as_ref()
+            .is_some_and(|checked| Arc::ptr_eq(checked, &routing))
+        {
+            let id = self.identity;
+            still_valid(&routing.config, &id.edge_id, &id.region, id.generation)?;
+            self.checked = Some(routing.clone());
+        }
+        state.registry.heard(
+            &self.identity.edge_id,
+            self.conn_id,
+            heartbeat,
+            Instant::now(),
+            &routing.config.edges,
+        );
+        Ok(())
+    }
 }
 
 async fn send(socket: &mut WebSocket, message: &LocatorMessage) -> Result<(), axum::Error> {

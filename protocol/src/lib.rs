@@ -40,6 +40,9 @@
 //! message); an older edge announces none and never receives it. The list is left out of
 //! the register frame while empty; a newer edge announcing features links to a locator
 //! that knows them (upgrade locators before edges, as for fields).
+//!
+//! A field added to [`LocatorMessage::Welcome`] goes the same way: named by a feature,
+//! sent only to an edge announcing it (`pong_heartbeats`).
 
 use serde::{Deserialize, Serialize};
 
@@ -67,6 +70,25 @@ pub const MAX_SESSIONS_ENDED: usize = 1_000;
 
 /// Path of the locator's edge websocket.
 pub const EDGE_LINK_PATH: &str = "/v1/edge/link";
+
+/// The edge's heartbeat rules, followed by the edge and by the load test's simulated
+/// edges.
+pub mod heartbeat {
+    use std::time::Duration;
+
+    /// Silence of the locator after which an edge gives its link up and reconnects:
+    /// three report intervals and 5 s.
+    pub fn silent_limit(report_interval: Duration) -> Duration {
+        report_interval * 3 + Duration::from_secs(5)
+    }
+
+    /// With pong heartbeats (see [`crate::LocatorMessage::Welcome`]), how often the edge
+    /// still sends a ping instead: the locator's answers are what the edge hears of a
+    /// locator with nothing else to say, so four pings fit in [`silent_limit`].
+    pub fn ping_every(report_interval: Duration) -> Duration {
+        silent_limit(report_interval) / 4
+    }
+}
 
 /// Everything an edge sends to the locator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -104,7 +126,8 @@ pub struct Register {
     /// True when the edge is already draining.
     #[serde(default)]
     pub draining: bool,
-    /// Locator messages added after the first release that this edge understands (names
+    /// Locator messages (and `Welcome` fields) added after the first release that this
+    /// edge understands (names
     /// from [`features`]); see "Adding messages" in the crate docs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<String>,
@@ -115,8 +138,12 @@ pub mod features {
     /// The edge understands [`LocatorMessage::SessionsEnded`](crate::LocatorMessage::SessionsEnded).
     pub const SESSIONS_ENDED: &str = "sessions_ended";
 
+    /// The edge reads [`LocatorMessage::Welcome`]'s `pong_heartbeats` (and then sends most
+    /// heartbeats as unsolicited pongs).
+    pub const PONG_HEARTBEATS: &str = "pong_heartbeats";
+
     /// Everything this build understands (what its edge announces).
-    pub const ALL: &[&str] = &[SESSIONS_ENDED];
+    pub const ALL: &[&str] = &[SESSIONS_ENDED, PONG_HEARTBEATS];
 }
 
 /// Load of an edge, read from the running process.
@@ -267,6 +294,14 @@ pub enum LocatorMessage {
         /// 0, or absent (an older locator): once a report interval.
         #[serde(default)]
         heartbeat_interval_ms: u64,
+        /// The locator counts an unsolicited websocket pong as a heartbeat (RFC 6455
+        /// §5.5.3 allows one as a unidirectional heartbeat): the edge may send pongs
+        /// instead of pings, which spares the locator a pong to write per heartbeat. The
+        /// edge still pings now and then, to hear that the locator is there. Sent (true)
+        /// only to an edge announcing [`features::PONG_HEARTBEATS`]; absent (an older
+        /// locator, or an older edge): pings.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pong_heartbeats: bool,
     },
     /// Every spool entry up to `seq` is committed to the locator's database.
     Ack { seq: u64 },
@@ -486,7 +521,10 @@ mod tests {
             ..register
         };
         let text = serde_json::to_string(&EdgeMessage::Register(newer)).expect("json");
-        assert!(text.contains(r#""features":["sessions_ended"]"#), "{text}");
+        assert!(
+            text.contains(r#""features":["sessions_ended","pong_heartbeats"]"#),
+            "{text}"
+        );
         // The message those features name round-trips; an older edge's parser refuses an
         // unknown type, which is why it is sent only to edges that announce it.
         let ended = LocatorMessage::SessionsEnded {
@@ -500,6 +538,42 @@ mod tests {
             ended
         );
         assert!(serde_json::from_str::<LocatorMessage>(r#"{"type":"later_message"}"#).is_err());
+    }
+
+    #[test]
+    fn pong_heartbeats_are_offered_only_in_a_welcome_that_says_so() {
+        // An older locator's welcome reads as "no pong heartbeats": the edge pings.
+        let old = r#"{"type":"welcome","protocol":1,"report_interval_ms":1000,"acked_seq":0,"suspended":false,"heartbeat_interval_ms":250}"#;
+        let welcome: LocatorMessage = serde_json::from_str(old).expect("parse");
+        assert!(matches!(
+            welcome,
+            LocatorMessage::Welcome {
+                pong_heartbeats: false,
+                ..
+            }
+        ));
+        // A welcome without them is exactly what an older edge accepts…
+        let text = serde_json::to_string(&welcome).expect("json");
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).expect("json"),
+            serde_json::from_str::<serde_json::Value>(old).expect("json")
+        );
+        // …and one offering them round-trips (an older edge would refuse the field,
+        // which is why it goes only to edges announcing `pong_heartbeats`).
+        let offered = LocatorMessage::Welcome {
+            protocol: 1,
+            report_interval_ms: 1000,
+            acked_seq: 0,
+            suspended: false,
+            heartbeat_interval_ms: 250,
+            pong_heartbeats: true,
+        };
+        let text = serde_json::to_string(&offered).expect("json");
+        assert!(text.contains(r#""pong_heartbeats":true"#), "{text}");
+        assert_eq!(
+            serde_json::from_str::<LocatorMessage>(&text).expect("parse"),
+            offered
+        );
     }
 
     #[test]
