@@ -40,8 +40,9 @@
 //! a session handed to a client, or a spool sequence acknowledged to an edge, survives a
 //! crash of the locator *and* a power loss (see [`sqlite`] for the `synchronous` choice;
 //! Postgres relies on the server's `synchronous_commit`, see [`postgres`]). Session
-//! creation is the hot write path; it goes through a *group commit* writer that commits
-//! every pending creation in one transaction (see [`Store::create_session`]).
+//! creations and the edges' spool batches are the hot write paths; each goes through a
+//! *group commit* writer that commits every pending creation (every pending batch) in
+//! one transaction (see [`Store::create_session`], [`Store::store_spool`]).
 //!
 //! # Several locators (Postgres)
 //!
@@ -270,6 +271,9 @@ pub struct StoreOptions {
     pub create_batch_max: usize,
     /// Session creations that may wait for the writer before callers are held back.
     pub create_queue: usize,
+    /// Most spool batches (of any edges) committed in one transaction by the spool
+    /// writer. 1 gives one transaction per batch.
+    pub spool_batch_max: usize,
     /// SQLite: connections for reads (writes use one connection: SQLite has one writer
     /// anyway).
     pub read_connections: u32,
@@ -293,6 +297,8 @@ impl Default for StoreOptions {
         StoreOptions {
             create_batch_max: 256,
             create_queue: 4096,
+            // Up to 500 entries each (`MAX_SPOOL_BATCH`): at most 32,000 rows a commit.
+            spool_batch_max: 64,
             read_connections: 4,
             max_connections: 10,
             busy_timeout: Duration::from_secs(5),
@@ -313,6 +319,7 @@ pub struct Store {
 struct Inner {
     backend: Backend,
     creates: mpsc::Sender<CreateJob>,
+    spools: mpsc::Sender<SpoolJob>,
     info: StoreInfo,
 }
 
@@ -345,12 +352,17 @@ macro_rules! dispatch {
 ///   SQLite has no connection to lose and one writer, so nothing there to retry.
 /// - `once`: each run writes anew (an audit row), or the caller handles a failure.
 macro_rules! shared {
-    ($store:expr, $op:expr, $policy:ident, |$db:ident| $body:block) => {
-        match &$store.inner.backend {
+    // On a backend (the writer tasks hold one, not a store), keeping sqlx's error for
+    // the writer to classify.
+    (backend $backend:expr, $op:expr, $policy:ident, |$db:ident| $body:block) => {
+        match $backend {
             Backend::Sqlite($db) => shared!(@run once, $op, $body),
             Backend::Postgres($db) => shared!(@run $policy, $op, $body),
         }
-        .map_err(StoreError::db($op))
+    };
+    ($store:expr, $op:expr, $policy:ident, |$db:ident| $body:block) => {
+        shared!(backend &$store.inner.backend, $op, $policy, |$db| $body)
+            .map_err(StoreError::db($op))
     };
     (@run once, $op:expr, $body:block) => {{
         // Annotated: the body's `?` converts into sqlx's error.
@@ -370,6 +382,14 @@ impl Backend {
 }
 
 type CreateReply = Result<(SessionRecord, bool), StoreError>;
+
+/// A spool batch of one edge waiting for the spool writer (see [`Store::store_spool`]).
+#[derive(Debug)]
+struct SpoolJob {
+    edge_id: String,
+    entries: Vec<SpoolEntry>,
+    reply: oneshot::Sender<Result<u64, StoreError>>,
+}
 
 /// A session creation waiting for the group-commit writer.
 #[derive(Debug)]
@@ -459,10 +479,13 @@ impl Store {
 
     /// [`Store::open`] with explicit tuning.
     pub async fn open_with(url: &str, options: StoreOptions) -> Result<Store, StoreError> {
-        if options.create_batch_max == 0 || options.create_queue == 0 {
+        if options.create_batch_max == 0
+            || options.create_queue == 0
+            || options.spool_batch_max == 0
+        {
             return Err(StoreError::invalid(
                 "store options",
-                "create_batch_max and create_queue must be at least 1",
+                "create_batch_max, create_queue and spool_batch_max must be at least 1",
             ));
         }
         let (backend, info) = match parse_url(url)? {
@@ -485,10 +508,19 @@ impl Store {
         };
         let (tx, rx) = mpsc::channel(options.create_queue);
         tokio::spawn(create_writer(backend.clone(), rx, options.create_batch_max));
+        // Every link waits for its batch's ack before it relays the next: at most one
+        // batch a link is queued, so the queue is as long as the fleet it serves.
+        let (spools, spool_rx) = mpsc::channel(options.create_queue);
+        tokio::spawn(spool_writer(
+            backend.clone(),
+            spool_rx,
+            options.spool_batch_max,
+        ));
         Ok(Store {
             inner: Arc::new(Inner {
                 backend,
                 creates: tx,
+                spools,
                 info,
             }),
         })
@@ -843,6 +875,14 @@ impl Store {
     ///   The end time is the entry's time (the edge's clock).
     /// - Sequence 0 and sequences above `i64::MAX` are refused ([`StoreError::Invalid`]),
     ///   as are non-finite metrics; nothing of the batch is stored then.
+    /// - Group commit, as for [`Store::create_session`]: the batch goes to the store's
+    ///   spool writer, which commits every pending batch (of any edges, up to
+    ///   [`StoreOptions::spool_batch_max`]) in one transaction and answers each after
+    ///   COMMIT, so the acknowledged sequence is durable when it returns. With one sync a
+    ///   commit (SQLite, `synchronous = FULL`), one transaction per batch made 5,000
+    ///   spooling edges more commits than the disk could sync. A failed transaction fails
+    ///   every batch in it with [`StoreError::Batch`] (nothing of it is stored; each edge
+    ///   relays again).
     ///
     /// [`SpoolBody::Metrics`]: locus_protocol::SpoolBody::Metrics
     pub async fn store_spool(
@@ -854,74 +894,17 @@ impl Store {
         if entries.is_empty() {
             return self.acked_seq(edge_id).await;
         }
-        shared!(self, "store_spool", retried, |db| {
-            let mut tx = db.begin_write().await?;
-            let acked: i64 = sqlx::query_scalar(sql::LOCK_SPOOL_PROGRESS)
-                .bind(edge_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            let mut high = acked;
-            for entry in entries {
-                let seq = seq_i64(entry.seq);
-                if seq <= acked {
-                    continue; // Relayed again: stored before.
-                }
-                high = high.max(seq);
-                if let SpoolBody::Metrics(m) = &entry.body {
-                    sqlx::query(sql::INSERT_METRIC)
-                        .bind(edge_id)
-                        .bind(seq)
-                        .bind(entry.at_unix_ms)
-                        .bind(f64::from(m.cpu))
-                        .bind(f64::from(m.lag_ms))
-                        .bind(i64::from(m.connections))
-                        .bind(i64::from(m.sessions))
-                        .execute(&mut *tx)
-                        .await?;
-                    continue;
-                }
-                let inserted = sqlx::query(sql::INSERT_EDGE_AUDIT)
-                    .bind(edge_id)
-                    .bind(seq)
-                    .bind(entry.at_unix_ms)
-                    .bind(entry.body.audit_kind().unwrap_or("unknown"))
-                    .bind(entry.body.session_id())
-                    .bind(entry.body.participant())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    > 0;
-                if let (true, SpoolBody::SessionStarted { session_id })
-                | (true, SpoolBody::ParticipantJoined { session_id, .. }) =
-                    (inserted, &entry.body)
-                {
-                    sqlx::query(sql::NOTE_FIRST_JOIN)
-                        .bind(session_id)
-                        .bind(edge_id)
-                        .bind(entry.at_unix_ms)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                if let (true, SpoolBody::SessionEnded { session_id }) = (inserted, &entry.body) {
-                    sqlx::query(sql::END_REPORTED_SESSION)
-                        .bind(session_id)
-                        .bind(edge_id)
-                        .bind(entry.at_unix_ms)
-                        .bind(ENDED_BY_EDGE)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-            }
-            if high > acked {
-                sqlx::query(sql::ADVANCE_SPOOL_PROGRESS)
-                    .bind(edge_id)
-                    .bind(high)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            tx.commit().await?;
-            Ok(seq_u64(high))
-        })
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .spools
+            .send(SpoolJob {
+                edge_id: edge_id.to_string(),
+                entries: entries.to_vec(),
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
     /// The highest spool sequence stored for an edge (0: none).
@@ -1162,6 +1145,127 @@ fn seq_i64(seq: u64) -> i64 {
 /// Seq as read back (never negative by the schema's CHECK).
 fn seq_u64(seq: i64) -> u64 {
     u64::try_from(seq).unwrap_or(0)
+}
+
+/// The spool writer: takes every pending spool batch (up to `max_batch`, of any edges),
+/// stores them in one transaction, answers each after COMMIT (see [`Store::store_spool`]).
+/// Ends when every [`Store`] is dropped; never stops on a database error (as
+/// [`create_writer`]).
+async fn spool_writer(backend: Backend, mut rx: mpsc::Receiver<SpoolJob>, max_batch: usize) {
+    let mut jobs = Vec::with_capacity(max_batch);
+    loop {
+        if rx.recv_many(&mut jobs, max_batch).await == 0 {
+            break;
+        }
+        // One lock order for every transaction (by edge; a stable sort keeps one edge's
+        // batches in arrival order): two locators' transactions never wait on each
+        // other's progress rows in a cycle.
+        jobs.sort_by(|a, b| a.edge_id.cmp(&b.edge_id));
+        match store_spool_batches(&backend, &jobs).await {
+            Ok(acked) => {
+                debug_assert_eq!(acked.len(), jobs.len());
+                for (job, acked) in jobs.drain(..).zip(acked) {
+                    let _ = job.reply.send(Ok(acked));
+                }
+            }
+            Err(source) => {
+                if Fault::of(&source).is_unreachable() {
+                    while let Ok(job) = rx.try_recv() {
+                        jobs.push(job);
+                    }
+                }
+                tracing::error!(error = %source, batch = jobs.len(), "spool batch failed");
+                let hint = Fault::of(&source).hint();
+                let source = Arc::new(source);
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::Batch {
+                        op: "store_spool",
+                        hint,
+                        source: Arc::clone(&source),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// Stores spool batches in one transaction; returns each one's sequence to acknowledge.
+async fn store_spool_batches(
+    backend: &Backend,
+    jobs: &[SpoolJob],
+) -> Result<Vec<u64>, sqlx::Error> {
+    shared!(backend backend, "store_spool", retried, |db| {
+        let mut tx = db.begin_write().await?;
+        let mut acks = Vec::with_capacity(jobs.len());
+        for SpoolJob { edge_id, entries, .. } in jobs {
+            let acked: i64 = sqlx::query_scalar(sql::LOCK_SPOOL_PROGRESS)
+                .bind(edge_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            let mut high = acked;
+            for entry in entries {
+                let seq = seq_i64(entry.seq);
+                if seq <= acked {
+                    continue; // Relayed again: stored before.
+                }
+                high = high.max(seq);
+                if let SpoolBody::Metrics(m) = &entry.body {
+                    sqlx::query(sql::INSERT_METRIC)
+                        .bind(edge_id)
+                        .bind(seq)
+                        .bind(entry.at_unix_ms)
+                        .bind(f64::from(m.cpu))
+                        .bind(f64::from(m.lag_ms))
+                        .bind(i64::from(m.connections))
+                        .bind(i64::from(m.sessions))
+                        .execute(&mut *tx)
+                        .await?;
+                    continue;
+                }
+                let inserted = sqlx::query(sql::INSERT_EDGE_AUDIT)
+                    .bind(edge_id)
+                    .bind(seq)
+                    .bind(entry.at_unix_ms)
+                    .bind(entry.body.audit_kind().unwrap_or("unknown"))
+                    .bind(entry.body.session_id())
+                    .bind(entry.body.participant())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    > 0;
+                if let (true, SpoolBody::SessionStarted { session_id })
+                | (true, SpoolBody::ParticipantJoined { session_id, .. }) =
+                    (inserted, &entry.body)
+                {
+                    sqlx::query(sql::NOTE_FIRST_JOIN)
+                        .bind(session_id)
+                        .bind(edge_id)
+                        .bind(entry.at_unix_ms)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                if let (true, SpoolBody::SessionEnded { session_id }) = (inserted, &entry.body) {
+                    sqlx::query(sql::END_REPORTED_SESSION)
+                        .bind(session_id)
+                        .bind(edge_id)
+                        .bind(entry.at_unix_ms)
+                        .bind(ENDED_BY_EDGE)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            if high > acked {
+                sqlx::query(sql::ADVANCE_SPOOL_PROGRESS)
+                    .bind(edge_id)
+                    .bind(high)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            acks.push(seq_u64(high));
+        }
+        tx.commit().await?;
+        Ok(acks)
+    })
 }
 
 /// The group-commit writer: takes every pending creation (up to `max_batch`), commits

@@ -124,6 +124,7 @@ on_both_backends!(
     one_hundred_concurrent_creates_of_one_key_give_one_room,
     concurrent_mixed_creates_all_commit,
     spool_batches_are_stored_once,
+    many_edges_spooling_at_once_each_get_their_own_acks,
     a_reported_session_end_ends_ad_hoc_sessions_of_that_edge_only,
     suspension_is_idempotent_and_audited_once_per_change,
     a_failed_edge_ends_ad_hoc_sessions_and_rooms_move_by_compare_and_set,
@@ -572,6 +573,46 @@ async fn spool_batches_are_stored_once(db: &TestDb) -> TestResult {
     ));
     assert_eq!(store.acked_seq("e1").await?, 8);
     assert_eq!(store.count_audit(Some("e1")).await?, 5);
+    Ok(())
+}
+
+/// Batches of many edges at once share transactions (the spool writer's group commit):
+/// each edge's entries are stored once, in its own sequence, and each batch is answered
+/// with its own edge's acknowledged sequence, also when one edge relays a batch twice at
+/// once (a link replaced while its batch was being stored).
+async fn many_edges_spooling_at_once_each_get_their_own_acks(db: &TestDb) -> TestResult {
+    const EDGES: u64 = 100;
+    const BATCHES: u64 = 5;
+    let store = db.open().await?;
+    let mut links = Vec::new();
+    for e in 0..EDGES {
+        let store = store.clone();
+        links.push(tokio::spawn(async move {
+            let edge = format!("edge-{e}");
+            // Edge e relays batches of e % 3 + 1 entries, each after the previous ack.
+            let size = e % 3 + 1;
+            let mut acks = Vec::new();
+            for b in 0..BATCHES {
+                let batch: Vec<_> = (1..=size)
+                    .map(|i| entry(b * size + i, joined(&format!("{edge}-s"), &format!("p{i}"))))
+                    .collect();
+                let (first, again) = tokio::join!(
+                    store.store_spool(&edge, &batch),
+                    store.store_spool(&edge, &batch)
+                );
+                acks.push((first?, again?));
+            }
+            Ok::<_, StoreError>((e, size, acks))
+        }));
+    }
+    for link in links {
+        let (e, size, acks) = link.await??;
+        let expected: Vec<_> = (1..=BATCHES).map(|b| (b * size, b * size)).collect();
+        assert_eq!(acks, expected, "edge-{e}");
+        let edge = format!("edge-{e}");
+        assert_eq!(store.acked_seq(&edge).await?, BATCHES * size);
+        assert_eq!(store.count_audit(Some(&edge)).await?, BATCHES * size);
+    }
     Ok(())
 }
 

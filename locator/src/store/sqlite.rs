@@ -24,8 +24,9 @@
 //! sequence an edge then deletes), so a commit must survive power loss too:
 //! `synchronous = FULL` syncs the log at every commit. The throughput this costs is won
 //! back by the group commit of session creations (one sync per batch, see
-//! [`Store::create_session`](super::Store::create_session)) and by storing each spool
-//! batch in one transaction.
+//! [`Store::create_session`](super::Store::create_session)) and of spool batches (many
+//! edges' batches in one transaction, see
+//! [`Store::store_spool`](super::Store::store_spool)).
 
 use std::path::Path;
 use std::time::Duration;
