@@ -237,7 +237,11 @@ async fn a_burst_split_across_two_locators_counts_each_others_assignments() {
     // Both see every edge's (empty) load before the burst.
     for locator in [&a, &b] {
         wait_for(&locator.state, "every report seen", |s| {
-            s.registry.snapshot().edges.iter().all(|e| e.load().is_some())
+            s.registry
+                .snapshot()
+                .edges
+                .iter()
+                .all(|e| e.load().is_some())
         })
         .await;
     }
