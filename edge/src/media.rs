@@ -41,7 +41,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -744,6 +744,8 @@ struct PeerHandler {
     outlet: Arc<dyn Outlet>,
     gathered: watch::Sender<bool>,
     failed: watch::Sender<bool>,
+    /// The connection these events are of, set once it is built (weak: it owns this handler).
+    pc: OnceLock<Weak<dyn PeerConnection>>,
 }
 
 #[async_trait::async_trait]
@@ -777,38 +779,112 @@ impl PeerConnectionEventHandler for PeerHandler {
         let Some(media_ssrc) = track.ssrcs().await.first().copied() else {
             return;
         };
-        let Some(codec) = track.codec(media_ssrc).await else {
-            return;
-        };
-        // The track's kind can still be unset when its first packet arrives (seen with
-        // Chromium under load); the codec says it. A receiver's `add_track` refuses a track
-        // of no kind.
-        let kind = match track.kind().await {
-            RtpCodecKind::Unspecified => kind_of_codec(&codec),
-            kind => kind,
-        };
-        if kind == RtpCodecKind::Unspecified {
-            tracing::warn!(participant = %self.participant, codec = %codec.mime_type, "a published track of no known kind is not forwarded");
-            return;
-        }
-        let published = Arc::new(Published {
-            id: self.media.next_id.fetch_add(1, Ordering::Relaxed),
-            owner: self.member,
+        let codec = track.codec(media_ssrc).await;
+        let kind = track.kind().await;
+        let publisher = Publisher {
+            media: self.media.clone(),
+            room: self.room.clone(),
+            member: self.member,
             participant: self.participant.clone(),
-            kind,
-            codec,
-            media_ssrc,
-            remote: track.clone(),
-            packets: broadcast::channel(FANOUT_BUFFER).0,
-            last_keyframe_request: Mutex::new(None),
-            superseded: AtomicBool::new(false),
-        });
-        tokio::spawn(read_published(
-            published,
-            self.room.clone(),
-            self.media.stats.clone(),
-        ));
+            pc: self.pc.get().cloned(),
+        };
+        tokio::spawn(publish(publisher, track, media_ssrc, kind, codec));
     }
+}
+
+/// Who publishes a remote track, for [`publish`].
+struct Publisher {
+    media: Arc<Media>,
+    room: Arc<Room>,
+    member: u64,
+    participant: String,
+    pc: Option<Weak<dyn PeerConnection>>,
+}
+
+/// Publishes a track the participant sends, once its codec is known, and reads it.
+async fn publish(
+    publisher: Publisher,
+    track: Arc<dyn TrackRemote>,
+    media_ssrc: u32,
+    kind: RtpCodecKind,
+    codec: Option<RTCRtpCodec>,
+) {
+    let codec = match codec {
+        Some(codec) => codec,
+        None => match codec_of_first_packet(publisher.pc.as_ref(), &track).await {
+            Some(codec) => {
+                tracing::debug!(participant = %publisher.participant, ssrc = media_ssrc, codec = %codec.mime_type, "a track announced without its codec: codec taken from its first packet");
+                codec
+            }
+            None => {
+                tracing::warn!(participant = %publisher.participant, ssrc = media_ssrc, "a published track whose codec is unknown is not forwarded");
+                return;
+            }
+        },
+    };
+    // The track's kind can still be unset when its first packet arrives (seen with
+    // Chromium under load); the codec says it. A receiver's `add_track` refuses a track
+    // of no kind.
+    let kind = match kind {
+        RtpCodecKind::Unspecified => kind_of_codec(&codec),
+        kind => kind,
+    };
+    if kind == RtpCodecKind::Unspecified {
+        tracing::warn!(participant = %publisher.participant, codec = %codec.mime_type, "a published track of no known kind is not forwarded");
+        return;
+    }
+    let published = Arc::new(Published {
+        id: publisher.media.next_id.fetch_add(1, Ordering::Relaxed),
+        owner: publisher.member,
+        participant: publisher.participant,
+        kind,
+        codec,
+        media_ssrc,
+        remote: track,
+        packets: broadcast::channel(FANOUT_BUFFER).0,
+        last_keyframe_request: Mutex::new(None),
+        superseded: AtomicBool::new(false),
+    });
+    read_published(published, publisher.room, publisher.media.stats.clone()).await;
+}
+
+/// The codec of a remote track that `on_track` announced without one: the negotiated
+/// codec of its receiver named by the payload type of its first RTP packet.
+///
+/// Works around a race in `webrtc`/`rtc` 0.21.1: every applied answer (`start_rtp`)
+/// replaces each receiver's track with a fresh one whose codec is unset until the next
+/// packet; the driver copies a track's codings (codec included) when it handles the
+/// `OnOpen` event of the stream's first packet, so an answer applied between that packet
+/// and the event leaves the remote track with its SSRC but no codec, and later `OnOpen`s
+/// of the same SSRC never fill it in (`populate_track_remote_codings` skips SSRCs the
+/// track has). Chromium starts sending a new camera while the edge renegotiates with it
+/// for the others' tracks, so now and then a camera was never forwarded (the try page's
+/// tiles test in `clients/js/test/media.test.mjs`).
+async fn codec_of_first_packet(
+    pc: Option<&Weak<dyn PeerConnection>>,
+    track: &Arc<dyn TrackRemote>,
+) -> Option<RTCRtpCodec> {
+    let payload_type = loop {
+        match track.poll().await? {
+            TrackRemoteEvent::OnRtpPacket(packet) => break packet.header.payload_type,
+            TrackRemoteEvent::OnEnded => return None,
+            _ => {}
+        }
+    };
+    let pc = pc?.upgrade()?;
+    for receiver in pc.get_receivers().await {
+        if !Arc::ptr_eq(receiver.track(), track) {
+            continue;
+        }
+        let parameters = receiver.get_parameters().await.ok()?;
+        return parameters
+            .rtp_parameters
+            .codecs
+            .into_iter()
+            .find(|c| c.payload_type == payload_type)
+            .map(|c| c.rtp_codec);
+    }
+    None
 }
 
 /// A codec's kind from its MIME type (`audio/opus`, `video/VP8`).
@@ -947,9 +1023,13 @@ async fn run_peer(task: PeerTask, mut slot: PeerSlot, mut signals: mpsc::Receive
         outlet: task.outlet.clone(),
         gathered: gathered_tx,
         failed: failed_tx,
+        pc: OnceLock::new(),
     });
-    let pc = match task.media.build_peer(handler, &mut slot).await {
-        Ok(pc) => pc,
+    let pc = match task.media.build_peer(handler.clone(), &mut slot).await {
+        Ok(pc) => {
+            let _ = handler.pc.set(Arc::downgrade(&pc));
+            pc
+        }
         Err(detail) => {
             tracing::warn!(participant = %task.participant, %detail, "WebRTC peer not opened");
             task.outlet.send_frame(error_frame(&detail));
@@ -1051,6 +1131,7 @@ impl Negotiation<'_> {
                     return Err("unexpected answer: the edge has no offer outstanding".into());
                 }
                 self.edge_offer_pending = false;
+                tracing::trace!(participant = %self.task.participant, %sdp, "client answer");
                 let answer = RTCSessionDescription::answer(sdp)
                     .map_err(|e| format!("the answer's SDP does not parse: {e}"))?;
                 if let Err(e) = self.pc.set_remote_description(answer).await {
@@ -1083,6 +1164,7 @@ impl Negotiation<'_> {
             ));
         }
         self.client_rate.record(now);
+        tracing::trace!(participant = %self.task.participant, glare = self.edge_offer_pending, %sdp, "client offer");
         let offer = RTCSessionDescription::offer(sdp)
             .map_err(|e| format!("the offer's SDP does not parse: {e}"))?;
         if self.edge_offer_pending {
@@ -1113,6 +1195,7 @@ impl Negotiation<'_> {
             .local_description()
             .await
             .ok_or("the edge has no local description")?;
+        tracing::trace!(participant = %self.task.participant, sdp = %local.sdp, "edge answer");
         self.task
             .outlet
             .send_frame(frame("answer", Some(&local.sdp), None));
@@ -1211,6 +1294,7 @@ impl Negotiation<'_> {
                 ssrc,
                 self.task.media.stats.clone(),
             ));
+            tracing::debug!(participant = %self.task.participant, publisher = %published.participant, kind = %published.kind, ssrc, "forwarding a track");
             self.forwards.insert(published.id, Forward { sender, task });
             changed = true;
         }
@@ -1247,6 +1331,7 @@ impl Negotiation<'_> {
             .await
             .ok_or("the edge has no local description")?;
         self.edge_offer_pending = true;
+        tracing::trace!(participant = %self.task.participant, sdp = %local.sdp, "edge offer");
         self.task
             .outlet
             .send_frame(frame("offer", Some(&local.sdp), None));

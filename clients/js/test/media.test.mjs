@@ -220,13 +220,8 @@ test("the try page: camera and microphone tiles of each other in two windows, RT
       return v.state === "connected" && v.tiles.length === 2 && own && theirs && (kinds === "any" ? theirs.kinds.length > 0 : theirs.kinds.join() === kinds);
     });
   }, 250, () => last);
-  // Known gap (issue 11's note): a camera turned on in a running media link is renegotiated
-  // into the edge's peer, and the edge's WebRTC crate sometimes never announces one of the
-  // new tracks (about one run in three here). Until that is fixed, the first stage asks for
-  // the other's tile with a live track and audio flowing; after the SIGKILL (a new link
-  // carrying the camera from its first offer) both kinds are required.
-  await tilesShown("each window shows its own tile and the other's with a live track", "any");
-  for (const [i, w] of windows.entries()) await packetsFlow(driver, w, `try page window ${i}`, 20, 60000, ["audio"]);
+  await tilesShown("each window shows its own tile and the other's with live audio and video");
+  for (const [i, w] of windows.entries()) await packetsFlow(driver, w, `try page window ${i}`);
   const before = last.map((v) => v.you);
   const edge = await inWindow(driver, windows[0], () => driver.run(`return document.getElementById("edge").textContent;`));
   await topo.signalEdge(edge, "SIGKILL");
