@@ -54,6 +54,13 @@ pub enum Command {
         /// keep-alive one, before it is closed (e.g. 10s, 500ms).
         #[arg(long, default_value = "10s", value_parser = locus_geo::config::parse_duration)]
         header_read_timeout: std::time::Duration,
+        /// Threads serving HTTP, each with its own listener on the address
+        /// (SO_REUSEPORT: the kernel spreads connections over them) and its own event
+        /// loop, as nginx's worker processes. 0 (default): one listener served by the
+        /// shared runtime's worker threads. Its gain is not shown yet (README, locate
+        /// against nginx).
+        #[arg(long, default_value_t = 0)]
+        http_threads: usize,
         /// Serve HTTPS/WSS with this certificate chain (PEM; with --tls-key). Reloaded
         /// when the file changes. Not given: plain HTTP (behind a TLS proxy).
         #[arg(long)]
@@ -131,11 +138,12 @@ pub fn run(cli: Cli) -> ExitCode {
             db_max_connections,
             max_connections,
             header_read_timeout,
+            http_threads,
             tls_cert,
             tls_key,
         } => serve(
             &config,
-            &listen,
+            (&listen, http_threads),
             &database,
             geoip.as_deref(),
             db_max_connections,
@@ -373,7 +381,7 @@ fn resolve(path: &Path, geoip: Option<&str>, ips: &[String]) -> ExitCode {
 
 fn serve(
     path: &Path,
-    listen: &str,
+    (listen, http_threads): (&str, usize),
     database: &str,
     geoip: Option<&str>,
     db_max_connections: u32,
@@ -435,16 +443,14 @@ fn serve(
                 return ExitCode::FAILURE;
             }
         };
-        let listener = match tokio::net::TcpListener::bind(listen).await {
-            Ok(listener) => listener,
+        let listeners = match bind_listeners(listen, http_threads).await {
+            Ok(listeners) => listeners,
             Err(e) => {
                 eprintln!("locator: cannot listen on {listen}: {e} (use --listen HOST:PORT)");
                 return ExitCode::FAILURE;
             }
         };
-        let address = listener
-            .local_addr()
-            .map_or_else(|_| listen.to_string(), |a| a.to_string());
+        let address = listeners.local_addr().map_or_else(|_| listen.to_string(), |a| a.to_string());
         if let Some(info) = resolver.database_info()
             && let Some(credit) = info.attribution {
                 tracing::info!("GeoIP: {} <{}>", credit.text, credit.url);
@@ -472,7 +478,7 @@ fn serve(
             "locator ready: edges connect to {ws}://{address}{}, clients call {http}://{address}/v1/locate",
             locus_protocol::EDGE_LINK_PATH
         );
-        match crate::server::run(listener, state, shutdown).await {
+        match crate::server::run_on(listeners, state, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("locator: server error: {e}");
@@ -480,4 +486,22 @@ fn serve(
             }
         }
     })
+}
+
+/// The listeners of `--listen` for `--http-threads` (a host name is resolved: the first
+/// of its addresses that binds is used).
+async fn bind_listeners(listen: &str, threads: usize) -> std::io::Result<crate::server::Listeners> {
+    use crate::server::Listeners;
+    if threads == 0 {
+        return Ok(Listeners::One(tokio::net::TcpListener::bind(listen).await?));
+    }
+    let mut failed = None;
+    for address in tokio::net::lookup_host(listen).await? {
+        match locus_serve::bind_shards(address, threads) {
+            Ok(listeners) => return Ok(Listeners::Shards(listeners)),
+            Err(error) => failed = Some(error),
+        }
+    }
+    Err(failed
+        .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address")))
 }

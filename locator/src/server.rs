@@ -174,10 +174,42 @@ async fn turn_check_loop(state: Arc<AppState>) {
     run_checks(health, Arc::new(AppChecker::new(state))).await;
 }
 
+/// Where the locator accepts its HTTP connections.
+#[derive(Debug)]
+pub enum Listeners {
+    /// One listener, served by the runtime `run` is called on (tests).
+    One(TcpListener),
+    /// Listeners of one address bound with `SO_REUSEPORT`
+    /// ([`locus_serve::bind_shards`]), each served by a thread of its own (the binary).
+    Shards(Vec<std::net::TcpListener>),
+}
+
+impl Listeners {
+    /// The address they listen on.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        match self {
+            Listeners::One(listener) => listener.local_addr(),
+            Listeners::Shards(listeners) => listeners
+                .first()
+                .ok_or_else(|| std::io::Error::other("no listener"))?
+                .local_addr(),
+        }
+    }
+}
+
 /// Serves until `shutdown` completes, then stops accepting and lets requests in flight
 /// finish.
 pub async fn run(
     listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    run_on(Listeners::One(listener), state, shutdown).await
+}
+
+/// As [`run`], on `listeners`.
+pub async fn run_on(
+    listeners: Listeners,
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -219,7 +251,14 @@ pub async fn run(
         shutdown.await;
         state.admin.close_streams();
     };
-    let result = locus_serve::serve_tls(listener, app, limits, counters, tls, shutdown).await;
+    let result = match listeners {
+        Listeners::One(listener) => {
+            locus_serve::serve_tls(listener, app, limits, counters, tls, shutdown).await
+        }
+        Listeners::Shards(listeners) => {
+            locus_serve::serve_sharded(listeners, app, limits, counters, tls, shutdown).await
+        }
+    };
     tasks.abort_all();
     result
 }

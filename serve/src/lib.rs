@@ -163,6 +163,144 @@ pub async fn serve_tls(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    // The shutdown future runs as a task of its own (as in axum::serve): what it does
+    // (the locator closes its admin event streams) still happens when the caller drops
+    // this future instead of letting it finish.
+    let stopped = spawn_shutdown(shutdown);
+    let shared = Shared {
+        router,
+        limits,
+        counters,
+        tls,
+        permits,
+    };
+    serve_loop(listener, shared, stopped).await;
+    Ok(())
+}
+
+/// Runs `shutdown` as a task of its own and returns a receiver that turns true when it
+/// has completed.
+fn spawn_shutdown(
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    });
+    stopped
+}
+
+/// What every accept loop of one server shares.
+#[derive(Clone)]
+struct Shared {
+    router: Router,
+    limits: Limits,
+    counters: Arc<Counters>,
+    tls: Option<Arc<ServerTls>>,
+    /// The places under [`Limits::max_connections`], one pool for all loops.
+    permits: Arc<Semaphore>,
+}
+
+/// Binds `count` listeners to `address` with `SO_REUSEPORT`, for [`serve_sharded`]: the
+/// kernel spreads new connections over them. Port 0 picks one free port for all. Call
+/// within a tokio runtime (the sockets are made listening there, then handed over).
+/// Without `SO_REUSEPORT` (not unix), one listener.
+pub fn bind_shards(address: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let count = if cfg!(unix) { count.max(1) } else { 1 };
+    let mut address = address;
+    let mut listeners = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = if address.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As `TcpListener::bind` does: a restart can bind while old connections linger.
+        socket.set_reuseaddr(true)?;
+        #[cfg(unix)]
+        socket.set_reuseport(true)?;
+        socket.bind(address)?;
+        let listener = socket.listen(1024)?;
+        address = listener.local_addr()?;
+        listeners.push(listener.into_std()?);
+    }
+    Ok(listeners)
+}
+
+/// As [`serve_tls`], with one thread per listener (from [`bind_shards`]), each running
+/// its own single-threaded runtime: a connection is served start to end on the thread
+/// that accepted it, as in nginx's one process per core, with no hand-over of woken
+/// tasks between threads (what tokio's shared scheduler spends per request under load).
+/// The connection cap counts all of them together. Returns when every loop has stopped
+/// and its requests in flight have finished.
+///
+/// The threads outlive this call, driving their runtime until the process exits:
+/// sockets opened by requests on them (a pooled database connection) may still be used
+/// by the caller's runtime, and upgraded websockets stay served, as on the caller's
+/// runtime until it ends.
+pub async fn serve_sharded(
+    listeners: Vec<std::net::TcpListener>,
+    router: Router,
+    limits: Limits,
+    counters: Arc<Counters>,
+    tls: Option<Arc<ServerTls>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let shared = Shared {
+        router,
+        limits,
+        counters,
+        tls,
+        permits: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+    };
+    let stopped = spawn_shutdown(shutdown);
+    let mut finished = Vec::with_capacity(listeners.len());
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (done, finished_here) = tokio::sync::oneshot::channel::<io::Result<()>>();
+        let (shared, stopped) = (shared.clone(), stopped.clone());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("http-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let result = match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            serve_loop(listener, shared, stopped).await;
+                            Ok(())
+                        }
+                        Err(error) => Err(error),
+                    };
+                    let _ = done.send(result);
+                    std::future::pending::<()>().await;
+                });
+            })?;
+        finished.push(finished_here);
+    }
+    for finished_here in finished {
+        finished_here
+            .await
+            .map_err(|_| io::Error::other("an HTTP thread ended early"))??;
+    }
+    Ok(())
+}
+
+/// Accepts on `listener` until `stopped` turns true, then stops accepting and waits for
+/// the requests in flight.
+async fn serve_loop(
+    listener: TcpListener,
+    shared: Shared,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    let Shared {
+        router,
+        limits,
+        counters,
+        tls,
+        permits,
+    } = shared;
     // hyper's own HTTP/1 builder: hyper-util's "auto" builder first waits for bytes to
     // tell HTTP/1 from HTTP/2, with no timeout, so a silent socket would never be closed.
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -173,14 +311,6 @@ pub async fn serve_tls(
     // `closing`; the loop sends on it to start the shutdown and waits until every
     // receiver is gone.
     let (closing, closing_seen) = tokio::sync::watch::channel(false);
-    // The shutdown future runs as a task of its own (as in axum::serve): what it does
-    // (the locator closes its admin event streams) still happens when the caller drops
-    // this future instead of letting it finish.
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop.send(true);
-    });
     let mut shutdown = std::pin::pin!(async move {
         let _ = stopped.wait_for(|stop| *stop).await;
     });
@@ -253,7 +383,6 @@ pub async fn serve_tls(
     drop(closing_seen);
     let _ = closing.send(true);
     closing.closed().await;
-    Ok(())
 }
 
 /// Serves one connection's requests until it ends, or until the server stops (then the

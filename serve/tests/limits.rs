@@ -24,8 +24,11 @@ struct Server {
 }
 
 async fn start(limits: Limits) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
+    start_on(limits, None).await
+}
+
+/// With `shards`, `serve_sharded` on that many `SO_REUSEPORT` listeners of one port.
+async fn start_on(limits: Limits, shards: Option<usize>) -> Server {
     let router = Router::new()
         .route(
             "/peer",
@@ -51,15 +54,35 @@ async fn start(limits: Limits) -> Server {
         );
     let counters = Arc::new(Counters::default());
     let (stop, stopped) = oneshot::channel();
-    let task = tokio::spawn(locus_serve::serve(
-        listener,
-        router,
-        limits,
-        counters.clone(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let stopped = async move {
+        let _ = stopped.await;
+    };
+    let (address, task) = match shards {
+        None => {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let address = listener.local_addr().expect("address");
+            let serve = locus_serve::serve(listener, router, limits, counters.clone(), stopped);
+            (address, tokio::spawn(serve))
+        }
+        Some(shards) => {
+            let listeners =
+                locus_serve::bind_shards("127.0.0.1:0".parse().expect("address"), shards)
+                    .expect("bind");
+            let address = listeners[0].local_addr().expect("address");
+            for listener in &listeners[1..] {
+                assert_eq!(listener.local_addr().expect("address"), address);
+            }
+            let serve = locus_serve::serve_sharded(
+                listeners,
+                router,
+                limits,
+                counters.clone(),
+                None,
+                stopped,
+            );
+            (address, tokio::spawn(serve))
+        }
+    };
     Server {
         address,
         counters,
@@ -171,6 +194,55 @@ async fn a_connection_over_the_cap_is_closed_on_arrival_and_a_freed_place_is_reu
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
     drop(held);
     stop(server).await;
+}
+
+#[tokio::test]
+async fn sharded_listeners_share_one_port_one_cap_and_stop_together() {
+    let server = start_on(
+        Limits {
+            max_connections: 4,
+            header_read_timeout: Duration::from_secs(60),
+        },
+        Some(2),
+    )
+    .await;
+    // Enough connections that both listeners get some (the kernel hashes them over the
+    // two); the cap counts them together.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(server.address).await.expect("connect"));
+    }
+    wait_for("four connections open", || server.counters.open() == 4).await;
+    let mut over = TcpStream::connect(server.address).await.expect("connect");
+    let _ = over
+        .write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    assert!(read_to_close(&mut over).await.is_empty());
+    assert_eq!(server.counters.refused(), 1);
+    drop(held);
+    wait_for("every place freed", || server.counters.open() == 0).await;
+    for _ in 0..8 {
+        let answer = get_peer(server.address).await;
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    }
+    // A keep-alive connection with a request answered: shutdown closes it and returns.
+    let mut idle = TcpStream::connect(server.address).await.expect("connect");
+    idle.write_all(b"GET /peer HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut first = [0u8; 15];
+    tokio::time::timeout(DEADLINE, idle.read_exact(&mut first))
+        .await
+        .expect("answer within the deadline")
+        .expect("read");
+    assert_eq!(&first, b"HTTP/1.1 200 OK");
+    let address = server.address;
+    stop(server).await;
+    read_to_close(&mut idle).await;
+    assert!(
+        TcpStream::connect(address).await.is_err(),
+        "a listener still accepts after the shutdown"
+    );
 }
 
 #[tokio::test]
