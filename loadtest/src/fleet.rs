@@ -67,6 +67,8 @@ const ROOM_KEYS: usize = 2_000;
 pub struct FleetOptions {
     pub edges: usize,
     pub report_interval: Duration,
+    /// The locators' `edges.heartbeat_interval`; `None`: their default.
+    pub heartbeat_interval: Option<Duration>,
     /// `postgres://…` for several locators on one database; `None`: SQLite.
     pub database: Option<String>,
     pub replicas: usize,
@@ -132,6 +134,8 @@ pub struct FleetReport {
     pub locator_cpu_with_clients: Vec<f64>,
     pub locator_rss_mib_each: Vec<f64>,
     pub report_interval_ms: u64,
+    /// The heartbeat interval given to the locators; `None`: their default.
+    pub heartbeat_interval_ms: Option<u64>,
     /// Messages the fleet sent per second in the edge-only window (reports, heartbeats,
     /// spool batches).
     pub fleet_messages_per_s: f64,
@@ -194,9 +198,12 @@ struct SimEdge {
 }
 
 /// The regions file of the fleet.
-fn regions_yaml(report_interval: Duration) -> String {
+fn regions_yaml(report_interval: Duration, heartbeat_interval: Option<Duration>) -> String {
+    let heartbeat = heartbeat_interval
+        .map(|h| format!("  heartbeat_interval: {}ms\n", h.as_millis()))
+        .unwrap_or_default();
     let mut yaml = format!(
-        "geoip: {{ database: builtin-demo }}\ntrusted_proxies: [127.0.0.0/8]\nlimits: {{ creates_per_minute: off, locates_per_minute: off }}\ndefault_region: us-east\nedges:\n  report_interval: {}ms\n  missed_reports: 3\n  grace_period: 30s\n  probe_timeout: 1s\nregions:\n",
+        "geoip: {{ database: builtin-demo }}\ntrusted_proxies: [127.0.0.0/8]\nlimits: {{ creates_per_minute: off, locates_per_minute: off }}\ndefault_region: us-east\nedges:\n  report_interval: {}ms\n{heartbeat}  missed_reports: 3\n  grace_period: 30s\n  probe_timeout: 1s\nregions:\n",
         report_interval.as_millis()
     );
     for (id, location, countries) in REGIONS {
@@ -744,8 +751,11 @@ pub async fn run(options: FleetOptions) -> Result<(FleetReport, Option<PathBuf>)
     std::fs::create_dir_all(&work_dir)
         .map_err(|e| format!("cannot create {}: {e}", work_dir.display()))?;
     let config_path = work_dir.join("regions.yaml");
-    std::fs::write(&config_path, regions_yaml(options.report_interval))
-        .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
+    std::fs::write(
+        &config_path,
+        regions_yaml(options.report_interval, options.heartbeat_interval),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
     let mut topology = Topology::start(TopologyOptions {
         bin_dir: options.bin_dir.clone(),
         config_path,
@@ -1020,6 +1030,7 @@ async fn measure(options: &FleetOptions, topology: &Topology) -> Result<FleetRep
         locator_cpu_with_clients: cpu_clients,
         locator_rss_mib_each: rss,
         report_interval_ms: options.report_interval.as_millis() as u64,
+        heartbeat_interval_ms: options.heartbeat_interval.map(|h| h.as_millis() as u64),
         fleet_messages_per_s,
         spool_entries_acked: counters.acked.load(Ordering::Relaxed),
         client_requests,
@@ -1045,7 +1056,7 @@ pub fn terminal(report: &FleetReport) -> String {
     let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} ms"));
     let us = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1} µs"));
     let mut out = format!(
-        "loadtest fleet: {} edges reporting every {} ms, {} locator(s)\n\
+        "loadtest fleet: {} edges reporting every {} ms, heartbeats every {}, {} locator(s)\n\
          locator CPU, edges only   {:.3?} cores (busiest {:.3})\n\
          locator CPU, with clients {:.3?} cores\n\
          locator memory            {:.1?} MiB\n\
@@ -1056,6 +1067,9 @@ pub fn terminal(report: &FleetReport) -> String {
          clients                   {} requests ({:.0}/s), p99 {}, {:?}\n\n",
         report.edges,
         report.report_interval_ms,
+        report
+            .heartbeat_interval_ms
+            .map_or("(the locator's default)".to_string(), |h| format!("{h} ms")),
         report.replicas,
         report.locator_cpu_edges_only,
         report.edge_cpu_share,
@@ -1147,7 +1161,7 @@ mod tests {
 
     #[test]
     fn the_regions_file_parses() {
-        let yaml = regions_yaml(Duration::from_secs(1));
+        let yaml = regions_yaml(Duration::from_secs(1), None);
         let dir = std::env::temp_dir().join(format!("locus-fleet-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let path = dir.join("regions.yaml");

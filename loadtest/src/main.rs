@@ -56,6 +56,10 @@ struct FleetArgs {
     /// How often each edge reports (the locators' `edges.report_interval`), e.g. 1s, 500ms.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     report_interval: Duration,
+    /// The locators' `edges.heartbeat_interval` (how often each edge beats), e.g. 500ms;
+    /// unset: the locator's default.
+    #[arg(long, value_parser = parse_duration)]
+    heartbeat_interval: Option<Duration>,
     /// `postgres://…`: the locators share this database (needed for --replicas > 1).
     #[arg(long)]
     database: Option<String>,
@@ -311,6 +315,7 @@ fn fleet(args: FleetArgs) -> ExitCode {
     let options = locus_loadtest::fleet::FleetOptions {
         edges: args.edges,
         report_interval: args.report_interval,
+        heartbeat_interval: args.heartbeat_interval,
         database: args.database,
         replicas: args.replicas.max(1),
         bin_dir: bin_dir_or_default(args.bin_dir),
